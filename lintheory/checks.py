@@ -1,0 +1,113 @@
+"""Importable equivalence checks: use them in your own tests.
+
+    from lintheory import checks
+    checks.assert_gd_equivalent(params, batch, checks.gd_reference(eta=0.1))
+    checks.assert_trajectory_identity(params, batch)
+
+Exact identities (theory-notes §3, §5) hold to round-off in float64 (enable jax_enable_x64 and
+pass float64 arrays); in float32 expect ~1e-5 relative.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lintheory import gd, implicit
+from lintheory.model import ModelConfig, Params, forward, layer_predictions
+from lintheory.tasks import Batch, batch_tokens
+
+# A reference maps a batch to per-step predictions ŷ_t [S, B] for the query.
+Reference = Callable[[Batch], jax.Array]
+
+
+def gd_reference(eta, n_steps: int | None = None, P=None) -> Reference:
+  """(Preconditioned) GD from w_0 = 0 with scalar or per-step η (theory-notes §3)."""
+  def ref(batch: Batch) -> jax.Array:
+    return jnp.einsum("sbd,bd->sb", gd.gd(batch.X, batch.y, eta, n_steps, P), batch.x_q)
+  return ref
+
+
+def gd_plus_plus_reference(eta, gamma, n_steps: int | None = None) -> Reference:
+  """GD++ with per-step (η_t, γ_t) (theory-notes §3)."""
+  def ref(batch: Batch) -> jax.Array:
+    return gd.gd_plus_plus(batch.X, batch.y, batch.x_q, eta, gamma, n_steps)[1]
+  return ref
+
+
+class Deviation(NamedTuple):
+  per_layer: jax.Array  # [L] max |ŷ_model,t − ŷ_ref,t| / max(max|ŷ_ref,t|, tiny)
+  max_rel: float  # the largest of those
+  max_abs: float  # the largest absolute deviation
+
+
+def gd_deviation(params: Params, batch: Batch, reference: Reference,
+                 cfg: ModelConfig | None = None) -> Deviation:
+  """Deviation between the transformer's per-layer predictions and a reference's iterates."""
+  _, states = forward(params, batch_tokens(batch), cfg)
+  y_model = layer_predictions(states)
+  y_ref = reference(batch)
+  if y_ref.shape != y_model.shape:
+    raise ValueError(f"reference gives {y_ref.shape[0]} steps but the model has {y_model.shape[0]} layers")
+  abs_err = jnp.max(jnp.abs(y_model - y_ref), axis=1)
+  rel = abs_err / jnp.maximum(jnp.max(jnp.abs(y_ref), axis=1), jnp.finfo(y_ref.dtype).tiny)
+  return Deviation(rel, float(jnp.max(rel)), float(jnp.max(abs_err)))
+
+
+def _check_tol(tol: float, x: jax.Array) -> None:
+  if x.dtype == jnp.float32 and tol < 1e-6:
+    raise ValueError(f"tol={tol} is below float32 round-off; enable jax_enable_x64 and pass float64 "
+                     "arrays, or use tol >= 1e-6")
+
+
+def assert_gd_equivalent(params: Params, batch: Batch, reference: Reference, tol: float = 1e-10,
+                         cfg: ModelConfig | None = None) -> Deviation:
+  """Raise AssertionError unless every layer matches the reference to relative `tol`."""
+  _check_tol(tol, batch.X)
+  dev = gd_deviation(params, batch, reference, cfg)
+  if not dev.max_rel <= tol:
+    raise AssertionError(f"transformer deviates from the reference: per-layer relative error "
+                         f"{[f'{e:.2e}' for e in dev.per_layer.tolist()]} > tol={tol}")
+  return dev
+
+
+class IdentityCheck(NamedTuple):
+  per_layer: jax.Array  # [L] max |(I + W_t) h^0 − h^t| over tasks and entries
+  max_abs: float
+  max_rel: float  # max_abs / max |h^t|
+  exact: bool  # True when Theorem 1 applies (linear attention, no MLP)
+
+
+def trajectory_identity(params: Params, batch_or_Z, cfg: ModelConfig | None = None) -> IdentityCheck:
+  """Measure Theorem 1: the query rebuilt as (I + W_t) h^0 against the forward pass's query.
+
+  For softmax attention or MLP layers the identity is not a theorem: the deviation is returned
+  with exact=False, and `assert_trajectory_identity` refuses such models.
+  """
+  cfg = ModelConfig.from_params(params) if cfg is None else cfg
+  Z = batch_tokens(batch_or_Z) if isinstance(batch_or_Z, Batch) else batch_or_Z
+  traj = implicit.trajectory(params, Z, cfg)
+  err = jnp.abs(implicit.reconstructed_queries(traj) - traj.states[1:, :, -1])
+  per_layer = jnp.max(err, axis=(1, 2))
+  scale = jnp.maximum(jnp.max(jnp.abs(traj.states[1:, :, -1])), jnp.finfo(Z.dtype).tiny)
+  return IdentityCheck(per_layer, float(jnp.max(per_layer)), float(jnp.max(per_layer) / scale),
+                       cfg.is_linear)
+
+
+def assert_trajectory_identity(params: Params, batch_or_Z, tol: float = 1e-10,
+                               cfg: ModelConfig | None = None) -> IdentityCheck:
+  """Raise unless Theorem 1 holds to relative `tol`; refuse models it does not cover."""
+  cfg = ModelConfig.from_params(params) if cfg is None else cfg
+  if not cfg.is_linear:
+    raise ValueError(f"Theorem 1 covers linear attention without MLP; this model has "
+                     f"attention={cfg.attention!r}, mlp={cfg.mlp!r}. Use trajectory_identity() "
+                     "to measure the deviation instead.")
+  Z = batch_tokens(batch_or_Z) if isinstance(batch_or_Z, Batch) else batch_or_Z
+  _check_tol(tol, Z)
+  check = trajectory_identity(params, Z, cfg)
+  if not check.max_rel <= tol:
+    raise AssertionError(f"Theorem 1 identity off by {check.max_rel:.2e} (relative) > tol={tol}; "
+                         f"per layer {check.per_layer.tolist()}")
+  return check

@@ -1,0 +1,178 @@
+"""Explicit in-context learners, their closed-form losses, and the GD construction.
+
+theory-notes §3 (GD, preconditioned GD, GD++ and the weights that implement them) and §9
+(η*, Γ*, ridge floor, the exact loss of any one-layer predictor).
+Learners take demonstrations X [B, N, d], y [B, N] and return iterates w_t [S, B, d].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lintheory.model import Params, heads
+from lintheory.tasks import as_cov
+
+
+def _steps(eta, n_steps: int | None) -> jax.Array:
+  """η as a scalar (repeated n_steps times) or a per-step vector → [S]."""
+  eta = jnp.asarray(eta)
+  if eta.ndim == 0:
+    if n_steps is None or n_steps < 1:
+      raise ValueError(f"n_steps must be >= 1 with a scalar eta, got {n_steps!r}")
+    return jnp.full((n_steps,), eta)
+  if eta.ndim != 1 or eta.shape[0] < 1 or (n_steps is not None and eta.shape[0] != n_steps):
+    raise ValueError(f"eta must be a scalar or a vector of n_steps={n_steps} step sizes, got shape {eta.shape}")
+  return eta
+
+
+def gd(X: jax.Array, y: jax.Array, eta, n_steps: int | None = None, P: jax.Array | None = None):
+  """t steps of (preconditioned) GD on (1/2N)Σ(w·x_i − y_i)² from w_0 = 0 → w_t [S, B, d].
+
+  w_t = w_{t-1} + η_t P_t (1/N) Xᵀ(y − X w_{t-1}); P: None, [d, d] or per-step [S, d, d].
+  """
+  etas = _steps(eta, n_steps if P is None or P.ndim == 2 else P.shape[0])
+  S, N, d = etas.shape[0], X.shape[-2], X.shape[-1]
+  Ps = jnp.broadcast_to(jnp.eye(d, dtype=X.dtype) if P is None else P, (S, d, d))
+
+  def step(w, eta_P):
+    eta_t, P_t = eta_P
+    grad = jnp.einsum("bnd,bn->bd", X, y - jnp.einsum("bnd,bd->bn", X, w)) / N
+    w = w + eta_t * grad @ P_t.T
+    return w, w
+
+  _, ws = jax.lax.scan(step, jnp.zeros(X.shape[:-2] + (d,), X.dtype), (etas, Ps))
+  return ws
+
+
+def gd_plus_plus(X, y, x_q, eta, gamma, n_steps: int | None = None):
+  """GD++ (von Oswald): GD on inputs transformed each step by x ← (I − γ_t Σ̂_t) x.
+
+  Returns (ŵ_t [S, B, d], ŷ_t [S, B]) with ŷ_t = ŵ_t·x_q for the untransformed query.
+  Both updates of a step use the previous step's inputs, as one attention layer does.
+  """
+  etas = _steps(eta, n_steps)
+  gammas = _steps(gamma, etas.shape[0])
+  N, d = X.shape[-2], X.shape[-1]
+
+  def step(carry, eta_gamma):
+    Xt, r, A, w = carry  # current inputs, residuals, query map x_q^t = A x_q^0, predictor
+    eta_t, gamma_t = eta_gamma
+    grad = jnp.einsum("bnd,bn->bd", Xt, r) / N
+    w = w + eta_t * jnp.einsum("bed,be->bd", A, grad)
+    r = r - eta_t * jnp.einsum("bnd,bd->bn", Xt, grad)
+    Sigma_hat = jnp.einsum("bnd,bne->bde", Xt, Xt) / N
+    A = A - gamma_t * Sigma_hat @ A
+    Xt = Xt - gamma_t * jnp.einsum("bnd,bde->bne", Xt, Sigma_hat)
+    return (Xt, r, A, w), w
+
+  eye = jnp.broadcast_to(jnp.eye(d, dtype=X.dtype), X.shape[:-2] + (d, d))
+  init = (X, y, eye, jnp.zeros(X.shape[:-2] + (d,), X.dtype))
+  _, ws = jax.lax.scan(step, init, (etas, gammas))
+  return ws, jnp.einsum("sbd,bd->sb", ws, x_q)
+
+
+def ridge(X: jax.Array, y: jax.Array, lam: float) -> jax.Array:
+  """(XᵀX + λI)⁻¹ Xᵀy → [B, d]; λ = σ² is the Bayes posterior mean for w ~ N(0, I)."""
+  d = X.shape[-1]
+  A = jnp.einsum("bnd,bne->bde", X, X) + lam * jnp.eye(d, dtype=X.dtype)
+  return jnp.linalg.solve(A, jnp.einsum("bnd,bn->bd", X, y)[..., None])[..., 0]
+
+
+def least_squares(X: jax.Array, y: jax.Array) -> jax.Array:
+  """Minimum-norm least squares → [B, d]."""
+  return jnp.einsum("bdn,bn->bd", jnp.linalg.pinv(X), y)
+
+
+def bayes_ridge_lambda(noise_std: float) -> float:
+  """λ = σ²; with σ = 0 a tiny λ keeps the solve defined (it is then least squares)."""
+  return max(noise_std**2, 1e-8)
+
+
+# --- closed forms (theory-notes §9) -------------------------------------------------------
+
+
+def eta_star(d: int, N: int, noise_std: float = 0.0) -> float:
+  """η* = N / (N + d + 1 + σ²): the optimal one-step GD size for x, w ~ N(0, I)."""
+  return N / (N + d + 1 + noise_std**2)
+
+
+def gd1_loss_star(d: int, N: int, noise_std: float = 0.0) -> float:
+  """Expected squared error of one GD step at η*: d(d + 1 + σ²)/(N + d + 1 + σ²)."""
+  return d * (d + 1 + noise_std**2) / (N + d + 1 + noise_std**2)
+
+
+def gd1_loss_at(d: int, N_train: int, M_test: int) -> float:
+  """Noiseless one-step GD at η*(N_train) tested with M demonstrations: d[1 − 2/c_N + c_M/c_N²]."""
+  c = lambda K: (K + d + 1) / K
+  return d * (1 - 2 / c(N_train) + c(M_test) / c(N_train) ** 2)
+
+
+def gamma_star(Sigma, N: int, noise_std: float = 0.0) -> np.ndarray:
+  """Γ* = ((N+1)/N Σ + (tr Σ + σ²)/N I)⁻¹: the optimal one-layer preconditioner, w ~ N(0, I)."""
+  Sigma = np.asarray(Sigma, np.float64)
+  d = Sigma.shape[0]
+  return np.linalg.inv((N + 1) / N * Sigma + (np.trace(Sigma) + noise_std**2) / N * np.eye(d))
+
+
+def one_layer_loss(A, N: int, Sigma=None, noise_std: float = 0.0, w_cov=None) -> float:
+  """Exact E[(x_qᵀ A (1/N)Σ y_i x_i − w·x_q)²] for x ~ N(0, Σ), w ~ N(0, Σ_w), noise σ².
+
+  Uses E[Σ̂ M Σ̂] = (N+1)/N ΣMΣ + tr(MΣ)/N Σ for symmetric M (Gaussian fourth moments).
+  """
+  A = np.asarray(A, np.float64)
+  d = A.shape[0]
+  S = np.eye(d) if Sigma is None else np.asarray(Sigma, np.float64)
+  Sw = np.eye(d) if w_cov is None else np.asarray(w_cov, np.float64)
+  M = A.T @ S @ A
+  E_SMS = (N + 1) / N * S @ M @ S + np.trace(M @ S) / N * S
+  return float(np.trace(Sw @ E_SMS) + noise_std**2 / N * np.trace(M @ S)
+               - 2 * np.trace(S @ A @ S @ Sw) + np.trace(S @ Sw))
+
+
+def gd1_loss_for(task) -> float:
+  """Exact loss of one GD step at η* (isotropic formula) for a TaskConfig, its Σ and prior."""
+  A = eta_star(task.d, task.n_context, task.noise_std) * np.eye(task.d)
+  loss = one_layer_loss(A, task.n_context, as_cov("x_cov", task.x_cov, task.d), task.noise_std,
+                        as_cov("w_cov", task.w_cov, task.d))
+  return loss + (task.noise_std**2 if task.query_noise else 0.0)
+
+
+def gamma_star_loss(Sigma, N: int, noise_std: float = 0.0) -> float:
+  """The loss of Γ*; for σ = 0 it equals tr Σ − tr(Σ Γ* Σ) (Ahn et al.)."""
+  return one_layer_loss(gamma_star(Sigma, N, noise_std), N, Sigma, noise_std)
+
+
+# --- the construction (theory-notes §3) -----------------------------------------------------
+
+
+def construct(d: int, eta, n_steps: int | None = None, P=None, gamma=None, dtype=jnp.float64) -> Params:
+  """Transformer weights implementing GD, preconditioned GD (P) or GD++ (gamma), one step a layer.
+
+  W_K = [[I, 0], [0, 0]], W_Q = [[P_tᵀ, 0], [0, 0]], W_V = [[−γ_t I, 0], [0, −η_t]], so
+  W_Kᵀ W_Q = diag(P_tᵀ, 0) and the layer adds −(η_t/N)Σ_i r_i x_iᵀ P_tᵀ x_j to every y-slot.
+  """
+  etas = _steps(eta, n_steps if P is None or np.ndim(P) == 2 else np.shape(P)[0])
+  S, D = etas.shape[0], d + 1
+  Ps = jnp.broadcast_to(jnp.eye(d, dtype=dtype) if P is None else jnp.asarray(P, dtype), (S, d, d))
+  gammas = jnp.zeros(S, dtype) if gamma is None else _steps(gamma, S).astype(dtype)
+  W_K = jnp.zeros((S, D, D), dtype).at[:, :d, :d].set(jnp.eye(d, dtype=dtype))
+  W_Q = jnp.zeros((S, D, D), dtype).at[:, :d, :d].set(jnp.swapaxes(Ps, -1, -2))
+  W_V = jnp.zeros((S, D, D), dtype).at[:, d, d].set(-etas.astype(dtype))
+  W_V = W_V.at[:, :d, :d].set(-gammas[:, None, None] * jnp.eye(d, dtype=dtype))
+  return {"W_Q": W_Q, "W_K": W_K, "W_V": W_V}
+
+
+def effective_preconditioner(params: Params, layer: int = 0) -> jax.Array:
+  """Γ_eff = −W_V[y, y] · (W_Qᵀ W_K)[:d, :d], summed over heads and with W_O folded in.
+
+  The GD-like part of one layer's prediction: ŷ ≈ x_qᵀ Γ_eff (1/N) Σ_i y_i x_i; it is exact
+  when the other cross terms (W_V's x→y entries, W_K's y-column) vanish, as they do in training.
+  """
+  W_Q, W_K, W_V = (heads(params[k][layer]) for k in ("W_Q", "W_K", "W_V"))
+  if "W_O" in params:
+    W_V = jnp.einsum("ef,hfg->heg", params["W_O"][layer], W_V)
+  d = W_Q.shape[-1] - 1
+  QK = jnp.einsum("hed,hef->hdf", W_Q, W_K)[:, :d, :d]
+  return -jnp.einsum("h,hdf->df", W_V[:, d, d], QK)

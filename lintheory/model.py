@@ -1,0 +1,173 @@
+"""Multi-layer linear self-attention transformer (theory-notes §2).
+
+Parameters are one plain dict of arrays, the same for training, the GD construction, pruning
+and the analysis. Matrices act on column tokens as in the paper (h ↦ W h); the layer axis leads:
+  W_Q, W_K, W_V: [L, D, D] (one head) or [L, H, D, D] (H heads, summed)
+  W_O: [L, D, D] (optional output projection, applied to the summed heads)
+  W_1: [L, F, D], W_2: [L, D, F] (optional MLP sub-layer h ← h + W_2 act(W_1 h))
+`LinearTransformer` (Flax NNX) only holds these as `nnx.Param`s; `forward` is the math.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Params = dict[str, jax.Array]
+ATTENTIONS = ("linear", "softmax")
+MLPS = (None, "linear", "relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  d: int = 10  # input dimension; the token dimension is D = d + 1
+  n_layers: int = 1  # L
+  n_heads: int = 1  # H; heads are full D×D and their outputs are summed (von Oswald)
+  use_W_O: bool = False  # an output projection W_O after the heads
+  mlp: str | None = None  # None, "linear" or "relu": an MLP sub-layer after attention
+  mlp_hidden: int = 0  # F, MLP width; 0 means 4·D
+  attention: str = "linear"  # "linear" (§2, with 1/N) or "softmax" (the paper's App. A.2)
+  init_scale: float = 0.02  # std of the Gaussian initialisation of every matrix
+
+  def __post_init__(self):
+    for name, lo in (("d", 1), ("n_layers", 1), ("n_heads", 1), ("mlp_hidden", 0)):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+    if self.mlp not in MLPS:
+      raise ValueError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
+    if not self.init_scale > 0:
+      raise ValueError(f"init_scale must be > 0, got {self.init_scale!r}")
+
+  @property
+  def D(self) -> int:
+    return self.d + 1
+
+  @property
+  def F(self) -> int:
+    return self.mlp_hidden or 4 * self.D
+
+  @property
+  def is_linear(self) -> bool:
+    """True when every layer is linear attention (Theorem 1 applies exactly)."""
+    return self.attention == "linear" and self.mlp is None
+
+  @classmethod
+  def from_params(cls, params: Params, attention: str = "linear", mlp_act: str = "relu"):
+    """The architecture implied by a parameter dict (for constructed or loaded weights)."""
+    W_Q = params["W_Q"]
+    if W_Q.ndim not in (3, 4) or W_Q.shape[-1] != W_Q.shape[-2] or W_Q.shape[-1] < 2:
+      raise ValueError(f"W_Q must have shape (L, D, D) or (L, H, D, D) with D >= 2, got {W_Q.shape}")
+    for name in ("W_K", "W_V"):
+      if params[name].shape != W_Q.shape:
+        raise ValueError(f"{name} must have the shape of W_Q {W_Q.shape}, got {params[name].shape}")
+    has_mlp = "W_1" in params
+    return cls(d=W_Q.shape[-1] - 1, n_layers=W_Q.shape[0],
+               n_heads=1 if W_Q.ndim == 3 else W_Q.shape[1], use_W_O="W_O" in params,
+               mlp=mlp_act if has_mlp else None,
+               mlp_hidden=params["W_1"].shape[1] if has_mlp else 0, attention=attention)
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+  L, D, H = cfg.n_layers, cfg.D, cfg.n_heads
+  attn = (L, D, D) if H == 1 else (L, H, D, D)
+  shapes = {"W_Q": attn, "W_K": attn, "W_V": attn}
+  if cfg.use_W_O:
+    shapes["W_O"] = (L, D, D)
+  if cfg.mlp is not None:
+    shapes["W_1"] = (L, cfg.F, D)
+    shapes["W_2"] = (L, D, cfg.F)
+  return shapes
+
+
+def init_params(key: jax.Array, cfg: ModelConfig, dtype=jnp.float32) -> Params:
+  shapes = param_shapes(cfg)
+  keys = jax.random.split(key, len(shapes))
+  return {name: cfg.init_scale * jax.random.normal(k, shape, dtype)
+          for k, (name, shape) in zip(keys, sorted(shapes.items()))}
+
+
+def heads(W: jax.Array) -> jax.Array:
+  """[..., D, D] of one layer → [H, D, D] (one head gets a head axis of 1)."""
+  return W[None] if W.ndim == 2 else W
+
+
+def attention(p: dict[str, Any], Z_BTD: jax.Array, kind: str) -> jax.Array:
+  """One layer's attention output; demonstrations (all tokens but the last) are keys/values."""
+  N = Z_BTD.shape[1] - 1
+  Zs = Z_BTD[:, :N]
+  W_Q, W_K, W_V = heads(p["W_Q"]), heads(p["W_K"]), heads(p["W_V"])
+  Q = jnp.einsum("btd,hed->bhte", Z_BTD, W_Q)
+  K = jnp.einsum("bnd,hed->bhne", Zs, W_K)
+  V = jnp.einsum("bnd,hed->bhne", Zs, W_V)
+  if kind == "linear":
+    # Q (KᵀV) / N: the same sum as (Q Kᵀ) V / N, cheaper for T > D.
+    out = jnp.einsum("bhte,bhef->btf", Q, jnp.einsum("bhne,bhnf->bhef", K, V)) / N
+  else:
+    A = jax.nn.softmax(jnp.einsum("bhte,bhne->bhtn", Q, K), axis=-1)
+    out = jnp.einsum("bhtn,bhnf->btf", A, V)
+  if "W_O" in p:
+    out = out @ p["W_O"].T
+  return out
+
+
+def block(p: dict[str, Any], Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
+  Z_BTD = Z_BTD + attention(p, Z_BTD, cfg.attention)
+  if cfg.mlp is not None:
+    hidden = Z_BTD @ p["W_1"].T
+    hidden = jax.nn.relu(hidden) if cfg.mlp == "relu" else hidden
+    Z_BTD = Z_BTD + hidden @ p["W_2"].T
+  return Z_BTD
+
+
+def forward(params: Params, Z_BTD: jax.Array, cfg: ModelConfig | None = None):
+  """Params, tokens [B, T, D] → (ŷ [B], states [L+1, B, T, D]); states[0] is the input."""
+  cfg = ModelConfig.from_params(params) if cfg is None else cfg
+  if Z_BTD.ndim != 3 or Z_BTD.shape[-1] != cfg.D or Z_BTD.shape[1] < 2:
+    raise ValueError(f"Z_BTD must have shape (B, N+1, {cfg.D}) with N >= 1, got {Z_BTD.shape}")
+
+  def step(Z, p):
+    Z = block(p, Z, cfg)
+    return Z, Z
+
+  Z_L, states = jax.lax.scan(step, Z_BTD, params)
+  return predict(Z_L), jnp.concatenate([Z_BTD[None], states], axis=0)
+
+
+def predict(Z_BTD: jax.Array) -> jax.Array:
+  """ŷ = −(the query's y-slot) (von Oswald / Ahn sign)."""
+  return -Z_BTD[..., -1, -1]
+
+
+def layer_predictions(states_LBTD: jax.Array) -> jax.Array:
+  """Per-layer predictions [L, B] from forward's states (layer 1..L)."""
+  return predict(states_LBTD[1:])
+
+
+class LinearTransformer(nnx.Module):
+  """NNX holder of the parameter dict; calling it runs `forward` and returns ŷ."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.cfg = cfg
+    for name, value in init_params(rngs.params(), cfg, dtype).items():
+      setattr(self, name, nnx.Param(value))
+
+  @classmethod
+  def from_params(cls, cfg: ModelConfig, params: Params) -> "LinearTransformer":
+    model = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
+    for name, value in params.items():
+      setattr(model, name, nnx.Param(jnp.asarray(value)))
+    return model
+
+  def params(self) -> Params:
+    return {name: getattr(self, name)[...] for name in param_shapes(self.cfg)}
+
+  def __call__(self, Z_BTD: jax.Array, return_states: bool = False):
+    y_hat, states = forward(self.params(), Z_BTD, self.cfg)
+    return (y_hat, states) if return_states else y_hat

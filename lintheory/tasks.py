@@ -1,0 +1,114 @@
+"""In-context linear regression tasks and their token layout (theory-notes §1).
+
+Tokens are rows here: Z_BTD has T = N + 1 tokens h_i = [x_i; y_i] of dimension D = d + 1,
+the query token last, [x_q; 0]. The paper writes the same tokens as columns of H.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  d: int = 10  # input dimension; tokens have d + 1 entries
+  n_context: int = 20  # N, demonstrations per task
+  noise_std: float = 0.0  # σ, label noise on the demonstrations
+  x_cov: tuple | None = None  # Σ of x ~ N(0, Σ): None = I_d, a length-d diagonal, or a d×d SPD matrix
+  w_cov: tuple | None = None  # prior covariance of w, same forms as x_cov; None = I_d
+  query_noise: bool = False  # add N(0, σ²) to the query target too
+
+  def __post_init__(self):
+    validate(self)
+
+  @property
+  def D(self) -> int:
+    return self.d + 1
+
+
+class Batch(NamedTuple):
+  X: jax.Array  # [B, N, d] demonstration inputs
+  y: jax.Array  # [B, N] demonstration labels
+  x_q: jax.Array  # [B, d] query input
+  y_q: jax.Array  # [B] query target
+  w: jax.Array  # [B, d] task vector
+
+
+def _check_int(name, value, lo):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+    raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+def as_cov(name: str, cov, d: int) -> np.ndarray:
+  """Σ given as None, a length-d diagonal or a d×d matrix → d×d SPD float64 matrix."""
+  if cov is None:
+    return np.eye(d)
+  a = np.asarray(cov, dtype=np.float64)
+  if not np.all(np.isfinite(a)):
+    raise ValueError(f"{name} must be finite")
+  if a.shape == (d,):
+    if np.any(a <= 0):
+      raise ValueError(f"{name} as a diagonal must be > 0 entrywise (SPD), got {a}")
+    return np.diag(a)
+  if a.shape != (d, d):
+    raise ValueError(f"{name} must have shape ({d},) or ({d}, {d}), got {a.shape}")
+  if not np.allclose(a, a.T, rtol=1e-10, atol=1e-12):
+    raise ValueError(f"{name} must be symmetric")
+  if np.linalg.eigvalsh(a).min() <= 0:
+    raise ValueError(f"{name} must be positive definite")
+  return a
+
+
+def validate(cfg: TaskConfig) -> None:
+  _check_int("d", cfg.d, 1)
+  _check_int("n_context", cfg.n_context, 1)
+  if not (isinstance(cfg.noise_std, (int, float)) and math.isfinite(cfg.noise_std)) or cfg.noise_std < 0:
+    raise ValueError(f"noise_std must be a finite number >= 0, got {cfg.noise_std!r}")
+  as_cov("x_cov", cfg.x_cov, cfg.d)
+  as_cov("w_cov", cfg.w_cov, cfg.d)
+
+
+def _chol(cov: np.ndarray) -> np.ndarray:
+  return np.linalg.cholesky(cov)
+
+
+def sample(key: jax.Array, cfg: TaskConfig, batch_size: int, n_context: int | None = None,
+           dtype=jnp.float32) -> Batch:
+  """A batch of tasks; n_context overrides cfg.n_context (test-time M ≠ N)."""
+  _check_int("batch_size", batch_size, 1)
+  N = cfg.n_context if n_context is None else n_context
+  _check_int("n_context", N, 1)
+  d = cfg.d
+  k_w, k_x, k_q, k_e, k_eq = jax.random.split(key, 5)
+  L_x = jnp.asarray(_chol(as_cov("x_cov", cfg.x_cov, d)), dtype)
+  L_w = jnp.asarray(_chol(as_cov("w_cov", cfg.w_cov, d)), dtype)
+  w = jax.random.normal(k_w, (batch_size, d), dtype) @ L_w.T
+  X = jax.random.normal(k_x, (batch_size, N, d), dtype) @ L_x.T
+  x_q = jax.random.normal(k_q, (batch_size, d), dtype) @ L_x.T
+  y = jnp.einsum("bnd,bd->bn", X, w) + cfg.noise_std * jax.random.normal(k_e, (batch_size, N), dtype)
+  y_q = jnp.einsum("bd,bd->b", x_q, w)
+  if cfg.query_noise:
+    y_q = y_q + cfg.noise_std * jax.random.normal(k_eq, (batch_size,), dtype)
+  return Batch(X, y, x_q, y_q, w)
+
+
+def tokens(X: jax.Array, y: jax.Array, x_q: jax.Array) -> jax.Array:
+  """[B,N,d], [B,N], [B,d] → Z_BTD with T = N + 1, D = d + 1; the query's y-slot is 0."""
+  demos = jnp.concatenate([X, y[..., None]], axis=-1)
+  query = jnp.concatenate([x_q, jnp.zeros_like(x_q[..., :1])], axis=-1)
+  return jnp.concatenate([demos, query[..., None, :]], axis=-2)
+
+
+def batch_tokens(batch: Batch) -> jax.Array:
+  return tokens(batch.X, batch.y, batch.x_q)
+
+
+def normalised_error(sq_err: jax.Array, d: int) -> jax.Array:
+  """Squared error / d, so that the zero predictor scores 1 for Σ = I, w ~ N(0, I) (§1)."""
+  return sq_err / d

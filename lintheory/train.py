@@ -1,0 +1,184 @@
+"""Training on fresh in-context regression tasks every step, with optax.
+
+The inner loop is one jitted `lax.scan` over a chunk of steps, vmapped over seeds; Python only
+runs between chunks (progress, divergence check). Parameters stay a plain dict (model.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lintheory import gd, tasks
+from lintheory.model import ModelConfig, Params, forward, init_params
+from lintheory.tasks import TaskConfig
+
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 3000  # optimisation steps
+  batch_size: int = 1024  # fresh tasks per step
+  lr: float = 1e-3  # peak learning rate
+  warmup: int = 100  # linear warm-up steps
+  schedule: str = "cosine"  # "cosine" (decay to lr/10 at the end) or "constant"
+  optimizer: str = "adam"  # "adam" or "adamw"
+  weight_decay: float = 0.0  # AdamW decoupled weight decay
+  clip_norm: float = 1.0  # global-norm gradient clipping; 0 disables
+  chunk: int = 100  # steps per jitted scan; progress is reported between chunks
+  dtype: str = "float32"  # "float32" or "float64" (needs jax_enable_x64)
+
+  def __post_init__(self):
+    for name, lo in (("steps", 1), ("batch_size", 1), ("warmup", 0), ("chunk", 1)):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if not (math.isfinite(self.lr) and self.lr > 0):
+      raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+    if self.schedule not in ("cosine", "constant"):
+      raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+    if self.optimizer not in ("adam", "adamw"):
+      raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+    if not self.weight_decay >= 0 or not self.clip_norm >= 0:
+      raise ValueError("weight_decay and clip_norm must be >= 0")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+
+
+class TrainState(NamedTuple):
+  params: Params  # leading seed axis [S, ...]
+  opt_state: optax.OptState
+  step: int
+
+
+class TrainResult(NamedTuple):
+  params: Params  # [S, ...] the last finite parameters
+  losses: np.ndarray  # [S, steps_done] training loss per step
+  state: TrainState  # for resuming
+  diverged: str | None  # a message when a non-finite loss stopped the run
+  seconds: float
+
+
+def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  if cfg.schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup, 1), max(cfg.steps, cfg.warmup + 1),
+                                            end_value=cfg.lr / 10)
+  else:
+    lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup, 1)),
+                               optax.constant_schedule(cfg.lr)], [max(cfg.warmup, 1)])
+  opt = optax.adamw(lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw" else optax.adam(lr)
+  return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt) if cfg.clip_norm else opt
+
+
+def mse(params: Params, batch: tasks.Batch, model_cfg: ModelConfig) -> jax.Array:
+  """Mean squared error of the query prediction (not halved)."""
+  y_hat, _ = forward(params, tasks.batch_tokens(batch), model_cfg)
+  return jnp.mean((y_hat - batch.y_q) ** 2)
+
+
+def make_chunk(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, n_steps: int):
+  """A jitted function running n_steps of training for every seed at once."""
+  tx = optimizer(train_cfg)
+  dtype = DTYPES[train_cfg.dtype]
+
+  def one_seed(params, opt_state, key, step0):
+    def step(carry, i):
+      params, opt_state = carry
+      batch = tasks.sample(jax.random.fold_in(key, step0 + i), task_cfg, train_cfg.batch_size, dtype=dtype)
+      loss, grads = jax.value_and_grad(mse)(params, batch, model_cfg)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), jnp.arange(n_steps))
+    return params, opt_state, losses
+
+  return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, 0, None)))
+
+
+def init_state(model_cfg: ModelConfig, train_cfg: TrainConfig, seeds) -> TrainState:
+  dtype = DTYPES[train_cfg.dtype]
+  keys = jnp.stack([jax.random.key(s) for s in seeds])
+  params = jax.vmap(lambda k: init_params(jax.random.fold_in(k, 0), model_cfg, dtype))(keys)
+  return TrainState(params, jax.vmap(optimizer(train_cfg).init)(params), 0)
+
+
+def _check_dtype(train_cfg: TrainConfig) -> None:
+  if train_cfg.dtype == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("dtype='float64' needs jax.config.update('jax_enable_x64', True) before any JAX work")
+
+
+def fit(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, seeds=(0,),
+        state: TrainState | None = None,
+        on_chunk: Callable[[TrainState, np.ndarray], None] | None = None) -> TrainResult:
+  """Train one model per seed (vmapped) from scratch or from `state` up to train_cfg.steps.
+
+  on_chunk(state, chunk_losses [S, n]) runs between jitted chunks (progress, checkpoints).
+  """
+  _check_dtype(train_cfg)
+  if model_cfg.d != task_cfg.d:
+    raise ValueError(f"model d={model_cfg.d} differs from task d={task_cfg.d}")
+  seeds = tuple(seeds)
+  if not seeds:
+    raise ValueError("seeds must name at least one seed")
+  state = init_state(model_cfg, train_cfg, seeds) if state is None else state
+  data_keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seeds])
+  chunks: dict[int, Callable] = {}
+  losses, diverged, t0 = [], None, time.perf_counter()
+  while state.step < train_cfg.steps:
+    n = min(train_cfg.chunk, train_cfg.steps - state.step)
+    if n not in chunks:  # at most two compilations: the full chunk and the remainder
+      chunks[n] = make_chunk(task_cfg, model_cfg, train_cfg, n)
+    params, opt_state, chunk_losses = chunks[n](state.params, state.opt_state, data_keys, state.step)
+    chunk_losses = np.asarray(chunk_losses)
+    if not np.all(np.isfinite(chunk_losses)):
+      bad = int(np.argmax(~np.all(np.isfinite(chunk_losses), axis=0)))
+      diverged = (f"non-finite training loss at step {state.step + bad} (seeds {seeds}); kept the "
+                  f"parameters of step {state.step}. Lower --lr or raise --warmup.")
+      break
+    state = TrainState(params, opt_state, state.step + n)
+    losses.append(chunk_losses)
+    if on_chunk is not None:
+      on_chunk(state, chunk_losses)
+  all_losses = np.concatenate(losses, axis=1) if losses else np.zeros((len(seeds), 0))
+  return TrainResult(state.params, all_losses, state, diverged, time.perf_counter() - t0)
+
+
+def print_progress(total: int, label: str = "") -> Callable[[TrainState, np.ndarray], None]:
+  """An on_chunk callback printing one updating line to stderr."""
+  def report(state: TrainState, chunk_losses: np.ndarray) -> None:
+    loss = np.array2string(chunk_losses[:, -1], precision=4, threshold=8)
+    print(f"\r  {label}step {state.step:>6}/{total}  loss {loss}", end="", file=sys.stderr, flush=True)
+    if state.step >= total:
+      print(file=sys.stderr)
+  return report
+
+
+def seed_params(params: Params, i: int) -> Params:
+  return {k: v[i] for k, v in params.items()}
+
+
+def evaluate(params: Params, task_cfg: TaskConfig, model_cfg: ModelConfig, key: jax.Array,
+             n_tasks: int = 10_000, n_context: int | None = None, dtype=jnp.float32) -> dict[str, float]:
+  """MSE of the model, of one GD step at η*, and of the ridge (Bayes) floor on the same tasks."""
+  b = tasks.sample(key, task_cfg, n_tasks, n_context=n_context, dtype=dtype)
+  N = b.X.shape[1]
+  y_hat, _ = jax.jit(forward, static_argnums=2)(params, tasks.batch_tokens(b), model_cfg)
+  eta = gd.eta_star(task_cfg.d, task_cfg.n_context, task_cfg.noise_std)
+  y_gd = eta * jnp.einsum("bd,bnd,bn->b", b.x_q, b.X, b.y) / N
+  w_ridge = gd.ridge(b.X, b.y, gd.bayes_ridge_lambda(task_cfg.noise_std))
+  y_ridge = jnp.einsum("bd,bd->b", w_ridge, b.x_q)
+  sq = lambda y: np.asarray((y - b.y_q) ** 2, np.float64)
+  out = {}
+  for name, y in (("loss", y_hat), ("gd1_loss", y_gd), ("ridge_loss", y_ridge)):
+    e = sq(y)
+    out[name], out[name + "_se"] = float(e.mean()), float(e.std(ddof=1) / np.sqrt(e.size))
+  return out
