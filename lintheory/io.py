@@ -129,3 +129,33 @@ def load_checkpoint(path, opt_state_like):
     step = int(f["step"])
   treedef = jax.tree_util.tree_structure(opt_state_like)
   return jax.tree_util.tree_unflatten(treedef, leaves), step
+
+
+def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, seeds, cache_dir="runs/cache",
+               label: str = "") -> tuple[Params, np.ndarray]:
+  """Train one model per seed (vmapped), or load them if this exact configuration was trained.
+
+  Studies share trained models through this cache (keyed by every config field and the seeds),
+  so a study that needs a model another study trained does not retrain it.
+  Returns (params with a leading seed axis, losses [S, steps]).
+  """
+  import hashlib
+  from lintheory import train as _train
+
+  key = {"task": dataclasses.asdict(task), "model": dataclasses.asdict(model),
+         "train": dataclasses.asdict(train_cfg), "seeds": list(seeds)}
+  digest = hashlib.sha256(json.dumps(_jsonable(key), sort_keys=True).encode()).hexdigest()[:16]
+  path = Path(cache_dir) / digest
+  if (path / "params.npz").exists() and (path / "losses.npy").exists():
+    with np.load(path / "params.npz") as f:
+      params = {k: jax.numpy.asarray(f[k]) for k in f.files}
+    return params, np.load(path / "losses.npy")
+  res = _train.fit(task, model, train_cfg, seeds, on_chunk=_train.print_progress(train_cfg.steps, label))
+  if res.diverged:
+    raise RuntimeError(f"{label}{res.diverged}")
+  write_json(path / "key.json", key)
+  buf = _io.BytesIO()
+  np.save(buf, res.losses)
+  atomic_write_bytes(path / "losses.npy", buf.getvalue())
+  write_npz(path / "params.npz", res.params)
+  return res.params, res.losses
