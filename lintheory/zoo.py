@@ -1,0 +1,70 @@
+"""The trained models the studies share, one recipe per profile.
+
+Every study asks `zoo.trained(...)` for its models, so two studies that need the same model
+get it from the cache (io.cached_fit) instead of training it twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from lintheory import io
+from lintheory.model import ModelConfig, Params
+from lintheory.tasks import TaskConfig
+from lintheory.train import TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+  steps: int  # training steps per model
+  batch_size: int  # fresh tasks per step
+  seeds: tuple[int, ...]  # one model per seed (vmapped)
+  eval_tasks: int  # held-out tasks for every reported loss
+  lr: float = 2e-3  # peak learning rate (Adam, warm-up + cosine)
+  warmup: int = 100  # warm-up steps
+
+
+PROFILES = {
+    # 2 CPU cores, all studies of `make figures` within 10 minutes.
+    "default": Profile(steps=1500, batch_size=256, seeds=(0, 1, 2), eval_tasks=4096),
+    # An accelerator: converged models, many seeds.
+    "full": Profile(steps=20_000, batch_size=2048, seeds=tuple(range(10)), eval_tasks=65_536),
+}
+
+
+def profile(name: str) -> Profile:
+  if name not in PROFILES:
+    raise ValueError(f"profile must be one of {tuple(PROFILES)}, got {name!r}")
+  return PROFILES[name]
+
+
+class Trained(NamedTuple):
+  task: TaskConfig
+  model: ModelConfig
+  train: TrainConfig
+  seeds: tuple[int, ...]
+  params: Params  # leading seed axis [S, ...]
+  losses: np.ndarray  # [S, steps]
+
+
+def trained(prof: Profile, *, d: int = 10, n_context: int = 20, layers: int = 1, noise_std: float = 0.0,
+            x_cov=None, attention: str = "linear", mlp: str | None = None, steps: int | None = None,
+            seeds=None, cache_dir: str = "runs/cache") -> Trained:
+  """Models trained with the profile's recipe (cached); steps/seeds override the profile's."""
+  task = TaskConfig(d=d, n_context=n_context, noise_std=noise_std, x_cov=x_cov)
+  model = ModelConfig(d=d, n_layers=layers, attention=attention, mlp=mlp)
+  n = prof.steps if steps is None else steps
+  train = TrainConfig(steps=n, batch_size=prof.batch_size, lr=prof.lr, warmup=min(prof.warmup, n // 10),
+                      chunk=min(250, n))
+  seeds = tuple(prof.seeds if seeds is None else seeds)
+  label = f"L={layers} d={d} N={n_context} σ={noise_std} {attention}{'+' + mlp if mlp else ''}: "
+  params, losses = io.cached_fit(task, model, train, seeds, cache_dir, label)
+  return Trained(task, model, train, seeds, params, losses)
+
+
+def seed_params(params: Params, i: int) -> Params:
+  return jax.tree_util.tree_map(lambda a: a[i], params)
