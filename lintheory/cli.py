@@ -108,7 +108,181 @@ def cmd_train(args) -> int:
 
 # --- analyze (implicit-GD analysis) -------------------------------------------------------
 
+
+def add_analyze(sub) -> None:
+  p = sub.add_parser("analyze", help="implicit-GD analysis of trained runs: Theorem-1 trajectory vs fitted GD "
+                                     "references (writes RUN/analysis.json)")
+  p.add_argument("runs", nargs="+", help="run directories (from `lintheory train`)")
+  p.add_argument("--eval-tasks", type=int, default=4096, help="held-out tasks for every metric (>= 2)")
+  p.add_argument("--eval-seed", type=int, default=20_240_406, help="key of the held-out tasks")
+  p.add_argument("--fit-steps", type=int, default=None, help="Adam steps fitting each reference (default: "
+                                                                 "references.FitConfig's)")
+  p.add_argument("--cache-dir", default="runs/cache", help="where fitted references are cached")
+  p.set_defaults(func=cmd_analyze)
+
+
+def _analysis_layers(out: dict) -> list[dict]:
+  """metrics.analyze's per-layer lists → one record per layer t = 1..L."""
+  lay = out["layers"]
+  recs = []
+  for t in range(len(lay["model_loss"])):
+    rec = {"layer": t + 1}
+    rec.update({k: v[t] for k, v in lay.items() if k != "references"})
+    rec["references"] = {kind: {k: v[t] for k, v in m.items()} for kind, m in lay["references"].items()}
+    recs.append(rec)
+  return recs
+
+
+def cmd_analyze(args) -> int:
+  _enable_x64_if("float64")  # the identity is checked, and every metric computed, in float64
+  import dataclasses
+  import jax
+  import jax.numpy as jnp
+  from lintheory import io, metrics, references, tasks
+
+  if args.eval_tasks < 2:
+    raise ValueError(f"--eval-tasks must be >= 2, got {args.eval_tasks}")
+  fit_cfg = references.FitConfig() if args.fit_steps is None else references.FitConfig(steps=args.fit_steps)
+  loaded = [io.load_run(r) for r in args.runs]  # fail on a bad path before any work
+  finals = []
+  for run in loaded:
+    if run.model.d != run.task.d:
+      raise ValueError(f"{run.path}: model d={run.model.d} differs from task d={run.task.d}")
+    params = {k: jnp.asarray(v, jnp.float64) for k, v in run.params.items()}
+    refs = references.fitted(run.task, run.model.n_layers, fit_cfg, args.cache_dir)
+    batch = tasks.sample(jax.random.key(args.eval_seed), run.task, args.eval_tasks, dtype=jnp.float64)
+    out = metrics.analyze(params, run.model, run.task, refs, batch)
+    ident = dict(out["identity"])
+    ident["note"] = ("Theorem 1 holds exactly: deviation is float64 round-off" if ident["exact"] else
+                     f"Theorem 1 does not cover attention={run.model.attention!r}, mlp={run.model.mlp!r}: "
+                     "this is the measured deviation of (I + W_t) h^0 from the forward pass")
+    result = {"run": str(run.path), "task": dataclasses.asdict(run.task), "model": dataclasses.asdict(run.model),
+              "seed": run.seed, "eval_tasks": args.eval_tasks, "eval_seed": args.eval_seed, "dtype": "float64",
+              "fit": dataclasses.asdict(fit_cfg), "identity": ident, "layers": _analysis_layers(out),
+              "final": out["final"], "interpolation": out["interpolation"],
+              "references": {k: {"eta": f.eta, "gamma": f.gamma, "P": f.P, "train_loss": f.train_loss}
+                             for k, f in refs.items()}}
+    io.write_json(run.path / "analysis.json", result)
+    fl = out["final"]["losses"]
+    finals.append(fl)
+    print(f"{run.path / 'analysis.json'}: L={run.model.n_layers} identity max |err| {ident['max_abs_err']:.1e} "
+          f"(exact={ident['exact']}); loss model {fl['model']:.4f}, "
+          + ", ".join(f"{k} {fl[k]:.4f}" for k in (*references.KINDS, "ridge")))
+  if len(finals) > 1:
+    for k in finals[0]:
+      v = np.array([f[k] for f in finals])
+      print(f"  over {len(v)} runs: {k} loss {v.mean():.4f} ± {v.std(ddof=1):.4f} (sd)")
+  return 0
+
+
 # --- prune / sweep (SVD pruning) ----------------------------------------------------------
+
+
+def _x64_for_run(path) -> None:
+  """Enable float64 before any JAX work when the run's parameters are stored in float64."""
+  p = Path(path) / "params.npz"
+  if p.exists():
+    with np.load(p) as f:
+      if any(f[k].dtype == np.float64 for k in f.files):
+        _enable_x64_if("float64")
+
+
+def add_prune(sub) -> None:
+  p = sub.add_parser("prune", help="SVD-prune one module of some layers of a trained run")
+  p.add_argument("run", help="run directory (from `lintheory train`)")
+  p.add_argument("--layer", type=int, nargs="+", required=True, help="layer index(es), counting from 0")
+  p.add_argument("--module", required=True, choices=["q", "k", "v", "o", "attn", "mlp", "all"])
+  how = p.add_mutually_exclusive_group(required=True)
+  how.add_argument("--rate", type=float, help="clipping rate ξ in [0, 1): keeps int(min(m, n)·(1 − ξ))")
+  how.add_argument("--rank", type=int, help="kept rank r in [0, min(m, n)]")
+  p.add_argument("--eval-tasks", type=int, default=10_000, help="held-out tasks for the ICL error")
+  p.add_argument("--eval-seed", type=int, default=20_240_406, help="key of the held-out tasks")
+  p.add_argument("--out", required=True, help="run directory to write the pruned model to")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing run directory at --out")
+  p.set_defaults(func=cmd_prune)
+
+
+def cmd_prune(args) -> int:
+  _x64_for_run(args.run)
+  import jax
+  from lintheory import io, prune, train
+
+  run = io.load_run(args.run)
+  out = Path(args.out)
+  if out.resolve() == run.path.resolve():
+    raise ValueError("--out must differ from the run directory (pruning never overwrites its input)")
+  if (out / "params.npz").exists() and not args.overwrite:
+    raise ValueError(f"--out {out} already holds a run; pass --overwrite to replace it")
+  if args.eval_tasks < 2:
+    raise ValueError(f"--eval-tasks must be >= 2, got {args.eval_tasks}")
+  kw = {"xi": args.rate} if args.rate is not None else {"rank": args.rank}
+  pruned = prune.prune(run.params, args.layer, args.module, **kw)
+  names = prune.module_names(run.params, args.module)
+  kept = {n: prune.kept_rank(run.params[n].shape, **kw) for n in names}
+  dtype = run.params["W_Q"].dtype
+  key = jax.random.key(args.eval_seed)
+  before = train.evaluate(run.params, run.task, run.model, key, args.eval_tasks, dtype=dtype)
+  after = train.evaluate(pruned, run.task, run.model, key, args.eval_tasks, dtype=dtype)
+  d = run.task.d
+  metrics = {"final_loss": after["loss"], "final_loss_se": after["loss_se"],
+             "loss_before": before["loss"], "loss_before_se": before["loss_se"],
+             "icl_error": after["loss"] / d, "icl_error_before": before["loss"] / d,
+             "gd1_loss": after["gd1_loss"], "ridge_loss": after["ridge_loss"],
+             "eval_tasks": args.eval_tasks, "eval_seed": args.eval_seed}
+  pruning = {"from": str(run.path), "layers": list(args.layer), "module": args.module,
+             "matrices": list(names), "xi": args.rate, "rank": args.rank, "kept_rank": kept}
+  io.save_run(out, run.task, run.model, run.train, run.seed, pruned, metrics, extra={"pruning": pruning})
+  what = f"ξ={args.rate}" if args.rate is not None else f"rank {args.rank}"
+  print(f"{out}: pruned {args.module} ({', '.join(f'{n}→rank {r}' for n, r in kept.items())}) of layer(s) "
+        f"{args.layer} at {what}")
+  print(f"  ICL error (MSE/d) before {before['loss'] / d:.4f} ± {before['loss_se'] / d:.4f}, "
+        f"after {after['loss'] / d:.4f} ± {after['loss_se'] / d:.4f} ({args.eval_tasks} held-out tasks)")
+  return 0
+
+
+def add_sweep(sub) -> None:
+  p = sub.add_parser("sweep", help="prune every layer alone, per module and rate/rank (study a for one run)")
+  p.add_argument("run", help="run directory (from `lintheory train`)")
+  p.add_argument("--modules", nargs="+", default=None, choices=["q", "k", "v", "o", "attn", "mlp", "all"],
+                 help="default: attn, q, k, v, and o / mlp when the model has them")
+  p.add_argument("--layers", type=int, nargs="+", default=None, help="layers to prune one at a time (default all)")
+  p.add_argument("--rates", type=float, nargs="+", default=None, help="clipping rates (default: the paper's)")
+  p.add_argument("--ranks", type=int, nargs="+", default=None, help="kept ranks (instead of or besides rates)")
+  p.add_argument("--eval-tasks", type=int, default=4096, help="held-out tasks for the ICL error")
+  p.add_argument("--analysis-tasks", type=int, default=128, help="tasks for ŵ_t, norms and bound terms")
+  p.add_argument("--block", type=int, default=16, help="configurations per jitted call")
+  p.add_argument("--no-bounds", action="store_true", help="skip the bound columns")
+  p.add_argument("--out", required=True, help="directory for sweep.csv and sweep.json (resumes if present)")
+  p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+  _x64_for_run(args.run)
+  import jax
+  from lintheory import io, prune, sweep
+
+  run = io.load_run(args.run)
+  modules = args.modules or [m for m in ("attn", "q", "k", "v", "o", "mlp")
+                             if any(n in run.params for n in prune.MODULES[m])]
+  rates = tuple(args.rates) if args.rates is not None else (() if args.ranks else prune.PAPER_RATES)
+  cfg = sweep.SweepConfig(layers=tuple(args.layers) if args.layers else None, modules=tuple(modules),
+                          rates=rates, ranks=tuple(args.ranks or ()), n_eval=args.eval_tasks,
+                          n_analysis=args.analysis_tasks, block=args.block, bounds=not args.no_bounds)
+  params_S = jax.tree_util.tree_map(lambda a: a[None], run.params)
+  res = sweep.run(params_S, (run.seed,), run.model, run.task, cfg, out=args.out)
+  print(f"{args.out}/sweep.csv: {len(res.rows)} rows, {res.evaluated} configurations evaluated in "
+        f"{res.seconds:.1f} s (bound columns: {'yes' if res.meta['bounds'] else 'no'})")
+  base = next((r["icl_error"] for r in res.rows if r["rank"] == min(run.params["W_Q"].shape[-2:])
+               and r["module"] in ("attn", "q", "k", "v")), None)
+  if base is not None:
+    print(f"  unpruned ICL error (MSE/d) {base:.4f}")
+  for m in modules:
+    rs = [r for r in res.rows if r["module"] == m]
+    best = min(rs, key=lambda r: r["icl_error"])
+    what = f"ξ={best['xi']}" if best["mode"] == "rate" else f"rank {best['rank']}"
+    print(f"  {m:>4}: best layer {best['layer']} at {what} (rank {best['rank']}): "
+          f"{best['icl_error']:.4f} ± {best['icl_error_se']:.4f}")
+  return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,124 @@
+"""Study: do trained L-layer linear transformers follow gradient descent? (issue 3, theory-notes §3–5, §9)
+
+For L = 1, 2, 3, 4, 6 layers (d = 10, N = 20, σ = 0, and a noisy setting σ = 0.5) and several
+seeds: trains the models (lintheory.zoo, cached), fits the explicit references of depth L
+(lintheory.references, cached), reads every model's implicit trajectory (Theorem 1) and compares
+it layer by layer with each reference (lintheory.metrics). Also the loss at test-time context
+sizes M ≠ N against the one-layer closed form. Writes results/implicit_gd.json (data only).
+
+  python experiments/implicit_gd.py --profile default --results results
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)  # every metric in float64; training stays float32
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lintheory import gd, io, metrics, references, tasks, zoo  # noqa: E402
+from lintheory.model import forward  # noqa: E402
+
+D_IN, N_CTX = 10, 20
+# Per profile: layers trained for each noise level, and the test-time context sizes M.
+SETTINGS = {
+    "default": {"layers": {0.0: (1, 2, 3, 4, 6), 0.5: (1, 2, 4)}, "M": (5, 10, 20, 40, 80)},
+    "full": {"layers": {0.0: (1, 2, 3, 4, 6), 0.5: (1, 2, 3, 4, 6)}, "M": (5, 10, 15, 20, 30, 40, 80, 160)},
+}
+EVAL_SEED = 31_415
+
+
+def stack(records: list):
+  """A list (over seeds) of equally nested dicts of floats/lists → one dict of [S, ...] lists."""
+  first = records[0]
+  if isinstance(first, dict):
+    return {k: stack([r[k] for r in records]) for k in first}
+  if first is None or isinstance(first, (str, bool)):
+    return first
+  return np.asarray(records, np.float64)
+
+
+def summary(x):
+  """Mean and sd over the seed axis of every array in a stacked dict."""
+  if isinstance(x, dict):
+    return {k: summary(v) for k, v in x.items()}
+  if isinstance(x, np.ndarray):
+    return {"mean": x.mean(0), "sd": x.std(0, ddof=1) if x.shape[0] > 1 else np.zeros_like(x[0])}
+  return x
+
+
+def m_sweep(tr: zoo.Trained, Ms, n_tasks: int) -> dict:
+  """Loss of every seed's model at test-time context sizes M, beside the ridge floor."""
+  loss, ridge = [], []
+  for M in Ms:
+    b = tasks.sample(jax.random.key(EVAL_SEED + M), tr.task, n_tasks, n_context=M, dtype=jnp.float64)
+    Z = tasks.batch_tokens(b)
+    per_seed = [float(metrics.mse(forward(zoo.seed_params(tr.params, i), Z, tr.model)[0].astype(jnp.float64),
+                                  b.y_q)) for i in range(len(tr.seeds))]
+    loss.append(per_seed)
+    w = gd.ridge(b.X, b.y, gd.bayes_ridge_lambda(tr.task.noise_std))
+    ridge.append(float(metrics.mse(jnp.einsum("bd,bd->b", w, b.x_q), b.y_q)))
+  return {"M": list(Ms), "loss": np.asarray(loss).T, "ridge": ridge}
+
+
+def run_setting(prof: zoo.Profile, noise: float, L: int, Ms, fit_cfg, cache_dir: str) -> dict:
+  t0 = time.perf_counter()
+  tr = zoo.trained(prof, d=D_IN, n_context=N_CTX, layers=L, noise_std=noise, cache_dir=cache_dir)
+  t_train = time.perf_counter() - t0
+  refs = references.fitted(tr.task, L, fit_cfg, cache_dir)
+  batch = tasks.sample(jax.random.key(EVAL_SEED), tr.task, prof.eval_tasks, dtype=jnp.float64)
+  per_seed = []
+  for i in range(len(tr.seeds)):
+    params = {k: jnp.asarray(v, jnp.float64) for k, v in zoo.seed_params(tr.params, i).items()}
+    per_seed.append(metrics.analyze(params, tr.model, tr.task, refs, batch))
+  st = stack(per_seed)
+  out = {"noise_std": noise, "L": L, "seeds": list(tr.seeds), "train_steps": tr.train.steps,
+         "train_loss_tail": tr.losses[:, -max(1, tr.losses.shape[1] // 20):].mean(1),
+         "identity_max_abs_err": st["identity"]["max_abs_err"], "layers": st["layers"], "final": st["final"],
+         "interpolation": {k: v for k, v in st["interpolation"].items() if k not in ("reason", "alpha")},
+         "summary": summary({"final": st["final"], "layers": st["layers"]}),
+         "references": {k: {"eta": f.eta, "gamma": f.gamma, "P_diag_mean": f.P.diagonal(0, 1, 2).mean(-1),
+                            "train_loss": f.train_loss} for k, f in refs.items()},
+         "closed_form": {"gd1_loss_star": gd.gd1_loss_star(D_IN, N_CTX, noise), "eta_star": gd.eta_star(D_IN, N_CTX, noise)}}
+  if noise == 0.0:
+    out["m_sweep"] = m_sweep(tr, Ms, prof.eval_tasks)
+    out["m_sweep"]["gd1_closed_form"] = [gd.gd1_loss_at(D_IN, N_CTX, M) for M in Ms]
+  fl = out["summary"]["final"]["losses"]
+  print(f"σ={noise} L={L}: model {fl['model']['mean']:.4f} ± {fl['model']['sd']:.4f}; "
+        + ", ".join(f"{k} {fl[k]['mean']:.4f}" for k in (*references.KINDS, "ridge"))
+        + f"  ({t_train:.0f} s train, {time.perf_counter() - t0:.0f} s total)", flush=True)
+  return out
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--profile", default="default", choices=sorted(SETTINGS))
+  ap.add_argument("--results", default="results", help="directory for implicit_gd.json")
+  ap.add_argument("--cache-dir", default="runs/cache", help="trained models and fitted references")
+  args = ap.parse_args(argv)
+  prof, setting = zoo.profile(args.profile), SETTINGS[args.profile]
+  fit_cfg = references.FitConfig()
+  t0 = time.perf_counter()
+  runs = [run_setting(prof, noise, L, setting["M"], fit_cfg, args.cache_dir)
+          for noise, Ls in setting["layers"].items() for L in Ls]
+  out = {"study": "implicit_gd", "profile": args.profile, "d": D_IN, "N": N_CTX, "kinds": list(references.KINDS),
+         "labels": references.LABELS, "train": {"steps": prof.steps, "batch_size": prof.batch_size, "lr": prof.lr,
+                                                 "init_scale": prof.init_scale, "seeds": list(prof.seeds)},
+         "eval_tasks": prof.eval_tasks, "fit": dataclasses.asdict(fit_cfg),
+         "runs": runs, "seconds": time.perf_counter() - t0}
+  path = Path(args.results) / "implicit_gd.json"
+  io.write_json(path, out)
+  print(f"wrote {path} ({out['seconds']:.0f} s)", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,431 @@
+"""Vectorised, resumable pruning sweeps: layers × modules × rates (or ranks) × seeds.
+
+Every matrix is decomposed once (exact SVD); a configuration is a kept rank per matrix and layer,
+and truncation is a mask on the singular values (theory-notes §7), so one jitted function,
+vmapped over configurations and seeds, evaluates a whole block. Unpruned matrices are passed
+through bit-exact (`jnp.where`), and configurations that keep the same ranks (e.g. every ξ that
+leaves rank 0 of an 11×11 matrix) are evaluated once.
+
+Per configuration × seed (one CSV row): the ICL error on held-out tasks (normalised squared
+error, theory-notes §1: mean, standard error, median), for every layer t (from 0, like `layer`;
+ŵ_t is the implicit predictor after layer t, the paper's ŵ_{t+1}) the relative change
+‖ŵ_t − ŵ_t⁰‖/‖ŵ_t⁰‖ and the largest |ŵ_t − ŵ_t⁰| against the unpruned model, ‖ΔW_t‖_F and
+‖G_t‖_F (theory-notes §5, means over tasks), and lintheory.bounds.sweep_metrics (the bound
+terms and the measured gap, theory-notes §6) when that module is present.
+Results: <out>/sweep.csv (tidy) and <out>/sweep.json (metadata), rewritten atomically after each
+block; a restarted sweep skips the configurations already in the CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import importlib.util
+import io as _io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lintheory import implicit, io, prune, tasks
+from lintheory.model import ModelConfig, Params, forward
+from lintheory.tasks import TaskConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+  layers: tuple[int, ...] | None = None  # layers to prune, one at a time (from 0); None = all
+  modules: tuple[str, ...] = ("attn", "q", "k", "v")  # prune.MODULES names
+  rates: tuple[float, ...] = prune.PAPER_RATES  # clipping rates ξ ∈ [0, 1)
+  ranks: tuple[int, ...] = ()  # kept ranks r (rows with mode "rank"); both lists may be given
+  n_eval: int = 2048  # held-out tasks per seed for the ICL error
+  n_analysis: int = 128  # tasks per seed for ŵ_t, ‖ΔW_t‖, ‖G_t‖ and the bound terms
+  eval_seed: int = 20_240_406  # key of the held-out tasks (folded with the model seed)
+  block: int = 16  # distinct configurations per jitted call (the first lane is the unpruned model)
+  lanes: int = 0  # configurations vmapped together inside a call; 0 = auto: 1 on CPU (a sequential
+  #   lax.map is fastest there: the tiny per-task matmuls do not batch), the whole block elsewhere
+  bounds: bool = True  # add lintheory.bounds.sweep_metrics columns when that module exists
+
+  def __post_init__(self):
+    for name, lo in (("n_eval", 2), ("n_analysis", 2), ("block", 2), ("lanes", 0)):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if self.lanes and self.block % self.lanes:
+      raise ValueError(f"block ({self.block}) must be a multiple of lanes ({self.lanes})")
+    if not self.modules:
+      raise ValueError("modules must name at least one module")
+    for m in self.modules:
+      if m not in prune.MODULES:
+        raise ValueError(f"module must be one of {tuple(prune.MODULES)}, got {m!r}")
+    if not self.rates and not self.ranks:
+      raise ValueError("give at least one clipping rate (rates) or rank (ranks)")
+    for xi in self.rates:
+      prune.rank_for_rate(1, 1, xi)  # validates ξ ∈ [0, 1)
+    for r in self.ranks:
+      if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
+        raise ValueError(f"rank must be an integer >= 0, got {r!r}")
+
+
+class Config(NamedTuple):
+  layer: int  # pruned layer (from 0)
+  module: str  # prune.MODULES name
+  mode: str  # "rate" or "rank"
+  value: float | int  # ξ or r
+
+
+def bounds_available() -> bool:
+  """True when lintheory.bounds with sweep_metrics exists (it is written separately)."""
+  if importlib.util.find_spec("lintheory.bounds") is None:
+    return False
+  from lintheory import bounds
+  return hasattr(bounds, "sweep_metrics")
+
+
+# --- configurations ------------------------------------------------------------------------
+
+
+def configurations(cfg: SweepConfig, params: Params) -> list[Config]:
+  """Every (layer, module, rate or rank), validated against this model (params without seed axis)."""
+  L = params["W_Q"].shape[0]
+  layers = prune.layer_list(tuple(range(L)) if cfg.layers is None else cfg.layers, L)
+  for m in cfg.modules:
+    prune.module_names(params, m)
+  out = []
+  for layer in layers:
+    for m in cfg.modules:
+      out += [Config(layer, m, "rate", float(xi)) for xi in cfg.rates]
+      out += [Config(layer, m, "rank", int(r)) for r in cfg.ranks]
+  for c in out:  # validate ranks against every matrix of the module
+    if c.mode == "rank":
+      for name in prune.module_names(params, c.module):
+        prune.kept_rank(params[name].shape, rank=c.value)
+  return out
+
+
+def full_ranks(params: Params) -> dict[str, int]:
+  return {name: min(W.shape[-2:]) for name, W in params.items()}
+
+
+def keep_pattern(c: Config, params: Params) -> tuple[tuple[str, tuple[int, ...]], ...]:
+  """The kept rank of every matrix in every layer under configuration c (hashable)."""
+  L = params["W_Q"].shape[0]
+  names = prune.module_names(params, c.module)
+  pattern = []
+  for name, k in sorted(full_ranks(params).items()):
+    ks = [k] * L
+    if name in names:
+      kw = {"xi": c.value} if c.mode == "rate" else {"rank": c.value}
+      ks[c.layer] = prune.kept_rank(params[name].shape, **kw)
+    pattern.append((name, tuple(ks)))
+  return tuple(pattern)
+
+
+def kept_rank_of(c: Config, params: Params) -> int:
+  """The smallest rank kept among the module's matrices (they all share it for D×D blocks)."""
+  pat = dict(keep_pattern(c, params))
+  return min(pat[name][c.layer] for name in prune.module_names(params, c.module))
+
+
+# --- the vectorised evaluation -------------------------------------------------------------
+
+
+def masked_params(params: Params, svd: dict, keep: dict) -> Params:
+  """Truncate every matrix to keep[name] [L] via the precomputed SVD; full rank stays bit-exact."""
+  out = dict(params)
+  for name, (U, s, Vh) in svd.items():
+    W, k = params[name], s.shape[-1]
+    r = jnp.broadcast_to(keep[name].reshape(keep[name].shape + (1,) * (s.ndim - 2)), s.shape[:-1])
+    W_r = prune.truncate_with_svd(U, s, Vh, r)
+    out[name] = jnp.where(r[..., None, None] >= k, W, W_r.astype(W.dtype))
+  return out
+
+
+def _metrics(p: Params, eval_b: tasks.Batch, ana_b: tasks.Batch, model_cfg: ModelConfig,
+             task_cfg: TaskConfig, with_bounds: bool) -> dict:
+  y_hat, _ = forward(p, tasks.batch_tokens(eval_b), model_cfg)
+  err = tasks.normalised_error((y_hat - eval_b.y_q) ** 2, task_cfg.d)
+  B = err.shape[0]
+  traj = implicit.trajectory(p, tasks.batch_tokens(ana_b), model_cfg)
+  fro = lambda A: jnp.mean(jnp.sqrt(jnp.sum(A**2, (-2, -1))), axis=1)
+  out = {"icl_error": jnp.mean(err), "icl_error_se": jnp.std(err, ddof=1) / math.sqrt(B),
+         "icl_error_median": jnp.median(err), "dW_norm": fro(traj.delta_W), "G_norm": fro(traj.G),
+         "w_hat": traj.w_hat}
+  if with_bounds:
+    from lintheory import bounds
+    out.update({f"bd_{k}": v for k, v in bounds.sweep_metrics(p, ana_b, model_cfg, task_cfg).items()})
+  return out
+
+
+def _compare(m: dict, w_hat0: jax.Array) -> dict:
+  """Replace ŵ_t [L, B, d] by its relative and largest change against the unpruned ŵ_t⁰."""
+  m = dict(m)
+  w = m.pop("w_hat")
+  diff = w - w_hat0
+  m["w_hat_rel"] = jnp.sqrt(jnp.sum(diff**2, (1, 2)) / jnp.sum(w_hat0**2, (1, 2)))
+  m["w_hat_maxabs"] = jnp.max(jnp.abs(diff), (1, 2))
+  return m
+
+
+def lanes_for(cfg: SweepConfig) -> int:
+  if cfg.lanes:
+    return cfg.lanes
+  return 1 if jax.default_backend() == "cpu" else cfg.block
+
+
+def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: bool, lanes: int) -> Callable:
+  """jit(vmap over seeds of a map over configurations, `lanes` of them vmapped at a time).
+
+  Lane 0 must be the unpruned pattern; the block length must be a multiple of lanes.
+  """
+  def one(params, svd, keep, eval_b, ana_b):
+    return _metrics(masked_params(params, svd, keep), eval_b, ana_b, model_cfg, task_cfg, with_bounds)
+
+  def block(params, svd, keeps, eval_b, ana_b):
+    m = jax.lax.map(lambda keep: one(params, svd, keep, eval_b, ana_b), keeps,
+                    batch_size=lanes if lanes > 1 else None)
+    # The reference is lane 0 of the same program, so layers before the pruned one compare
+    # bit-exactly (the same inputs through the same compiled ops).
+    return jax.vmap(_compare, in_axes=(0, None))(m, m["w_hat"][0])
+
+  return jax.jit(jax.vmap(block, in_axes=(0, 0, None, 0, 0)))
+
+
+def batches(task_cfg: TaskConfig, seeds, cfg: SweepConfig, dtype) -> tuple[tasks.Batch, tasks.Batch]:
+  """Held-out and analysis tasks per seed, stacked [S, ...] (the same for every configuration)."""
+  def pair(seed):
+    k = jax.random.fold_in(jax.random.key(cfg.eval_seed), seed)
+    return (tasks.sample(jax.random.fold_in(k, 0), task_cfg, cfg.n_eval, dtype=dtype),
+            tasks.sample(jax.random.fold_in(k, 1), task_cfg, cfg.n_analysis, dtype=dtype))
+  ps = [pair(s) for s in seeds]
+  stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
+  return stack([p[0] for p in ps]), stack([p[1] for p in ps])
+
+
+def svd_of(params_S: Params, names) -> dict:
+  return {name: jnp.linalg.svd(params_S[name], full_matrices=False) for name in names}
+
+
+# --- rows, CSV, metadata -------------------------------------------------------------------
+
+BASE_COLUMNS = ("seed", "layer", "module", "mode", "xi", "rank", "icl_error", "icl_error_se",
+                "icl_error_median")
+PER_LAYER = ("w_hat_rel", "w_hat_maxabs", "dW_norm", "G_norm")
+
+
+def columns(n_layers: int, bound_keys=()) -> list[str]:
+  cols = list(BASE_COLUMNS)
+  for name in PER_LAYER:
+    cols += [f"{name}_{t}" for t in range(n_layers)]
+  return cols + sorted(bound_keys)
+
+
+def row_key(row: dict) -> tuple:
+  """(seed, layer, module, mode, value) identifying a row, from a parsed or a fresh row."""
+  v = float(row["xi"]) if row["mode"] == "rate" else int(row["rank"])
+  return int(row["seed"]), int(row["layer"]), row["module"], row["mode"], v
+
+
+def _fmt(v) -> str:
+  if v is None:
+    return ""
+  if isinstance(v, str):
+    return v
+  if isinstance(v, (int, np.integer)):
+    return str(int(v))
+  return repr(float(v))
+
+
+def write_csv(path: Path, cols: list[str], rows: list[dict]) -> None:
+  buf = _io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+  w.writeheader()
+  for r in rows:
+    w.writerow({c: _fmt(r[c]) for c in cols})
+  io.atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def read_csv(path) -> list[dict]:
+  """Rows with numbers parsed (int for seed/layer/rank, float otherwise; '' → None)."""
+  rows = []
+  with open(path, newline="") as f:
+    for r in csv.DictReader(f):
+      out = {}
+      for k, v in r.items():
+        if k in ("module", "mode"):
+          out[k] = v
+        elif v == "":
+          out[k] = None
+        elif k in ("seed", "layer", "rank"):
+          out[k] = int(v)
+        else:
+          out[k] = float(v)
+      rows.append(out)
+  return rows
+
+
+def fingerprint(params_S: Params) -> str:
+  h = hashlib.sha256()
+  for name in sorted(params_S):
+    a = np.ascontiguousarray(np.asarray(params_S[name]))
+    h.update(name.encode() + str(a.shape).encode() + str(a.dtype).encode() + a.tobytes())
+  return h.hexdigest()[:16]
+
+
+class SweepResult(NamedTuple):
+  rows: list[dict]  # one per configuration × seed, in configuration order
+  meta: dict  # what sweep.json holds
+  evaluated: int  # distinct configurations evaluated in this call (resumed ones excluded)
+  seconds: float
+
+
+def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, cfg: SweepConfig,
+        out=None, on_block: Callable[[int, int], None] | None = None, progress: bool = True) -> SweepResult:
+  """The sweep for models params_S (leading seed axis, one per entry of seeds).
+
+  With `out`, rows already in out/sweep.csv are kept and skipped, and the CSV and JSON are
+  rewritten atomically after every block; on_block(done, total) runs after each block.
+  """
+  seeds = tuple(int(s) for s in seeds)
+  if params_S["W_Q"].shape[0] != len(seeds):
+    raise ValueError(f"params have {params_S['W_Q'].shape[0]} seeds on axis 0 but seeds has {len(seeds)}")
+  p0 = jax.tree_util.tree_map(lambda a: a[0], params_S)
+  confs = configurations(cfg, p0)
+  L = p0["W_Q"].shape[0]
+  with_bounds = cfg.bounds and bounds_available()
+  dtype = params_S["W_Q"].dtype
+  eval_b, ana_b = batches(task_cfg, seeds, cfg, dtype)
+  bound_keys = ()
+  if with_bounds:
+    from lintheory import bounds
+    shapes = jax.eval_shape(lambda p, b: bounds.sweep_metrics(p, b, model_cfg, task_cfg), p0,
+                            jax.tree_util.tree_map(lambda a: a[0], ana_b))
+    bound_keys = tuple(f"bd_{k}" for k in shapes)
+  cols = columns(L, bound_keys)
+  meta = {"model": dataclasses.asdict(model_cfg), "task": dataclasses.asdict(task_cfg),
+          "sweep": dataclasses.asdict(cfg), "seeds": list(seeds), "params_fingerprint": fingerprint(params_S),
+          "columns": cols, "bounds": bool(with_bounds),
+          "rank_rule": "r = floor(min(m, n)·(1 − ξ) + 1e-9) (prune.rank_for_rate)",
+          "icl_error": "squared error / d on n_eval held-out tasks per seed (zero predictor = 1)",
+          "layer_index": "layer and the _t suffixes count from 0; _t is after layer t (paper's t+1)"}
+  done: dict[tuple, dict] = {}
+  csv_path = json_path = None
+  if out is not None:
+    csv_path, json_path = Path(out) / "sweep.csv", Path(out) / "sweep.json"
+    if csv_path.exists():
+      old = io.read_json(json_path) if json_path.exists() else {}
+      strip = lambda m: {**m, "sweep": {k: v for k, v in (m.get("sweep") or {}).items() if k != "block"}}
+      old, new = strip(old), strip(meta)
+      for k in ("model", "task", "sweep", "seeds", "params_fingerprint", "columns"):
+        if io._jsonable(old.get(k)) != io._jsonable(new[k]):
+          raise ValueError(f"out={out} holds a different sweep ({k} differs); use a new --out directory")
+      done = {row_key(r): r for r in read_csv(csv_path)}
+
+  want = {row_key({"seed": s, "layer": c.layer, "module": c.module, "mode": c.mode,
+                   "xi": c.value, "rank": c.value}): (i, s, c)
+          for i, c in enumerate(confs) for s in seeds}
+  todo = [c for c in dict.fromkeys(c for k, (_, _, c) in want.items() if k not in done)]
+  patterns = {c: keep_pattern(c, p0) for c in confs}
+  full = keep_pattern(Config(0, cfg.modules[0], "rank", min(p0["W_Q"].shape[-2:])), p0)
+  unique = list(dict.fromkeys(patterns[c] for c in todo if patterns[c] != full))
+  if any(patterns[c] == full for c in todo):
+    unique = [full] + unique  # the unpruned model evaluated as a configuration of its own
+  names = sorted({n for m in cfg.modules for n in prune.module_names(p0, m)})
+  svd = svd_of(params_S, names)
+  fn = make_block_fn(model_cfg, task_cfg, with_bounds, lanes_for(cfg))
+  per_block = cfg.block - 1
+  n_blocks = math.ceil(len(unique) / per_block) if unique else 0
+  results: dict[tuple, dict] = {}
+  t0 = time.perf_counter()
+
+  def rows_for(c, s_idx, m):
+    r = {"seed": seeds[s_idx], "layer": c.layer, "module": c.module, "mode": c.mode,
+         "xi": c.value if c.mode == "rate" else "", "rank": kept_rank_of(c, p0)}
+    for k, v in m.items():
+      v = np.asarray(v[s_idx])
+      if v.ndim == 0:
+        r[k] = float(v)
+      else:
+        r.update({f"{k}_{t}": float(x) for t, x in enumerate(v)})
+    return r
+
+  def flush(complete: bool):
+    if out is None:
+      return
+    rows = sorted(list(done.values()), key=lambda r: want[row_key(r)][0] * len(seeds) + seeds.index(r["seed"]))
+    write_csv(csv_path, cols, rows)
+    bad = sum(1 for r in rows if not all(math.isfinite(r[c]) for c in cols[6:] if r[c] is not None))
+    io.write_json(json_path, {**meta, "rows": len(rows), "complete": complete, "nonfinite_rows": bad})
+
+  for b in range(n_blocks):
+    chunk = unique[b * per_block:(b + 1) * per_block]
+    pats = [full] + chunk + [chunk[-1]] * (per_block - len(chunk))  # pad: one compilation
+    keeps = {name: jnp.asarray([dict(p)[name] for p in pats], jnp.int32) for name in names}
+    m = jax.device_get(fn(params_S, svd, keeps, eval_b, ana_b))
+    for j, pat in enumerate(pats[:1 + len(chunk)]):
+      results.setdefault(pat, jax.tree_util.tree_map(lambda a: a[:, j], m))
+    for c in todo:
+      if patterns[c] in results:
+        for si, s in enumerate(seeds):
+          r = rows_for(c, si, results[patterns[c]])
+          done.setdefault(row_key(r), r)
+    flush(complete=False)
+    if progress:
+      print(f"\r  sweep block {b + 1}/{n_blocks} ({len(unique)} distinct configurations × {len(seeds)} seeds, "
+            f"{time.perf_counter() - t0:.1f} s)", end="" if b + 1 < n_blocks else "\n", file=sys.stderr, flush=True)
+    if on_block is not None:
+      on_block(b + 1, n_blocks)
+  rows = sorted(done.values(), key=lambda r: want[row_key(r)][0] * len(seeds) + seeds.index(r["seed"]))
+  flush(complete=True)
+  meta = {**meta, "rows": len(rows), "complete": True}
+  return SweepResult(rows, meta, len(unique), time.perf_counter() - t0)
+
+
+# --- the straightforward loop (reference for tests and the benchmark) ----------------------
+
+
+def run_loop(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, cfg: SweepConfig) -> SweepResult:
+  """Prune with prune.prune, then evaluate with one jitted function, one configuration at a time."""
+  seeds = tuple(int(s) for s in seeds)
+  p0 = jax.tree_util.tree_map(lambda a: a[0], params_S)
+  confs = configurations(cfg, p0)
+  with_bounds = cfg.bounds and bounds_available()
+  eval_b, ana_b = batches(task_cfg, seeds, cfg, params_S["W_Q"].dtype)
+  metrics = jax.jit(lambda p, e, a: _metrics(p, e, a, model_cfg, task_cfg, with_bounds))
+  t0 = time.perf_counter()
+  rows = []
+  for si, s in enumerate(seeds):
+    p = jax.tree_util.tree_map(lambda a: a[si], params_S)
+    e, a = (jax.tree_util.tree_map(lambda x: x[si], b) for b in (eval_b, ana_b))
+    w_hat0 = metrics(p, e, a)["w_hat"]
+    for c in confs:
+      kw = {"xi": c.value} if c.mode == "rate" else {"rank": c.value}
+      m = jax.device_get(_compare(metrics(prune.prune(p, c.layer, c.module, **kw), e, a), w_hat0))
+      r = {"seed": s, "layer": c.layer, "module": c.module, "mode": c.mode,
+           "xi": c.value if c.mode == "rate" else "", "rank": kept_rank_of(c, p0)}
+      for k, v in m.items():
+        v = np.asarray(v)
+        r.update({k: float(v)} if v.ndim == 0 else {f"{k}_{t}": float(x) for t, x in enumerate(v)})
+      rows.append(r)
+  order = {c: i for i, c in enumerate(confs)}
+  rows.sort(key=lambda r: order[Config(r["layer"], r["module"], r["mode"],
+                                       r["xi"] if r["mode"] == "rate" else r["rank"])] * len(seeds)
+            + seeds.index(r["seed"]))
+  return SweepResult(rows, {}, len(confs) * len(seeds), time.perf_counter() - t0)
+
+
+def cached(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, cfg: SweepConfig,
+           cache_dir="runs/cache/sweeps", progress: bool = True) -> SweepResult:
+  """`run` into a directory keyed by the models and the sweep, so studies share (and resume) sweeps."""
+  key = {"model": dataclasses.asdict(model_cfg), "task": dataclasses.asdict(task_cfg),
+         "sweep": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "block"},
+         "seeds": [int(s) for s in seeds], "params": fingerprint(params_S)}
+  digest = hashlib.sha256(json.dumps(io._jsonable(key), sort_keys=True).encode()).hexdigest()[:16]
+  return run(params_S, seeds, model_cfg, task_cfg, cfg, out=Path(cache_dir) / digest, progress=progress)

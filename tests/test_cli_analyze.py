@@ -1,0 +1,75 @@
+"""`lintheory analyze`: analysis.json of trained and saved runs, caching, and its error paths."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lintheory import cli, io, references
+from lintheory.model import ModelConfig, param_shapes
+from lintheory.tasks import TaskConfig
+
+FAST = ["--fit-steps", "20", "--eval-tasks", "64"]
+
+
+def saved_run(path, **arch):
+  """A run directory with random weights (the analysis does not care how they were obtained)."""
+  cfg = ModelConfig(d=3, n_layers=2, **arch)
+  rng = np.random.default_rng(0)
+  params = {k: 0.3 * rng.standard_normal(s).astype(np.float32) for k, s in param_shapes(cfg).items()}
+  return io.save_run(path, TaskConfig(d=3, n_context=5), cfg, None, 0, params, {})
+
+
+def test_analyze_a_trained_run(tmp_path, capsys, monkeypatch):
+  run = tmp_path / "run"
+  assert cli.main(["train", "--d", "3", "--n-context", "5", "--layers", "2", "--steps", "30", "--batch-size", "64",
+                   "--eval-tasks", "64", "--out", str(run)]) == 0
+  cache = tmp_path / "cache"
+  assert cli.main(["analyze", str(run), "--cache-dir", str(cache)] + FAST) == 0
+  assert "analysis.json" in capsys.readouterr().out
+  a = json.loads((run / "analysis.json").read_text())
+  for key in ("run", "task", "model", "identity", "layers", "final", "interpolation", "references", "fit"):
+    assert key in a, key
+  assert a["identity"]["exact"] is True and a["identity"]["max_abs_err"] < 1e-10
+  assert [rec["layer"] for rec in a["layers"]] == [1, 2]
+  for rec in a["layers"]:
+    assert rec["identity_max_abs_err"] < 1e-10
+    assert set(rec["references"]) == set(references.KINDS)
+    for m in rec["references"].values():
+      assert {"cos", "rel_l2", "pred_abs_diff", "loss"} <= set(m) and -1 - 1e-9 <= m["cos"] <= 1 + 1e-9
+  assert {"model", "ridge", *references.KINDS} <= set(a["final"]["losses"])
+  assert set(a["final"]["model_cos"]) >= set(references.KINDS)
+  assert all(np.isfinite(a["interpolation"][k]) for k in references.KINDS)
+  metrics = json.loads((run / "metrics.json").read_text())
+  assert metrics["step"] == 30  # not retrained
+  # a second analysis (several runs) reads the cached references instead of fitting again
+  monkeypatch.setattr(references, "fit_many", lambda *a, **k: pytest.fail("refitted a cached reference"))
+  other = saved_run(tmp_path / "other", n_heads=2, use_W_O=True)
+  other_task = TaskConfig(d=3, n_context=5)
+  assert references.cache_path(other_task, 2, references.FitConfig(steps=20), cache).exists()
+  assert cli.main(["analyze", str(run), str(other), "--cache-dir", str(cache)] + FAST) == 0
+  assert "over 2 runs" in capsys.readouterr().out
+  b = json.loads((other / "analysis.json").read_text())
+  assert b["identity"]["exact"] is True and b["identity"]["max_abs_err"] < 1e-10
+  assert b["interpolation"]["reason"] is not None  # two heads do not merge
+
+
+@pytest.mark.parametrize("arch", [{"attention": "softmax"}, {"mlp": "relu"}])
+def test_analyze_flags_softmax_and_mlp_runs(tmp_path, arch):
+  run = saved_run(tmp_path / "run", **arch)
+  assert cli.main(["analyze", str(run), "--cache-dir", str(tmp_path / "cache")] + FAST) == 0
+  a = json.loads((run / "analysis.json").read_text())
+  assert a["identity"]["exact"] is False
+  assert a["identity"]["max_abs_err"] > 1e-6 and "does not cover" in a["identity"]["note"]
+  assert all(np.isfinite(rec["identity_max_abs_err"]) for rec in a["layers"])
+
+
+def test_analyze_errors(tmp_path, capsys):
+  assert cli.main(["analyze", str(tmp_path / "nope")]) == 2
+  assert "not a run directory" in capsys.readouterr().err
+  run = saved_run(tmp_path / "run")
+  assert cli.main(["analyze", str(run), "--eval-tasks", "1"]) == 2
+  assert "--eval-tasks must be >= 2" in capsys.readouterr().err
+  assert cli.main(["analyze", str(run), "--fit-steps", "0"]) == 2
+  assert "steps must be an integer >= 1" in capsys.readouterr().err
+  assert not (run / "analysis.json").exists()

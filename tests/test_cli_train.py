@@ -1,0 +1,70 @@
+"""`lintheory train`: the files it writes, resuming, and its error paths (exit code 2)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lintheory import cli, gd
+
+RUN = ["train", "--d", "5", "--n-context", "10", "--layers", "1", "--steps", "300", "--batch-size", "1024",
+       "--seed", "0", "--noise-std", "0.0"]
+
+
+def test_train_writes_the_run_directory_and_resumes(tmp_path, capsys):
+  out = tmp_path / "run"
+  assert cli.main(RUN + ["--out", str(out)]) == 0
+  assert "final_loss" in capsys.readouterr().out
+  config = json.loads((out / "config.json").read_text())
+  assert config["task"]["d"] == 5 and config["task"]["n_context"] == 10 and config["model"]["n_layers"] == 1
+  assert config["train"]["steps"] == 300 and config["train"]["batch_size"] == 1024 and config["seed"] == 0
+  with np.load(out / "params.npz") as f:
+    assert {"W_Q", "W_K", "W_V"} <= set(f.files)
+    for name in ("W_Q", "W_K", "W_V"):
+      assert f[name].shape == (1, 6, 6) and np.all(np.isfinite(f[name]))
+  m = json.loads((out / "metrics.json").read_text())
+  for key in ("final_loss", "gd1_loss", "eta_star", "closed_form_loss", "seconds"):
+    assert np.isfinite(m[key]), key
+  assert m["eta_star"] == pytest.approx(10 / 16) and m["closed_form_loss"] == pytest.approx(gd.gd1_loss_star(5, 10))
+  assert m["eval_tasks"] >= 10_000 and m["finished"] and m["seconds"] > 0
+  assert abs(m["gd1_loss"] - m["closed_form_loss"]) < 4 * m["gd1_loss_se"]
+  assert m["final_loss"] < 5.0  # better than the zero predictor (d = 5)
+  curve = np.loadtxt(out / "loss_curve.csv", delimiter=",", skiprows=1)
+  assert curve.shape == (300, 2) and np.all(curve[:, 0] == np.arange(1, 301)) and np.all(np.isfinite(curve))
+
+  assert cli.main(RUN[:8] + ["400"] + RUN[9:] + ["--out", str(out), "--resume", "--eval-tasks", "2000"]) == 0
+  assert "resuming" in capsys.readouterr().err
+  resumed = np.loadtxt(out / "loss_curve.csv", delimiter=",", skiprows=1)
+  assert resumed.shape == (400, 2)
+  np.testing.assert_allclose(resumed[:300], curve, rtol=1e-6)
+  assert json.loads((out / "metrics.json").read_text())["step"] == 400
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--d", "0"], "d must"), (["--n-context", "0"], "n_context"), (["--noise-std", "-1"], "noise_std"),
+    (["--layers", "0"], "n_layers"), (["--heads", "0"], "n_heads"), (["--steps", "0"], "steps"),
+    (["--batch-size", "0"], "batch_size"), (["--lr", "0"], "lr"), (["--lr", "nan"], "lr"),
+    (["--eval-tasks", "0"], "eval-tasks"), (["--x-cov-diag", "1", "2"], "x_cov"),
+    (["--x-cov-diag", "1", "1", "1", "1", "-1"], "x_cov"), (["--init-scale", "0"], "init_scale"),
+])
+def test_bad_values_exit_2_with_a_message(tmp_path, capsys, flags, message):
+  assert cli.main(["train", "--d", "5", "--out", str(tmp_path / "r")] + flags) == 2
+  err = capsys.readouterr().err
+  assert "error" in err and message in err
+  assert not (tmp_path / "r" / "params.npz").exists()
+
+
+def test_resume_without_a_run_exits_2(tmp_path, capsys):
+  assert cli.main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+  assert "not a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--layers", "abc", "--out", "x"], ["train", "--attention", "cosine", "--out", "x"],
+    ["train", "--bogus", "--out", "x"], ["train"], ["--d", "5"],
+])
+def test_bad_flags_exit_2(argv, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(argv)
+  assert e.value.code == 2
+  assert "error" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""Comparison metrics (issue 3): distances, model cos, the interpolation test, one-model analysis."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from lintheory import gd, metrics, references as R, tasks
+from lintheory.model import ModelConfig, forward, param_shapes
+from lintheory.tasks import TaskConfig
+
+
+def batch64(d, N, B=16, seed=0):
+  rng = np.random.default_rng(seed)
+  w, X, x_q = rng.standard_normal((B, d)), rng.standard_normal((B, N, d)), rng.standard_normal((B, d))
+  y = np.einsum("bnd,bd->bn", X, w)
+  return tasks.Batch(*(jnp.asarray(a) for a in (X, y, x_q, np.einsum("bd,bd->b", x_q, w), w)))
+
+
+def random_params(cfg, seed=0, scale=0.4):
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(scale * rng.standard_normal(s)) for k, s in param_shapes(cfg).items()}
+
+
+@settings(max_examples=30, deadline=None)
+@given(v=st.lists(st.floats(-10, 10), min_size=3, max_size=3).filter(lambda v: np.linalg.norm(v) > 1e-3),
+       c=st.floats(0.1, 10))
+def test_cosine_and_rel_l2(v, c):
+  a = jnp.asarray(v)
+  assert float(metrics.cosine(a, c * a)) == pytest.approx(1.0, abs=1e-12)
+  assert float(metrics.cosine(a, -c * a)) == pytest.approx(-1.0, abs=1e-12)
+  assert float(metrics.rel_l2(c * a, a)) == pytest.approx(abs(c - 1), abs=1e-12)
+  assert float(metrics.rel_l2(a, a)) == 0.0
+
+
+def test_cosine_of_zero_vector_is_zero():
+  assert float(metrics.cosine(jnp.zeros(3), jnp.ones(3))) == 0.0
+
+
+def test_query_grad_is_w_hat_for_linear_attention():
+  cfg = ModelConfig(d=3, n_layers=3, n_heads=2, use_W_O=True)
+  params, b = random_params(cfg, 1), batch64(3, 5)
+  from lintheory import implicit
+  w_hat = implicit.trajectory(params, tasks.batch_tokens(b), cfg).w_hat[-1]
+  np.testing.assert_allclose(metrics.query_grad(params, b, cfg), w_hat, rtol=1e-10, atol=1e-12)
+  # with softmax attention the prediction is not linear in x_q: ŵ_L is not its gradient
+  cfg_s = ModelConfig(d=3, n_layers=2, attention="softmax")
+  p_s = random_params(cfg_s, 2, scale=1.0)
+  w_s = implicit.trajectory(p_s, tasks.batch_tokens(b), cfg_s).w_hat[-1]
+  assert float(jnp.max(jnp.abs(metrics.query_grad(p_s, b, cfg_s) - w_s))) > 1e-4
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_merged_and_aligned_weights_are_the_same_model(seed):
+  cfg = ModelConfig(d=3, n_layers=3, use_W_O=bool(seed))
+  params, b = random_params(cfg, seed), batch64(3, 5)
+  KQ, PV = metrics.align(*metrics.merged(params))
+  eye = jnp.broadcast_to(jnp.eye(4), KQ.shape)
+  y0 = forward(params, tasks.batch_tokens(b))[0]
+  y1 = forward({"W_K": eye, "W_Q": KQ, "W_V": PV}, tasks.batch_tokens(b))[0]
+  np.testing.assert_allclose(y1, y0, rtol=1e-10, atol=1e-10)
+  np.testing.assert_allclose(jnp.trace(KQ[:, :3, :3], axis1=1, axis2=2), 3.0, rtol=1e-12)
+  # interpolating a model with itself is the model
+  y2 = forward(metrics.interpolate(params, params), tasks.batch_tokens(b))[0]
+  np.testing.assert_allclose(y2, y0, rtol=1e-10, atol=1e-10)
+
+
+def test_interpolating_rescaled_gd_weights_recovers_gd():
+  """A rescaled copy of the GD weights (W_K·a, W_V/a) aligns back onto the construction."""
+  params = gd.construct(3, jnp.array([0.5, 0.3]))
+  scaled = dict(params, W_K=-2.0 * params["W_K"], W_V=-0.5 * params["W_V"])
+  avg = metrics.interpolate(scaled, params)
+  b = batch64(3, 5)
+  np.testing.assert_allclose(forward(avg, tasks.batch_tokens(b))[0], forward(params, tasks.batch_tokens(b))[0],
+                             rtol=1e-10, atol=1e-12)
+
+
+def test_interpolation_errors_and_reasons():
+  p1, p2 = gd.construct(3, 0.5, 2), gd.construct(3, 0.5, 3)
+  with pytest.raises(ValueError, match="layers"):
+    metrics.interpolate(p1, p2)
+  with pytest.raises(ValueError, match="alpha must be in"):
+    metrics.interpolate(p1, p1, alpha=1.5)
+  with pytest.raises(ValueError, match="one head"):
+    metrics.merged(random_params(ModelConfig(d=3, n_heads=2)))
+  assert metrics.interpolation_reason(ModelConfig(d=3)) is None
+  assert "linear attention" in metrics.interpolation_reason(ModelConfig(d=3, attention="softmax"))
+  assert "one head" in metrics.interpolation_reason(ModelConfig(d=3, n_heads=2))
+
+
+def fitted_by_hand(L, d):
+  return {"gd": R.Fitted("gd", np.full(L, 0.4), np.zeros(L), np.broadcast_to(np.eye(d), (L, d, d)).copy(), 0.0),
+          "gd_pp": R.Fitted("gd_pp", np.linspace(0.3, 0.9, L), np.linspace(0.2, 0.0, L),
+                            np.broadcast_to(np.eye(d), (L, d, d)).copy(), 0.0)}
+
+
+def test_analyze_a_constructed_reference():
+  """The GD++ construction matches the GD++ reference exactly and differs from plain GD."""
+  d, L = 3, 3
+  refs = fitted_by_hand(L, d)
+  params = R.construct(refs["gd_pp"])
+  b = batch64(d, 6, B=64)
+  out = metrics.analyze(params, ModelConfig.from_params(params), TaskConfig(d=d, n_context=6), refs, b)
+  assert out["identity"]["exact"] and out["identity"]["max_abs_err"] < 1e-12
+  pp, plain = out["layers"]["references"]["gd_pp"], out["layers"]["references"]["gd"]
+  np.testing.assert_allclose(pp["cos"], 1.0, atol=1e-12)
+  np.testing.assert_allclose(pp["rel_l2"], 0.0, atol=1e-12)
+  np.testing.assert_allclose(pp["pred_abs_diff"], 0.0, atol=1e-12)
+  np.testing.assert_allclose(pp["loss"], out["layers"]["model_loss"], rtol=1e-12)
+  assert min(plain["rel_l2"]) > 1e-2
+  assert out["final"]["model_cos"]["gd_pp"] == pytest.approx(1.0, abs=1e-12)
+  assert out["final"]["losses"]["ridge"] < 1e-12  # N > d, σ = 0: ridge recovers w
+  assert out["interpolation"]["gd_pp"] == pytest.approx(out["final"]["losses"]["model"], rel=1e-10)
+  assert len(out["layers"]["delta_W_fro"]) == L
+
+
+def test_analyze_flags_softmax_and_checks_depth():
+  d = 3
+  cfg = ModelConfig(d=d, n_layers=2, attention="softmax")
+  b = batch64(d, 6)
+  out = metrics.analyze(random_params(cfg), cfg, TaskConfig(d=d, n_context=6), fitted_by_hand(2, d), b)
+  assert out["identity"]["exact"] is False and out["identity"]["max_abs_err"] > 1e-6
+  assert out["interpolation"]["reason"] is not None and "gd" not in out["interpolation"]
+  with pytest.raises(ValueError, match="steps but the model has"):
+    metrics.analyze(random_params(cfg), cfg, TaskConfig(d=d, n_context=6), fitted_by_hand(3, d), b)

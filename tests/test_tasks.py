@@ -1,0 +1,91 @@
+"""Task sampler and token layout (theory-notes §1)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lintheory import tasks
+from lintheory.tasks import TaskConfig
+
+# One compilation per shape instead of one per primitive (op-by-op dispatch is slow on CPU).
+sample = jax.jit(tasks.sample, static_argnums=(1, 2), static_argnames=("n_context", "dtype"))
+
+
+def test_shapes_and_token_layout():
+  cfg = TaskConfig(d=4, n_context=7)
+  b = sample(jax.random.key(0), cfg, 5, dtype=jnp.float64)
+  assert b.X.shape == (5, 7, 4) and b.y.shape == (5, 7) and b.x_q.shape == (5, 4)
+  assert b.y_q.shape == (5,) and b.w.shape == (5, 4)
+  Z = tasks.batch_tokens(b)
+  assert Z.shape == (5, 8, 5)
+  np.testing.assert_array_equal(Z[:, :7, :4], b.X)
+  np.testing.assert_array_equal(Z[:, :7, 4], b.y)
+  np.testing.assert_array_equal(Z[:, 7, :4], b.x_q)
+  np.testing.assert_array_equal(Z[:, 7, 4], 0.0)  # the query's y-slot is empty
+
+
+def test_noiseless_labels_are_linear_and_sampling_is_seeded():
+  cfg = TaskConfig(d=3, n_context=6)
+  b = sample(jax.random.key(1), cfg, 4, dtype=jnp.float64)
+  np.testing.assert_allclose(b.y, jnp.einsum("bnd,bd->bn", b.X, b.w), rtol=1e-12)
+  np.testing.assert_allclose(b.y_q, jnp.einsum("bd,bd->b", b.x_q, b.w), rtol=1e-12)
+  b2 = sample(jax.random.key(1), cfg, 4, dtype=jnp.float64)
+  np.testing.assert_array_equal(b.X, b2.X)
+  b3 = sample(jax.random.key(2), cfg, 4, dtype=jnp.float64)
+  assert not np.allclose(b.X, b3.X)
+
+
+def test_n_context_override():
+  b = sample(jax.random.key(0), TaskConfig(d=2, n_context=5), 3, n_context=9)
+  assert b.X.shape == (3, 9, 2)
+
+
+def test_moments_noise_and_covariance():
+  """Label-noise variance σ², x covariance Σ, w covariance Σ_w, within ~4 standard errors."""
+  Sigma = np.array([[2.0, 0.5], [0.5, 1.0]])
+  cfg = TaskConfig(d=2, n_context=4, noise_std=0.7, x_cov=tuple(map(tuple, Sigma)), w_cov=(3.0, 0.5),
+                   query_noise=True)
+  b = sample(jax.random.key(3), cfg, 50_000, dtype=jnp.float64)
+  eps = np.asarray(b.y - jnp.einsum("bnd,bd->bn", b.X, b.w)).ravel()
+  assert abs(eps.var() - 0.49) < 4 * 0.49 * np.sqrt(2 / eps.size)
+  X = np.asarray(b.X).reshape(-1, 2)
+  np.testing.assert_allclose(X.T @ X / len(X), Sigma, atol=4 * 2.0 * np.sqrt(2 / len(X)))
+  w = np.asarray(b.w)
+  np.testing.assert_allclose(w.T @ w / len(w), np.diag([3.0, 0.5]), atol=4 * 3.0 * np.sqrt(2 / len(w)))
+  q_eps = np.asarray(b.y_q - jnp.einsum("bd,bd->b", b.x_q, b.w))
+  assert abs(q_eps.var() - 0.49) < 4 * 0.49 * np.sqrt(2 / q_eps.size)
+
+
+def test_zero_predictor_scores_one():
+  b = sample(jax.random.key(4), TaskConfig(d=5, n_context=3), 40_000, dtype=jnp.float64)
+  e = np.asarray(tasks.normalised_error(b.y_q**2, 5))
+  assert abs(e.mean() - 1.0) < 4 * e.std() / np.sqrt(e.size)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(d=0), "d"), (dict(d=True), "d"), (dict(d=2.5), "d"),
+    (dict(n_context=0), "n_context"),
+    (dict(noise_std=-0.1), "noise_std"), (dict(noise_std=float("nan")), "noise_std"),
+    (dict(noise_std=float("inf")), "noise_std"),
+    (dict(d=2, x_cov=(1.0, 2.0, 3.0)), "x_cov"),  # wrong shape
+    (dict(d=2, x_cov=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))), "x_cov"),  # wrong shape
+    (dict(d=2, x_cov=((1.0, 0.5), (0.0, 1.0))), "x_cov"),  # not symmetric
+    (dict(d=2, x_cov=((1.0, 2.0), (2.0, 1.0))), "x_cov"),  # indefinite
+    (dict(d=2, x_cov=(1.0, 0.0)), "x_cov"),  # singular diagonal
+    (dict(d=2, x_cov=(1.0, float("nan"))), "x_cov"),  # non-finite
+    (dict(d=2, w_cov=((1.0, float("inf")), (float("inf"), 1.0))), "w_cov"),
+    (dict(d=2, w_cov=(-1.0, 1.0)), "w_cov"),
+])
+def test_invalid_task_config(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    TaskConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(batch_size=0), "batch_size"), (dict(batch_size=-3), "batch_size"),
+    (dict(batch_size=2, n_context=0), "n_context"),
+])
+def test_invalid_sample_arguments(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    tasks.sample(jax.random.key(0), TaskConfig(d=2, n_context=3), **kwargs)

@@ -1,0 +1,86 @@
+"""Training: convergence to the one-step-GD optimum, divergence, resuming, seeds, config errors."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from lintheory import gd, train
+from lintheory.model import ModelConfig
+from lintheory.tasks import TaskConfig
+from lintheory.train import TrainConfig
+
+
+def test_one_layer_training_reaches_the_closed_form_optimum():
+  """Mahankali et al. / Ahn et al.: one layer converges to one GD step at η* (theory-notes §9)."""
+  d, N = 3, 10
+  task, cfg = TaskConfig(d=d, n_context=N), ModelConfig(d=d)
+  res = train.fit(task, cfg, TrainConfig(steps=500, batch_size=512, lr=1e-2, warmup=50, chunk=250), seeds=(0,))
+  assert res.diverged is None and res.losses.shape == (1, 500)
+  params = train.seed_params(res.params, 0)
+  closed = gd.gd1_loss_star(d, N)
+  G = np.asarray(gd.effective_preconditioner(params), np.float64)
+  eta = gd.eta_star(d, N)
+  assert np.linalg.norm(G - eta * np.eye(d)) / np.linalg.norm(eta * np.eye(d)) < 0.10
+  assert gd.one_layer_loss(G, N) < 1.03 * closed  # the exact loss of the learned preconditioner
+  ev = train.evaluate(params, task, cfg, jax.random.key(123), n_tasks=20_000)
+  assert abs(ev["loss"] - ev["gd1_loss"]) < 0.03 * closed  # same held-out tasks
+  assert abs(ev["gd1_loss"] - closed) < 4 * ev["gd1_loss_se"]
+  assert ev["ridge_loss"] < 1e-6  # noiseless with N > d: the floor is 0
+  assert res.losses[0, -50:].mean() < 0.5 * res.losses[0, :10].mean()  # from ≈ d to ≈ 0.29 d
+
+
+def test_divergence_stops_and_keeps_finite_parameters():
+  task, cfg = TaskConfig(d=2, n_context=3), ModelConfig(d=2, n_layers=2)
+  res = train.fit(task, cfg, TrainConfig(steps=60, batch_size=32, lr=1e3, warmup=0, chunk=5), seeds=(0,))
+  assert res.diverged is not None and "non-finite" in res.diverged
+  assert res.state.step < 60
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in res.params.values())
+  assert np.all(np.isfinite(res.losses))
+
+
+SMALL = dict(task=TaskConfig(d=2, n_context=4), model=ModelConfig(d=2, n_layers=2))
+
+
+def test_resume_continues_exactly_and_seeds_are_independent():
+  """Resuming from the state of step 20 gives the same steps 21..40 as the uninterrupted run."""
+  tc = TrainConfig(steps=40, batch_size=16, lr=1e-2, warmup=5, chunk=10, dtype="float64")
+  saved = {}
+  full = train.fit(SMALL["task"], SMALL["model"], tc, seeds=(0, 1),
+                   on_chunk=lambda st, _: saved.setdefault(st.step, st))
+  assert sorted(saved) == [10, 20, 30, 40]
+  rest = train.fit(SMALL["task"], SMALL["model"], tc, seeds=(0, 1), state=saved[20])
+  assert rest.state.step == 40 and rest.losses.shape == (2, 20)
+  np.testing.assert_allclose(rest.losses, full.losses[:, 20:], rtol=1e-12)
+  for k in full.params:
+    np.testing.assert_allclose(rest.params[k], full.params[k], rtol=1e-12, atol=1e-15)
+  # one model per seed, vmapped: different seeds, different models
+  assert full.params["W_Q"].shape == (2, 2, 3, 3) and full.losses.shape == (2, 40)
+  assert not np.allclose(full.params["W_Q"][0], full.params["W_Q"][1])
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(steps=0), "steps"), (dict(steps=1.5), "steps"), (dict(batch_size=0), "batch_size"),
+    (dict(warmup=-1), "warmup"), (dict(chunk=0), "chunk"), (dict(lr=0.0), "lr"),
+    (dict(lr=float("nan")), "lr"), (dict(lr=-1e-3), "lr"), (dict(schedule="linear"), "schedule"),
+    (dict(optimizer="sgd"), "optimizer"), (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(clip_norm=-1.0), "clip_norm"), (dict(dtype="bfloat16"), "dtype"),
+])
+def test_invalid_train_config(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    TrainConfig(**kwargs)
+
+
+def test_invalid_fit_arguments():
+  tc = TrainConfig(steps=1, batch_size=4)
+  with pytest.raises(ValueError, match="d="):
+    train.fit(TaskConfig(d=3), ModelConfig(d=2), tc)
+  with pytest.raises(ValueError, match="seeds"):
+    train.fit(SMALL["task"], SMALL["model"], tc, seeds=())
+  jax.config.update("jax_enable_x64", False)
+  try:
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+      train.fit(SMALL["task"], SMALL["model"], dataclasses.replace(tc, dtype="float64"))
+  finally:
+    jax.config.update("jax_enable_x64", True)
