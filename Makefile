@@ -21,7 +21,7 @@ test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m ''
 
 # Studies write results/, plots read results/ and write figures/.
-STUDIES := one_layer
+STUDIES := one_layer implicit_gd condition_numbers prune_depth prune_trajectory prune_bound prune_shots algorithm1
 results: $(BIN)/.installed
 	@for s in $(STUDIES); do echo "== study $$s ($(PROFILE))"; \
 	  $(BIN)/python experiments/$$s.py --profile $(PROFILE) || exit 1; done
@@ -33,6 +33,7 @@ figures: results plots
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/sweep.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -30,7 +30,8 @@ from lintheory.model import forward  # noqa: E402
 D_IN, N_CTX = 10, 20
 # Per profile: layers trained for each noise level, and the test-time context sizes M.
 SETTINGS = {
-    "default": {"layers": {0.0: (1, 2, 3, 4, 6), 0.5: (1, 2, 4)}, "M": (5, 10, 20, 40, 80)},
+    # L = 6 diverges with the default recipe on CPU (float32): only the full profile tries it.
+    "default": {"layers": {0.0: (1, 2, 3, 4), 0.5: (1, 2)}, "M": (5, 10, 20, 40, 80)},
     "full": {"layers": {0.0: (1, 2, 3, 4, 6), 0.5: (1, 2, 3, 4, 6)}, "M": (5, 10, 15, 20, 30, 40, 80, 160)},
 }
 EVAL_SEED = 31_415
@@ -107,13 +108,19 @@ def main(argv=None) -> int:
   prof, setting = zoo.profile(args.profile), SETTINGS[args.profile]
   fit_cfg = references.FitConfig()
   t0 = time.perf_counter()
-  runs = [run_setting(prof, noise, L, setting["M"], fit_cfg, args.cache_dir)
-          for noise, Ls in setting["layers"].items() for L in Ls]
+  runs, failed = [], []
+  for noise, Ls in setting["layers"].items():
+    for L in Ls:
+      try:
+        runs.append(run_setting(prof, noise, L, setting["M"], fit_cfg, args.cache_dir))
+      except RuntimeError as e:  # a diverged training run is reported, not hidden
+        print(f"σ={noise} L={L}: {e}", file=sys.stderr)
+        failed.append({"noise_std": noise, "L": L, "error": str(e)})
   out = {"study": "implicit_gd", "profile": args.profile, "d": D_IN, "N": N_CTX, "kinds": list(references.KINDS),
          "labels": references.LABELS, "train": {"steps": prof.steps, "batch_size": prof.batch_size, "lr": prof.lr,
                                                  "init_scale": prof.init_scale, "seeds": list(prof.seeds)},
          "eval_tasks": prof.eval_tasks, "fit": dataclasses.asdict(fit_cfg),
-         "runs": runs, "seconds": time.perf_counter() - t0}
+         "runs": runs, "failed": failed, "seconds": time.perf_counter() - t0}
   path = Path(args.results) / "implicit_gd.json"
   io.write_json(path, out)
   print(f"wrote {path} ({out['seconds']:.0f} s)", file=sys.stderr)

@@ -55,7 +55,11 @@ def select(val_err, xi) -> int:
 
 
 def xi_for_rank(r: int, k: int) -> float:
-  """The smallest clipping rate that keeps rank r of a matrix with min(m, n) = k: 1 − r/k."""
+  """The smallest clipping rate that keeps rank r of a matrix with min(m, n) = k: 1 − r/k.
+
+  For r = 0 this is 1, not a valid rate (rank 0 is kept by every ξ > 1 − 1/k): there it only
+  orders the candidates for the tie rule.
+  """
   if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 0 <= r <= k:
     raise ValueError(f"rank must be an integer in [0, {k}], got {r!r}")
   return 1.0 - r / k

@@ -204,9 +204,7 @@ def batches(task_cfg: TaskConfig, seeds, cfg: SweepConfig, dtype) -> tuple[tasks
     k = jax.random.fold_in(jax.random.key(cfg.eval_seed), seed)
     return (tasks.sample(jax.random.fold_in(k, 0), task_cfg, cfg.n_eval, dtype=dtype),
             tasks.sample(jax.random.fold_in(k, 1), task_cfg, cfg.n_analysis, dtype=dtype))
-  ps = [pair(s) for s in seeds]
-  stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
-  return stack([p[0] for p in ps]), stack([p[1] for p in ps])
+  return jax.jit(jax.vmap(pair))(jnp.asarray(seeds, jnp.uint32))  # one compilation, not one per op
 
 
 def svd_of(params_S: Params, names) -> dict:

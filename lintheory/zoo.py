@@ -24,8 +24,9 @@ class Profile:
   batch_size: int  # fresh tasks per step
   seeds: tuple[int, ...]  # one model per seed (vmapped)
   eval_tasks: int  # held-out tasks for every reported loss
-  lr: float = 2e-3  # peak learning rate (Adam, warm-up + cosine)
+  lr: float = 5e-3  # peak learning rate (Adam, warm-up + cosine)
   warmup: int = 100  # warm-up steps
+  init_scale: float = 0.1  # std of the initial weights; 0.02 leaves L >= 2 models on a long plateau
 
 
 PROFILES = {
@@ -56,7 +57,7 @@ def trained(prof: Profile, *, d: int = 10, n_context: int = 20, layers: int = 1,
             seeds=None, cache_dir: str = "runs/cache") -> Trained:
   """Models trained with the profile's recipe (cached); steps/seeds override the profile's."""
   task = TaskConfig(d=d, n_context=n_context, noise_std=noise_std, x_cov=x_cov)
-  model = ModelConfig(d=d, n_layers=layers, attention=attention, mlp=mlp)
+  model = ModelConfig(d=d, n_layers=layers, attention=attention, mlp=mlp, init_scale=prof.init_scale)
   n = prof.steps if steps is None else steps
   train = TrainConfig(steps=n, batch_size=prof.batch_size, lr=prof.lr, warmup=min(prof.warmup, n // 10),
                       chunk=min(250, n))

@@ -12,19 +12,24 @@ from lintheory.tasks import TaskConfig
 FAST = ["--fit-steps", "20", "--eval-tasks", "64"]
 
 
-def saved_run(path, **arch):
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  """One reference cache for the module: the references are fitted once."""
+  return tmp_path_factory.mktemp("cache")
+
+
+def saved_run(path, n_layers=2, **arch):
   """A run directory with random weights (the analysis does not care how they were obtained)."""
-  cfg = ModelConfig(d=3, n_layers=2, **arch)
+  cfg = ModelConfig(d=3, n_layers=n_layers, **arch)
   rng = np.random.default_rng(0)
   params = {k: 0.3 * rng.standard_normal(s).astype(np.float32) for k, s in param_shapes(cfg).items()}
   return io.save_run(path, TaskConfig(d=3, n_context=5), cfg, None, 0, params, {})
 
 
-def test_analyze_a_trained_run(tmp_path, capsys, monkeypatch):
+def test_analyze_a_trained_run(tmp_path, cache, capsys, monkeypatch):
   run = tmp_path / "run"
   assert cli.main(["train", "--d", "3", "--n-context", "5", "--layers", "2", "--steps", "30", "--batch-size", "64",
                    "--eval-tasks", "64", "--out", str(run)]) == 0
-  cache = tmp_path / "cache"
   assert cli.main(["analyze", str(run), "--cache-dir", str(cache)] + FAST) == 0
   assert "analysis.json" in capsys.readouterr().out
   a = json.loads((run / "analysis.json").read_text())
@@ -54,14 +59,15 @@ def test_analyze_a_trained_run(tmp_path, capsys, monkeypatch):
   assert b["interpolation"]["reason"] is not None  # two heads do not merge
 
 
-@pytest.mark.parametrize("arch", [{"attention": "softmax"}, {"mlp": "relu"}])
-def test_analyze_flags_softmax_and_mlp_runs(tmp_path, arch):
-  run = saved_run(tmp_path / "run", **arch)
-  assert cli.main(["analyze", str(run), "--cache-dir", str(tmp_path / "cache")] + FAST) == 0
-  a = json.loads((run / "analysis.json").read_text())
-  assert a["identity"]["exact"] is False
-  assert a["identity"]["max_abs_err"] > 1e-6 and "does not cover" in a["identity"]["note"]
-  assert all(np.isfinite(rec["identity_max_abs_err"]) for rec in a["layers"])
+def test_analyze_flags_softmax_and_mlp_runs(tmp_path, cache):
+  runs = [saved_run(tmp_path / "softmax", attention="softmax"), saved_run(tmp_path / "mlp", mlp="relu")]
+  assert cli.main(["analyze", *map(str, runs), "--cache-dir", str(cache)] + FAST) == 0
+  for run in runs:
+    a = json.loads((run / "analysis.json").read_text())
+    assert a["identity"]["exact"] is False
+    assert a["identity"]["max_abs_err"] > 1e-6 and "does not cover" in a["identity"]["note"]
+    assert all(np.isfinite(rec["identity_max_abs_err"]) for rec in a["layers"])
+    assert a["interpolation"]["reason"] is not None
 
 
 def test_analyze_errors(tmp_path, capsys):

@@ -28,7 +28,8 @@ def batch64(d, N, B=16, seed=0, noise_std=0.0, x_scale=None):
 
 # An L-layer model's per-layer predictions are those of its 1..L-layer prefixes, so L = 6 checks
 # every depth 1..6 layer by layer.
-@pytest.mark.parametrize("d, N, eta, L", [(1, 1, 0.3, 1), (3, 5, 0.9, 6), (5, 20, 0.5, 6), (10, 4, 0.05, 3)])
+@pytest.mark.parametrize("d, N, eta, L", [(1, 1, 0.3, 1), (3, 5, 0.9, 6), (5, 20, 0.5, 6),
+                                           pytest.param(10, 4, 0.05, 3, marks=pytest.mark.slow)])
 def test_construction_is_gd_for_1_to_6_layers(d, N, eta, L):
   b = batch64(d, N)
   params = gd.construct(d, eta, n_steps=L)
@@ -64,15 +65,24 @@ def test_construction_is_gd_plus_plus():
     checks.assert_gd_equivalent(params, b, checks.gd_reference(etas))
 
 
-@settings(max_examples=10, deadline=None)
+@jax.jit
+def _model_and_gd_predictions(etas, b):
+  """Per-layer predictions of the constructed model and GD's, in one compiled function."""
+  params = gd.construct(b.X.shape[-1], etas, dtype=b.X.dtype)
+  _, states = model.forward(params, tasks.batch_tokens(b))
+  return model.layer_predictions(states), checks.gd_reference(etas)(b)
+
+
+@settings(max_examples=15, deadline=None)
 @given(etas=st.lists(st.floats(-1.5, 1.5), min_size=6, max_size=6), seed=st.integers(0, 2**16),
        scale=st.floats(0.1, 3.0))
 def test_construction_is_gd_hypothesis(etas, seed, scale):
-  """Any per-step η (negative too) and any data; one shape, so it compiles once (shapes vary above)."""
+  """Any per-step η (negative too) and any data scale. One shape, compiled once (shapes vary above)."""
   b = batch64(4, 7, B=4, seed=seed, noise_std=0.3)
   b = b._replace(X=scale * b.X, x_q=scale * b.x_q)
-  etas = jnp.asarray(etas)
-  checks.assert_gd_equivalent(gd.construct(4, etas), b, checks.gd_reference(etas))
+  y_model, y_gd = _model_and_gd_predictions(jnp.asarray(etas), b)
+  rel = np.max(np.abs(y_model - y_gd), axis=1) / np.max(np.abs(y_gd), axis=1)
+  assert np.all(rel <= 1e-10), rel
 
 
 # --- explicit learners ----------------------------------------------------------------------

@@ -123,3 +123,39 @@ def test_analyze_flags_softmax_and_checks_depth():
   assert out["interpolation"]["reason"] is not None and "gd" not in out["interpolation"]
   with pytest.raises(ValueError, match="steps but the model has"):
     metrics.analyze(random_params(cfg), cfg, TaskConfig(d=d, n_context=6), fitted_by_hand(3, d), b)
+
+
+def test_analyze_identity_agrees_with_the_check():
+  from lintheory import checks
+  cfg = ModelConfig(d=3, n_layers=2, mlp="relu")
+  params, b = random_params(cfg, 3), batch64(3, 6)
+  out = metrics.analyze(params, cfg, TaskConfig(d=3, n_context=6), fitted_by_hand(2, 3), b)
+  check = checks.trajectory_identity(params, b, cfg)
+  np.testing.assert_allclose(out["layers"]["identity_max_abs_err"], check.per_layer, rtol=1e-12)
+  assert out["identity"]["max_rel_err"] == pytest.approx(check.max_rel, rel=1e-12)
+  assert out["identity"]["exact"] is False
+
+
+def test_plot_implicit_gd_draws_four_figures(tmp_path):
+  """The plotter reads the study's layout (two seeds, two depths) and writes PNG + PDF."""
+  from lintheory import plots
+  S, kinds, M = 2, list(R.KINDS), [5, 20, 80]
+  rng = np.random.default_rng(0)
+
+  def run(L, noise):
+    per_layer = lambda: rng.uniform(0.1, 1, (S, L)).tolist()
+    r = {"noise_std": noise, "L": L,
+         "final": {"losses": {k: rng.uniform(0.1, 1, S).tolist() for k in ["model", "ridge", *kinds]}},
+         "layers": {"delta_W_fro": per_layer(), "G_fro": per_layer(),
+                    "references": {k: {"rel_l2": per_layer()} for k in kinds}}}
+    if noise == 0:
+      r["m_sweep"] = {"M": M, "loss": rng.uniform(0.1, 1, (S, 3)).tolist(),
+                      "gd1_closed_form": [gd.gd1_loss_at(4, 20, m) for m in M], "ridge": [0.1, 0.0, 0.0]}
+    return r
+
+  res = {"d": 4, "N": 20, "kinds": kinds, "labels": R.LABELS, "runs": [run(1, 0.0), run(2, 0.0), run(1, 0.5)]}
+  paths = plots.plot_implicit_gd(res, tmp_path)
+  names = {p.name for p in paths}
+  for stem in ("implicit_gd_loss_vs_L", "implicit_gd_trajectory", "implicit_gd_norms", "implicit_gd_context"):
+    assert {f"{stem}.png", f"{stem}.pdf"} <= names
+  assert all(p.stat().st_size > 1000 for p in paths)
