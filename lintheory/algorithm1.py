@@ -5,9 +5,9 @@ and a disjoint test task set reports the chosen one. The paper picks the layer a
 layers by condition number σ_max/σ_min of the module, the deepest of them, then the best ξ on the
 validation set (ties to the smaller ξ). Our extension picks the best (layer, module, ξ) over all.
 
-Candidates are kept ranks: every ξ keeps r = ⌊D(1 − ξ)⌋ of a D×D matrix, and rank r is
-reached first at ξ_r = 1 − r/D, so "paper rates plus all ranks" is the rank set {0, …, D} with
-ties broken towards the larger rank (the smaller ξ). The evaluation is vectorised: one jitted
+Candidates are kept ranks: every ξ keeps r = ⌊D(1 − ξ)⌋ of a D×D matrix, and a larger rank
+always means a smaller ξ, so "paper rates plus all ranks" is the rank set {0, …, D} with ties
+broken towards the larger rank (the smaller ξ). The evaluation is vectorised: one jitted
 call per block of configurations, vmapped over configurations and seeds, SVD once per matrix.
 """
 
@@ -55,10 +55,11 @@ def select(val_err, xi) -> int:
 
 
 def xi_for_rank(r: int, k: int) -> float:
-  """The smallest clipping rate that keeps rank r of a matrix with min(m, n) = k: 1 − r/k.
+  """The largest clipping rate that keeps rank r of a matrix with min(m, n) = k: 1 − r/k.
 
-  For r = 0 this is 1, not a valid rate (rank 0 is kept by every ξ > 1 − 1/k): there it only
-  orders the candidates for the tie rule.
+  Rank r is kept for ξ ∈ (1 − (r+1)/k, 1 − r/k], so a larger rank always means a smaller ξ, which
+  is all the tie rule needs. For r = 0 the value 1 is not a valid rate (rank 0 is kept by every
+  ξ > 1 − 1/k): there it only orders the candidates.
   """
   if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 0 <= r <= k:
     raise ValueError(f"rank must be an integer in [0, {k}], got {r!r}")

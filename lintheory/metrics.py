@@ -86,6 +86,19 @@ def interpolate(params: Params, params_ref: Params, alpha: float = 0.5) -> Param
   return {"W_K": eye, "W_Q": (1 - alpha) * KQ + alpha * KQ_r, "W_V": (1 - alpha) * PV + alpha * PV_r}
 
 
+def effective_steps(params: Params) -> dict[str, jax.Array]:
+  """Per layer, the GD++ reading of aligned merged weights → each [L].
+
+  eta_eff = −W_PV[y, y] (the GD step), gamma_eff = −mean diag W_PV[:d, :d] (GD++'s input
+  transform), KQ_dev = ‖W_KQ[:d, :d] − I‖_F / √d (how far the aligned W_KQ is from the identity
+  that plain and GD++ steps use: a preconditioner shows up here).
+  """
+  KQ, PV = align(*merged(params))
+  d = KQ.shape[-1] - 1
+  return {"eta_eff": -PV[:, d, d], "gamma_eff": -jnp.trace(PV[:, :d, :d], axis1=-2, axis2=-1) / d,
+          "KQ_dev": jnp.linalg.norm(KQ[:, :d, :d] - jnp.eye(d, dtype=KQ.dtype), axis=(-2, -1)) / jnp.sqrt(d)}
+
+
 def interpolation_reason(cfg: ModelConfig) -> str | None:
   """Why the interpolation test does not apply to this architecture (None when it does)."""
   if not cfg.is_linear:
@@ -160,6 +173,8 @@ def analyze(params: Params, cfg: ModelConfig, task: TaskConfig, refs: dict[str, 
   # the median squared error too: deep trained models can have a heavy tail of exploding tasks
   final = {"losses": losses, "median_sq_err": {k: float(v) for k, v in m["median"].items()}, "model_cos": {"ridge": float(m["ridge_cos"]), **{k: float(v) for k, v in m["model_cos"].items()}},
            "references": {k: {n: v[-1] for n, v in layers["references"][k].items()} for k in kinds}}
+  if reason is None:
+    layers.update({k: _floats(v) for k, v in effective_steps(params).items()})
   interp = {"reason": reason, "alpha": 0.5, "loss_model": losses["model"], **{k: float(v) for k, v in m["interp"].items()}}
   max_abs = float(m["identity"].max())
   return {"identity": {"exact": cfg.is_linear, "max_abs_err": max_abs, "max_rel_err": max_abs / scale},

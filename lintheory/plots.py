@@ -178,12 +178,21 @@ def plot_implicit_gd(res: dict, figures: Path) -> list[Path]:
   paths += save(fig, figures, "implicit_gd_trajectory")
 
   # (c) ‖ΔW_t‖_F and ‖G_t‖_F per layer, one line per depth
-  fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.0), squeeze=False)
+  has_gamma = all("gamma_eff" in r["layers"] for r in runs)
+  fig, axes = plt.subplots(1, 2 + has_gamma, figsize=(3.8 * (2 + has_gamma), 3.0), squeeze=False)
   for i, (key, name) in enumerate((("delta_W_fro", "‖ΔW_t‖_F"), ("G_fro", "‖G_t‖_F"))):
     ax = axes[0, i]
     for j, r in enumerate(runs):
       band(ax, np.arange(1, r["L"] + 1), r["layers"][key], label=f"L={r['L']}", color=f"C{j}", marker=".")
     ax.set(xlabel="layer t", ylabel=name, yscale="log", title=f"{name}, mean over tasks (σ={min(groups):g})")
+  if has_gamma:  # the trained weights read as GD++: γ_eff per layer, fitted GD++ γ_t as crosses
+    ax = axes[0, 2]
+    for j, r in enumerate(runs):
+      t = np.arange(1, r["L"] + 1)
+      band(ax, t, r["layers"]["gamma_eff"], label=f"L={r['L']}", color=f"C{j}", marker=".")
+      if "gd_pp" in r.get("references", {}):
+        ax.plot(t, r["references"]["gd_pp"]["gamma"], "x", color=f"C{j}", ms=5)
+    ax.set(xlabel="layer t", ylabel="γ_eff = −mean diag W_PV[x, x]", title="GD++ input transform (× = fitted GD++)")
   axes[0, 0].legend(fontsize=7)
   fig.tight_layout()
   paths += save(fig, figures, "implicit_gd_norms")
@@ -198,6 +207,14 @@ def plot_implicit_gd(res: dict, figures: Path) -> list[Path]:
     ax.plot(M, sweeps[0]["m_sweep"]["gd1_closed_form"], "k--", label="1 GD step at η*(N), closed form")
     ax.plot(M, np.maximum(sweeps[0]["m_sweep"]["ridge"], 1e-6), "k-", lw=0.8, label="ridge (Bayes) floor")
     ax.axvline(res["N"], color="grey", lw=0.8, ls=":")
+    # deep models explode for M < N (values up to 1e40 and beyond): clip the axis, say so
+    top = 3 * max(sweeps[0]["m_sweep"]["gd1_closed_form"])
+    ax.set_ylim(top=top)
+    for j, r in enumerate(sweeps):
+      for m, v in zip(M, np.mean(r["m_sweep"]["loss"], 0)):
+        if v > top:
+          ax.annotate(f"{v:.0e}", (m, top), xytext=(0, -10 - 8 * j), textcoords="offset points", fontsize=6,
+                      color=f"C{j}", ha="center")
     ax.set(xscale="log", yscale="log", xlabel="demonstrations at test time M", ylabel="ICL test MSE",
            title=f"trained with N={res['N']} (dotted), d={res['d']}, σ=0", xticks=M, xticklabels=[str(m) for m in M])
     ax.legend(fontsize=7)
@@ -402,13 +419,25 @@ def plot_prune_bound(res: dict, figures: Path) -> list[Path]:
   return paths + save(fig, figures, "prune_bound_layers")
 
 
+def _num(v) -> float:
+  """A JSON number, or "inf"/"-inf"/None as written by io.write_json → float."""
+  return float("nan") if v is None else float(v)
+
+
 def _gain_errorbar(ax, x, entries, label_prefix=""):
+  """Median over seeds ± SE of the finite seeds; seeds with a non-finite gain are counted in the label."""
+  allv = []
   for key, marker, lab in (("heldout_gain", "o", "held-out (chosen on validation)"), ("oracle_gain", "x", "oracle (best on test)")):
-    m = np.array([e[f"{key}_mean"] for e in entries])
-    se = np.array([e[f"{key}_se_seeds"] for e in entries])
-    ax.errorbar(x, m, yerr=se, marker=marker, capsize=3, label=label_prefix + lab, lw=1)
+    per = [np.array([_num(v) for v in e[key]]) for e in entries]
+    m = np.array([np.median(v) if np.isfinite(np.median(v)) else np.nan for v in per])
+    se = np.array([v[np.isfinite(v)].std(ddof=1) / np.sqrt(np.isfinite(v).sum()) if np.isfinite(v).sum() > 1
+                   else 0.0 for v in per])
+    bad = sum(int((~np.isfinite(v)).sum()) for v in per)
+    ax.errorbar(x, m, yerr=se, marker=marker, capsize=3, lw=1,
+                label=label_prefix + lab + (f" ({bad} non-finite seed values not drawn)" if bad else ""))
+    allv += list(m)
   ax.axhline(0, color="k", lw=0.7)
-  _symlog(ax, "y", [e[f"{k}_mean"] for e in entries for k in ("heldout_gain", "oracle_gain")], 1e-3)
+  _symlog(ax, "y", allv, 1e-3)
 
 
 def plot_prune_shots(res: dict, figures: Path) -> list[Path]:
@@ -418,7 +447,7 @@ def plot_prune_shots(res: dict, figures: Path) -> list[Path]:
   _gain_errorbar(ax, [e["M"] for e in res["shots"]], res["shots"])
   ax.axvline(res["N_train"], color="grey", ls=":", lw=0.8)
   ax.set_xlabel(f"test-time shots M (trained N = {res['N_train']})")
-  ax.set_ylabel("pruning gain (ICL error), mean ± SE")
+  ax.set_ylabel("pruning gain (ICL error)\nmedian over seeds ± SE")
   ax.legend(fontsize=6)
   ax = axes[1]
   _gain_errorbar(ax, [e["steps"] for e in res["steps"]], res["steps"])

@@ -3,8 +3,10 @@
 Every matrix is decomposed once (exact SVD); a configuration is a kept rank per matrix and layer,
 and truncation is a mask on the singular values (theory-notes §7), so one jitted function,
 vmapped over configurations and seeds, evaluates a whole block. Unpruned matrices are passed
-through bit-exact (`jnp.where`), and configurations that keep the same ranks (e.g. every ξ that
-leaves rank 0 of an 11×11 matrix) are evaluated once.
+through bit-exact (`jnp.where`), configurations that keep the same ranks (e.g. every ξ that
+leaves rank 0 of an 11×11 matrix) are evaluated once, and the held-out forward pass of a model
+pruned at layer k starts from the unpruned model's states at layer k (the layers before are
+unchanged), so a sweep does about half the work of pruning-then-evaluating each configuration.
 
 Per configuration × seed (one CSV row): the ICL error on held-out tasks (normalised squared
 error, theory-notes §1: mean, standard error, median), for every layer t (from 0, like `layer`;
@@ -35,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintheory import implicit, io, prune, tasks
-from lintheory.model import ModelConfig, Params, forward
+from lintheory.model import ModelConfig, Params, block, forward, predict
 from lintheory.tasks import TaskConfig
 
 
@@ -148,9 +150,34 @@ def masked_params(params: Params, svd: dict, keep: dict) -> Params:
   return out
 
 
+def forward_from(p: Params, states0: jax.Array, k: jax.Array, model_cfg: ModelConfig) -> jax.Array:
+  """ŷ of params p that equal the base model's in layers < k, reusing the base states0 [L+1, B, T, D].
+
+  Layers before k are skipped (lax.cond: computed only when not vmapped); from k on the forward
+  pass runs as in model.forward.
+  """
+  def step(Z, j_p):
+    j, p_j = j_p
+    Z = jax.lax.cond(j < k, lambda: states0[j + 1], lambda: block(p_j, Z, model_cfg))
+    return Z, None
+
+  Z_L, _ = jax.lax.scan(step, states0[0], (jnp.arange(states0.shape[0] - 1), p))
+  return predict(Z_L)
+
+
+def first_pruned_layer(keep: dict, svd: dict) -> jax.Array:
+  """The first layer any matrix is truncated in (L when none is)."""
+  pruned = jnp.any(jnp.stack([keep[n] < s.shape[-1] for n, (_, s, _) in svd.items()]), axis=0)  # [L]
+  return jnp.where(jnp.any(pruned), jnp.argmax(pruned), pruned.shape[0])
+
+
 def _metrics(p: Params, eval_b: tasks.Batch, ana_b: tasks.Batch, model_cfg: ModelConfig,
-             task_cfg: TaskConfig, with_bounds: bool) -> dict:
-  y_hat, _ = forward(p, tasks.batch_tokens(eval_b), model_cfg)
+             task_cfg: TaskConfig, with_bounds: bool, shared=None) -> dict:
+  """shared = (states0, k): reuse the base model's eval states before layer k (same ŷ)."""
+  if shared is None:
+    y_hat, _ = forward(p, tasks.batch_tokens(eval_b), model_cfg)
+  else:
+    y_hat = forward_from(p, shared[0], shared[1], model_cfg)
   err = tasks.normalised_error((y_hat - eval_b.y_q) ** 2, task_cfg.d)
   B = err.shape[0]
   traj = implicit.trajectory(p, tasks.batch_tokens(ana_b), model_cfg)
@@ -185,17 +212,19 @@ def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: boo
 
   Lane 0 must be the unpruned pattern; the block length must be a multiple of lanes.
   """
-  def one(params, svd, keep, eval_b, ana_b):
-    return _metrics(masked_params(params, svd, keep), eval_b, ana_b, model_cfg, task_cfg, with_bounds)
+  def one(params, svd, keep, eval_b, ana_b, states0):
+    shared = (states0, first_pruned_layer(keep, svd))
+    return _metrics(masked_params(params, svd, keep), eval_b, ana_b, model_cfg, task_cfg, with_bounds, shared)
 
-  def block(params, svd, keeps, eval_b, ana_b):
-    m = jax.lax.map(lambda keep: one(params, svd, keep, eval_b, ana_b), keeps,
+  def block_fn(params, svd, keeps, eval_b, ana_b):
+    _, states0 = forward(params, tasks.batch_tokens(eval_b), model_cfg)  # once per seed
+    m = jax.lax.map(lambda keep: one(params, svd, keep, eval_b, ana_b, states0), keeps,
                     batch_size=lanes if lanes > 1 else None)
     # The reference is lane 0 of the same program, so layers before the pruned one compare
     # bit-exactly (the same inputs through the same compiled ops).
     return jax.vmap(_compare, in_axes=(0, None))(m, m["w_hat"][0])
 
-  return jax.jit(jax.vmap(block, in_axes=(0, 0, None, 0, 0)))
+  return jax.jit(jax.vmap(block_fn, in_axes=(0, 0, None, 0, 0)))
 
 
 def batches(task_cfg: TaskConfig, seeds, cfg: SweepConfig, dtype) -> tuple[tasks.Batch, tasks.Batch]:

@@ -49,7 +49,10 @@ def as_cov(name: str, cov, d: int) -> np.ndarray:
   """Σ given as None, a length-d diagonal or a d×d matrix → d×d SPD float64 matrix."""
   if cov is None:
     return np.eye(d)
-  a = np.asarray(cov, dtype=np.float64)
+  try:
+    a = np.asarray(cov, dtype=np.float64)
+  except (TypeError, ValueError) as e:  # ragged or non-numeric: name the argument, not numpy's internals
+    raise ValueError(f"{name} must be a length-{d} diagonal or a {d}×{d} matrix of numbers: {e}") from None
   if not np.all(np.isfinite(a)):
     raise ValueError(f"{name} must be finite")
   if a.shape == (d,):

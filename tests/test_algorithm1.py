@@ -40,11 +40,11 @@ def test_rates_and_ranks():
   k = 11
   assert alg.paper_ranks(k) == tuple(sorted({prune.rank_for_rate(k, k, xi) for xi in prune.PAPER_RATES},
                                             reverse=True))
-  for r in range(k + 1):
+  for r in range(1, k + 1):  # rank r is kept for ξ ∈ (1 − (r+1)/k, 1 − r/k]
     xi = alg.xi_for_rank(r, k)
-    if 0 < r < k:  # rank 0 is reached for every ξ > 1 − 1/k; 1 − 0/k = 1 is only an ordering key
-      assert prune.rank_for_rate(k, k, xi) == r  # ξ_r keeps rank r ...
-      assert prune.rank_for_rate(k, k, max(xi - 1e-3, 0.0)) > r or xi == 0.0  # ... and a smaller ξ keeps more
+    assert prune.rank_for_rate(k, k, xi) == r
+    assert prune.rank_for_rate(k, k, xi + 1e-6) == r - 1
+  assert alg.xi_for_rank(0, k) == 1.0  # an ordering key only: rank 0 is kept by every ξ > 1 − 1/k
   with pytest.raises(ValueError, match="rank"):
     alg.xi_for_rank(12, 11)
 

@@ -27,7 +27,7 @@ def random_params(cfg: ModelConfig, seed=0, scale=0.4):
 # --- Theorem 1 is exact for any weights of the linear-attention model ---------------------------
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(d=st.integers(1, 4), N=st.integers(1, 6), L=st.integers(1, 4), H=st.integers(1, 3),
        W_O=st.booleans(), seed=st.integers(0, 2**16))
 def test_theorem1_identity_random_weights(d, N, L, H, W_O, seed):
@@ -93,7 +93,7 @@ def test_constructed_gd_plus_plus_trajectory():
 # --- Lemma 1's structure ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("N", [1, 2, 3, 5])
+@pytest.mark.parametrize("N", [1, 4])
 def test_rank_of_delta_W_is_at_most_N(N):
   d = 7  # D = 8 > N
   cfg = ModelConfig(d=d, n_layers=2)

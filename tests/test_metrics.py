@@ -159,3 +159,13 @@ def test_plot_implicit_gd_draws_four_figures(tmp_path):
   for stem in ("implicit_gd_loss_vs_L", "implicit_gd_trajectory", "implicit_gd_norms", "implicit_gd_context"):
     assert {f"{stem}.png", f"{stem}.pdf"} <= names
   assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_effective_steps_read_back_the_construction():
+  etas, gammas = jnp.array([0.5, 0.9, 0.3]), jnp.array([0.2, 0.1, 0.0])
+  eff = metrics.effective_steps(gd.construct(4, etas, gamma=gammas))
+  np.testing.assert_allclose(eff["eta_eff"], etas, rtol=1e-12)
+  np.testing.assert_allclose(eff["gamma_eff"], gammas, atol=1e-12)
+  np.testing.assert_allclose(eff["KQ_dev"], 0.0, atol=1e-12)
+  P = jnp.diag(jnp.array([2.0, 1.0, 1.0, 0.0]))  # a preconditioner: KQ deviates from I after alignment
+  assert float(metrics.effective_steps(gd.construct(4, 0.5, 1, P=P))["KQ_dev"][0]) > 0.1

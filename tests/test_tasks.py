@@ -76,6 +76,8 @@ def test_zero_predictor_scores_one():
     (dict(d=2, x_cov=(1.0, float("nan"))), "x_cov"),  # non-finite
     (dict(d=2, w_cov=((1.0, float("inf")), (float("inf"), 1.0))), "w_cov"),
     (dict(d=2, w_cov=(-1.0, 1.0)), "w_cov"),
+    (dict(d=2, x_cov=((1.0, 0.0), (0.0,))), "x_cov"),  # ragged
+    (dict(d=2, x_cov=("a", "b")), "x_cov"),  # not numbers
 ])
 def test_invalid_task_config(kwargs, name):
   with pytest.raises(ValueError, match=name):
