@@ -94,13 +94,14 @@ def run_model(prof, layers: int, n_val: int, n_test: int) -> dict:
 
 
 def table(models: list[dict]) -> str:
-  f = lambda mc: f"{mc[0]:.4f} ± {mc[1]:.4f}"
+  f = lambda mc: f"{mc[0]:.5f} ± {mc[1]:.5f}"
+  g = lambda mc: f"{mc[0]:+.1e} ± {mc[1]:.1e}"
   lines = ["| L | variant | unpruned test error | pruned test error | pruned − unpruned | seeds improved | chosen (per seed) |",
            "|---|---|---|---|---|---|---|"]
   for mdl in models:
     for r in mdl["rows"]:
       chosen = "; ".join(s["chosen"] for s in r["seeds"])
-      lines.append(f"| {r['layers']} | {r['variant']} | {f(r['unpruned'])} | {f(r['pruned'])} | {f(r['diff'])} | "
+      lines.append(f"| {r['layers']} | {r['variant']} | {f(r['unpruned'])} | {f(r['pruned'])} | {g(r['diff'])} | "
                    f"{r['improved_seeds']}/{len(r['seeds'])} | {chosen} |")
   return "\n".join(lines) + "\n"
 

@@ -21,13 +21,13 @@ import numpy as np
 
 from lintheory import io, prune, zoo
 
-from prune_depth import model_list  # the same models as study (a)
+from prune_depth import model_list, trained  # the same models as study (a)
 
 
 def run_model(prof, name: str, L: int, kw: dict) -> dict:
   out = {"name": name, "layers": L}
   try:
-    tr = zoo.trained(prof, layers=L, **kw)
+    tr = trained(prof, layers=L, **kw)
   except RuntimeError as e:
     print(f"  {name} L={L}: {e}", file=sys.stderr)
     return {**out, "diverged": str(e)}

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintheory import gd, io, tasks, train, zoo
+from lintheory.model import forward
 
 # (name, d, N, diagonal of Σ or None). The anisotropic case spreads Σ's eigenvalues over 4×: with a
 # 16× spread the low-variance directions of Γ_eff are still far from Γ* after 3000 steps (measured).
@@ -56,7 +57,7 @@ def compare_on_tasks(params, model_cfg, b: tasks.Batch, Gamma_ref: np.ndarray) -
 
   def y_model(x_q, X, y):
     Z = tasks.tokens(X[None], y[None], x_q[None])
-    return train.forward(params, Z, model_cfg)[0][0]
+    return forward(params, Z, model_cfg)[0][0]
 
   def y_ref(x_q, X, y):
     return x_q @ Gamma @ (X.T @ y) / N

@@ -42,6 +42,29 @@ def model_list(profile: str) -> list[tuple[str, int, dict]]:
   return out
 
 
+def trained(prof, cache_dir: str = "runs/cache", **kw):
+  """zoo.trained(prof, **kw), or a RuntimeError when that recipe is known to diverge.
+
+  A divergence is remembered in <cache_dir>/diverged/ (keyed by the profile, the arguments and
+  zoo.trained's source), so the three pruning studies do not each retrain a model that diverges.
+  """
+  import dataclasses
+  import hashlib
+  import inspect
+  import json
+
+  key = json.dumps({"profile": dataclasses.asdict(prof), "kw": kw, "zoo": inspect.getsource(zoo.trained)},
+                   sort_keys=True, default=str)
+  marker = Path(cache_dir) / "diverged" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+  if marker.exists():
+    raise RuntimeError(io.read_json(marker)["error"] + " (remembered in " + str(marker) + ")")
+  try:
+    return zoo.trained(prof, cache_dir=cache_dir, **kw)
+  except RuntimeError as e:
+    io.write_json(marker, {"error": str(e), "kw": kw})
+    raise
+
+
 def curves(rows: list[dict], seeds, L: int, module: str, mode: str, values) -> np.ndarray:
   """ICL error [L, S, len(values)] for one module, from the sweep's rows."""
   key = "xi" if mode == "rate" else "rank"
@@ -82,7 +105,7 @@ def run_model(prof, profile: str, name: str, L: int, kw: dict) -> dict:
   out = {"name": name, "layers": L, "attention": kw.get("attention", "linear"), "mlp": kw.get("mlp")}
   t0 = time.perf_counter()
   try:
-    tr = zoo.trained(prof, layers=L, **kw)
+    tr = trained(prof, layers=L, **kw)
   except RuntimeError as e:  # training diverged: report it, do not substitute another recipe
     print(f"  {name} L={L}: {e}", file=sys.stderr)
     return {**out, "diverged": str(e)}

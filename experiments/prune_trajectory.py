@@ -21,6 +21,8 @@ import numpy as np
 
 from lintheory import io, prune, sweep, zoo
 
+from prune_depth import trained  # remembers diverged recipes
+
 SETTINGS = {"default": dict(depths=(4, 8), n_analysis=128, n_eval=256),
             "full": dict(depths=(4, 8), n_analysis=1024, n_eval=4096)}
 MODULES = ("attn", "v")
@@ -29,7 +31,7 @@ MODULES = ("attn", "v")
 def run_model(prof, profile: str, L: int) -> dict:
   s = SETTINGS[profile]
   try:
-    tr = zoo.trained(prof, layers=L)
+    tr = trained(prof, layers=L)
   except RuntimeError as e:
     print(f"  L={L}: {e}", file=sys.stderr)
     return {"layers": L, "diverged": str(e)}

@@ -46,7 +46,9 @@ class Deviation(NamedTuple):
 def gd_deviation(params: Params, batch: Batch, reference: Reference,
                  cfg: ModelConfig | None = None) -> Deviation:
   """Deviation between the transformer's per-layer predictions and a reference's iterates."""
-  _, states = forward(params, batch_tokens(batch), cfg)
+  cfg = ModelConfig.from_params(params) if cfg is None else cfg
+  # jit: one compilation per shape; called op by op, forward's scan would recompile every call
+  _, states = jax.jit(forward, static_argnums=2)(params, batch_tokens(batch), cfg)
   y_model = layer_predictions(states)
   y_ref = reference(batch)
   if y_ref.shape != y_model.shape:

@@ -155,8 +155,12 @@ def plot_implicit_gd(res: dict, figures: Path) -> list[Path]:
     for k in kinds:
       c, ls = _REF_STYLE[k]
       ax.plot(Ls, [np.mean(r["final"]["losses"][k]) for r in runs], ls, color=c, marker=".", label=labels[k])
-    ax.plot(Ls, [max(np.mean(r["final"]["losses"]["ridge"]), 1e-6) for r in runs], "-", color="k", lw=0.8,
-            label="ridge (Bayes) floor")
+    floor = [np.mean(r["final"]["losses"]["ridge"]) for r in runs]
+    if min(floor) > 1e-6:
+      ax.plot(Ls, floor, "-", color="k", lw=0.8, label="ridge (Bayes) floor")
+    else:  # σ = 0 and N > d: ridge recovers w exactly, a floor of 0 has no place on a log axis
+      ax.text(0.98, 0.02, f"ridge (Bayes) floor: {max(floor):.0e} (N > d, σ = 0)", transform=ax.transAxes,
+              ha="right", va="bottom", fontsize=7)
     ax.set(xlabel="layers L", ylabel="ICL test MSE", yscale="log", title=f"d={res['d']}, N={res['N']}, σ={noise:g}",
            xticks=Ls)
   axes[0, 0].legend(fontsize=7)
@@ -184,7 +188,8 @@ def plot_implicit_gd(res: dict, figures: Path) -> list[Path]:
     ax = axes[0, i]
     for j, r in enumerate(runs):
       band(ax, np.arange(1, r["L"] + 1), r["layers"][key], label=f"L={r['L']}", color=f"C{j}", marker=".")
-    ax.set(xlabel="layer t", ylabel=name, yscale="log", title=f"{name}, mean over tasks (σ={min(groups):g})")
+    ax.set(xlabel="layer t", ylabel=name, yscale="log", title=f"{name}, mean over tasks (σ={min(groups):g})",
+           xticks=np.arange(1, max(r["L"] for r in runs) + 1))
   if has_gamma:  # the trained weights read as GD++: γ_eff per layer, fitted GD++ γ_t as crosses
     ax = axes[0, 2]
     for j, r in enumerate(runs):
@@ -192,7 +197,8 @@ def plot_implicit_gd(res: dict, figures: Path) -> list[Path]:
       band(ax, t, r["layers"]["gamma_eff"], label=f"L={r['L']}", color=f"C{j}", marker=".")
       if "gd_pp" in r.get("references", {}):
         ax.plot(t, r["references"]["gd_pp"]["gamma"], "x", color=f"C{j}", ms=5)
-    ax.set(xlabel="layer t", ylabel="γ_eff = −mean diag W_PV[x, x]", title="GD++ input transform (× = fitted GD++)")
+    ax.set(xlabel="layer t", ylabel="γ_eff = −mean diag W_PV[x, x]", title="GD++ input transform (× = fitted GD++)",
+           xticks=np.arange(1, max(r["L"] for r in runs) + 1))
   axes[0, 0].legend(fontsize=7)
   fig.tight_layout()
   paths += save(fig, figures, "implicit_gd_norms")
@@ -205,11 +211,13 @@ def plot_implicit_gd(res: dict, figures: Path) -> list[Path]:
     for j, r in enumerate(sweeps):
       band(ax, M, r["m_sweep"]["loss"], label=f"trained L={r['L']}", color=f"C{j}", marker="o", ms=3)
     ax.plot(M, sweeps[0]["m_sweep"]["gd1_closed_form"], "k--", label="1 GD step at η*(N), closed form")
-    ax.plot(M, np.maximum(sweeps[0]["m_sweep"]["ridge"], 1e-6), "k-", lw=0.8, label="ridge (Bayes) floor")
+    ridge = np.asarray(sweeps[0]["m_sweep"]["ridge"])
+    ax.plot(M[ridge > 1e-3], ridge[ridge > 1e-3], "k-", lw=0.8, label="ridge (Bayes) floor (0 for M > d)")
     ax.axvline(res["N"], color="grey", lw=0.8, ls=":")
     # deep models explode for M < N (values up to 1e40 and beyond): clip the axis, say so
     top = 3 * max(sweeps[0]["m_sweep"]["gd1_closed_form"])
-    ax.set_ylim(top=top)
+    ax.set_ylim(1e-2, top)
+    ax.minorticks_off()
     for j, r in enumerate(sweeps):
       for m, v in zip(M, np.mean(r["m_sweep"]["loss"], 0)):
         if v > top:
@@ -308,7 +316,8 @@ def plot_prune_trajectory(res: dict, figures: Path) -> list[Path]:
     for j, x in enumerate(show):
       ax = axes[i, j]
       r = mm["rates"].index(x)
-      im = ax.imshow(np.log10(np.maximum(rel[r], 1e-12)), vmin=-4, vmax=1, cmap="magma", origin="upper")
+      logrel = np.log10(np.maximum(rel[r], 1e-12))
+      im = ax.imshow(logrel, vmin=-4, vmax=max(1.0, float(np.ceil(logrel.max()))), cmap="magma", origin="upper")
       ax.set_xlabel("layer t of ŵ_t")
       ax.set_ylabel("pruned layer k")
       ax.set_xticks(range(L))
@@ -337,12 +346,13 @@ def plot_condition_numbers(res: dict, figures: Path) -> list[Path]:
   for ax, mm in zip(axes[0], models):
     for name, v in mm["log10_cond"].items():
       v = np.asarray([[np.nan if isinstance(x, str) else x for x in row] for row in v], float)
-      band(ax, np.arange(mm["layers"]), v, label=name, marker="o", ms=3)
+      color = {"W_Q": "C0", "W_K": "C1", "W_V": "C2", "W_O": "C3", "W_1": "C4", "W_2": "C5"}.get(name)
+      band(ax, np.arange(mm["layers"]), v, label=name, color=color, marker="o", ms=3)
+    ax.legend(fontsize=6)
     ax.set_xlabel("layer (from 0)")
     ax.set_title(_model_title(mm), fontsize=8)
     ax.set_xticks(range(mm["layers"]))
-  axes[0, 0].set_ylabel("log10 condition number")
-  axes[0, 0].legend(fontsize=6)
+  axes[0, 0].set_ylabel("log10 condition number (σ_max/σ_min)")
   fig.tight_layout()
   return save(fig, figures, "condition_numbers")
 

@@ -1,5 +1,6 @@
 """Fitted explicit references (issue 3): the closed form η* (theory-notes §9), caching, errors."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -59,18 +60,20 @@ def test_init_breaks_the_permutation_symmetry():
 
 def test_fitted_is_cached(tmp_path, monkeypatch):
   task, cfg = TaskConfig(d=2, n_context=4), R.FitConfig(steps=20, batch_size=32)
-  first = R.fitted(task, 2, cfg, tmp_path)
+  first = R.fitted(task, 1, cfg, tmp_path)
   files = list((tmp_path / "references").glob("*.json"))
   assert len(files) == 1 and set(first) == set(R.KINDS)
   monkeypatch.setattr(R, "fit_many", lambda *a, **k: pytest.fail("refitted a cached reference"))
-  again = R.fitted(task, 2, cfg, tmp_path)
+  again = R.fitted(task, 1, cfg, tmp_path)
   for k in R.KINDS:
     np.testing.assert_allclose(again[k].eta, first[k].eta)
     np.testing.assert_allclose(again[k].P, first[k].P)
   # another depth, noise or Σ is another entry
-  assert R.cache_path(task, 3, cfg, tmp_path) != R.cache_path(task, 2, cfg, tmp_path)
-  assert R.cache_path(TaskConfig(d=2, n_context=4, noise_std=0.5), 2, cfg, tmp_path) != files[0]
-  assert R.cache_path(TaskConfig(d=2, n_context=4, x_cov=(1.0, 2.0)), 2, cfg, tmp_path) != files[0]
+  assert R.cache_path(task, 1, cfg, tmp_path) == files[0]
+  assert R.cache_path(task, 2, cfg, tmp_path) != files[0]
+  assert R.cache_path(TaskConfig(d=2, n_context=4, noise_std=0.5), 1, cfg, tmp_path) != files[0]
+  assert R.cache_path(TaskConfig(d=2, n_context=4, x_cov=(1.0, 2.0)), 1, cfg, tmp_path) != files[0]
+  assert R.cache_path(task, 1, R.FitConfig(steps=21, batch_size=32), tmp_path) != files[0]
 
 
 def test_bad_inputs():
@@ -86,11 +89,11 @@ def test_bad_inputs():
 
 
 @pytest.mark.slow
-def test_two_step_references_are_ordered():
+def test_two_step_references_are_ordered(tmp_path):
   """More freedom fits better: GD++ ≤ per-step GD ≤ shared-η GD < one step at η*."""
   task = TaskConfig(d=5, n_context=10)
-  fs = R.fitted(task, 2, R.FitConfig(steps=600, batch_size=1024), cache_dir="runs/cache")
-  b = tasks.sample(__import__("jax").random.key(7), task, 20_000)
+  fs = R.fitted(task, 2, R.FitConfig(steps=600, batch_size=1024), cache_dir=tmp_path)
+  b = tasks.sample(jax.random.key(7), task, 20_000)
   loss = {k: float(jnp.mean((R.iterates(f, b)[1][-1] - b.y_q) ** 2)) for k, f in fs.items()}
   assert loss["gd_pp"] < loss["gd_step"] * 1.02 < loss["gd"] * 1.04
   assert loss["gd"] < gd.gd1_loss_star(5, 10)

@@ -40,7 +40,7 @@ def test_divergence_stops_and_keeps_finite_parameters():
   assert np.all(np.isfinite(res.losses))
 
 
-SMALL = dict(task=TaskConfig(d=2, n_context=4), model=ModelConfig(d=2, n_layers=2))
+SMALL = dict(task=TaskConfig(d=2, n_context=4), model=ModelConfig(d=2, n_layers=1))
 
 
 def test_resume_continues_exactly_and_seeds_are_independent():
@@ -56,7 +56,7 @@ def test_resume_continues_exactly_and_seeds_are_independent():
   for k in full.params:
     np.testing.assert_allclose(rest.params[k], full.params[k], rtol=1e-12, atol=1e-15)
   # one model per seed, vmapped: different seeds, different models
-  assert full.params["W_Q"].shape == (2, 2, 3, 3) and full.losses.shape == (2, 40)
+  assert full.params["W_Q"].shape == (2, 1, 3, 3) and full.losses.shape == (2, 40)
   assert not np.allclose(full.params["W_Q"][0], full.params["W_Q"][1])
 
 
