@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import io as _io
@@ -207,6 +208,7 @@ def lanes_for(cfg: SweepConfig) -> int:
   return 1 if jax.default_backend() == "cpu" else cfg.block
 
 
+@functools.lru_cache(maxsize=16)  # a second sweep of the same shapes in one process does not recompile
 def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: bool, lanes: int) -> Callable:
   """jit(vmap over seeds of a map over configurations, `lanes` of them vmapped at a time).
 
@@ -418,6 +420,11 @@ def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, c
 # --- the straightforward loop (reference for tests and the benchmark) ----------------------
 
 
+@functools.lru_cache(maxsize=16)
+def _loop_metrics_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: bool) -> Callable:
+  return jax.jit(lambda p, e, a: _metrics(p, e, a, model_cfg, task_cfg, with_bounds))
+
+
 def run_loop(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, cfg: SweepConfig) -> SweepResult:
   """Prune with prune.prune, then evaluate with one jitted function, one configuration at a time."""
   seeds = tuple(int(s) for s in seeds)
@@ -425,7 +432,7 @@ def run_loop(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConf
   confs = configurations(cfg, p0)
   with_bounds = cfg.bounds and bounds_available()
   eval_b, ana_b = batches(task_cfg, seeds, cfg, params_S["W_Q"].dtype)
-  metrics = jax.jit(lambda p, e, a: _metrics(p, e, a, model_cfg, task_cfg, with_bounds))
+  metrics = _loop_metrics_fn(model_cfg, task_cfg, with_bounds)
   t0 = time.perf_counter()
   rows = []
   for si, s in enumerate(seeds):

@@ -128,7 +128,7 @@ def test_rank_k_truncation_of_the_optimum_gives_d_minus_k_c(k):
   np.testing.assert_allclose(gd.one_layer_loss(Gamma, N), d - k * c, rtol=1e-10)
   np.testing.assert_allclose(np.linalg.matrix_rank(Gamma, tol=1e-9), k)
   # The pruned model's predictions are exactly x_qᵀ Γ (1/N) Σ y_i x_i, and Monte Carlo agrees.
-  b = tasks.sample(jax.random.key(k), tasks.TaskConfig(d=d, n_context=N), 40_000, dtype=jnp.float64)
+  b = tasks.sample(jax.random.key(k), tasks.TaskConfig(d=d, n_context=N), 20_000, dtype=jnp.float64)
   y_hat, _ = jax.jit(forward)(pruned, tasks.batch_tokens(b))
   y_lin = jnp.einsum("bd,de,bne,bn->b", b.x_q, Gamma, b.X, b.y) / N
   np.testing.assert_allclose(np.asarray(y_hat), np.asarray(y_lin), rtol=1e-10, atol=1e-12)
