@@ -41,6 +41,8 @@ def add_train(sub) -> None:
                  help="diagonal of the input covariance Σ (d positive numbers); default I")
   p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
   p.add_argument("--eval-tasks", type=int, default=10_000, help="fresh tasks for the final metrics")
+  p.add_argument("--max-skipped", type=int, default=0,
+                 help="skip up to this many consecutive steps with a non-finite loss (deep models)")
   p.add_argument("--out", required=True, help="run directory to write")
   p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint up to --steps")
   p.set_defaults(func=cmd_train)
@@ -58,7 +60,7 @@ def cmd_train(args) -> int:
   model = ModelConfig(d=args.d, n_layers=args.layers, n_heads=args.heads, use_W_O=args.output_proj,
                       mlp=args.mlp, attention=args.attention, init_scale=args.init_scale)
   tcfg = train.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                           dtype=args.dtype, chunk=min(100, args.steps))
+                           dtype=args.dtype, chunk=min(100, args.steps), max_skipped=args.max_skipped)
   if args.eval_tasks < 1:
     raise ValueError(f"--eval-tasks must be >= 1, got {args.eval_tasks}")
   out = Path(args.out)
@@ -94,7 +96,7 @@ def cmd_train(args) -> int:
       "eta_star": gd.eta_star(task.d, task.n_context, task.noise_std),
       "closed_form_loss": closed, "ridge_loss": ev["ridge_loss"],
       "eval_tasks": args.eval_tasks, "seconds": res.seconds, "step": res.state.step,
-      "finished": res.diverged is None, "diverged": res.diverged,
+      "finished": res.diverged is None, "diverged": res.diverged, "skipped_steps": int(res.skipped[0]),
   }
   io.save_run(out, task, model, tcfg, args.seed, params, metrics, np.concatenate(done))
   io.save_checkpoint(out, res.state.opt_state, res.state.step)

@@ -27,6 +27,8 @@ class Profile:
   lr: float = 5e-3  # peak learning rate (Adam, warm-up + cosine)
   warmup: int = 100  # warm-up steps
   init_scale: float = 0.1  # std of the initial weights; 0.02 leaves L >= 2 models on a long plateau
+  lr_deep: float = 1e-3  # peak learning rate for L > 4, which diverge at `lr`
+  max_skipped: int = 50  # consecutive non-finite steps skipped before a run counts as diverged
 
 
 PROFILES = {
@@ -59,8 +61,8 @@ def trained(prof: Profile, *, d: int = 10, n_context: int = 20, layers: int = 1,
   task = TaskConfig(d=d, n_context=n_context, noise_std=noise_std, x_cov=x_cov)
   model = ModelConfig(d=d, n_layers=layers, attention=attention, mlp=mlp, init_scale=prof.init_scale)
   n = prof.steps if steps is None else steps
-  train = TrainConfig(steps=n, batch_size=prof.batch_size, lr=prof.lr, warmup=min(prof.warmup, n // 10),
-                      chunk=min(250, n))
+  train = TrainConfig(steps=n, batch_size=prof.batch_size, lr=prof.lr if layers <= 4 else prof.lr_deep,
+                      warmup=min(prof.warmup, n // 10), chunk=min(250, n), max_skipped=prof.max_skipped)
   seeds = tuple(prof.seeds if seeds is None else seeds)
   label = f"L={layers} d={d} N={n_context} σ={noise_std} {attention}{'+' + mlp if mlp else ''}: "
   params, losses = io.cached_fit(task, model, train, seeds, cache_dir, label)
