@@ -8,7 +8,8 @@ paper's theory does not cover. A model whose training diverges is recorded as su
 
 Summary per model and module: the "damage" of pruning layer k, the ICL error at ξ ∈ {0.1, 0.5,
 0.75, 0.9} (kept ranks 9, 5, 2, 1 of 11) minus the unpruned error, averaged over those rates, per
-seed; Remark 5 predicts less damage for deeper layers. And the best improvement any
+seed (a pruned model whose error overflows float32 counts as +inf and is counted); Remark 5
+predicts less damage for deeper layers. And the best improvement any
 single-layer pruning gives over the unpruned model.
 
   python experiments/prune_depth.py --profile default --results results
@@ -80,9 +81,13 @@ def summarise(rate_err: np.ndarray, unpruned: np.ndarray, rates) -> dict:
   differences, are averaged.
   """
   cols = [list(rates).index(x) for x in DAMAGE_RATES]
+  blown = ~np.isfinite(rate_err)  # float32 overflow of the pruned model: counted, then taken as +inf
+  rate_err = np.where(blown, np.inf, rate_err)
   damage_LS = np.log10(rate_err[:, :, cols] / unpruned[None, :, None]).mean(-1)  # [L, S]
   L, S = damage_LS.shape
-  se = damage_LS.std(1, ddof=1) / np.sqrt(S) if S > 1 else np.zeros(L)
+  fin = np.all(np.isfinite(damage_LS), axis=1)
+  with np.errstate(invalid="ignore"):  # std of an overflowed (inf) layer is replaced below
+    se = np.where(fin, damage_LS.std(1, ddof=1) / np.sqrt(S), np.inf) if S > 1 else np.zeros(L)
   shallow, deep = damage_LS[: L // 2].mean(0), damage_LS[L - L // 2:].mean(0)  # [S]
   pos = [i for i, x in enumerate(rates) if x > 0]
   gain = unpruned[None, :, None] - rate_err[:, :, pos]  # [L, S, R'] > 0: pruning helped
@@ -97,7 +102,9 @@ def summarise(rate_err: np.ndarray, unpruned: np.ndarray, rates) -> dict:
           "best_gain_mean": float(g_mean[l, r]), "best_gain_se": g_se, "best_gain_layer": int(l),
           "best_gain_rate": float(rates[pos[r]]), "best_gain_per_seed": g,
           "best_gain_relative": float(g_mean[l, r] / unpruned.mean()),
-          "improving_configs": int(np.sum(np.all(gain > 0, axis=1)))}  # better in every seed
+          "improving_configs": int(np.sum(np.all(gain > 0, axis=1))),  # better in every seed
+          "damage_log10_median": np.median(damage_LS, 1),
+          "overflowed_per_layer": blown.sum((1, 2))}  # (seed, ξ) pairs whose error is not finite
 
 
 def run_model(prof, profile: str, name: str, L: int, kw: dict) -> dict:
@@ -160,6 +167,8 @@ def main(argv=None) -> int:
     for m, v in mod["modules"].items():
       sm = v["summary"]
       dm = " ".join(f"{a:+.2f}±{b:.2f}" for a, b in zip(sm["damage_log10_mean"], sm["damage_log10_se"]))
+      dm += f" (median {np.array2string(np.asarray(sm['damage_log10_median']), precision=2)}, overflowed " \
+            f"{list(map(int, sm['overflowed_per_layer']))})"
       print(f"  {m:>4} log10 damage per layer {dm}; deep half < shallow half in {sm['deep_less_damaged_seeds']}/"
             f"{len(mod['seeds'])} seeds; best ξ>0: {sm['best_gain_mean']:+.4f} ± {sm['best_gain_se']:.4f} "
             f"(layer {sm['best_gain_layer']}, ξ={sm['best_gain_rate']}, {100 * sm['best_gain_relative']:+.1f}%); "

@@ -267,7 +267,8 @@ def plot_prune_depth(res: dict, figures: Path) -> list[Path]:
         if mod not in mm["modules"]:
           ax.set_visible(False)
           continue
-        err = np.asarray(mm["modules"][mod][f"{kind}_err"], float)  # [L, S, X]
+        err = np.asarray(mm["modules"][mod][f"{kind}_err"], float)  # [L, S, X]; overflow → inf/nan
+        err = np.where(np.isfinite(err), err, 1e39)  # drawn at the top: beyond float32's range
         x = np.arange(len(rates)) if kind == "rate" else np.asarray(mm["ranks"])
         for l in range(L):
           lab = f"layer {l}" + (" (shallow)" if l == 0 else " (deep)" if l == L - 1 else "")
@@ -288,15 +289,16 @@ def plot_prune_depth(res: dict, figures: Path) -> list[Path]:
   fig, axes = plt.subplots(1, len(mods), figsize=(2.8 * len(mods), 2.6), squeeze=False)
   for j, mod in enumerate(mods):
     ax = axes[0, j]
-    for mm in models:
+    for c, mm in enumerate(models):  # one colour per model in every panel
       if mod in mm["modules"]:
         dmg = np.asarray(mm["modules"][mod]["summary"]["damage_log10_per_seed"], float)  # [L, S]
+        dmg = np.minimum(np.where(np.isnan(dmg), np.inf, dmg), 40.0)  # overflowed (inf) drawn at 40
         L = mm["layers"]
-        band(ax, np.arange(L) / max(L - 1, 1), dmg.T, label=_model_title(mm), marker="o", ms=3)
+        band(ax, np.arange(L) / max(L - 1, 1), dmg.T, label=_model_title(mm), color=f"C{c}", marker="o", ms=3)
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_title(f"{mod}: damage of pruning layer k", fontsize=8)
+    ax.set_title(f"{mod}: damage of pruning layer k\n(mean over ξ ∈ .1, .5, .75, .9)", fontsize=8)
     ax.set_xlabel("relative depth k/(L−1)  (0 = shallow)")
-  axes[0, 0].set_ylabel("log10(err pruned / unpruned)\nmean over ξ ∈ {.1, .5, .75, .9}")
+  axes[0, 0].set_ylabel("log10(err pruned/unpruned)\n(40 = overflow)")
   axes[0, 0].legend(fontsize=6)
   fig.tight_layout()
   return paths + save(fig, figures, "prune_depth_damage")

@@ -231,11 +231,17 @@ def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: boo
 
 def batches(task_cfg: TaskConfig, seeds, cfg: SweepConfig, dtype) -> tuple[tasks.Batch, tasks.Batch]:
   """Held-out and analysis tasks per seed, stacked [S, ...] (the same for every configuration)."""
+  fn = _batches_fn(task_cfg, cfg.n_eval, cfg.n_analysis, cfg.eval_seed, jnp.dtype(dtype))
+  return fn(jnp.asarray(seeds, jnp.uint32))
+
+
+@functools.lru_cache(maxsize=16)  # one compilation per task setting, not one per op or per sweep
+def _batches_fn(task_cfg: TaskConfig, n_eval: int, n_analysis: int, eval_seed: int, dtype) -> Callable:
   def pair(seed):
-    k = jax.random.fold_in(jax.random.key(cfg.eval_seed), seed)
-    return (tasks.sample(jax.random.fold_in(k, 0), task_cfg, cfg.n_eval, dtype=dtype),
-            tasks.sample(jax.random.fold_in(k, 1), task_cfg, cfg.n_analysis, dtype=dtype))
-  return jax.jit(jax.vmap(pair))(jnp.asarray(seeds, jnp.uint32))  # one compilation, not one per op
+    k = jax.random.fold_in(jax.random.key(eval_seed), seed)
+    return (tasks.sample(jax.random.fold_in(k, 0), task_cfg, n_eval, dtype=dtype),
+            tasks.sample(jax.random.fold_in(k, 1), task_cfg, n_analysis, dtype=dtype))
+  return jax.jit(jax.vmap(pair))
 
 
 def svd_of(params_S: Params, names) -> dict:
