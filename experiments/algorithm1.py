@@ -94,7 +94,7 @@ def run_model(prof, layers: int, n_val: int, n_test: int) -> dict:
 
 
 def table(models: list[dict]) -> str:
-  f = lambda mc: f"{mc[0]:.5f} ± {mc[1]:.5f}"
+  f = lambda mc: f"{mc[0]:.4g} ± {mc[1]:.2g}"
   g = lambda mc: f"{mc[0]:+.1e} ± {mc[1]:.1e}"
   lines = ["| L | variant | unpruned test error | pruned test error | pruned − unpruned | seeds improved | chosen (per seed) |",
            "|---|---|---|---|---|---|---|"]

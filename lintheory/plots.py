@@ -23,6 +23,18 @@ STYLE = {"figure.dpi": 110, "savefig.dpi": 110, "font.size": 9, "axes.grid": Tru
          "grid.alpha": 0.3, "svg.hashsalt": "lintheory", "pdf.fonttype": 42}
 
 
+def decode(x):
+  """Undo io.write_json's strict-JSON encoding for plotting: "inf"/"-inf" → ±inf, and null inside
+  a list of numbers → NaN (a null dict value means "absent" and stays None)."""
+  if isinstance(x, dict):
+    return {k: decode(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [float("nan") if v is None else decode(v) for v in x]
+  if x in ("inf", "-inf"):
+    return float(x)
+  return x
+
+
 def save(fig, figures: Path, name: str) -> list[Path]:
   """Write name.png and name.pdf deterministically; returns the paths."""
   figures.mkdir(parents=True, exist_ok=True)
@@ -526,7 +538,7 @@ def main(argv=None) -> int:
     if not path.exists():
       print(f"skip {study}: {path} not found (run experiments/{study}.py)", file=sys.stderr)
       continue
-    for p in globals()[fn_name](read_json(path), figures):
+    for p in globals()[fn_name](decode(read_json(path)), figures):
       print(f"wrote {p}")
       drawn += 1
   return 0 if drawn else 1
