@@ -140,7 +140,9 @@ def layer_terms(sens_LB: jax.Array, lamC_LBK: jax.Array, d_prime: int, eps: floa
   # As written: the d' − K structural zeros (and any zero among the K) give log 0 = −∞; round-off
   # can leave a true zero slightly negative, which must read as 0, not as log(<0) = NaN.
   logdet_exact = jnp.sum(jnp.log(jnp.maximum(lamC_LBK, 0.0)), -1) + (-jnp.inf if d_prime > K else 0.0)
-  exact = d_prime * jnp.log(num / d_prime) - logdet_exact
+  # C_t singular (always, for d' > K) makes −tr log C_t = +∞ and the bound infinite whatever the
+  # first term is, even −∞ (a layer pruned to rank 0): report +∞, never ∞ − ∞ = NaN.
+  exact = jnp.where(jnp.isneginf(logdet_exact), jnp.inf, d_prime * jnp.log(num / d_prime) - logdet_exact)
   floor = d_prime * jnp.log((num + d_prime * eps) / d_prime) - (
       jnp.sum(jnp.log(lamC_LBK + eps), -1) + (d_prime - K) * math.log(eps))
   keep = lamC_LBK > rtol * lamC_LBK[..., :1]

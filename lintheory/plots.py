@@ -171,11 +171,11 @@ def plot_implicit_gd(res: dict, figures: Path) -> list[Path]:
     if min(floor) > 1e-6:
       ax.plot(Ls, floor, "-", color="k", lw=0.8, label="ridge (Bayes) floor")
     else:  # σ = 0 and N > d: ridge recovers w exactly, a floor of 0 has no place on a log axis
-      ax.text(0.98, 0.02, f"ridge (Bayes) floor: {max(floor):.0e} (N > d, σ = 0)", transform=ax.transAxes,
-              ha="right", va="bottom", fontsize=7)
+      ax.text(0.98, 0.98, f"ridge (Bayes) floor: {max(floor):.0e} (N > d, σ = 0)", transform=ax.transAxes,
+              ha="right", va="top", fontsize=7)
     ax.set(xlabel="layers L", ylabel="ICL test MSE", yscale="log", title=f"d={res['d']}, N={res['N']}, σ={noise:g}",
            xticks=Ls)
-  axes[0, 0].legend(fontsize=7)
+  axes[0, 0].legend(fontsize=7, loc="lower left")
   fig.tight_layout()
   paths += save(fig, figures, "implicit_gd_loss_vs_L")
 
@@ -237,6 +237,7 @@ def plot_implicit_gd(res: dict, figures: Path) -> list[Path]:
                       color=f"C{j}", ha="center")
     ax.set(xscale="log", yscale="log", xlabel="demonstrations at test time M", ylabel="ICL test MSE",
            title=f"trained with N={res['N']} (dotted), d={res['d']}, σ=0", xticks=M, xticklabels=[str(m) for m in M])
+    ax.minorticks_off()  # again: the log scale set just now brings minor labels ("5×10⁰") back
     ax.legend(fontsize=7)
     fig.tight_layout()
     paths += save(fig, figures, "implicit_gd_context")
