@@ -14,7 +14,6 @@ Writes results/algorithm1.json and results/algorithm1.md (the table), and prints
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -107,9 +106,7 @@ def table(models: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--profile", default="default", choices=sorted(zoo.PROFILES))
-  ap.add_argument("--results", default="results")
+  ap = zoo.study_parser(__doc__)
   args = ap.parse_args(argv)
   prof = zoo.profile(args.profile)
   n_val, n_test = SIZES[args.profile]

@@ -12,7 +12,6 @@ No training happens here beyond what zoo caches for study (a).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -45,9 +44,7 @@ def run_model(prof, name: str, L: int, kw: dict) -> dict:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--profile", default="default", choices=["default", "full"])
-  ap.add_argument("--results", default="results")
+  ap = zoo.study_parser(__doc__)
   args = ap.parse_args(argv)
   prof = zoo.profile(args.profile)
   t0 = time.perf_counter()

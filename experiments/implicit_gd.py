@@ -11,7 +11,6 @@ sizes M ≠ N against the one-layer closed form. Writes results/implicit_gd.json
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -100,9 +99,7 @@ def run_setting(prof: zoo.Profile, noise: float, L: int, Ms, fit_cfg, cache_dir:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--profile", default="default", choices=sorted(SETTINGS))
-  ap.add_argument("--results", default="results", help="directory for implicit_gd.json")
+  ap = zoo.study_parser(__doc__)
   ap.add_argument("--cache-dir", default="runs/cache", help="trained models and fitted references")
   args = ap.parse_args(argv)
   prof, setting = zoo.profile(args.profile), SETTINGS[args.profile]

@@ -13,7 +13,6 @@ and mean |ŷ_model − ŷ_ref|.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -118,9 +117,7 @@ def run_case(prof: zoo.Profile, name: str, d: int, N: int, x_diag, steps, seeds,
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--profile", default="default", choices=sorted(zoo.PROFILES))
-  ap.add_argument("--results", default="results", help="directory for one_layer.json")
+  ap = zoo.study_parser(__doc__)
   ap.add_argument("--steps", type=int, default=None, help="override the profile's training steps")
   ap.add_argument("--seeds", type=int, default=None, help="override: train seeds 0..SEEDS-1")
   ap.add_argument("--cache", default="runs/cache", help="trained-model cache (shared by studies)")

@@ -14,7 +14,6 @@ the zero predictor's loss)?
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -93,9 +92,7 @@ def run_model(prof, layers: int, st: dict) -> dict:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--profile", default="default", choices=sorted(zoo.PROFILES))
-  ap.add_argument("--results", default="results")
+  ap = zoo.study_parser(__doc__)
   args = ap.parse_args(argv)
   prof, st = zoo.profile(args.profile), SETTINGS[args.profile]
   t0 = time.perf_counter()

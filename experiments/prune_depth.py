@@ -17,7 +17,6 @@ single-layer pruning gives over the unpruned model.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -142,9 +141,7 @@ def run_model(prof, profile: str, name: str, L: int, kw: dict) -> dict:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--profile", default="default", choices=sorted(SETTINGS))
-  ap.add_argument("--results", default="results")
+  ap = zoo.study_parser(__doc__)
   args = ap.parse_args(argv)
   prof = zoo.profile(args.profile)
   t0 = time.perf_counter()

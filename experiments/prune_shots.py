@@ -15,7 +15,6 @@ runs trained here, extra cost); label noise σ at test time, and a model trained
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -70,9 +69,7 @@ def line(name: str, g: dict) -> str:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--profile", default="default", choices=sorted(zoo.PROFILES))
-  ap.add_argument("--results", default="results")
+  ap = zoo.study_parser(__doc__)
   args = ap.parse_args(argv)
   prof, st = zoo.profile(args.profile), SETTINGS[args.profile]
   t0 = time.perf_counter()

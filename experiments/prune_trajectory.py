@@ -12,7 +12,6 @@ of the unpruned ‖G_t‖_F and ‖ΔW_t‖_F over layers and seeds.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -70,9 +69,7 @@ def run_model(prof, profile: str, L: int) -> dict:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--profile", default="default", choices=sorted(SETTINGS))
-  ap.add_argument("--results", default="results")
+  ap = zoo.study_parser(__doc__)
   args = ap.parse_args(argv)
   prof = zoo.profile(args.profile)
   t0 = time.perf_counter()

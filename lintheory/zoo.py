@@ -6,6 +6,7 @@ get it from the cache (io.cached_fit) instead of training it twice.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from typing import NamedTuple
 
@@ -37,6 +38,14 @@ PROFILES = {
     # An accelerator: converged models, many seeds.
     "full": Profile(steps=20_000, batch_size=2048, seeds=tuple(range(10)), eval_tasks=65_536),
 }
+
+
+def study_parser(doc: str) -> argparse.ArgumentParser:
+  """The command line every study shares: --profile and --results (a study may add its own flags)."""
+  ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+  ap.add_argument("--profile", default="default", choices=sorted(PROFILES), help="training and size recipe")
+  ap.add_argument("--results", default="results", help="directory for the results files")
+  return ap
 
 
 def profile(name: str) -> Profile:
