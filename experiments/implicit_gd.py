@@ -29,8 +29,7 @@ from lintheory.model import forward  # noqa: E402
 D_IN, N_CTX = 10, 20
 # Per profile: layers trained for each noise level, and the test-time context sizes M.
 SETTINGS = {
-    # L = 6 diverges with the default recipe on CPU (float32): only the full profile tries it.
-    "default": {"layers": {0.0: (1, 2, 3, 4), 0.5: (1, 2)}, "M": (5, 10, 20, 40, 80)},
+    "default": {"layers": {0.0: (1, 2, 3, 4, 6), 0.5: (1, 2, 4)}, "M": (5, 10, 20, 40, 80)},
     "full": {"layers": {0.0: (1, 2, 3, 4, 6), 0.5: (1, 2, 3, 4, 6)}, "M": (5, 10, 15, 20, 30, 40, 80, 160)},
 }
 EVAL_SEED = 31_415
@@ -114,8 +113,9 @@ def main(argv=None) -> int:
         print(f"σ={noise} L={L}: {e}", file=sys.stderr)
         failed.append({"noise_std": noise, "L": L, "error": str(e)})
   out = {"study": "implicit_gd", "profile": args.profile, "d": D_IN, "N": N_CTX, "kinds": list(references.KINDS),
-         "labels": references.LABELS, "train": {"steps": prof.steps, "batch_size": prof.batch_size, "lr": prof.lr,
-                                                 "init_scale": prof.init_scale, "seeds": list(prof.seeds)},
+         "labels": references.LABELS, "train": {"steps": prof.steps, "batch_size": prof.batch_size, "init_scale": prof.init_scale,
+                                                 "seeds": list(prof.seeds),
+                                                 "recipes": [dataclasses.asdict(r) for r in prof.recipes]},
          "eval_tasks": prof.eval_tasks, "fit": dataclasses.asdict(fit_cfg),
          "runs": runs, "failed": failed, "seconds": time.perf_counter() - t0}
   path = Path(args.results) / "implicit_gd.json"

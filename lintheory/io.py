@@ -6,10 +6,13 @@ present), metrics.json, loss_curve.csv and checkpoint.npz (optimiser state, for 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import io as _io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -131,6 +134,29 @@ def load_checkpoint(path, opt_state_like):
   return jax.tree_util.tree_unflatten(treedef, leaves), step
 
 
+def progress(msg: str, final: bool) -> None:
+  """A progress line on stderr: updated in place on a terminal, one line per update in a log."""
+  tty = sys.stderr.isatty()
+  print(("\r" if tty else "") + msg, end="" if tty and not final else "\n", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, what: str = ""):
+  """Hold an exclusive lock on `path` (created if needed), so that studies running in parallel
+  train or fit a shared cached item once: the second waits, then finds it in the cache."""
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "a") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      print(f"  waiting for another process to finish {what or path}", file=sys.stderr, flush=True)
+      fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, seeds, cache_dir="runs/cache",
                label: str = "") -> tuple[Params, np.ndarray]:
   """Train one model per seed (vmapped), or load them if this exact configuration was trained.
@@ -146,16 +172,17 @@ def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, see
          "train": dataclasses.asdict(train_cfg), "seeds": list(seeds)}
   digest = hashlib.sha256(json.dumps(_jsonable(key), sort_keys=True).encode()).hexdigest()[:16]
   path = Path(cache_dir) / digest
-  if (path / "params.npz").exists() and (path / "losses.npy").exists():
-    with np.load(path / "params.npz") as f:
-      params = {k: jax.numpy.asarray(f[k]) for k in f.files}
-    return params, np.load(path / "losses.npy")
-  res = _train.fit(task, model, train_cfg, seeds, on_chunk=_train.print_progress(train_cfg.steps, label))
-  if res.diverged:
-    raise RuntimeError(f"{label}{res.diverged}")
-  write_json(path / "key.json", key)
-  buf = _io.BytesIO()
-  np.save(buf, res.losses)
-  atomic_write_bytes(path / "losses.npy", buf.getvalue())
-  write_npz(path / "params.npz", res.params)
-  return res.params, res.losses
+  with locked(Path(cache_dir) / f"{digest}.lock", f"training {label or digest}"):
+    if (path / "params.npz").exists() and (path / "losses.npy").exists():
+      with np.load(path / "params.npz") as f:
+        params = {k: jax.numpy.asarray(f[k]) for k in f.files}
+      return params, np.load(path / "losses.npy")
+    res = _train.fit(task, model, train_cfg, seeds, on_chunk=_train.print_progress(train_cfg.steps, label))
+    if res.diverged:
+      raise RuntimeError(f"{label}{res.diverged}")
+    write_json(path / "key.json", key)
+    buf = _io.BytesIO()
+    np.save(buf, res.losses)
+    atomic_write_bytes(path / "losses.npy", buf.getvalue())
+    write_npz(path / "params.npz", res.params)
+    return res.params, res.losses

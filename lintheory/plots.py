@@ -164,12 +164,17 @@ def plot_implicit_gd(res: dict, figures: Path) -> list[Path]:
     Ls = [r["L"] for r in runs]
     band(ax, Ls, np.array([r["final"]["losses"]["model"] for r in runs]).T, label="trained transformer",
          color="C0", marker="o")
+    # deep models have a heavy tail of exploding tasks: the median squared error shows the typical task
+    ax.plot(Ls, [np.mean(r["final"]["median_sq_err"]["model"]) for r in runs], ":", color="C0", marker="o",
+            mfc="none", ms=4, label="trained, median sq. error")
     for k in kinds:
       c, ls = _REF_STYLE[k]
       ax.plot(Ls, [np.mean(r["final"]["losses"][k]) for r in runs], ls, color=c, marker=".", label=labels[k])
     floor = [np.mean(r["final"]["losses"]["ridge"]) for r in runs]
     if min(floor) > 1e-6:
       ax.plot(Ls, floor, "-", color="k", lw=0.8, label="ridge (Bayes) floor")
+      if ax is not axes[0, 0]:  # the shared legend is on the first panel, which has no floor line
+        ax.legend(handles=ax.lines[-1:], fontsize=7, loc="lower left")
     else:  # σ = 0 and N > d: ridge recovers w exactly, a floor of 0 has no place on a log axis
       ax.text(0.98, 0.98, f"ridge (Bayes) floor: {max(floor):.0e} (N > d, σ = 0)", transform=ax.transAxes,
               ha="right", va="top", fontsize=7)
@@ -209,7 +214,7 @@ def plot_implicit_gd(res: dict, figures: Path) -> list[Path]:
       band(ax, t, r["layers"]["gamma_eff"], label=f"L={r['L']}", color=f"C{j}", marker=".")
       if "gd_pp" in r.get("references", {}):
         ax.plot(t, r["references"]["gd_pp"]["gamma"], "x", color=f"C{j}", ms=5)
-    ax.set(xlabel="layer t", ylabel="γ_eff = −mean diag W_PV[x, x]", title="GD++ input transform (× = fitted GD++)",
+    ax.set(xlabel="layer t", ylabel="γ_eff = −mean diag W_PV[x, x]", title="γ_eff per layer (× = fitted GD++ γ_t)",
            xticks=np.arange(1, max(r["L"] for r in runs) + 1))
   axes[0, 0].legend(fontsize=7)
   fig.tight_layout()
@@ -228,7 +233,8 @@ def plot_implicit_gd(res: dict, figures: Path) -> list[Path]:
     ax.axvline(res["N"], color="grey", lw=0.8, ls=":")
     # deep models explode for M < N (values up to 1e40 and beyond): clip the axis, say so
     top = 3 * max(sweeps[0]["m_sweep"]["gd1_closed_form"])
-    ax.set_ylim(1e-2, top)
+    low = min(np.min(np.mean(r["m_sweep"]["loss"], 0)) for r in sweeps)
+    ax.set_ylim(min(1e-2, low / 2), top)
     ax.minorticks_off()
     for j, r in enumerate(sweeps):
       for m, v in zip(M, np.mean(r["m_sweep"]["loss"], 0)):

@@ -92,18 +92,46 @@ def predict(kind: str, theta: dict, batch: Batch, L: int) -> tuple[jax.Array, ja
   return w, jnp.einsum("lbd,bd->lb", w, batch.x_q)
 
 
+# GD++ with γ_t = 0 and preconditioned GD with P_t = η_t I are GD with per-step η_t: they start
+# from its fit, so they can only improve on it (up to the noise of the fit) instead of stalling
+# in a worse basin from a generic start, as they did at L = 4 and 6.
+NESTED = {"gd_pp": "gd_step", "precond": "gd_step"}
+
+
+def _from_parent(kind: str, parent: dict[str, jax.Array], d: int) -> dict[str, jax.Array]:
+  eta = parent["eta"]
+  if kind == "gd_pp":
+    return {"eta": eta, "gamma": jnp.zeros_like(eta)}
+  return {"P": eta[:, None, None] * jnp.eye(d, dtype=eta.dtype)}
+
+
 def fit_many(task: TaskConfig, L: int, kinds=KINDS, cfg: FitConfig = FitConfig()) -> dict[str, Fitted]:
   """Minimise E[(ŷ_L − y_q)²] over each reference's parameters on fresh tasks (not cached).
 
-  All kinds share one scan and its batches: their parameters are disjoint and Adam is
-  per-coordinate, so fitting the sum of their losses fits each one independently.
+  Two stages: the kinds that start from init_theta, then those of NESTED, started from their
+  fitted parent. Within a stage all kinds share one scan and its batches: their parameters are
+  disjoint and Adam is per-coordinate, so fitting the sum of their losses fits each independently.
   """
   for k in kinds:
     _check_kind(k)
   _check_layers(L)
   L, kinds = int(L), tuple(kinds)
+  first = tuple(k for k in KINDS if (k in kinds and k not in NESTED) or any(NESTED.get(j) == k for j in kinds))
+  second = tuple(k for k in kinds if k in NESTED)
+  with jax.enable_x64(False):  # the same fit whether or not the caller enabled 64-bit mode
+    theta0 = {k: init_theta(k, task.d, task.n_context, L, task.noise_std) for k in first}
+    theta, losses = _adam(task, L, first, theta0, cfg)
+    if second:
+      theta0 = {k: _from_parent(k, theta[NESTED[k]], task.d) for k in second}
+      theta2, losses2 = _adam(task, L, second, theta0, cfg)
+      theta, losses = {**theta, **theta2}, {**losses, **losses2}
+  tail = max(1, cfg.steps // 10)
+  return {k: _as_fitted(k, theta[k], task.d, L, float(losses[k][-tail:].mean())) for k in kinds}
+
+
+def _adam(task: TaskConfig, L: int, kinds: tuple, theta0: dict, cfg: FitConfig):
+  """One jitted scan of Adam on the summed losses → (theta {kind: numpy}, losses {kind: [steps]})."""
   tx = optax.adam(optax.cosine_decay_schedule(cfg.lr, cfg.steps, alpha=0.01))
-  theta0 = {k: init_theta(k, task.d, task.n_context, L, task.noise_std) for k in kinds}
   key = jax.random.key(cfg.seed)
 
   def losses_fn(theta, batch):
@@ -121,13 +149,12 @@ def fit_many(task: TaskConfig, L: int, kinds=KINDS, cfg: FitConfig = FitConfig()
     (theta, _), losses = jax.lax.scan(step, (theta, tx.init(theta)), jnp.arange(cfg.steps))
     return theta, losses
 
-  theta, losses = run(jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), theta0))
+  theta, losses = run(jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), theta0))
   losses = np.asarray(losses, np.float64)  # [steps, kinds]
   if not np.all(np.isfinite(losses)):
     bad = [k for k, ok in zip(kinds, np.all(np.isfinite(losses), axis=0)) if not ok]
     raise RuntimeError(f"fitting the {bad} reference(s) (L={L}) diverged; lower FitConfig.lr")
-  tail = losses[-max(1, cfg.steps // 10):].mean(0)
-  return {k: _as_fitted(k, theta[k], task.d, L, float(tail[i])) for i, k in enumerate(kinds)}
+  return jax.tree_util.tree_map(np.asarray, theta), {k: losses[:, i] for i, k in enumerate(kinds)}
 
 
 def fit(task: TaskConfig, L: int, kind: str, cfg: FitConfig = FitConfig()) -> Fitted:
@@ -187,11 +214,12 @@ def fitted(task: TaskConfig, L: int, cfg: FitConfig = FitConfig(), cache_dir="ru
   for k in kinds:
     _check_kind(k)
   path = cache_path(task, L, cfg, cache_dir)
-  stored = io.read_json(path)["fits"] if path.exists() else {}
-  missing = [k for k in KINDS if k not in stored and k in kinds]
-  for k, f in (fit_many(task, L, missing, cfg) if missing else {}).items():
-    stored[k] = {"eta": f.eta, "gamma": f.gamma, "P": f.P, "train_loss": f.train_loss}
-  if missing:
-    io.write_json(path, {"key": cache_key(task, L, cfg), "fits": stored})
+  with io.locked(path.with_suffix(".lock"), f"fitting the L={L} references"):
+    stored = io.read_json(path)["fits"] if path.exists() else {}
+    missing = [k for k in KINDS if k not in stored and k in kinds]
+    for k, f in (fit_many(task, L, missing, cfg) if missing else {}).items():
+      stored[k] = {"eta": f.eta, "gamma": f.gamma, "P": f.P, "train_loss": f.train_loss}
+    if missing:
+      io.write_json(path, {"key": cache_key(task, L, cfg), "fits": stored})
   return {k: Fitted(k, np.asarray(stored[k]["eta"], np.float64), np.asarray(stored[k]["gamma"], np.float64),
                     np.asarray(stored[k]["P"], np.float64), float(stored[k]["train_loss"])) for k in kinds}

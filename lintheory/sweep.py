@@ -28,7 +28,6 @@ import importlib.util
 import io as _io
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -413,8 +412,8 @@ def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, c
           done.setdefault(row_key(r), r)
     flush(complete=False)
     if progress:
-      print(f"\r  sweep block {b + 1}/{n_blocks} ({len(unique)} distinct configurations × {len(seeds)} seeds, "
-            f"{time.perf_counter() - t0:.1f} s)", end="" if b + 1 < n_blocks else "\n", file=sys.stderr, flush=True)
+      io.progress(f"  sweep block {b + 1}/{n_blocks} ({len(unique)} distinct configurations × {len(seeds)} seeds, "
+                  f"{time.perf_counter() - t0:.1f} s)", final=b + 1 == n_blocks)
     if on_block is not None:
       on_block(b + 1, n_blocks)
   rows = sorted(done.values(), key=lambda r: want[row_key(r)][0] * len(seeds) + seeds.index(r["seed"]))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from typing import Callable, NamedTuple
 
@@ -127,6 +126,8 @@ def fit(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, se
   """Train one model per seed (vmapped) from scratch or from `state` up to train_cfg.steps.
 
   on_chunk(state, chunk_losses [S, n]) runs between jitted chunks (progress, checkpoints).
+  float32 training runs with 64-bit mode off, so a model is the same bits whether or not the
+  calling process enabled jax_enable_x64 (studies that measure in float64 share cached models).
   """
   _check_dtype(train_cfg)
   if model_cfg.d != task_cfg.d:
@@ -134,6 +135,11 @@ def fit(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, se
   seeds = tuple(seeds)
   if not seeds:
     raise ValueError("seeds must name at least one seed")
+  with jax.enable_x64(train_cfg.dtype == "float64"):
+    return _fit(task_cfg, model_cfg, train_cfg, seeds, state, on_chunk)
+
+
+def _fit(task_cfg, model_cfg, train_cfg, seeds, state, on_chunk) -> TrainResult:
   state = init_state(model_cfg, train_cfg, seeds) if state is None else state
   data_keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seeds])
   chunks: dict[int, Callable] = {}
@@ -161,12 +167,12 @@ def fit(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, se
 
 
 def print_progress(total: int, label: str = "") -> Callable[[TrainState, np.ndarray], None]:
-  """An on_chunk callback printing one updating line to stderr."""
+  """An on_chunk callback printing progress to stderr (lintheory.io.progress)."""
+  from lintheory import io  # io imports this module
+
   def report(state: TrainState, chunk_losses: np.ndarray) -> None:
     loss = np.array2string(chunk_losses[:, -1], precision=4, threshold=8)
-    print(f"\r  {label}step {state.step:>6}/{total}  loss {loss}", end="", file=sys.stderr, flush=True)
-    if state.step >= total:
-      print(file=sys.stderr)
+    io.progress(f"  {label}step {state.step:>6}/{total}  loss {loss}", final=state.step >= total)
   return report
 
 

@@ -145,7 +145,8 @@ def test_plot_implicit_gd_draws_four_figures(tmp_path):
   def run(L, noise):
     per_layer = lambda: rng.uniform(0.1, 1, (S, L)).tolist()
     r = {"noise_std": noise, "L": L,
-         "final": {"losses": {k: rng.uniform(0.1, 1, S).tolist() for k in ["model", "ridge", *kinds]}},
+         "final": {"losses": {k: rng.uniform(0.1, 1, S).tolist() for k in ["model", "ridge", *kinds]},
+                   "median_sq_err": {k: rng.uniform(0.01, 0.1, S).tolist() for k in ["model", "ridge", *kinds]}},
          "layers": {"delta_W_fro": per_layer(), "G_fro": per_layer(),
                     "references": {k: {"rel_l2": per_layer()} for k in kinds}}}
     if noise == 0:

@@ -97,3 +97,14 @@ def test_two_step_references_are_ordered(tmp_path):
   loss = {k: float(jnp.mean((R.iterates(f, b)[1][-1] - b.y_q) ** 2)) for k, f in fs.items()}
   assert loss["gd_pp"] < loss["gd_step"] * 1.02 < loss["gd"] * 1.04
   assert loss["gd"] < gd.gd1_loss_star(5, 10)
+
+
+def test_nested_references_do_not_fit_worse_than_per_step_gd():
+  """GD++ and preconditioned GD contain per-step GD (γ = 0, P_t = η_t I) and start from its fit."""
+  task = TaskConfig(d=5, n_context=10)
+  fs = R.fit_many(task, 4, cfg=R.FitConfig(steps=300, batch_size=256))
+  b = tasks.sample(jax.random.key(8), task, 20_000)
+  loss = {k: float(jnp.mean((R.iterates(f, b)[1][-1] - b.y_q) ** 2)) for k, f in fs.items()}
+  assert loss["gd_pp"] <= loss["gd_step"] * 1.01 and loss["precond"] <= loss["gd_step"] * 1.01, loss
+  alone = R.fit(task, 4, "gd_pp", R.FitConfig(steps=300, batch_size=256))  # fits its parent first
+  np.testing.assert_allclose(alone.eta, fs["gd_pp"].eta, rtol=1e-6)

@@ -1,6 +1,9 @@
 """Training: convergence to the one-step-GD optimum, divergence, resuming, seeds, config errors."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -84,3 +87,21 @@ def test_invalid_fit_arguments():
       train.fit(SMALL["task"], SMALL["model"], dataclasses.replace(tc, dtype="float64"))
   finally:
     jax.config.update("jax_enable_x64", True)
+
+
+def test_float32_training_does_not_depend_on_the_callers_64_bit_mode(tmp_path):
+  """Studies that measure in float64 share cached models with studies that do not."""
+  cfg = TrainConfig(steps=20, batch_size=16, lr=5e-3, warmup=2, chunk=10)
+  args = (TaskConfig(d=3, n_context=6), ModelConfig(d=3, n_layers=2), cfg, (0, 1))
+  assert jax.config.jax_enable_x64  # conftest
+  here = train.fit(*args)
+  script = ("import sys, numpy as np\nfrom lintheory import train\nfrom lintheory.model import ModelConfig\n"
+            "from lintheory.tasks import TaskConfig\nfrom lintheory.train import TrainConfig\n"
+            f"r = train.fit(TaskConfig(d=3, n_context=6), ModelConfig(d=3, n_layers=2), {cfg!r}, (0, 1))\n"
+            "np.savez(sys.argv[1], losses=r.losses, **{k: np.asarray(v) for k, v in r.params.items()})\n")
+  subprocess.run([sys.executable, "-c", script, str(tmp_path / "r.npz")], check=True,
+                 env={**os.environ, "JAX_ENABLE_X64": "0"})
+  with np.load(tmp_path / "r.npz") as there:
+    np.testing.assert_array_equal(here.losses, there["losses"])
+    for k, v in here.params.items():
+      np.testing.assert_array_equal(np.asarray(v), there[k])

@@ -1,0 +1,22 @@
+"""The shared model recipes: every depth gets one, and the cache key is the full training config."""
+
+import pytest
+
+from lintheory import zoo
+
+
+@pytest.mark.parametrize("name", sorted(zoo.PROFILES))
+def test_every_depth_has_a_recipe_and_depths_are_ordered(name):
+  prof = zoo.profile(name)
+  bounds = [r.max_layers for r in prof.recipes]
+  assert bounds == sorted(bounds)
+  for L in range(1, 65):
+    r = prof.recipe(L)
+    assert L <= r.max_layers and r.lr > 0 and 0 < r.warmup_frac < 1 and r.clip_norm >= 0
+    assert r.dtype in ("float32", "float64")
+    assert all(L > q.max_layers for q in prof.recipes[:prof.recipes.index(r)])
+
+
+def test_unknown_profile_names_the_choices():
+  with pytest.raises(ValueError, match="profile must be one of"):
+    zoo.profile("huge")
