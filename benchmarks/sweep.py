@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory import sweep
-from lintheory.model import ModelConfig, init_params
-from lintheory.tasks import TaskConfig
+from lintheory.run import sweep
+from lintheory.core.model import ModelConfig, init_params
+from lintheory.core.tasks import TaskConfig
 
 
 def main(argv=None) -> int:
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
   ap.add_argument("--n-analysis", type=int, default=64, help="tasks for ŵ_t and the norms")
   ap.add_argument("--block", type=int, default=32)
   ap.add_argument("--lanes", type=int, default=0, help="configurations vmapped together (0 = auto: 1 on CPU)")
-  ap.add_argument("--bounds", action="store_true", help="include the bound columns (lintheory.bounds)")
+  ap.add_argument("--bounds", action="store_true", help="include the bound columns (lintheory.core.bounds)")
   args = ap.parse_args(argv)
   model = ModelConfig(d=args.d, n_layers=args.layers, init_scale=0.3)
   task = TaskConfig(d=args.d, n_context=args.n_context)

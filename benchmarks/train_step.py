@@ -1,7 +1,7 @@
 """Seconds per training step: the scanned training loop against a naive per-step jitted loop.
 
 Config (issue 2 item 9): L = 3 layers, d = 5, N = 20, batch 2048, float32, Adam + clipping.
-  * scanned: lintheory.train.make_chunk, the real training loop (lax.scan over a chunk of steps,
+  * scanned: lintheory.run.train.make_chunk, the real training loop (lax.scan over a chunk of steps,
     fresh tasks sampled inside every step);
   * naive: jax.jit of one step (sampling inside), called from a Python loop;
   * lower bound: analytic FLOPs of forward + backward per step / a measured large-matmul rate;
@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lintheory import tasks, train
-from lintheory.model import ModelConfig, init_params
-from lintheory.tasks import TaskConfig
+from lintheory.core import tasks
+from lintheory.run import train
+from lintheory.core.model import ModelConfig, init_params
+from lintheory.core.tasks import TaskConfig
 
 TASK = TaskConfig(d=5, n_context=20)
 MODEL = ModelConfig(d=5, n_layers=3)

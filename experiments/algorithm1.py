@@ -1,4 +1,4 @@
-"""Study f: the paper's Algorithm 1 (theory-notes §8) with confidence intervals over seeds.
+"""Study f: the paper's Algorithm 1 (docs/theory.md §8) with confidence intervals over seeds.
 
 Per trained model (zoo, d = 10, N = 20, L = 4 and 8, one model per seed): a validation task set
 scores every candidate, a disjoint test task set reports the choice. Variants:
@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from lintheory import algorithm1 as alg, io, prune, zoo
+from lintheory.run import algorithm1 as alg, io, profiles
+from lintheory.core import prune
 
 MODULES = ("attn", "q", "k", "v")
 VAL_SEED, TEST_SEED = 7_001, 7_002  # task keys, folded with the model seed
@@ -45,8 +46,8 @@ def describe(configs, i) -> str:
 
 
 def run_model(prof, layers: int, n_val: int, n_test: int) -> dict:
-  m = zoo.trained(prof, layers=layers)
-  p0 = zoo.seed_params(m.params, 0)
+  m = profiles.trained(prof, layers=layers)
+  p0 = profiles.seed_params(m.params, 0)
   configs = alg.all_configs(p0, MODULES)
   val = alg.stacked_batches(m.task, m.seeds, n_val, VAL_SEED)
   test = alg.stacked_batches(m.task, m.seeds, n_test, TEST_SEED)
@@ -71,7 +72,7 @@ def run_model(prof, layers: int, n_val: int, n_test: int) -> dict:
       if kind == "all":
         mask, layer = np.ones_like(unpruned), None
       else:
-        layer = alg.condition_layer(alg.module_kappa(zoo.seed_params(m.params, s), mod), k_top)
+        layer = alg.condition_layer(alg.module_kappa(profiles.seed_params(m.params, s), mod), k_top)
         here = (configs.layer == layer) & np.array([c == mod for c in configs.module])
         if kind == "paper":
           here &= np.isin(configs.rank, ranks_paper)
@@ -106,9 +107,9 @@ def table(models: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-  ap = zoo.study_parser(__doc__)
+  ap = profiles.study_parser(__doc__)
   args = ap.parse_args(argv)
-  prof = zoo.profile(args.profile)
+  prof = profiles.profile(args.profile)
   n_val, n_test = SIZES[args.profile]
   t0 = time.perf_counter()
   models = []
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
     except RuntimeError as e:  # a zoo model that failed to train is reported, not hidden
       print(f"  L={L}: skipped: {e}", file=sys.stderr)
       models.append({"layers": L, "skipped": str(e), "rows": []})
-  md = ("Algorithm 1 (theory-notes §8): normalised test error (squared error / d), mean ± 95% "
+  md = ("Algorithm 1 (docs/theory.md §8): normalised test error (squared error / d), mean ± 95% "
         f"t-interval over seeds {list(prof.seeds)}; {n_val} validation and {n_test} test tasks per seed; "
         "d = 10, N = 20; 'paper' uses the deepest of the top-L/2 layers by condition number and the "
         f"paper's rates (ranks {list(alg.paper_ranks(11))} of 11).\n\n" + table(models)

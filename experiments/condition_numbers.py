@@ -1,6 +1,6 @@
 """Study (e), condition numbers per layer and module of trained models (the paper's Fig. 3).
 
-For every trained model of study (a) (lintheory.zoo, d = 10, N = 20: linear L = 4 and 8, and the
+For every trained model of study (a) (lintheory.run.profiles, d = 10, N = 20: linear L = 4 and 8, and the
 softmax / ReLU-MLP variants), σ_max/σ_min of W_Q, W_K, W_V (and W_1, W_2) in every layer and seed
 (prune.condition_numbers; inf when σ_min ≤ σ_max·max(m, n)·ε of the stored dtype), and the full
 singular-value spectra. The paper's Algorithm 1 prunes the deepest of the top-k layers by
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lintheory import io, prune, zoo
+from lintheory.run import io, profiles
+from lintheory.core import prune
 
 from prune_depth import model_list, trained  # the same models as study (a)
 
@@ -31,8 +32,8 @@ def run_model(prof, name: str, L: int, kw: dict) -> dict:
     print(f"  {name} L={L}: {e}", file=sys.stderr)
     return {**out, "diverged": str(e)}
   seeds = list(tr.seeds)
-  per_seed = [prune.condition_numbers(zoo.seed_params(tr.params, i)) for i in range(len(seeds))]
-  spectra = [prune.spectra(zoo.seed_params(tr.params, i)) for i in range(len(seeds))]
+  per_seed = [prune.condition_numbers(profiles.seed_params(tr.params, i)) for i in range(len(seeds))]
+  spectra = [prune.spectra(profiles.seed_params(tr.params, i)) for i in range(len(seeds))]
   cond = {k: np.array([c[k] for c in per_seed]) for k in per_seed[0]}  # name → [S, L]
   log_cond = {k: np.log10(v) for k, v in cond.items()}
   argmax = {k: [int(np.argmax(np.where(np.isfinite(v[s]), v[s], np.inf))) for s in range(len(seeds))]
@@ -44,9 +45,9 @@ def run_model(prof, name: str, L: int, kw: dict) -> dict:
 
 
 def main(argv=None) -> int:
-  ap = zoo.study_parser(__doc__)
+  ap = profiles.study_parser(__doc__)
   args = ap.parse_args(argv)
-  prof = zoo.profile(args.profile)
+  prof = profiles.profile(args.profile)
   t0 = time.perf_counter()
   models = [run_model(prof, name, L, kw) for name, L, kw in model_list(args.profile)]
   out = {"study": "condition_numbers", "profile": args.profile, "models": models,

@@ -1,4 +1,4 @@
-"""How the L = 6 training recipe of lintheory.zoo was chosen (not part of `make figures`).
+"""How the L = 6 training recipe of lintheory.run.profiles was chosen (not part of `make figures`).
 
 Trains L = 6 linear transformers (d = 10, N = 20, σ = 0, 1500 Adam steps of 256 fresh tasks, init
 0.1, up to 50 consecutive non-finite steps skipped) with a few recipes and reports, per seed, the
@@ -24,10 +24,11 @@ jax.config.update("jax_enable_x64", True)  # the float64 recipe, and every evalu
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lintheory import io, tasks, train  # noqa: E402
-from lintheory.model import ModelConfig, forward  # noqa: E402
-from lintheory.tasks import TaskConfig  # noqa: E402
-from lintheory.train import TrainConfig  # noqa: E402
+from lintheory.run import io, train  # noqa: E402
+from lintheory.core import tasks  # noqa: E402
+from lintheory.core.model import ModelConfig, forward  # noqa: E402
+from lintheory.core.tasks import TaskConfig  # noqa: E402
+from lintheory.run.train import TrainConfig  # noqa: E402
 
 TASK = TaskConfig(d=10, n_context=20)
 MODEL = ModelConfig(d=10, n_layers=6, init_scale=0.1)

@@ -1,9 +1,9 @@
-"""Study: do trained L-layer linear transformers follow gradient descent? (issue 3, theory-notes §3–5, §9)
+"""Study: do trained L-layer linear transformers follow gradient descent? (issue 3, docs/theory.md §3–5, §9)
 
 For L = 1, 2, 3, 4, 6 layers (d = 10, N = 20, σ = 0, and a noisy setting σ = 0.5) and several
-seeds: trains the models (lintheory.zoo, cached), fits the explicit references of depth L
-(lintheory.references, cached), reads every model's implicit trajectory (Theorem 1) and compares
-it layer by layer with each reference (lintheory.metrics). Also the loss at test-time context
+seeds: trains the models (lintheory.run.profiles, cached), fits the explicit references of depth L
+(lintheory.run.references, cached), reads every model's implicit trajectory (Theorem 1) and compares
+it layer by layer with each reference (lintheory.run.analysis). Also the loss at test-time context
 sizes M ≠ N against the one-layer closed form. Writes results/implicit_gd.json (data only).
 
   python experiments/implicit_gd.py --profile default --results results
@@ -23,8 +23,9 @@ jax.config.update("jax_enable_x64", True)  # every metric in float64; training s
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lintheory import gd, io, metrics, references, tasks, zoo  # noqa: E402
-from lintheory.model import forward  # noqa: E402
+from lintheory.core import learners, tasks  # noqa: E402
+from lintheory.run import io, analysis, references, profiles  # noqa: E402
+from lintheory.core.model import forward  # noqa: E402
 
 D_IN, N_CTX = 10, 20
 # Per profile: layers trained for each noise level, and the test-time context sizes M.
@@ -54,30 +55,30 @@ def summary(x):
   return x
 
 
-def m_sweep(tr: zoo.Trained, Ms, n_tasks: int) -> dict:
+def m_sweep(tr: profiles.Trained, Ms, n_tasks: int) -> dict:
   """Loss of every seed's model at test-time context sizes M, beside the ridge floor."""
   loss, ridge = [], []
   for M in Ms:
     b = tasks.sample(jax.random.key(EVAL_SEED + M), tr.task, n_tasks, n_context=M, dtype=jnp.float64)
     Z = tasks.batch_tokens(b)
-    per_seed = [float(metrics.mse(forward(zoo.seed_params(tr.params, i), Z, tr.model)[0].astype(jnp.float64),
+    per_seed = [float(analysis.mse(forward(profiles.seed_params(tr.params, i), Z, tr.model)[0].astype(jnp.float64),
                                   b.y_q)) for i in range(len(tr.seeds))]
     loss.append(per_seed)
-    w = gd.ridge(b.X, b.y, gd.bayes_ridge_lambda(tr.task.noise_std))
-    ridge.append(float(metrics.mse(jnp.einsum("bd,bd->b", w, b.x_q), b.y_q)))
+    w = learners.ridge(b.X, b.y, learners.bayes_ridge_lambda(tr.task.noise_std))
+    ridge.append(float(analysis.mse(jnp.einsum("bd,bd->b", w, b.x_q), b.y_q)))
   return {"M": list(Ms), "loss": np.asarray(loss).T, "ridge": ridge}
 
 
-def run_setting(prof: zoo.Profile, noise: float, L: int, Ms, fit_cfg, cache_dir: str) -> dict:
+def run_setting(prof: profiles.Profile, noise: float, L: int, Ms, fit_cfg, cache_dir: str) -> dict:
   t0 = time.perf_counter()
-  tr = zoo.trained(prof, d=D_IN, n_context=N_CTX, layers=L, noise_std=noise, cache_dir=cache_dir)
+  tr = profiles.trained(prof, d=D_IN, n_context=N_CTX, layers=L, noise_std=noise, cache_dir=cache_dir)
   t_train = time.perf_counter() - t0
   refs = references.fitted(tr.task, L, fit_cfg, cache_dir)
   batch = tasks.sample(jax.random.key(EVAL_SEED), tr.task, prof.eval_tasks, dtype=jnp.float64)
   per_seed = []
   for i in range(len(tr.seeds)):
-    params = {k: jnp.asarray(v, jnp.float64) for k, v in zoo.seed_params(tr.params, i).items()}
-    per_seed.append(metrics.analyze(params, tr.model, tr.task, refs, batch))
+    params = {k: jnp.asarray(v, jnp.float64) for k, v in profiles.seed_params(tr.params, i).items()}
+    per_seed.append(analysis.analyze(params, tr.model, tr.task, refs, batch))
   st = stack(per_seed)
   out = {"noise_std": noise, "L": L, "seeds": list(tr.seeds), "train_steps": tr.train.steps,
          "train_loss_tail": tr.losses[:, -max(1, tr.losses.shape[1] // 20):].mean(1),
@@ -86,10 +87,10 @@ def run_setting(prof: zoo.Profile, noise: float, L: int, Ms, fit_cfg, cache_dir:
          "summary": summary({"final": st["final"], "layers": st["layers"]}),
          "references": {k: {"eta": f.eta, "gamma": f.gamma, "P_diag_mean": f.P.diagonal(0, 1, 2).mean(-1),
                             "train_loss": f.train_loss} for k, f in refs.items()},
-         "closed_form": {"gd1_loss_star": gd.gd1_loss_star(D_IN, N_CTX, noise), "eta_star": gd.eta_star(D_IN, N_CTX, noise)}}
+         "closed_form": {"gd1_loss_star": learners.gd1_loss_star(D_IN, N_CTX, noise), "eta_star": learners.eta_star(D_IN, N_CTX, noise)}}
   if noise == 0.0:
     out["m_sweep"] = m_sweep(tr, Ms, prof.eval_tasks)
-    out["m_sweep"]["gd1_closed_form"] = [gd.gd1_loss_at(D_IN, N_CTX, M) for M in Ms]
+    out["m_sweep"]["gd1_closed_form"] = [learners.gd1_loss_at(D_IN, N_CTX, M) for M in Ms]
   fl = out["summary"]["final"]["losses"]
   print(f"σ={noise} L={L}: model {fl['model']['mean']:.4f} ± {fl['model']['sd']:.4f}; "
         + ", ".join(f"{k} {fl[k]['mean']:.4f}" for k in (*references.KINDS, "ridge"))
@@ -98,10 +99,10 @@ def run_setting(prof: zoo.Profile, noise: float, L: int, Ms, fit_cfg, cache_dir:
 
 
 def main(argv=None) -> int:
-  ap = zoo.study_parser(__doc__)
+  ap = profiles.study_parser(__doc__)
   ap.add_argument("--cache-dir", default="runs/cache", help="trained models and fitted references")
   args = ap.parse_args(argv)
-  prof, setting = zoo.profile(args.profile), SETTINGS[args.profile]
+  prof, setting = profiles.profile(args.profile), SETTINGS[args.profile]
   fit_cfg = references.FitConfig()
   t0 = time.perf_counter()
   runs, failed = [], []

@@ -1,4 +1,4 @@
-"""One-layer equivalence (von Oswald et al. 2023; theory-notes §9): a trained one-layer linear
+"""One-layer equivalence (von Oswald et al. 2023; docs/theory.md §9): a trained one-layer linear
 self-attention model lands on one step of gradient descent at the optimal step size η* (isotropic
 inputs), or on the optimal preconditioner Γ* (anisotropic inputs, Ahn et al. 2023).
 
@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory import gd, io, tasks, train, zoo
-from lintheory.model import forward
+from lintheory.core import learners, tasks
+from lintheory.run import io, train, profiles
+from lintheory.core.model import forward
 
 # (name, d, N, diagonal of Σ or None). The anisotropic case spreads Σ's eigenvalues over 4×: with a
 # 16× spread the low-variance directions of Γ_eff are still far from Γ* after 3000 steps (measured).
@@ -43,10 +44,10 @@ def block_means(losses: np.ndarray, n_points: int = CURVE_POINTS) -> tuple[list[
 
 
 def reference_matrix(task: tasks.TaskConfig) -> np.ndarray:
-  """The optimal one-layer preconditioner: η* I for Σ = I, Γ* otherwise (theory-notes §9)."""
+  """The optimal one-layer preconditioner: η* I for Σ = I, Γ* otherwise (docs/theory.md §9)."""
   if task.x_cov is None:
-    return gd.eta_star(task.d, task.n_context, task.noise_std) * np.eye(task.d)
-  return gd.gamma_star(tasks.as_cov("x_cov", task.x_cov, task.d), task.n_context, task.noise_std)
+    return learners.eta_star(task.d, task.n_context, task.noise_std) * np.eye(task.d)
+  return learners.gamma_star(tasks.as_cov("x_cov", task.x_cov, task.d), task.n_context, task.noise_std)
 
 
 def compare_on_tasks(params, model_cfg, b: tasks.Batch, Gamma_ref: np.ndarray) -> dict[str, float]:
@@ -72,29 +73,29 @@ def compare_on_tasks(params, model_cfg, b: tasks.Batch, Gamma_ref: np.ndarray) -
           "ref_loss": float(e_ref.mean()), "ref_loss_se": float(e_ref.std(ddof=1) / np.sqrt(e_ref.size))}
 
 
-def run_case(prof: zoo.Profile, name: str, d: int, N: int, x_diag, steps, seeds, cache_dir) -> dict:
+def run_case(prof: profiles.Profile, name: str, d: int, N: int, x_diag, steps, seeds, cache_dir) -> dict:
   t0 = time.perf_counter()
-  tr = zoo.trained(prof, d=d, n_context=N, x_cov=x_diag, steps=steps, seeds=seeds, cache_dir=cache_dir)
+  tr = profiles.trained(prof, d=d, n_context=N, x_cov=x_diag, steps=steps, seeds=seeds, cache_dir=cache_dir)
   train_seconds = time.perf_counter() - t0
   task = tr.task
   Sigma = tasks.as_cov("x_cov", task.x_cov, d)
   Gamma_ref = reference_matrix(task)
-  eta = gd.eta_star(d, N, task.noise_std)
+  eta = learners.eta_star(d, N, task.noise_std)
   out = {"d": d, "n_context": N, "x_cov_diag": list(x_diag) if x_diag else None, "noise_std": task.noise_std,
          "reference": "eta_star_I" if x_diag is None else "gamma_star",
          "eta_star": eta, "Gamma_ref": Gamma_ref,
-         "closed_form_loss": gd.one_layer_loss(Gamma_ref, N, Sigma, task.noise_std),  # optimal one layer
-         "gd1_closed_form_loss": gd.gd1_loss_for(task),  # one GD step at η* (= the above when Σ = I)
+         "closed_form_loss": learners.one_layer_loss(Gamma_ref, N, Sigma, task.noise_std),  # optimal one layer
+         "gd1_closed_form_loss": learners.gd1_loss_for(task),  # one GD step at η* (= the above when Σ = I)
          "train": {"steps": tr.train.steps, "batch_size": tr.train.batch_size, "lr": tr.train.lr,
                    "seconds_incl_cache": train_seconds},
          "seeds": []}
   for i, seed in enumerate(tr.seeds):
-    params = zoo.seed_params(tr.params, i)
+    params = profiles.seed_params(tr.params, i)
     key = jax.random.key(10_000 + seed)  # held-out tasks, disjoint from the training stream
     ev = train.evaluate(params, task, tr.model, key, n_tasks=prof.eval_tasks)
     b = tasks.sample(key, task, prof.eval_tasks)  # the very tasks evaluate() drew
     cmp = compare_on_tasks(params, tr.model, b, Gamma_ref)
-    G = np.asarray(gd.effective_preconditioner(params), np.float64)
+    G = np.asarray(learners.effective_preconditioner(params), np.float64)
     steps_x, curve = block_means(tr.losses[i])
     out["seeds"].append({
         "seed": seed, "curve_steps": steps_x, "curve_loss": curve,
@@ -102,7 +103,7 @@ def run_case(prof: zoo.Profile, name: str, d: int, N: int, x_diag, steps, seeds,
         "gd1_loss": ev["gd1_loss"], "gd1_loss_se": ev["gd1_loss_se"],
         "ref_loss": cmp["ref_loss"], "ref_loss_se": cmp["ref_loss_se"], "ridge_loss": ev["ridge_loss"],
         "Gamma_eff": G, "Gamma_rel_err": float(np.linalg.norm(G - Gamma_ref) / np.linalg.norm(Gamma_ref)),
-        "Gamma_eff_exact_loss": gd.one_layer_loss(G, N, Sigma, task.noise_std),
+        "Gamma_eff_exact_loss": learners.one_layer_loss(G, N, Sigma, task.noise_std),
         "grad_cos": cmp["grad_cos"], "grad_cos_min": cmp["grad_cos_min"],
         "mean_abs_dy": cmp["mean_abs_dy"], "mean_abs_y_ref": cmp["mean_abs_y_ref"],
         "reached_optimum": bool(ev["loss"] <= (1 + NEAR) * out["closed_form_loss"]),
@@ -117,7 +118,7 @@ def run_case(prof: zoo.Profile, name: str, d: int, N: int, x_diag, steps, seeds,
 
 
 def main(argv=None) -> int:
-  ap = zoo.study_parser(__doc__)
+  ap = profiles.study_parser(__doc__)
   ap.add_argument("--steps", type=int, default=None, help="override the profile's training steps")
   ap.add_argument("--seeds", type=int, default=None, help="override: train seeds 0..SEEDS-1")
   ap.add_argument("--cache", default="runs/cache", help="trained-model cache (shared by studies)")
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
     ap.error(f"--steps must be >= 1, got {args.steps}")
   if args.seeds is not None and args.seeds < 1:
     ap.error(f"--seeds must be >= 1, got {args.seeds}")
-  prof = zoo.profile(args.profile)
+  prof = profiles.profile(args.profile)
   seeds = None if args.seeds is None else tuple(range(args.seeds))
   t0 = time.perf_counter()
   cases = {name: run_case(prof, name, d, N, diag, args.steps, seeds, args.cache) for name, d, N, diag in CASES}

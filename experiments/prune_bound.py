@@ -1,8 +1,8 @@
 """Study c: the paper's Theorem 2 bound against the measured generalisation gap under pruning.
 
 For the zoo models (d = 10, N = 20, L = 4 and 8, one model per seed) every layer is pruned alone
-(modules attn and v, a grid of kept ranks) with lintheory.sweep, whose rows carry
-lintheory.bounds.sweep_metrics (theory-notes §6; b = N // 2, ε = 1e-6, R estimated): the bound
+(modules attn and v, a grid of kept ranks) with lintheory.run.sweep, whose rows carry
+lintheory.core.bounds.sweep_metrics (docs/theory.md §6; b = N // 2, ε = 1e-6, R estimated): the bound
 with a floor εI, restricted to range(C_t), its pruning-sensitive part, and the measured gap of
 the implicit learner ŵ_L (population loss − loss on its own demonstrations).
 Questions: do bound and gap move together (Spearman ρ over configurations, 95% bootstrap CI over
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from lintheory import io, sweep, zoo
+from lintheory.run import io, sweep, profiles
 
 BOUNDS = ("bound_floor", "bound_range", "bound_sensitive")
 SETTINGS = {
@@ -51,7 +51,7 @@ def spearman_ci(x, y, n_boot: int, seed: int = 0) -> dict:
 
 
 def run_model(prof, layers: int, st: dict) -> dict:
-  m = zoo.trained(prof, layers=layers)
+  m = profiles.trained(prof, layers=layers)
   cfg = sweep.SweepConfig(modules=st["modules"], rates=(), ranks=st["ranks"], n_eval=st["n_eval"],
                           n_analysis=st["n_analysis"], block=32, bounds=True)
   res = sweep.run(m.params, m.seeds, m.model, m.task, cfg)
@@ -92,9 +92,9 @@ def run_model(prof, layers: int, st: dict) -> dict:
 
 
 def main(argv=None) -> int:
-  ap = zoo.study_parser(__doc__)
+  ap = profiles.study_parser(__doc__)
   args = ap.parse_args(argv)
-  prof, st = zoo.profile(args.profile), SETTINGS[args.profile]
+  prof, st = profiles.profile(args.profile), SETTINGS[args.profile]
   t0 = time.perf_counter()
   models = []
   for L in (4, 8):

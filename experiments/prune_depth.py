@@ -1,6 +1,6 @@
-"""Study (a), deep vs shallow (the paper's Fig. 1 in miniature; theory-notes §6 Remark 5, §7).
+"""Study (a), deep vs shallow (the paper's Fig. 1 in miniature; docs/theory.md §6 Remark 5, §7).
 
-Trained models (lintheory.zoo, d = 10, N = 20, one model per seed) with L = 4 and L = 8 layers:
+Trained models (lintheory.run.profiles, d = 10, N = 20, one model per seed) with L = 4 and L = 8 layers:
 SVD-prune one module (attn, q, k, v; mlp where the model has one) of ONE layer at a time, at the
 paper's clipping rates and at explicit kept ranks, and measure the ICL error (squared error / d) on
 held-out tasks. Also for softmax attention and for models with ReLU MLP sub-layers, which the
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lintheory import io, prune, sweep, zoo
+from lintheory.run import io, sweep, profiles
+from lintheory.core import prune
 
 DAMAGE_RATES = (0.1, 0.5, 0.75, 0.9)  # the paper's rates that keep rank ≥ 1 of an 11×11 matrix
 # profile → (depths of the linear model, depths of the softmax / ReLU-MLP variants, ranks, tasks)
@@ -43,23 +44,23 @@ def model_list(profile: str) -> list[tuple[str, int, dict]]:
 
 
 def trained(prof, cache_dir: str = "runs/cache", **kw):
-  """zoo.trained(prof, **kw), or a RuntimeError when that recipe is known to diverge.
+  """profiles.trained(prof, **kw), or a RuntimeError when that recipe is known to diverge.
 
   A divergence is remembered in <cache_dir>/diverged/ (keyed by the profile, the arguments and
-  zoo.trained's source), so the three pruning studies do not each retrain a model that diverges.
+  profiles.trained's source), so the three pruning studies do not each retrain a model that diverges.
   """
   import dataclasses
   import hashlib
   import inspect
   import json
 
-  key = json.dumps({"profile": dataclasses.asdict(prof), "kw": kw, "zoo": inspect.getsource(zoo.trained)},
+  key = json.dumps({"profile": dataclasses.asdict(prof), "kw": kw, "zoo": inspect.getsource(profiles.trained)},
                    sort_keys=True, default=str)
   marker = Path(cache_dir) / "diverged" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
   if marker.exists():
     raise RuntimeError(io.read_json(marker)["error"] + " (remembered in " + str(marker) + ")")
   try:
-    return zoo.trained(prof, cache_dir=cache_dir, **kw)
+    return profiles.trained(prof, cache_dir=cache_dir, **kw)
   except RuntimeError as e:
     io.write_json(marker, {"error": str(e), "kw": kw})
     raise
@@ -141,9 +142,9 @@ def run_model(prof, profile: str, name: str, L: int, kw: dict) -> dict:
 
 
 def main(argv=None) -> int:
-  ap = zoo.study_parser(__doc__)
+  ap = profiles.study_parser(__doc__)
   args = ap.parse_args(argv)
-  prof = zoo.profile(args.profile)
+  prof = profiles.profile(args.profile)
   t0 = time.perf_counter()
   models = []
   for name, L, kw in model_list(args.profile):

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory import algorithm1 as alg, io, zoo
-from lintheory.tasks import TaskConfig
+from lintheory.run import algorithm1 as alg, io, profiles
+from lintheory.core.tasks import TaskConfig
 
 VAL_SEED, TEST_SEED = 8_001, 8_002
 SETTINGS = {
@@ -35,9 +35,9 @@ SETTINGS = {
 }
 
 
-def gains(m: zoo.Trained, task: TaskConfig, st: dict, n_context: int | None = None) -> dict:
+def gains(m: profiles.Trained, task: TaskConfig, st: dict, n_context: int | None = None) -> dict:
   """Unpruned error and the held-out / oracle pruning gains per seed on `task` with M shots."""
-  p0 = zoo.seed_params(m.params, 0)
+  p0 = profiles.seed_params(m.params, 0)
   configs = alg.all_configs(p0, st["modules"])
   n_val, n_test = st["n_val"], st["n_test"]
   val = alg.stacked_batches(task, m.seeds, n_val, VAL_SEED, n_context)
@@ -69,11 +69,11 @@ def line(name: str, g: dict) -> str:
 
 
 def main(argv=None) -> int:
-  ap = zoo.study_parser(__doc__)
+  ap = profiles.study_parser(__doc__)
   args = ap.parse_args(argv)
-  prof, st = zoo.profile(args.profile), SETTINGS[args.profile]
+  prof, st = profiles.profile(args.profile), SETTINGS[args.profile]
   t0 = time.perf_counter()
-  base = zoo.trained(prof, layers=4)
+  base = profiles.trained(prof, layers=4)
   N = base.task.n_context
   res = {"profile": args.profile, "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in st.items()},
          "seeds": list(base.seeds), "N_train": N, "base_steps": base.train.steps}
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
   train_seconds = {}
   for n in tuple(st["steps"]) + (base.train.steps,):
     t1 = time.perf_counter()
-    m = zoo.trained(prof, layers=4, steps=n) if n != base.train.steps else base
+    m = profiles.trained(prof, layers=4, steps=n) if n != base.train.steps else base
     train_seconds[n] = time.perf_counter() - t1
     g = gains(m, m.task, st)
     res["steps"].append({"steps": n, "train_loss_final": m.losses[:, -1].tolist(), **g})
@@ -98,9 +98,9 @@ def main(argv=None) -> int:
     print(line(f"σ_test={sigma} (trained σ=0)", g))
   n = st["noise_train_steps"]
   t1 = time.perf_counter()
-  noisy = zoo.trained(prof, layers=4, noise_std=1.0, steps=n)
+  noisy = profiles.trained(prof, layers=4, noise_std=1.0, steps=n)
   train_seconds[f"sigma=1,steps={n}"] = time.perf_counter() - t1
-  clean = zoo.trained(prof, layers=4, steps=n)
+  clean = profiles.trained(prof, layers=4, steps=n)
   for m, ts in ((noisy, 1.0), (clean, 0.0)):
     g = gains(m, TaskConfig(d=base.task.d, n_context=N, noise_std=1.0), st)
     res["noise"].append({"trained_sigma": ts, "test_sigma": 1.0, "train_steps": n, **g})

@@ -1,6 +1,6 @@
-"""Study (b), the implicit GD trajectory under pruning (theory-notes §5, §6 Remark 5, §7).
+"""Study (b), the implicit GD trajectory under pruning (docs/theory.md §5, §6 Remark 5, §7).
 
-For trained linear models (lintheory.zoo, d = 10, N = 20; L = 4 and L = 8), prune the attention
+For trained linear models (lintheory.run.profiles, d = 10, N = 20; L = 4 and L = 8), prune the attention
 (q, k, v together) of one layer k at the paper's rates and read off, with Theorem 1, every layer's
 implicit predictor ŵ_t. Pruning layer k cannot move ŵ_t for t < k (t counts layers from 0, ŵ_t is
 the predictor after layer t): the study reports the largest |ŵ_t − ŵ_t⁰| over all t < k, which
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lintheory import io, prune, sweep, zoo
+from lintheory.run import io, sweep, profiles
+from lintheory.core import prune
 
 from prune_depth import trained  # remembers diverged recipes
 
@@ -69,9 +70,9 @@ def run_model(prof, profile: str, L: int) -> dict:
 
 
 def main(argv=None) -> int:
-  ap = zoo.study_parser(__doc__)
+  ap = profiles.study_parser(__doc__)
   args = ap.parse_args(argv)
-  prof = zoo.profile(args.profile)
+  prof = profiles.profile(args.profile)
   t0 = time.perf_counter()
   models = []
   for L in SETTINGS[args.profile]["depths"]:

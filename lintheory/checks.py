@@ -4,7 +4,7 @@
     checks.assert_gd_equivalent(params, batch, checks.gd_reference(eta=0.1))
     checks.assert_trajectory_identity(params, batch)
 
-Exact identities (theory-notes §3, §5) hold to round-off in float64 (enable jax_enable_x64 and
+Exact identities (docs/theory.md §3, §5) hold to round-off in float64 (enable jax_enable_x64 and
 pass float64 arrays); in float32 expect ~1e-5 relative.
 """
 
@@ -15,25 +15,25 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lintheory import gd, implicit
-from lintheory.model import ModelConfig, Params, forward, layer_predictions
-from lintheory.tasks import Batch, batch_tokens
+from lintheory.core import learners, implicit
+from lintheory.core.model import ModelConfig, Params, forward, layer_predictions
+from lintheory.core.tasks import Batch, batch_tokens
 
 # A reference maps a batch to per-step predictions ŷ_t [S, B] for the query.
 Reference = Callable[[Batch], jax.Array]
 
 
 def gd_reference(eta, n_steps: int | None = None, P=None) -> Reference:
-  """(Preconditioned) GD from w_0 = 0 with scalar or per-step η (theory-notes §3)."""
+  """(Preconditioned) GD from w_0 = 0 with scalar or per-step η (docs/theory.md §3)."""
   def ref(batch: Batch) -> jax.Array:
-    return jnp.einsum("sbd,bd->sb", gd.gd(batch.X, batch.y, eta, n_steps, P), batch.x_q)
+    return jnp.einsum("sbd,bd->sb", learners.gd(batch.X, batch.y, eta, n_steps, P), batch.x_q)
   return ref
 
 
 def gd_plus_plus_reference(eta, gamma, n_steps: int | None = None) -> Reference:
-  """GD++ with per-step (η_t, γ_t) (theory-notes §3)."""
+  """GD++ with per-step (η_t, γ_t) (docs/theory.md §3)."""
   def ref(batch: Batch) -> jax.Array:
-    return gd.gd_plus_plus(batch.X, batch.y, batch.x_q, eta, gamma, n_steps)[1]
+    return learners.gd_plus_plus(batch.X, batch.y, batch.x_q, eta, gamma, n_steps)[1]
   return ref
 
 

@@ -51,9 +51,10 @@ def add_train(sub) -> None:
 def cmd_train(args) -> int:
   _enable_x64_if(args.dtype)
   import jax
-  from lintheory import gd, io, train
-  from lintheory.model import ModelConfig
-  from lintheory.tasks import TaskConfig
+  from lintheory.core import learners
+  from lintheory.run import rundir, train
+  from lintheory.core.model import ModelConfig
+  from lintheory.core.tasks import TaskConfig
 
   task = TaskConfig(d=args.d, n_context=args.n_context, noise_std=args.noise_std,
                     x_cov=tuple(args.x_cov_diag) if args.x_cov_diag else None)
@@ -66,9 +67,9 @@ def cmd_train(args) -> int:
   out = Path(args.out)
   state, prev_losses = None, np.zeros(0)
   if args.resume:
-    run = io.load_run(out)
+    run = rundir.load_run(out)
     fresh = train.init_state(model, tcfg, (args.seed,))
-    opt_state, step = io.load_checkpoint(out, fresh.opt_state)
+    opt_state, step = rundir.load_checkpoint(out, fresh.opt_state)
     state = train.TrainState({k: v[None] for k, v in run.params.items()}, opt_state, step)
     if (out / "loss_curve.csv").exists():
       prev_losses = np.loadtxt(out / "loss_curve.csv", delimiter=",", skiprows=1, ndmin=2)[:step, 1]
@@ -81,25 +82,25 @@ def cmd_train(args) -> int:
     progress(st, chunk_losses)
     done.append(chunk_losses[0])
     if st.step % 1000 < tcfg.chunk or st.step == tcfg.steps:  # checkpoint about every 1000 steps
-      io.save_run(out, task, model, tcfg, args.seed, train.seed_params(st.params, 0),
+      rundir.save_run(out, task, model, tcfg, args.seed, train.seed_params(st.params, 0),
                   {"step": st.step, "finished": False}, np.concatenate(done))
-      io.save_checkpoint(out, jax.tree_util.tree_map(lambda x: x, st.opt_state), st.step)
+      rundir.save_checkpoint(out, jax.tree_util.tree_map(lambda x: x, st.opt_state), st.step)
 
   res = train.fit(task, model, tcfg, seeds=(args.seed,), state=state, on_chunk=on_chunk)
   params = train.seed_params(res.params, 0)
   dtype = train.DTYPES[args.dtype]
   ev = train.evaluate(params, task, model, jax.random.key(10_000 + args.seed), args.eval_tasks, dtype=dtype)
-  closed = gd.gd1_loss_for(task)
+  closed = learners.gd1_loss_for(task)
   metrics = {
       "final_loss": ev["loss"], "final_loss_se": ev["loss_se"],
       "gd1_loss": ev["gd1_loss"], "gd1_loss_se": ev["gd1_loss_se"],
-      "eta_star": gd.eta_star(task.d, task.n_context, task.noise_std),
+      "eta_star": learners.eta_star(task.d, task.n_context, task.noise_std),
       "closed_form_loss": closed, "ridge_loss": ev["ridge_loss"],
       "eval_tasks": args.eval_tasks, "seconds": res.seconds, "step": res.state.step,
       "finished": res.diverged is None, "diverged": res.diverged, "skipped_steps": int(res.skipped[0]),
   }
-  io.save_run(out, task, model, tcfg, args.seed, params, metrics, np.concatenate(done))
-  io.save_checkpoint(out, res.state.opt_state, res.state.step)
+  rundir.save_run(out, task, model, tcfg, args.seed, params, metrics, np.concatenate(done))
+  rundir.save_checkpoint(out, res.state.opt_state, res.state.step)
   print(f"{out}: final_loss {ev['loss']:.4f} ± {ev['loss_se']:.4f}, one-step GD at η* "
         f"{ev['gd1_loss']:.4f}, closed form {closed:.4f}, {res.seconds:.1f} s")
   if res.diverged:
@@ -124,7 +125,7 @@ def add_analyze(sub) -> None:
 
 
 def _analysis_layers(out: dict) -> list[dict]:
-  """metrics.analyze's per-layer lists → one record per layer t = 1..L."""
+  """analysis.analyze's per-layer lists → one record per layer t = 1..L."""
   lay = out["layers"]
   recs = []
   for t in range(len(lay["model_loss"])):
@@ -140,12 +141,13 @@ def cmd_analyze(args) -> int:
   import dataclasses
   import jax
   import jax.numpy as jnp
-  from lintheory import io, metrics, references, tasks
+  from lintheory.run import analysis, io, references, rundir
+  from lintheory.core import tasks
 
   if args.eval_tasks < 2:
     raise ValueError(f"--eval-tasks must be >= 2, got {args.eval_tasks}")
   fit_cfg = references.FitConfig() if args.fit_steps is None else references.FitConfig(steps=args.fit_steps)
-  loaded = [io.load_run(r) for r in args.runs]  # fail on a bad path before any work
+  loaded = [rundir.load_run(r) for r in args.runs]  # fail on a bad path before any work
   finals = []
   for run in loaded:
     if run.model.d != run.task.d:
@@ -153,7 +155,7 @@ def cmd_analyze(args) -> int:
     params = {k: jnp.asarray(v, jnp.float64) for k, v in run.params.items()}
     refs = references.fitted(run.task, run.model.n_layers, fit_cfg, args.cache_dir)
     batch = tasks.sample(jax.random.key(args.eval_seed), run.task, args.eval_tasks, dtype=jnp.float64)
-    out = metrics.analyze(params, run.model, run.task, refs, batch)
+    out = analysis.analyze(params, run.model, run.task, refs, batch)
     ident = dict(out["identity"])
     ident["note"] = ("Theorem 1 holds exactly: deviation is float64 round-off" if ident["exact"] else
                      f"Theorem 1 does not cover attention={run.model.attention!r}, mlp={run.model.mlp!r}: "
@@ -207,9 +209,10 @@ def add_prune(sub) -> None:
 def cmd_prune(args) -> int:
   _x64_for_run(args.run)
   import jax
-  from lintheory import io, prune, train
+  from lintheory.run import rundir, train
+  from lintheory.core import prune
 
-  run = io.load_run(args.run)
+  run = rundir.load_run(args.run)
   out = Path(args.out)
   if out.resolve() == run.path.resolve():
     raise ValueError("--out must differ from the run directory (pruning never overwrites its input)")
@@ -233,7 +236,7 @@ def cmd_prune(args) -> int:
              "eval_tasks": args.eval_tasks, "eval_seed": args.eval_seed}
   pruning = {"from": str(run.path), "layers": list(args.layer), "module": args.module,
              "matrices": list(names), "xi": args.rate, "rank": args.rank, "kept_rank": kept}
-  io.save_run(out, run.task, run.model, run.train, run.seed, pruned, metrics, extra={"pruning": pruning})
+  rundir.save_run(out, run.task, run.model, run.train, run.seed, pruned, metrics, extra={"pruning": pruning})
   what = f"ξ={args.rate}" if args.rate is not None else f"rank {args.rank}"
   print(f"{out}: pruned {args.module} ({', '.join(f'{n}→rank {r}' for n, r in kept.items())}) of layer(s) "
         f"{args.layer} at {what}")
@@ -261,9 +264,10 @@ def add_sweep(sub) -> None:
 def cmd_sweep(args) -> int:
   _x64_for_run(args.run)
   import jax
-  from lintheory import io, prune, sweep
+  from lintheory.run import rundir, sweep
+  from lintheory.core import prune
 
-  run = io.load_run(args.run)
+  run = rundir.load_run(args.run)
   modules = args.modules or [m for m in ("attn", "q", "k", "v", "o", "mlp")
                              if any(n in run.params for n in prune.MODULES[m])]
   rates = tuple(args.rates) if args.rates is not None else (() if args.ranks else prune.PAPER_RATES)

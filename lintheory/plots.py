@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lintheory.io import read_json  # noqa: E402
+from lintheory.run.io import read_json  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "savefig.dpi": 110, "font.size": 9, "axes.grid": True,
          "grid.alpha": 0.3, "svg.hashsalt": "lintheory", "pdf.fonttype": 42}

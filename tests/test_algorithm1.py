@@ -1,12 +1,13 @@
-"""The paper's Algorithm 1 (theory-notes §8): layer choice, rate choice, vectorised evaluation."""
+"""The paper's Algorithm 1 (docs/theory.md §8): layer choice, rate choice, vectorised evaluation."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintheory import algorithm1 as alg, prune, tasks
-from lintheory.model import ModelConfig, forward, init_params
+from lintheory.run import algorithm1 as alg
+from lintheory.core import prune, tasks
+from lintheory.core.model import ModelConfig, forward, init_params
 
 
 def test_condition_layer_takes_the_deepest_of_the_top_k():

@@ -1,4 +1,4 @@
-"""Theorem 2's bound, the measured gap and Example 1 (theory-notes §6)."""
+"""Theorem 2's bound, the measured gap and Example 1 (docs/theory.md §6)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lintheory import bounds, gd, implicit, prune, tasks
-from lintheory.model import ModelConfig, init_params
+from lintheory.core import bounds, learners, implicit, prune, tasks
+from lintheory.core.model import ModelConfig, init_params
 
 
 # Jitted once per shape: eager op-by-op dispatch would compile every small op separately.
@@ -91,7 +91,7 @@ def test_bound_finite_with_floor_and_flagged_without():
   """GD construction: g_{t,i} lives in the y-row, so C_t has rank d < d' = (d+1)²: singular."""
   d, N = 2, 6
   tc, b = _batch(d, N)
-  params = gd.construct(d, 0.5, 2)
+  params = learners.construct(d, 0.5, 2)
   m = bounds.sweep_metrics(params, b, ModelConfig(d=d, n_layers=2), tc)
   assert np.isinf(m["bound_exact"]) and m["exact_nonfinite"] == 1.0
   assert np.isfinite(m["bound_floor"]) and m["floor_nonfinite"] == 0.0
@@ -147,7 +147,7 @@ def test_gap_zero_for_the_true_task_vector_and_closed_form_for_least_squares():
   np.testing.assert_allclose(bounds.gap(b.w, b, Sigma, 0.0), 0.0, atol=1e-10)
   # N < d, σ = 0: least squares interpolates (demo loss 0) and ŵ = P w, P the projection onto
   # the N-dim row space of X, so E gap = E‖(I − P)w‖² = d − N.
-  w_ls = gd.least_squares(b.X, b.y)
+  w_ls = learners.least_squares(b.X, b.y)
   np.testing.assert_allclose(bounds.demo_loss(w_ls, b.X, b.y), 0.0, atol=1e-10)
   g = np.asarray(bounds.gap(w_ls, b, Sigma, 0.0))
   assert abs(g.mean() - (d - N)) < 4 * g.std() / np.sqrt(g.size)

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintheory import checks, gd, model, tasks
+from lintheory import checks
+from lintheory.core import learners, model, tasks
 
 
 def batch(d=3, N=6, B=8, dtype=np.float64, seed=0):
@@ -18,17 +19,17 @@ def batch(d=3, N=6, B=8, dtype=np.float64, seed=0):
 # The README's example, verbatim: what a researcher pastes into their own pytest file.
 def test_readme_example():
   batch = tasks.sample(jax.random.key(0), tasks.TaskConfig(d=5, n_context=20), 64, dtype=jnp.float64)
-  checks.assert_gd_equivalent(gd.construct(5, 0.1, n_steps=3), batch, checks.gd_reference(0.1, n_steps=3))
+  checks.assert_gd_equivalent(learners.construct(5, 0.1, n_steps=3), batch, checks.gd_reference(0.1, n_steps=3))
 
 
 def test_passing_check_reports_per_layer_deviation():
-  dev = checks.assert_gd_equivalent(gd.construct(3, 0.4, n_steps=3), batch(), checks.gd_reference(0.4, 3))
+  dev = checks.assert_gd_equivalent(learners.construct(3, 0.4, n_steps=3), batch(), checks.gd_reference(0.4, 3))
   assert dev.per_layer.shape == (3,)
   assert 0 <= dev.max_rel <= 1e-10 and 0 <= dev.max_abs <= 1e-10
 
 
 def test_wrong_learner_fails_with_assertion_error():
-  params = gd.construct(3, 0.4, n_steps=2)
+  params = learners.construct(3, 0.4, n_steps=2)
   with pytest.raises(AssertionError, match="tol"):
     checks.assert_gd_equivalent(params, batch(), checks.gd_reference(0.41, 2))
   # a perturbation of one weight by 1e-6 is caught as well
@@ -41,7 +42,7 @@ def test_wrong_learner_fails_with_assertion_error():
 
 def test_float32_with_float64_tolerance_is_refused():
   b32 = batch(dtype=np.float32)
-  params = gd.construct(3, 0.4, n_steps=2, dtype=jnp.float32)
+  params = learners.construct(3, 0.4, n_steps=2, dtype=jnp.float32)
   with pytest.raises(ValueError, match="float32"):
     checks.assert_gd_equivalent(params, b32, checks.gd_reference(0.4, 2), tol=1e-10)
   checks.assert_gd_equivalent(params, b32, checks.gd_reference(0.4, 2), tol=1e-5)
@@ -49,7 +50,7 @@ def test_float32_with_float64_tolerance_is_refused():
 
 def test_reference_with_wrong_step_count_is_refused():
   with pytest.raises(ValueError, match="steps"):
-    checks.gd_deviation(gd.construct(3, 0.4, n_steps=2), batch(), checks.gd_reference(0.4, 3))
+    checks.gd_deviation(learners.construct(3, 0.4, n_steps=2), batch(), checks.gd_reference(0.4, 3))
 
 
 def test_trajectory_identity_check():

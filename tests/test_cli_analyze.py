@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from lintheory import cli, io, references
-from lintheory.model import ModelConfig, param_shapes
-from lintheory.tasks import TaskConfig
+from lintheory import cli
+from lintheory.run import references, rundir
+from lintheory.core.model import ModelConfig, param_shapes
+from lintheory.core.tasks import TaskConfig
 
 FAST = ["--fit-steps", "20", "--eval-tasks", "64"]
 
@@ -23,7 +24,7 @@ def saved_run(path, n_layers=2, **arch):
   cfg = ModelConfig(d=3, n_layers=n_layers, **arch)
   rng = np.random.default_rng(0)
   params = {k: 0.3 * rng.standard_normal(s).astype(np.float32) for k, s in param_shapes(cfg).items()}
-  return io.save_run(path, TaskConfig(d=3, n_context=5), cfg, None, 0, params, {})
+  return rundir.save_run(path, TaskConfig(d=3, n_context=5), cfg, None, 0, params, {})
 
 
 def test_analyze_a_trained_run(tmp_path, cache, capsys, monkeypatch):

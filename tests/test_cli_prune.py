@@ -4,9 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintheory import cli, gd, io, sweep
-from lintheory.model import ModelConfig
-from lintheory.tasks import TaskConfig
+from lintheory import cli
+from lintheory.core import learners
+from lintheory.run import io, rundir, sweep
+from lintheory.core.model import ModelConfig
+from lintheory.core.tasks import TaskConfig
 
 D_IN, N = 3, 8
 
@@ -15,8 +17,8 @@ D_IN, N = 3, 8
 def run_dir(tmp_path_factory):
   """Two layers of GD at η* (constructed, float32), saved like `lintheory train` saves a run."""
   path = tmp_path_factory.mktemp("runs") / "gd2"
-  params = gd.construct(D_IN, gd.eta_star(D_IN, N), n_steps=2, dtype=jnp.float32)
-  io.save_run(path, TaskConfig(d=D_IN, n_context=N), ModelConfig(d=D_IN, n_layers=2), None, 7, params, {})
+  params = learners.construct(D_IN, learners.eta_star(D_IN, N), n_steps=2, dtype=jnp.float32)
+  rundir.save_run(path, TaskConfig(d=D_IN, n_context=N), ModelConfig(d=D_IN, n_layers=2), None, 7, params, {})
   return path
 
 
@@ -27,7 +29,7 @@ def test_prune_writes_a_run_and_prints_before_and_after(run_dir, tmp_path, capsy
   assert rc == 0
   text = capsys.readouterr().out
   assert "before" in text and "after" in text
-  run, src = io.load_run(out), io.load_run(run_dir)
+  run, src = rundir.load_run(out), rundir.load_run(run_dir)
   assert run.model == src.model and run.task == src.task and run.seed == 7
   cfg = io.read_json(out / "config.json")
   assert cfg["pruning"]["module"] == "v" and cfg["pruning"]["layers"] == [1] and cfg["pruning"]["kept_rank"] == {"W_V": 0}
@@ -39,7 +41,7 @@ def test_prune_writes_a_run_and_prints_before_and_after(run_dir, tmp_path, capsy
   np.testing.assert_allclose(m["final_loss"], m["gd1_loss"], rtol=1e-5)
   assert m["final_loss"] > m["loss_before"]  # two GD steps beat one
   # the input run is untouched, and an existing output needs --overwrite
-  assert io.load_run(run_dir).params["W_V"][1, D_IN, D_IN] != 0
+  assert rundir.load_run(run_dir).params["W_V"][1, D_IN, D_IN] != 0
   assert cli.main(["prune", str(run_dir), "--layer", "0", "--module", "q", "--rate", "0.5", "--out", str(out)]) == 2
   assert cli.main(["prune", str(run_dir), "--layer", "0", "--module", "q", "--rate", "0.5", "--out", str(out),
                    "--overwrite", "--eval-tasks", "100"]) == 0

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from lintheory import cli, gd
+from lintheory import cli
+from lintheory.core import learners
 
 RUN = ["train", "--d", "5", "--n-context", "10", "--layers", "1", "--steps", "300", "--batch-size", "1024",
        "--seed", "0", "--noise-std", "0.0"]
@@ -25,7 +26,7 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
   m = json.loads((out / "metrics.json").read_text())
   for key in ("final_loss", "gd1_loss", "eta_star", "closed_form_loss", "seconds"):
     assert np.isfinite(m[key]), key
-  assert m["eta_star"] == pytest.approx(10 / 16) and m["closed_form_loss"] == pytest.approx(gd.gd1_loss_star(5, 10))
+  assert m["eta_star"] == pytest.approx(10 / 16) and m["closed_form_loss"] == pytest.approx(learners.gd1_loss_star(5, 10))
   assert m["eval_tasks"] >= 10_000 and m["finished"] and m["seconds"] > 0
   assert abs(m["gd1_loss"] - m["closed_form_loss"]) < 4 * m["gd1_loss_se"]
   assert m["final_loss"] < 5.0  # better than the zero predictor (d = 5)

@@ -1,12 +1,13 @@
-"""Lemma 1 / Theorem 1 (theory-notes §4–5): the implicit trajectory read off the forward pass."""
+"""Lemma 1 / Theorem 1 (docs/theory.md §4–5): the implicit trajectory read off the forward pass."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lintheory import checks, gd, implicit, tasks
-from lintheory.model import ModelConfig, layer_predictions, param_shapes
+from lintheory import checks
+from lintheory.core import learners, implicit, tasks
+from lintheory.core.model import ModelConfig, layer_predictions, param_shapes
 
 
 def batch64(d, N, B=8, seed=0):
@@ -70,10 +71,10 @@ def test_constructed_trajectory_is_gd(kind):
   etas = jnp.asarray(rng.uniform(0.1, 0.9, L))
   P = jnp.asarray(rng.standard_normal((L, d, d))) if kind == "precond" else None
   eta = 0.4 if kind == "gd" else etas
-  params = gd.construct(d, eta, n_steps=L if kind == "gd" else None, P=P)
+  params = learners.construct(d, eta, n_steps=L if kind == "gd" else None, P=P)
   b = batch64(d, N)
   traj = implicit.trajectory(params, tasks.batch_tokens(b))
-  w_gd = gd.gd(b.X, b.y, eta, L if kind == "gd" else None, P)
+  w_gd = learners.gd(b.X, b.y, eta, L if kind == "gd" else None, P)
   scale = float(jnp.max(jnp.abs(w_gd)))
   np.testing.assert_allclose(traj.w_hat, w_gd, rtol=0, atol=1e-10 * scale)
   np.testing.assert_allclose(traj.G, traj.delta_W, rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(traj.G))))
@@ -83,8 +84,8 @@ def test_constructed_gd_plus_plus_trajectory():
   d, N = 3, 6
   etas, gammas = jnp.array([0.6, 0.9, 0.4]), jnp.array([0.3, 0.1, 0.0])
   b = batch64(d, N)
-  traj = implicit.trajectory(gd.construct(d, etas, gamma=gammas), tasks.batch_tokens(b))
-  w_pp, _ = gd.gd_plus_plus(b.X, b.y, b.x_q, etas, gammas)
+  traj = implicit.trajectory(learners.construct(d, etas, gamma=gammas), tasks.batch_tokens(b))
+  w_pp, _ = learners.gd_plus_plus(b.X, b.y, b.x_q, etas, gammas)
   np.testing.assert_allclose(traj.w_hat, w_pp, rtol=0, atol=1e-10 * float(jnp.max(jnp.abs(w_pp))))
   # GD++ transforms the inputs too, so after the first layer G_t ≠ ΔW_t.
   assert float(jnp.max(jnp.abs(traj.G[1] - traj.delta_W[1]))) > 1e-3

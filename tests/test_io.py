@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from lintheory import io, train
-from lintheory.model import ModelConfig
-from lintheory.tasks import TaskConfig
-from lintheory.train import TrainConfig
+from lintheory.run import cache, io, train
+from lintheory.core.model import ModelConfig
+from lintheory.core.tasks import TaskConfig
+from lintheory.run.train import TrainConfig
 
 TASK, MODEL = TaskConfig(d=2, n_context=4), ModelConfig(d=2, n_layers=1)
 CFG = TrainConfig(steps=3, batch_size=8, chunk=3, warmup=0)
@@ -25,9 +25,9 @@ def test_write_json_is_strict_json_with_inf_and_nan_marked(tmp_path):
 
 
 def test_cached_fit_trains_once_then_reads_the_cache(tmp_path, monkeypatch):
-  p1, l1 = io.cached_fit(TASK, MODEL, CFG, (0, 1), tmp_path)
+  p1, l1 = cache.cached_fit(TASK, MODEL, CFG, (0, 1), tmp_path)
   monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("retrained a cached model"))
-  p2, l2 = io.cached_fit(TASK, MODEL, CFG, (0, 1), tmp_path)
+  p2, l2 = cache.cached_fit(TASK, MODEL, CFG, (0, 1), tmp_path)
   np.testing.assert_array_equal(l1, l2)
   for k in p1:
     np.testing.assert_array_equal(np.asarray(p1[k]), np.asarray(p2[k]))

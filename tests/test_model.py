@@ -1,4 +1,4 @@
-"""The linear self-attention transformer (theory-notes §2) against a literal column-form reference."""
+"""The linear self-attention transformer (docs/theory.md §2) against a literal column-form reference."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lintheory import model
-from lintheory.model import LinearTransformer, ModelConfig
+from lintheory.core import model
+from lintheory.core.model import LinearTransformer, ModelConfig
 
 forward = jax.jit(model.forward, static_argnums=2)  # one compilation per config, not per primitive
 

@@ -1,4 +1,4 @@
-"""SVD pruning (theory-notes §7): identity at ξ = 0, Eckart–Young, kept ranks, purity, closed forms."""
+"""SVD pruning (docs/theory.md §7): identity at ξ = 0, Eckart–Young, kept ranks, purity, closed forms."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lintheory import gd, implicit, prune, tasks
-from lintheory.model import ModelConfig, forward, init_params
+from lintheory.core import learners, implicit, prune, tasks
+from lintheory.core.model import ModelConfig, forward, init_params
 
 
 def _random_params(L=3, d=4, seed=0, **kw):
@@ -110,22 +110,22 @@ def test_pruning_layer_k_leaves_earlier_implicit_predictors_unchanged():
     assert np.max(np.abs(np.asarray(w[k] - base[k]))) > 1e-6  # and layer k itself moves
 
 
-# --- closed form: the one-layer optimum A* = c I (theory-notes §9) -----------------------------
+# --- closed form: the one-layer optimum A* = c I (docs/theory.md §9) -----------------------------
 
 
 @pytest.mark.parametrize("k", [0, 1, 3, 5])
 def test_rank_k_truncation_of_the_optimum_gives_d_minus_k_c(k):
   d, N = 5, 12
-  c = gd.eta_star(d, N)
-  params = gd.construct(d, c, n_steps=1)
+  c = learners.eta_star(d, N)
+  params = learners.construct(d, c, n_steps=1)
   pruned = prune.prune(params, 0, "q", rank=k)
   # With W_Q = diag(I_d, 0), rank-k truncation keeps a k-dimensional projector P_k, the layer's
   # preconditioner becomes c·P_k, and for x, w ~ N(0, I) its loss is rotation-invariant:
   # one_layer_loss(c·diag(1_k, 0)) = d − 2ck + c²k(N + d + 1)/N = d − k·c at c = η*.
-  closed = gd.one_layer_loss(c * np.diag([1.0] * k + [0.0] * (d - k)), N)
+  closed = learners.one_layer_loss(c * np.diag([1.0] * k + [0.0] * (d - k)), N)
   np.testing.assert_allclose(closed, d - k * c, rtol=1e-12)
-  Gamma = np.asarray(gd.effective_preconditioner(pruned))
-  np.testing.assert_allclose(gd.one_layer_loss(Gamma, N), d - k * c, rtol=1e-10)
+  Gamma = np.asarray(learners.effective_preconditioner(pruned))
+  np.testing.assert_allclose(learners.one_layer_loss(Gamma, N), d - k * c, rtol=1e-10)
   np.testing.assert_allclose(np.linalg.matrix_rank(Gamma, tol=1e-9), k)
   # The pruned model's predictions are exactly x_qᵀ Γ (1/N) Σ y_i x_i, and Monte Carlo agrees.
   b = tasks.sample(jax.random.key(k), tasks.TaskConfig(d=d, n_context=N), 20_000, dtype=jnp.float64)
@@ -145,7 +145,7 @@ def test_condition_numbers_and_spectra():
   assert spec["W_Q"].shape == (2, 2, 5) and cond["W_Q"].shape == (2, 2)
   assert np.all(np.diff(spec["W_V"], axis=-1) <= 0)
   np.testing.assert_allclose(cond["W_K"], np.linalg.cond(np.asarray(params["W_K"])), rtol=1e-10)
-  constructed = gd.construct(4, 0.3, n_steps=2)  # W_K = diag(I, 0) is singular
+  constructed = learners.construct(4, 0.3, n_steps=2)  # W_K = diag(I, 0) is singular
   c2 = prune.condition_numbers(constructed)
   assert np.all(np.isinf(c2["W_K"])) and c2["W_K"].shape == (2,)
 

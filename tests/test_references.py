@@ -1,12 +1,14 @@
-"""Fitted explicit references (issue 3): the closed form η* (theory-notes §9), caching, errors."""
+"""Fitted explicit references (issue 3): the closed form η* (docs/theory.md §9), caching, errors."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintheory import checks, gd, references as R, tasks
-from lintheory.tasks import TaskConfig
+from lintheory import checks
+from lintheory.core import learners, tasks
+from lintheory.run import references as R
+from lintheory.core.tasks import TaskConfig
 
 
 def batch64(d, N, B=16, seed=0):
@@ -20,11 +22,11 @@ def batch64(d, N, B=16, seed=0):
 def test_fitted_one_step_eta_recovers_eta_star(noise_std):
   task = TaskConfig(d=5, n_context=10, noise_std=noise_std)
   f = R.fit(task, 1, "gd", R.FitConfig(steps=300, batch_size=1024))
-  star = gd.eta_star(5, 10, noise_std)
+  star = learners.eta_star(5, 10, noise_std)
   assert f.eta.shape == (1,)
   assert abs(f.eta[0] / star - 1) < 0.03, (f.eta[0], star)
   # and its loss is the closed-form minimum, up to the Monte Carlo error of the fitting batches
-  assert f.train_loss == pytest.approx(gd.gd1_loss_star(5, 10, noise_std), rel=0.1)
+  assert f.train_loss == pytest.approx(learners.gd1_loss_star(5, 10, noise_std), rel=0.1)
 
 
 def hand_made(kind, L=3, d=3, seed=0):
@@ -96,7 +98,7 @@ def test_two_step_references_are_ordered(tmp_path):
   b = tasks.sample(jax.random.key(7), task, 20_000)
   loss = {k: float(jnp.mean((R.iterates(f, b)[1][-1] - b.y_q) ** 2)) for k, f in fs.items()}
   assert loss["gd_pp"] < loss["gd_step"] * 1.02 < loss["gd"] * 1.04
-  assert loss["gd"] < gd.gd1_loss_star(5, 10)
+  assert loss["gd"] < learners.gd1_loss_star(5, 10)
 
 
 def test_nested_references_do_not_fit_worse_than_per_step_gd():

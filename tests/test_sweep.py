@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintheory import sweep, tasks
-from lintheory.model import ModelConfig, init_params
+from lintheory.run import sweep
+from lintheory.core import tasks
+from lintheory.core.model import ModelConfig, init_params
 
 MODEL = ModelConfig(d=3, n_layers=3, init_scale=0.4)
 TASK = tasks.TaskConfig(d=3, n_context=6)

@@ -1,12 +1,12 @@
-"""Task sampler and token layout (theory-notes §1)."""
+"""Task sampler and token layout (docs/theory.md §1)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintheory import tasks
-from lintheory.tasks import TaskConfig
+from lintheory.core import tasks
+from lintheory.core.tasks import TaskConfig
 
 # One compilation per shape instead of one per primitive (op-by-op dispatch is slow on CPU).
 sample = jax.jit(tasks.sample, static_argnums=(1, 2), static_argnames=("n_context", "dtype"))

@@ -9,24 +9,25 @@ import jax
 import numpy as np
 import pytest
 
-from lintheory import gd, train
-from lintheory.model import ModelConfig
-from lintheory.tasks import TaskConfig
-from lintheory.train import TrainConfig
+from lintheory.core import learners
+from lintheory.run import train
+from lintheory.core.model import ModelConfig
+from lintheory.core.tasks import TaskConfig
+from lintheory.run.train import TrainConfig
 
 
 def test_one_layer_training_reaches_the_closed_form_optimum():
-  """Mahankali et al. / Ahn et al.: one layer converges to one GD step at η* (theory-notes §9)."""
+  """Mahankali et al. / Ahn et al.: one layer converges to one GD step at η* (docs/theory.md §9)."""
   d, N = 3, 10
   task, cfg = TaskConfig(d=d, n_context=N), ModelConfig(d=d)
   res = train.fit(task, cfg, TrainConfig(steps=300, batch_size=512, lr=1e-2, warmup=30, chunk=300), seeds=(0,))
   assert res.diverged is None and res.losses.shape == (1, 300)
   params = train.seed_params(res.params, 0)
-  closed = gd.gd1_loss_star(d, N)
-  G = np.asarray(gd.effective_preconditioner(params), np.float64)
-  eta = gd.eta_star(d, N)
+  closed = learners.gd1_loss_star(d, N)
+  G = np.asarray(learners.effective_preconditioner(params), np.float64)
+  eta = learners.eta_star(d, N)
   assert np.linalg.norm(G - eta * np.eye(d)) / np.linalg.norm(eta * np.eye(d)) < 0.10
-  assert gd.one_layer_loss(G, N) < 1.03 * closed  # the exact loss of the learned preconditioner
+  assert learners.one_layer_loss(G, N) < 1.03 * closed  # the exact loss of the learned preconditioner
   ev = train.evaluate(params, task, cfg, jax.random.key(123), n_tasks=20_000)
   assert abs(ev["loss"] - ev["gd1_loss"]) < 0.03 * closed  # same held-out tasks
   assert abs(ev["gd1_loss"] - closed) < 4 * ev["gd1_loss_se"]
@@ -95,8 +96,8 @@ def test_float32_training_does_not_depend_on_the_callers_64_bit_mode(tmp_path):
   args = (TaskConfig(d=3, n_context=6), ModelConfig(d=3, n_layers=2), cfg, (0, 1))
   assert jax.config.jax_enable_x64  # conftest
   here = train.fit(*args)
-  script = ("import sys, numpy as np\nfrom lintheory import train\nfrom lintheory.model import ModelConfig\n"
-            "from lintheory.tasks import TaskConfig\nfrom lintheory.train import TrainConfig\n"
+  script = ("import sys, numpy as np\nfrom lintheory.run import train\nfrom lintheory.core.model import ModelConfig\n"
+            "from lintheory.core.tasks import TaskConfig\nfrom lintheory.run.train import TrainConfig\n"
             f"r = train.fit(TaskConfig(d=3, n_context=6), ModelConfig(d=3, n_layers=2), {cfg!r}, (0, 1))\n"
             "np.savez(sys.argv[1], losses=r.losses, **{k: np.asarray(v) for k, v in r.params.items()})\n")
   subprocess.run([sys.executable, "-c", script, str(tmp_path / "r.npz")], check=True,

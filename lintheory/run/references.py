@@ -1,8 +1,8 @@
 """Fitted explicit references: the best L-step GD, GD with per-step η, GD++ and preconditioned GD.
 
-Each reference is an explicit learner of lintheory.gd with a handful of parameters, fitted by
+Each reference is an explicit learner of lintheory.core.learners with a handful of parameters, fitted by
 minimising the in-context MSE of its L-th iterate on fresh tasks of the training distribution
-(Adam, one jitted lax.scan). A trained L-layer transformer is compared with these (theory-notes
+(Adam, one jitted lax.scan). A trained L-layer transformer is compared with these (docs/theory.md
 §3, §5): plain GD (one shared η), a per-step schedule η_t, GD++ (per-layer η_t, γ_t) and
 preconditioned GD (per-layer P_t, d×d, with η_t = 1 absorbed in P_t).
 Fits are cached per (task: d, N, σ, Σ, prior; L; fit recipe) in runs/cache/references/.
@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lintheory import gd, io, tasks
-from lintheory.tasks import Batch, TaskConfig
+from lintheory.core import learners, tasks
+from lintheory.run import io
+from lintheory.core.tasks import Batch, TaskConfig
 
 KINDS = ("gd", "gd_step", "gd_pp", "precond")  # shared η, per-step η_t, GD++ (η_t, γ_t), P_t
 LABELS = {"gd": "GD (shared η)", "gd_step": "GD (per-step η_t)", "gd_pp": "GD++ (η_t, γ_t)",
@@ -65,12 +66,12 @@ def _check_layers(L) -> None:
 
 
 def init_theta(kind: str, d: int, N: int, L: int, noise_std: float) -> dict[str, jax.Array]:
-  """Start at a stable fraction of one-step η* (theory-notes §9), per-step sizes spread apart.
+  """Start at a stable fraction of one-step η* (docs/theory.md §9), per-step sizes spread apart.
 
   The L-step GD loss is symmetric under permuting the η_t (the factors I − η_t Σ̂ commute), so
   equal initial η_t would stay equal forever: the spread breaks that symmetry.
   """
-  eta0 = gd.eta_star(d, N, noise_std) / (1.0 if L == 1 else 2.0)
+  eta0 = learners.eta_star(d, N, noise_std) / (1.0 if L == 1 else 2.0)
   etas = eta0 * (jnp.linspace(0.5, 1.5, L) if L > 1 else jnp.ones(1))
   if kind == "gd":
     return {"eta": jnp.asarray(eta0)}
@@ -84,11 +85,11 @@ def init_theta(kind: str, d: int, N: int, L: int, noise_std: float) -> dict[str,
 def predict(kind: str, theta: dict, batch: Batch, L: int) -> tuple[jax.Array, jax.Array]:
   """(w_t [L, B, d], ŷ_t [L, B]): the reference's iterates and query predictions."""
   if kind == "gd_pp":
-    return gd.gd_plus_plus(batch.X, batch.y, batch.x_q, theta["eta"], theta["gamma"], L)
+    return learners.gd_plus_plus(batch.X, batch.y, batch.x_q, theta["eta"], theta["gamma"], L)
   if kind == "precond":
-    w = gd.gd(batch.X, batch.y, jnp.ones((L,), batch.X.dtype), P=theta["P"])
+    w = learners.gd(batch.X, batch.y, jnp.ones((L,), batch.X.dtype), P=theta["P"])
   else:
-    w = gd.gd(batch.X, batch.y, theta["eta"], L)
+    w = learners.gd(batch.X, batch.y, theta["eta"], L)
   return w, jnp.einsum("lbd,bd->lb", w, batch.x_q)
 
 
@@ -190,11 +191,11 @@ def iterates(f: Fitted, batch: Batch) -> tuple[jax.Array, jax.Array]:
 
 
 def construct(f: Fitted, dtype=jnp.float64):
-  """Transformer weights (gd.construct) implementing the fitted reference, one step a layer."""
+  """Transformer weights (learners.construct) implementing the fitted reference, one step a layer."""
   L, d = len(f.eta), f.P.shape[-1]
   if f.kind == "precond":
-    return gd.construct(d, np.ones(L), P=f.P, dtype=dtype)
-  return gd.construct(d, f.eta, gamma=f.gamma if f.kind == "gd_pp" else None, dtype=dtype)
+    return learners.construct(d, np.ones(L), P=f.P, dtype=dtype)
+  return learners.construct(d, f.eta, gamma=f.gamma if f.kind == "gd_pp" else None, dtype=dtype)
 
 
 def cache_key(task: TaskConfig, L: int, cfg: FitConfig) -> dict:

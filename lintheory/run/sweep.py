@@ -1,7 +1,7 @@
 """Vectorised, resumable pruning sweeps: layers × modules × rates (or ranks) × seeds.
 
 Every matrix is decomposed once (exact SVD); a configuration is a kept rank per matrix and layer,
-and truncation is a mask on the singular values (theory-notes §7), so one jitted function,
+and truncation is a mask on the singular values (docs/theory.md §7), so one jitted function,
 vmapped over configurations and seeds, evaluates a whole block. Unpruned matrices are passed
 through bit-exact (`jnp.where`), configurations that keep the same ranks (e.g. every ξ that
 leaves rank 0 of an 11×11 matrix) are evaluated once, and the held-out forward pass of a model
@@ -9,11 +9,11 @@ pruned at layer k starts from the unpruned model's states at layer k (the layers
 unchanged), so a sweep does about half the work of pruning-then-evaluating each configuration.
 
 Per configuration × seed (one CSV row): the ICL error on held-out tasks (normalised squared
-error, theory-notes §1: mean, standard error, median), for every layer t (from 0, like `layer`;
+error, docs/theory.md §1: mean, standard error, median), for every layer t (from 0, like `layer`;
 ŵ_t is the implicit predictor after layer t, the paper's ŵ_{t+1}) the relative change
 ‖ŵ_t − ŵ_t⁰‖/‖ŵ_t⁰‖ and the largest |ŵ_t − ŵ_t⁰| against the unpruned model, ‖ΔW_t‖_F and
-‖G_t‖_F (theory-notes §5, means over tasks), and lintheory.bounds.sweep_metrics (the bound
-terms and the measured gap, theory-notes §6) when that module is present.
+‖G_t‖_F (docs/theory.md §5, means over tasks), and lintheory.core.bounds.sweep_metrics (the bound
+terms and the measured gap, docs/theory.md §6) when that module is present.
 Results: <out>/sweep.csv (tidy) and <out>/sweep.json (metadata), rewritten atomically after each
 block; a restarted sweep skips the configurations already in the CSV.
 """
@@ -24,7 +24,6 @@ import csv
 import dataclasses
 import functools
 import hashlib
-import importlib.util
 import io as _io
 import json
 import math
@@ -36,9 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory import implicit, io, prune, tasks
-from lintheory.model import ModelConfig, Params, block, forward, predict
-from lintheory.tasks import TaskConfig
+from lintheory.core import implicit, prune, tasks
+from lintheory.run import io
+from lintheory.core.model import ModelConfig, Params, block, forward, predict
+from lintheory.core.tasks import TaskConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ class SweepConfig:
   block: int = 16  # distinct configurations per jitted call (the first lane is the unpruned model)
   lanes: int = 0  # configurations vmapped together inside a call; 0 = auto: 1 on CPU (a sequential
   #   lax.map is fastest there: the tiny per-task matmuls do not batch), the whole block elsewhere
-  bounds: bool = True  # add lintheory.bounds.sweep_metrics columns when that module exists
+  bounds: bool = True  # add the bound-term columns of core.bounds.sweep_metrics
 
   def __post_init__(self):
     for name, lo in (("n_eval", 2), ("n_analysis", 2), ("block", 2), ("lanes", 0)):
@@ -81,14 +81,6 @@ class Config(NamedTuple):
   module: str  # prune.MODULES name
   mode: str  # "rate" or "rank"
   value: float | int  # ξ or r
-
-
-def bounds_available() -> bool:
-  """True when lintheory.bounds with sweep_metrics exists (it is written separately)."""
-  if importlib.util.find_spec("lintheory.bounds") is None:
-    return False
-  from lintheory import bounds
-  return hasattr(bounds, "sweep_metrics")
 
 
 # --- configurations ------------------------------------------------------------------------
@@ -186,7 +178,7 @@ def _metrics(p: Params, eval_b: tasks.Batch, ana_b: tasks.Batch, model_cfg: Mode
          "icl_error_median": jnp.median(err), "dW_norm": fro(traj.delta_W), "G_norm": fro(traj.G),
          "w_hat": traj.w_hat}
   if with_bounds:
-    from lintheory import bounds
+    from lintheory.core import bounds
     out.update({f"bd_{k}": v for k, v in bounds.sweep_metrics(p, ana_b, model_cfg, task_cfg).items()})
   return out
 
@@ -333,12 +325,12 @@ def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, c
   p0 = jax.tree_util.tree_map(lambda a: a[0], params_S)
   confs = configurations(cfg, p0)
   L = p0["W_Q"].shape[0]
-  with_bounds = cfg.bounds and bounds_available()
+  with_bounds = cfg.bounds
   dtype = params_S["W_Q"].dtype
   eval_b, ana_b = batches(task_cfg, seeds, cfg, dtype)
   bound_keys = ()
   if with_bounds:
-    from lintheory import bounds
+    from lintheory.core import bounds
     shapes = jax.eval_shape(lambda p, b: bounds.sweep_metrics(p, b, model_cfg, task_cfg), p0,
                             jax.tree_util.tree_map(lambda a: a[0], ana_b))
     bound_keys = tuple(f"bd_{k}" for k in shapes)
@@ -435,7 +427,7 @@ def run_loop(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConf
   seeds = tuple(int(s) for s in seeds)
   p0 = jax.tree_util.tree_map(lambda a: a[0], params_S)
   confs = configurations(cfg, p0)
-  with_bounds = cfg.bounds and bounds_available()
+  with_bounds = cfg.bounds
   eval_b, ana_b = batches(task_cfg, seeds, cfg, params_S["W_Q"].dtype)
   metrics = _loop_metrics_fn(model_cfg, task_cfg, with_bounds)
   t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Explicit in-context learners, their closed-form losses, and the GD construction.
 
-theory-notes §3 (GD, preconditioned GD, GD++ and the weights that implement them) and §9
+docs/theory.md §3 (GD, preconditioned GD, GD++ and the weights that implement them) and §9
 (η*, Γ*, ridge floor, the exact loss of any one-layer predictor).
 Learners take demonstrations X [B, N, d], y [B, N] and return iterates w_t [S, B, d].
 """
@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.model import Params, heads
-from lintheory.tasks import as_cov
+from lintheory.core.model import Params, heads
+from lintheory.core.tasks import as_cov
 
 
 def _steps(eta, n_steps: int | None) -> jax.Array:
@@ -90,7 +90,7 @@ def bayes_ridge_lambda(noise_std: float) -> float:
   return max(noise_std**2, 1e-8)
 
 
-# --- closed forms (theory-notes §9) -------------------------------------------------------
+# --- closed forms (docs/theory.md §9) -------------------------------------------------------
 
 
 def eta_star(d: int, N: int, noise_std: float = 0.0) -> float:
@@ -144,7 +144,7 @@ def gamma_star_loss(Sigma, N: int, noise_std: float = 0.0) -> float:
   return one_layer_loss(gamma_star(Sigma, N, noise_std), N, Sigma, noise_std)
 
 
-# --- the construction (theory-notes §3) -----------------------------------------------------
+# --- the construction (docs/theory.md §3) -----------------------------------------------------
 
 
 def construct(d: int, eta, n_steps: int | None = None, P=None, gamma=None, dtype=jnp.float64) -> Params:

@@ -2,12 +2,12 @@
 
 import pytest
 
-from lintheory import zoo
+from lintheory.run import profiles
 
 
-@pytest.mark.parametrize("name", sorted(zoo.PROFILES))
+@pytest.mark.parametrize("name", sorted(profiles.PROFILES))
 def test_every_depth_has_a_recipe_and_depths_are_ordered(name):
-  prof = zoo.profile(name)
+  prof = profiles.profile(name)
   bounds = [r.max_layers for r in prof.recipes]
   assert bounds == sorted(bounds)
   for L in range(1, 65):
@@ -19,4 +19,4 @@ def test_every_depth_has_a_recipe_and_depths_are_ordered(name):
 
 def test_unknown_profile_names_the_choices():
   with pytest.raises(ValueError, match="profile must be one of"):
-    zoo.profile("huge")
+    profiles.profile("huge")

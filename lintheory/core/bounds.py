@@ -1,4 +1,4 @@
-"""The paper's Theorem 2 (mutual-information generalisation bound) and Example 1 (theory-notes §6).
+"""The paper's Theorem 2 (mutual-information generalisation bound) and Example 1 (docs/theory.md §6).
 
 Everything is computed from the weights and the demonstrations, per task, then averaged over the
 batch's tasks (the E[...] of the theorem). Conventions (all documented choices are ours):
@@ -40,9 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory import implicit
-from lintheory.model import ModelConfig, Params
-from lintheory.tasks import Batch, TaskConfig, as_cov, batch_tokens
+from lintheory.core import implicit
+from lintheory.core.model import ModelConfig, Params
+from lintheory.core.tasks import Batch, TaskConfig, as_cov, batch_tokens
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -133,7 +133,7 @@ class LayerTerms(NamedTuple):
 
 
 def layer_terms(sens_LB: jax.Array, lamC_LBK: jax.Array, d_prime: int, eps: float, rtol: float) -> LayerTerms:
-  """Theorem 2's per-layer terms from the sensitive part and the eigenvalues of C_t (theory-notes §6)."""
+  """Theorem 2's per-layer terms from the sensitive part and the eigenvalues of C_t (docs/theory.md §6)."""
   K = lamC_LBK.shape[-1]
   trC = lamC_LBK.sum(-1)
   num = sens_LB + trC
@@ -206,7 +206,7 @@ def _sqrt_bound(R, N, terms_LB):
 
 def theorem2(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: TaskConfig, *, b: int | None = None,
              eps: float = 1e-6, R=None, rtol: float | None = None) -> Bound:
-  """Theorem 2 of the paper for the implicit learner of `params` on `batch` (theory-notes §6).
+  """Theorem 2 of the paper for the implicit learner of `params` on `batch` (docs/theory.md §6).
 
   b defaults to N // 2; rtol (the range version's relative eigenvalue threshold) to max(N, d')·ε_mach.
   """

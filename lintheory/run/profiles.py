@@ -1,7 +1,7 @@
 """The trained models the studies share, one recipe per profile.
 
 Every study asks `zoo.trained(...)` for its models, so two studies that need the same model
-get it from the cache (io.cached_fit) instead of training it twice.
+get it from the cache (cache.cached_fit) instead of training it twice.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from lintheory import io
-from lintheory.model import ModelConfig, Params
-from lintheory.tasks import TaskConfig
-from lintheory.train import TrainConfig
+from lintheory.run import cache
+from lintheory.core.model import ModelConfig, Params
+from lintheory.core.tasks import TaskConfig
+from lintheory.run.train import TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +97,7 @@ def trained(prof: Profile, *, d: int = 10, n_context: int = 20, layers: int = 1,
                       clip_norm=r.clip_norm, dtype=r.dtype, chunk=min(250, n), max_skipped=prof.max_skipped)
   seeds = tuple(prof.seeds if seeds is None else seeds)
   label = f"L={layers} d={d} N={n_context} σ={noise_std} {attention}{'+' + mlp if mlp else ''}: "
-  params, losses = io.cached_fit(task, model, train, seeds, cache_dir, label)
+  params, losses = cache.cached_fit(task, model, train, seeds, cache_dir, label)
   return Trained(task, model, train, seeds, params, losses)
 
 

@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lintheory import gd, tasks
-from lintheory.model import ModelConfig, Params, forward, init_params
-from lintheory.tasks import TaskConfig
+from lintheory.core import learners, tasks
+from lintheory.run import io
+from lintheory.core.model import ModelConfig, Params, forward, init_params
+from lintheory.core.tasks import TaskConfig
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 
@@ -167,9 +168,7 @@ def _fit(task_cfg, model_cfg, train_cfg, seeds, state, on_chunk) -> TrainResult:
 
 
 def print_progress(total: int, label: str = "") -> Callable[[TrainState, np.ndarray], None]:
-  """An on_chunk callback printing progress to stderr (lintheory.io.progress)."""
-  from lintheory import io  # io imports this module
-
+  """An on_chunk callback printing progress to stderr (lintheory.run.io.progress)."""
   def report(state: TrainState, chunk_losses: np.ndarray) -> None:
     loss = np.array2string(chunk_losses[:, -1], precision=4, threshold=8)
     io.progress(f"  {label}step {state.step:>6}/{total}  loss {loss}", final=state.step >= total)
@@ -186,9 +185,9 @@ def evaluate(params: Params, task_cfg: TaskConfig, model_cfg: ModelConfig, key: 
   b = tasks.sample(key, task_cfg, n_tasks, n_context=n_context, dtype=dtype)
   N = b.X.shape[1]
   y_hat, _ = jax.jit(forward, static_argnums=2)(params, tasks.batch_tokens(b), model_cfg)
-  eta = gd.eta_star(task_cfg.d, task_cfg.n_context, task_cfg.noise_std)
+  eta = learners.eta_star(task_cfg.d, task_cfg.n_context, task_cfg.noise_std)
   y_gd = eta * jnp.einsum("bd,bnd,bn->b", b.x_q, b.X, b.y) / N
-  w_ridge = gd.ridge(b.X, b.y, gd.bayes_ridge_lambda(task_cfg.noise_std))
+  w_ridge = learners.ridge(b.X, b.y, learners.bayes_ridge_lambda(task_cfg.noise_std))
   y_ridge = jnp.einsum("bd,bd->b", w_ridge, b.x_q)
   sq = lambda y: np.asarray((y - b.y_q) ** 2, np.float64)
   out = {}

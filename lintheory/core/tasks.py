@@ -1,4 +1,4 @@
-"""In-context linear regression tasks and their token layout (theory-notes §1).
+"""In-context linear regression tasks and their token layout (docs/theory.md §1).
 
 Tokens are rows here: Z_BTD has T = N + 1 tokens h_i = [x_i; y_i] of dimension D = d + 1,
 the query token last, [x_q; 0]. The paper writes the same tokens as columns of H.

@@ -1,4 +1,4 @@
-"""The paper's Algorithm 1, derivative-free choice of the clipping rate (theory-notes §8).
+"""The paper's Algorithm 1, derivative-free choice of the clipping rate (docs/theory.md §8).
 
 Data: each task's demonstrations are its context; a validation task set scores the candidates
 and a disjoint test task set reports the chosen one. The paper picks the layer among the top-k
@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory import prune, sweep, tasks
-from lintheory.model import ModelConfig, Params, block, predict
+from lintheory.core import prune, tasks
+from lintheory.run import sweep
+from lintheory.core.model import ModelConfig, Params, block, predict
 
 
 def module_kappa(params: Params, module: str) -> np.ndarray:

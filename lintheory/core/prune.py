@@ -1,4 +1,4 @@
-"""SVD pruning of the weight matrices, by clipping rate ξ or by rank (theory-notes §7).
+"""SVD pruning of the weight matrices, by clipping rate ξ or by rank (docs/theory.md §7).
 
 W = U S Vᵀ (exact SVD) is replaced by its best rank-r approximation U[:, :r] S[:r] V[:, :r]ᵀ
 (Eckart–Young: ‖W − W_r‖_F² = Σ_{i>r} s_i²). A clipping rate ξ ∈ [0, 1) keeps
@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.model import Params
+from lintheory.core.model import Params
 
-# The paper's candidate clipping rates (theory-notes §7).
+# The paper's candidate clipping rates (docs/theory.md §7).
 PAPER_RATES = (0.0, 0.1, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995)
 # Module name → the parameter names it prunes ("attn" and "all" take what the model has).
 MODULES = {"q": ("W_Q",), "k": ("W_K",), "v": ("W_V",), "o": ("W_O",),

@@ -1,4 +1,4 @@
-"""Explicit learners, closed forms (theory-notes §9) and the GD construction (§3)."""
+"""Explicit learners, closed forms (docs/theory.md §9) and the GD construction (§3)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lintheory import checks, gd, model, tasks
-from lintheory.tasks import TaskConfig
+from lintheory import checks
+from lintheory.core import learners, model, tasks
+from lintheory.core.tasks import TaskConfig
 
 
 
@@ -32,7 +33,7 @@ def batch64(d, N, B=16, seed=0, noise_std=0.0, x_scale=None):
                                            pytest.param(10, 4, 0.05, 3, marks=pytest.mark.slow)])
 def test_construction_is_gd_for_1_to_6_layers(d, N, eta, L):
   b = batch64(d, N)
-  params = gd.construct(d, eta, n_steps=L)
+  params = learners.construct(d, eta, n_steps=L)
   dev = checks.assert_gd_equivalent(params, b, checks.gd_reference(eta, n_steps=L), tol=1e-10)
   assert dev.per_layer.shape == (L,) and dev.max_rel <= 1e-10
 
@@ -41,7 +42,7 @@ def test_construction_is_gd_with_per_step_eta():
   d, N = 4, 7
   etas = jnp.array([0.9, 0.1, 0.5, 1.3, 0.2, 0.7])
   b = batch64(d, N, noise_std=0.5)
-  checks.assert_gd_equivalent(gd.construct(d, etas), b, checks.gd_reference(etas))
+  checks.assert_gd_equivalent(learners.construct(d, etas), b, checks.gd_reference(etas))
 
 
 @pytest.mark.parametrize("per_step", [False, True])
@@ -51,14 +52,14 @@ def test_construction_is_preconditioned_gd(per_step):
   P = rng.normal(size=(L, d, d)) if per_step else rng.normal(size=(d, d))  # any matrix, even non-symmetric
   etas = jnp.array([0.4, 0.2, 0.3, 0.1])
   b = batch64(d, N, x_scale=(0.5, 1.0, 2.0))
-  checks.assert_gd_equivalent(gd.construct(d, etas, P=P), b, checks.gd_reference(etas, P=jnp.asarray(P)))
+  checks.assert_gd_equivalent(learners.construct(d, etas, P=P), b, checks.gd_reference(etas, P=jnp.asarray(P)))
 
 
 def test_construction_is_gd_plus_plus():
   d, N = 3, 8
   etas, gammas = jnp.array([0.5, 0.8, 1.0, 0.6, 0.4]), jnp.array([0.3, 0.2, 0.1, 0.05, 0.0])
   b = batch64(d, N)
-  params = gd.construct(d, etas, gamma=gammas)
+  params = learners.construct(d, etas, gamma=gammas)
   checks.assert_gd_equivalent(params, b, checks.gd_plus_plus_reference(etas, gammas))
   # and GD++ is not plain GD: the check would catch the difference
   with pytest.raises(AssertionError):
@@ -68,7 +69,7 @@ def test_construction_is_gd_plus_plus():
 @jax.jit
 def _model_and_gd_predictions(etas, b):
   """Per-layer predictions of the constructed model and GD's, in one compiled function."""
-  params = gd.construct(b.X.shape[-1], etas, dtype=b.X.dtype)
+  params = learners.construct(b.X.shape[-1], etas, dtype=b.X.dtype)
   _, states = model.forward(params, tasks.batch_tokens(b))
   return model.layer_predictions(states), checks.gd_reference(etas)(b)
 
@@ -90,47 +91,47 @@ def test_construction_is_gd_hypothesis(etas, seed, scale):
 
 def test_one_gd_step_formula():
   b = batch64(4, 9)
-  w1 = gd.gd(b.X, b.y, 0.3, n_steps=1)[0]
+  w1 = learners.gd(b.X, b.y, 0.3, n_steps=1)[0]
   np.testing.assert_allclose(w1, 0.3 * jnp.einsum("bnd,bn->bd", b.X, b.y) / 9, rtol=1e-12)
 
 
 def test_gd_converges_to_least_squares_and_newton_step_is_exact():
   b = batch64(3, 30)
-  w_ls = gd.least_squares(b.X, b.y)
-  np.testing.assert_allclose(gd.gd(b.X, b.y, 0.5, n_steps=400)[-1], w_ls, rtol=1e-8, atol=1e-10)
+  w_ls = learners.least_squares(b.X, b.y)
+  np.testing.assert_allclose(learners.gd(b.X, b.y, 0.5, n_steps=400)[-1], w_ls, rtol=1e-8, atol=1e-10)
   np.testing.assert_allclose(w_ls, b.w, rtol=1e-8)  # noiseless, N > d: the task is identified
-  np.testing.assert_allclose(gd.ridge(b.X, b.y, 1e-12), w_ls, rtol=1e-8)
+  np.testing.assert_allclose(learners.ridge(b.X, b.y, 1e-12), w_ls, rtol=1e-8)
   Sigma_hat = jnp.einsum("bnd,bne->bde", b.X, b.X) / 30
-  w_newton = jax.vmap(lambda X, y, P: gd.gd(X[None], y[None], 1.0, n_steps=1, P=P)[0, 0])(b.X, b.y, jnp.linalg.inv(Sigma_hat))
+  w_newton = jax.vmap(lambda X, y, P: learners.gd(X[None], y[None], 1.0, n_steps=1, P=P)[0, 0])(b.X, b.y, jnp.linalg.inv(Sigma_hat))
   np.testing.assert_allclose(w_newton, w_ls, rtol=1e-8)
 
 
 def test_gd_plus_plus_with_zero_gamma_is_gd():
   b = batch64(3, 5)
-  _, y_pp = gd.gd_plus_plus(b.X, b.y, b.x_q, 0.4, 0.0, n_steps=3)
+  _, y_pp = learners.gd_plus_plus(b.X, b.y, b.x_q, 0.4, 0.0, n_steps=3)
   np.testing.assert_allclose(y_pp, checks.gd_reference(0.4, 3)(b), rtol=1e-12)
 
 
 def test_ridge_is_bayes_posterior_mean():
   b = batch64(3, 4, noise_std=0.5)
-  lam = gd.bayes_ridge_lambda(0.5)
+  lam = learners.bayes_ridge_lambda(0.5)
   assert lam == 0.25
-  w = gd.ridge(b.X, b.y, lam)
+  w = learners.ridge(b.X, b.y, lam)
   grad = jnp.einsum("bnd,bn->bd", b.X, jnp.einsum("bnd,bd->bn", b.X, w) - b.y) + lam * w
   np.testing.assert_allclose(grad, 0.0, atol=1e-10)
 
 
 @pytest.mark.parametrize("call, name", [
-    (lambda X, y: gd.gd(X, y, 0.1), "n_steps"),
-    (lambda X, y: gd.gd(X, y, 0.1, n_steps=0), "n_steps"),
-    (lambda X, y: gd.gd(X, y, jnp.ones((2, 2))), "eta"),
-    (lambda X, y: gd.gd(X, y, jnp.ones(3), n_steps=2), "eta"),
-    (lambda X, y: gd.gd(X, y, jnp.ones(0)), "eta"),
-    (lambda X, y: gd.gd(X, y, jnp.ones(3), P=jnp.ones((2, 2, 2))), "eta"),
-    (lambda X, y: gd.gd_plus_plus(X, y, X[:, 0], 0.1, jnp.ones(3), n_steps=2), "eta"),
-    (lambda X, y: gd.construct(2, 0.1), "n_steps"),
-    (lambda X, y: gd.construct(2, jnp.ones(3), n_steps=4), "eta"),
-    (lambda X, y: gd.construct(2, jnp.ones(3), gamma=jnp.ones(2)), "eta"),
+    (lambda X, y: learners.gd(X, y, 0.1), "n_steps"),
+    (lambda X, y: learners.gd(X, y, 0.1, n_steps=0), "n_steps"),
+    (lambda X, y: learners.gd(X, y, jnp.ones((2, 2))), "eta"),
+    (lambda X, y: learners.gd(X, y, jnp.ones(3), n_steps=2), "eta"),
+    (lambda X, y: learners.gd(X, y, jnp.ones(0)), "eta"),
+    (lambda X, y: learners.gd(X, y, jnp.ones(3), P=jnp.ones((2, 2, 2))), "eta"),
+    (lambda X, y: learners.gd_plus_plus(X, y, X[:, 0], 0.1, jnp.ones(3), n_steps=2), "eta"),
+    (lambda X, y: learners.construct(2, 0.1), "n_steps"),
+    (lambda X, y: learners.construct(2, jnp.ones(3), n_steps=4), "eta"),
+    (lambda X, y: learners.construct(2, jnp.ones(3), gamma=jnp.ones(2)), "eta"),
 ])
 def test_invalid_eta_shapes(call, name):
   b = batch64(2, 3, B=2)
@@ -162,18 +163,18 @@ def assert_within_se(errors, expected, k=4.0):
 
 @pytest.mark.parametrize("d, N, sigma", [(3, 5, 0.0), (5, 10, 0.5)])
 def test_gd1_loss_star_monte_carlo(d, N, sigma):
-  eta = gd.eta_star(d, N, sigma)
+  eta = learners.eta_star(d, N, sigma)
   assert eta == N / (N + d + 1 + sigma**2)
   e = mc_one_layer(eta * np.eye(d), N, np.eye(d), sigma, np.eye(d))
-  assert_within_se(e, gd.gd1_loss_star(d, N, sigma))
-  assert gd.gd1_loss_star(d, N, sigma) == pytest.approx(d - d * eta)
+  assert_within_se(e, learners.gd1_loss_star(d, N, sigma))
+  assert learners.gd1_loss_star(d, N, sigma) == pytest.approx(d - d * eta)
 
 
 def test_gd1_loss_at_other_context_length_monte_carlo():
   d, N, M = 3, 6, 15
-  e = mc_one_layer(gd.eta_star(d, N) * np.eye(d), N, np.eye(d), 0.0, np.eye(d), M=M, n_tasks=100_000)
-  assert_within_se(e, gd.gd1_loss_at(d, N, M))
-  assert gd.gd1_loss_at(d, N, N) == pytest.approx(gd.gd1_loss_star(d, N))
+  e = mc_one_layer(learners.eta_star(d, N) * np.eye(d), N, np.eye(d), 0.0, np.eye(d), M=M, n_tasks=100_000)
+  assert_within_se(e, learners.gd1_loss_at(d, N, M))
+  assert learners.gd1_loss_at(d, N, N) == pytest.approx(learners.gd1_loss_star(d, N))
 
 
 def test_one_layer_loss_general_monte_carlo():
@@ -185,23 +186,23 @@ def test_one_layer_loss_general_monte_carlo():
   w_cov = C @ C.T + 0.2 * np.eye(d)
   A = rng.normal(size=(d, d)) * 0.3  # non-symmetric on purpose
   e = mc_one_layer(A, N, Sigma, sigma, w_cov)
-  assert_within_se(e, gd.one_layer_loss(A, N, Sigma, sigma, w_cov))
+  assert_within_se(e, learners.one_layer_loss(A, N, Sigma, sigma, w_cov))
 
 
 def test_gamma_star_loss_monte_carlo():
   d, N, sigma = 4, 8, 0.3
   Sigma = np.diag([0.25, 0.5, 1.0, 3.0])
-  G = gd.gamma_star(Sigma, N, sigma)
+  G = learners.gamma_star(Sigma, N, sigma)
   e = mc_one_layer(G, N, Sigma, sigma, np.eye(d))
-  assert_within_se(e, gd.gamma_star_loss(Sigma, N, sigma))
+  assert_within_se(e, learners.gamma_star_loss(Sigma, N, sigma))
 
 
 def test_gamma_star_closed_forms():
   d, N = 3, 7
-  np.testing.assert_allclose(gd.gamma_star(np.eye(d), N, 0.5), gd.eta_star(d, N, 0.5) * np.eye(d), rtol=1e-12)
+  np.testing.assert_allclose(learners.gamma_star(np.eye(d), N, 0.5), learners.eta_star(d, N, 0.5) * np.eye(d), rtol=1e-12)
   Sigma = np.array([[2.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 0.5]])
-  G = gd.gamma_star(Sigma, N)
-  assert gd.gamma_star_loss(Sigma, N) == pytest.approx(np.trace(Sigma) - np.trace(Sigma @ G @ Sigma), rel=1e-12)
+  G = learners.gamma_star(Sigma, N)
+  assert learners.gamma_star_loss(Sigma, N) == pytest.approx(np.trace(Sigma) - np.trace(Sigma @ G @ Sigma), rel=1e-12)
 
 
 def _fd_grad(f, A, h=1e-5):
@@ -216,21 +217,21 @@ def _fd_grad(f, A, h=1e-5):
 def test_gamma_star_is_the_stationary_minimum_of_one_layer_loss():
   N, sigma = 6, 0.5
   Sigma = np.array([[2.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 0.5]])
-  f = lambda A: gd.one_layer_loss(A, N, Sigma, sigma)
-  G = gd.gamma_star(Sigma, N, sigma)
+  f = lambda A: learners.one_layer_loss(A, N, Sigma, sigma)
+  G = learners.gamma_star(Sigma, N, sigma)
   assert np.abs(_fd_grad(f, G)).max() < 1e-7
   assert np.abs(_fd_grad(f, 0.9 * G)).max() > 1e-2  # the test could fail: elsewhere the gradient is not 0
   rng = np.random.default_rng(0)
   for _ in range(5):  # convex quadratic in A: every direction goes up
     assert f(G + 0.05 * rng.normal(size=G.shape)) > f(G)
-  eta = gd.eta_star(3, N, sigma)
-  iso = lambda e: gd.one_layer_loss(e * np.eye(3), N, noise_std=sigma)
+  eta = learners.eta_star(3, N, sigma)
+  iso = lambda e: learners.one_layer_loss(e * np.eye(3), N, noise_std=sigma)
   assert iso(eta) < min(iso(eta - 1e-3), iso(eta + 1e-3))
 
 
 def test_gd1_loss_for_task():
   t = TaskConfig(d=4, n_context=9, noise_std=0.5)
-  assert gd.gd1_loss_for(t) == pytest.approx(gd.gd1_loss_star(4, 9, 0.5), rel=1e-12)
+  assert learners.gd1_loss_for(t) == pytest.approx(learners.gd1_loss_star(4, 9, 0.5), rel=1e-12)
 
 
 # --- the effective preconditioner -----------------------------------------------------------
@@ -239,14 +240,14 @@ def test_gd1_loss_for_task():
 def test_effective_preconditioner_of_construction_heads_and_W_O():
   d, eta = 3, 0.7
   P = np.random.default_rng(0).normal(size=(d, d))
-  params = gd.construct(d, eta, n_steps=2, P=P)
-  np.testing.assert_allclose(gd.effective_preconditioner(params, layer=1), eta * P, rtol=1e-12)
+  params = learners.construct(d, eta, n_steps=2, P=P)
+  np.testing.assert_allclose(learners.effective_preconditioner(params, layer=1), eta * P, rtol=1e-12)
   # two heads each carrying half of W_V, and a W_O = 2 I with W_V halved, give the same Γ_eff
   two = {k: jnp.stack([v, v], axis=1) for k, v in params.items()}
   two["W_V"] = two["W_V"] / 2
-  np.testing.assert_allclose(gd.effective_preconditioner(two), eta * P, rtol=1e-12)
+  np.testing.assert_allclose(learners.effective_preconditioner(two), eta * P, rtol=1e-12)
   with_O = {**params, "W_V": params["W_V"] / 2, "W_O": 2 * jnp.broadcast_to(jnp.eye(d + 1), (2, d + 1, d + 1))}
-  np.testing.assert_allclose(gd.effective_preconditioner(with_O), eta * P, rtol=1e-12)
+  np.testing.assert_allclose(learners.effective_preconditioner(with_O), eta * P, rtol=1e-12)
 
 
 def test_effective_preconditioner_predicts_one_layer_output():
@@ -258,6 +259,6 @@ def test_effective_preconditioner_predicts_one_layer_output():
   params["W_K"] = params["W_K"].at[0, :, d].set(0.0)  # W_K's y column
   b = batch64(d, N, B=8)
   y_hat, _ = model.forward(params, tasks.batch_tokens(b), cfg)
-  G = gd.effective_preconditioner(params)
+  G = learners.effective_preconditioner(params)
   y_gd = jnp.einsum("bd,de,be->b", b.x_q, G, jnp.einsum("bnd,bn->bd", b.X, b.y) / N)
   np.testing.assert_allclose(y_hat, y_gd, rtol=1e-10)

@@ -1,4 +1,4 @@
-"""The forward pass as implicit gradient descent: Lemma 1 and Theorem 1 (theory-notes §4–5).
+"""The forward pass as implicit gradient descent: Lemma 1 and Theorem 1 (docs/theory.md §4–5).
 
 For layer t with input tokens h_i^{t-1}:
   ΔW_t = (1/N) Σ_i (W_V h_i)(W_K h_i)ᵀ W_Q          (per head, summed; W_O folded into W_V)
@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lintheory.model import ModelConfig, Params, forward, heads
+from lintheory.core.model import ModelConfig, Params, forward, heads
 
 
 class Trajectory(NamedTuple):

@@ -1,4 +1,4 @@
-"""Multi-layer linear self-attention transformer (theory-notes §2).
+"""Multi-layer linear self-attention transformer (docs/theory.md §2).
 
 Parameters are one plain dict of arrays, the same for training, the GD construction, pruning
 and the analysis. Matrices act on column tokens as in the paper (h ↦ W h); the layer axis leads:

@@ -1,0 +1,92 @@
+"""Everything `lintheory analyze` reports for one model: the Theorem-1 identity, per-layer
+comparisons with the fitted references (core.compare), the ridge floor and the interpolation test.
+Returns plain floats and lists ready for io.write_json.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lintheory.core import implicit, learners
+from lintheory.core.compare import (compare, cosine, effective_steps, interpolate, interpolation_reason, mse,
+                                    query_grad)
+from lintheory.core.model import ModelConfig, Params, forward, layer_predictions
+from lintheory.core.tasks import Batch, TaskConfig, batch_tokens
+from lintheory.run import references
+
+
+# --- everything for one model -----------------------------------------------------------------
+
+
+def _floats(x):
+  return np.asarray(x, np.float64).tolist()
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _measure(params: Params, cfg: ModelConfig, kinds: tuple, thetas: dict, batch: Batch, lam, avg_params: dict):
+  """The array part of `analyze`, one compilation per architecture and reference set."""
+  Z = batch_tokens(batch)
+  traj = implicit.trajectory(params, Z, cfg)
+  q = traj.states[1:, :, -1]
+  ident = jnp.max(jnp.abs(implicit.reconstructed_queries(traj) - q), axis=(1, 2))  # as checks.trajectory_identity
+  y_layers = layer_predictions(traj.states)
+  grad_q = query_grad(params, batch, cfg)
+  ridge_w = learners.ridge(batch.X, batch.y, lam)
+  L = cfg.n_layers
+  out = {"identity": ident, "identity_scale": jnp.max(jnp.abs(q)),
+         "delta_W_fro": jnp.mean(jnp.linalg.norm(traj.delta_W, axis=(-2, -1)), -1),
+         "G_fro": jnp.mean(jnp.linalg.norm(traj.G, axis=(-2, -1)), -1),
+         "w_hat_norm": jnp.mean(jnp.linalg.norm(traj.w_hat, axis=-1), -1),
+         "model_loss": mse(y_layers, batch.y_q),
+         "ridge_loss": mse(jnp.einsum("bd,bd->b", ridge_w, batch.x_q), batch.y_q),
+         "ridge_cos": jnp.mean(cosine(grad_q, ridge_w)), "refs": {}, "model_cos": {}, "interp": {},
+         "median": {"model": jnp.median((y_layers[-1] - batch.y_q) ** 2),
+                    "ridge": jnp.median((jnp.einsum("bd,bd->b", ridge_w, batch.x_q) - batch.y_q) ** 2)}}
+  for kind in kinds:
+    w_ref, y_ref = references.predict(kind, thetas[kind], batch, L)
+    out["refs"][kind] = compare(traj.w_hat, y_layers, w_ref, y_ref, batch.y_q)
+    out["median"][kind] = jnp.median((y_ref[-1] - batch.y_q) ** 2)
+    out["model_cos"][kind] = jnp.mean(cosine(grad_q, w_ref[-1]))
+  for kind, p in avg_params.items():
+    out["interp"][kind] = mse(forward(p, Z)[0], batch.y_q)
+  return out
+
+
+def analyze(params: Params, cfg: ModelConfig, task: TaskConfig, refs: dict[str, references.Fitted],
+            batch: Batch) -> dict:
+  """All comparison metrics of one model on one batch, as plain floats and lists.
+
+  Keys: identity (the Theorem 1 check, as checks.trajectory_identity), layers (per-layer lists),
+  final (losses, model cos, final-layer comparisons), interpolation.
+  """
+  L = cfg.n_layers
+  for kind, f in refs.items():
+    if len(f.eta) != L:
+      raise ValueError(f"reference {kind!r} has {len(f.eta)} steps but the model has {L} layers")
+  dt = batch.X.dtype
+  kinds = tuple(refs)
+  thetas = {k: {n: jnp.asarray(v, dt) for n, v in references.theta_of(f).items()} for k, f in refs.items()}
+  reason = interpolation_reason(cfg)
+  avg = {} if reason else {k: interpolate(params, references.construct(f, dt)) for k, f in refs.items()}
+  m = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
+                             _measure(params, cfg, kinds, thetas, batch, learners.bayes_ridge_lambda(task.noise_std), avg))
+  scale = max(float(m["identity_scale"]), float(np.finfo(np.dtype(dt)).tiny))
+  layers = {"identity_max_abs_err": _floats(m["identity"]), "delta_W_fro": _floats(m["delta_W_fro"]),
+            "G_fro": _floats(m["G_fro"]), "w_hat_norm": _floats(m["w_hat_norm"]),
+            "model_loss": _floats(m["model_loss"]),
+            "references": {k: {n: _floats(v) for n, v in m["refs"][k].items()} for k in kinds}}
+  losses = {"model": layers["model_loss"][-1], "ridge": float(m["ridge_loss"])}
+  losses.update({k: layers["references"][k]["loss"][-1] for k in kinds})
+  # the median squared error too: deep trained models can have a heavy tail of exploding tasks
+  final = {"losses": losses, "median_sq_err": {k: float(v) for k, v in m["median"].items()}, "model_cos": {"ridge": float(m["ridge_cos"]), **{k: float(v) for k, v in m["model_cos"].items()}},
+           "references": {k: {n: v[-1] for n, v in layers["references"][k].items()} for k in kinds}}
+  if reason is None:
+    layers.update({k: _floats(v) for k, v in effective_steps(params).items()})
+  interp = {"reason": reason, "alpha": 0.5, "loss_model": losses["model"], **{k: float(v) for k, v in m["interp"].items()}}
+  max_abs = float(m["identity"].max())
+  return {"identity": {"exact": cfg.is_linear, "max_abs_err": max_abs, "max_rel_err": max_abs / scale},
+          "layers": layers, "final": final, "interpolation": interp}

@@ -1,0 +1,50 @@
+"""The cache of trained models that studies share (runs/cache/<digest>/).
+
+Keyed by every field of the task, model and training configurations and the seeds; a file lock
+makes a model that two parallel studies need get trained once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io as _io
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from lintheory.core.model import ModelConfig, Params
+from lintheory.core.tasks import TaskConfig
+from lintheory.run import train as _train
+from lintheory.run.io import _jsonable, atomic_write_bytes, locked, write_json, write_npz
+from lintheory.run.train import TrainConfig
+
+
+def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, seeds, cache_dir="runs/cache",
+               label: str = "") -> tuple[Params, np.ndarray]:
+  """Train one model per seed (vmapped), or load them if this exact configuration was trained.
+
+  Studies share trained models through this cache (keyed by every config field and the seeds),
+  so a study that needs a model another study trained does not retrain it.
+  Returns (params with a leading seed axis, losses [S, steps]).
+  """
+  key = {"task": dataclasses.asdict(task), "model": dataclasses.asdict(model),
+         "train": dataclasses.asdict(train_cfg), "seeds": list(seeds)}
+  digest = hashlib.sha256(json.dumps(_jsonable(key), sort_keys=True).encode()).hexdigest()[:16]
+  path = Path(cache_dir) / digest
+  with locked(Path(cache_dir) / f"{digest}.lock", f"training {label or digest}"):
+    if (path / "params.npz").exists() and (path / "losses.npy").exists():
+      with np.load(path / "params.npz") as f:
+        params = {k: jax.numpy.asarray(f[k]) for k in f.files}
+      return params, np.load(path / "losses.npy")
+    res = _train.fit(task, model, train_cfg, seeds, on_chunk=_train.print_progress(train_cfg.steps, label))
+    if res.diverged:
+      raise RuntimeError(f"{label}{res.diverged}")
+    write_json(path / "key.json", key)
+    buf = _io.BytesIO()
+    np.save(buf, res.losses)
+    atomic_write_bytes(path / "losses.npy", buf.getvalue())
+    write_npz(path / "params.npz", res.params)
+    return res.params, res.losses

@@ -1,0 +1,80 @@
+"""The floors of the package: core ← run ← studies ← faces; imports point one way, no cycles."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "lintheory"
+FLOOR = {"core": 0, "run": 1, "studies": 2}  # anything else under lintheory/ is a face (3)
+FACES_ON_CORE = {"lintheory.checks"}  # importable by researchers' tests: core only
+
+
+def module_name(path: Path) -> str:
+  parts = path.relative_to(ROOT.parent).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+  """Every lintheory module a file imports, at module level or inside functions."""
+  out = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lintheory"):
+      for alias in node.names:
+        full = f"{node.module}.{alias.name}"
+        out.add(full if (ROOT.parent / (full.replace(".", "/") + ".py")).exists() else node.module)
+    elif isinstance(node, ast.Import):
+      out.update(a.name for a in node.names if a.name.startswith("lintheory"))
+  return out
+
+
+def floor(mod: str) -> int:
+  parts = mod.split(".")
+  return FLOOR.get(parts[1], 3) if len(parts) > 1 else 3
+
+
+GRAPH = {module_name(p): imports_of(p) for p in ROOT.rglob("*.py")}
+
+
+@pytest.mark.parametrize("mod", sorted(GRAPH))
+def test_imports_point_down(mod):
+  up = sorted(m for m in GRAPH[mod] if floor(m) > floor(mod))
+  assert not up, f"{mod} (floor {floor(mod)}) imports from a higher floor: {up}"
+
+
+def test_core_has_no_io_or_optimiser():
+  banned = {"optax", "os", "pathlib", "json", "csv", "matplotlib", "sys"}
+  for path in (ROOT / "core").rglob("*.py"):
+    tree = ast.parse(path.read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not names & banned, f"{path.name} imports {sorted(names & banned)}"
+
+
+def test_checks_need_only_core():
+  for mod in FACES_ON_CORE:
+    assert all(floor(m) == 0 for m in GRAPH[mod]), sorted(GRAPH[mod])
+
+
+def test_no_import_cycle():
+  state: dict[str, int] = {}
+
+  def visit(m, stack):
+    state[m] = 1
+    for n in sorted(GRAPH.get(m, ())):
+      if state.get(n) == 1:
+        raise AssertionError("import cycle: " + " → ".join(stack[stack.index(n):] + [n]))
+      if n in GRAPH and not state.get(n):
+        visit(n, stack + [n])
+    state[m] = 2
+
+  for m in sorted(GRAPH):
+    if not state.get(m):
+      visit(m, [m])
+
+
+def test_the_cycle_detector_fails_on_a_cycle(monkeypatch):
+  monkeypatch.setitem(GRAPH, "lintheory.core.tasks", GRAPH["lintheory.core.tasks"] | {"lintheory.core.model"})
+  monkeypatch.setitem(GRAPH, "lintheory.core.model", GRAPH["lintheory.core.model"] | {"lintheory.core.tasks"})
+  with pytest.raises(AssertionError, match="import cycle"):
+    test_no_import_cycle()
