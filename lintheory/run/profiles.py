@@ -1,12 +1,11 @@
 """The trained models the studies share, one recipe per profile.
 
-Every study asks `zoo.trained(...)` for its models, so two studies that need the same model
+Every study asks `profiles.trained(...)` for its models, so two studies that need the same model
 get it from the cache (cache.cached_fit) instead of training it twice.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from typing import NamedTuple
 
@@ -55,19 +54,13 @@ class Profile:
 
 
 PROFILES = {
-    # 2 CPU cores, all studies of `make figures` within 10 minutes (3 seeds took 13.6 min).
-    "default": Profile(steps=1500, batch_size=256, seeds=(0, 1), eval_tasks=4096),
+    # Smoke tests: every study end to end in seconds; the numbers mean nothing.
+    "tiny": Profile(steps=40, batch_size=32, seeds=(0, 1), eval_tasks=1024),
+    # 2 CPU cores: every study of `make figures` within 10 minutes, 5 seeds per model.
+    "default": Profile(steps=1500, batch_size=256, seeds=(0, 1, 2, 3, 4), eval_tasks=100_000),
     # An accelerator: converged models, many seeds.
-    "full": Profile(steps=20_000, batch_size=2048, seeds=tuple(range(10)), eval_tasks=65_536),
+    "full": Profile(steps=20_000, batch_size=2048, seeds=tuple(range(20)), eval_tasks=1_000_000),
 }
-
-
-def study_parser(doc: str) -> argparse.ArgumentParser:
-  """The command line every study shares: --profile and --results (a study may add its own flags)."""
-  ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-  ap.add_argument("--profile", default="default", choices=sorted(PROFILES), help="training and size recipe")
-  ap.add_argument("--results", default="results", help="directory for the results files")
-  return ap
 
 
 def profile(name: str) -> Profile:

@@ -1,0 +1,272 @@
+"""The study engine: every study gets the same flags, timing, failure record and atomic writes.
+
+A study is a module of lintheory.studies with
+  NAME: str
+  Settings: a frozen dataclass (a comment per field), and PROFILES: {"tiny" | "default" | "full": Settings}
+  run(settings, ctx: Context) -> None      adds rows to ctx (never draws)
+  plot(table, meta, figures: Path) -> list[Path]   reads only the table (never trains)
+  report(table, meta) -> str                 Markdown; every number comes from the table
+
+Results are one tidy table per study, results/<NAME>.csv, one row per setting × seed × measure:
+  the study's key columns, then seed ("" for a row that is not per seed), measure, value, n_tasks
+and results/<NAME>.json with the settings, provenance, seconds and the failure record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import importlib
+import io as _io
+import math
+import sys
+import time
+import traceback
+import typing
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from lintheory.run import io
+from lintheory.run import profiles as run_profiles
+
+FIXED = ("seed", "measure", "value", "n_tasks")
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+def _cell(v: Any) -> str:
+  if v is None:
+    return ""
+  if isinstance(v, (bool, np.bool_)):
+    return "true" if v else "false"
+  if isinstance(v, (float, np.floating)):
+    return repr(float(v))  # shortest round-trip form: the CSV holds the exact float
+  return str(v)
+
+
+def _parse(v: str) -> Any:
+  if v == "":
+    return None
+  if v in ("true", "false"):
+    return v == "true"
+  for kind in (int, float):
+    try:
+      return kind(v)
+    except ValueError:
+      pass
+  return v
+
+
+class Table:
+  """A study's rows (dicts) with the few selections plots and reports need."""
+
+  def __init__(self, rows: list[dict], keys: tuple[str, ...]):
+    self.rows, self.keys = rows, keys
+
+  def where(self, **match) -> "Table":
+    return Table([r for r in self.rows if all(r.get(k) == v for k, v in match.items())], self.keys)
+
+  def values(self, measure: str, **match) -> np.ndarray:
+    """Every matching value of one measure, in row order, as float64."""
+    return np.array([r["value"] for r in self.where(measure=measure, **match).rows], np.float64)
+
+  def value(self, measure: str, **match) -> float:
+    v = self.values(measure, **match)
+    if v.size != 1:
+      raise KeyError(f"{v.size} rows match {measure!r} {match}, expected one")
+    return float(v[0])
+
+  def n_tasks(self, measure: str, **match) -> int:
+    rows = self.where(measure=measure, **match).rows
+    return int(rows[0]["n_tasks"]) if rows and rows[0]["n_tasks"] is not None else 0
+
+  def unique(self, column: str, **match) -> list:
+    seen = []
+    for r in self.where(**match).rows:
+      if r.get(column) not in seen:
+        seen.append(r.get(column))
+    return seen
+
+  def seeds(self, **match) -> list[int]:
+    return [s for s in self.unique("seed", **match) if s is not None]
+
+  def to_csv(self) -> str:
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    cols = self.keys + FIXED
+    w.writerow(cols)
+    for r in self.rows:
+      w.writerow([_cell(r.get(c)) for c in cols])
+    return buf.getvalue()
+
+  @classmethod
+  def from_csv(cls, text: str, keys: tuple[str, ...]) -> "Table":
+    reader = csv.reader(_io.StringIO(text))
+    cols = next(reader)
+    if tuple(cols) != keys + FIXED:
+      raise ValueError(f"columns {cols} differ from the study's {list(keys + FIXED)}")
+    rows = [dict(zip(cols, map(_parse, line))) for line in reader]
+    for r in rows:
+      r["value"] = float(r["value"]) if r["value"] is not None else float("nan")
+    return cls(rows, keys)
+
+
+# --- what a study's run() writes into -------------------------------------------------------
+
+
+class Context:
+  """Collects a study's rows and failures; `log` prints a progress line on stderr."""
+
+  def __init__(self, keys: tuple[str, ...], cache_dir: str):
+    self.keys, self.cache_dir = keys, cache_dir
+    self.rows: list[dict] = []
+    self.failures: list[dict] = []
+
+  def add(self, measure: str, value, *, seed: int | None = None, n_tasks: int | None = None, **keys) -> None:
+    """One row. NaN is refused: a failed measurement goes to `fail`, never into the table."""
+    unknown = set(keys) - set(self.keys)
+    if unknown:
+      raise ValueError(f"measure {measure!r}: unknown key columns {sorted(unknown)}; declared {self.keys}")
+    v = float(value)
+    if math.isnan(v):
+      raise ValueError(f"measure {measure!r} at {keys} seed {seed} is NaN; record a failure instead")
+    self.rows.append({**{k: keys.get(k) for k in self.keys}, "seed": seed, "measure": measure, "value": v,
+                      "n_tasks": n_tasks})
+
+  def add_many(self, values: dict[str, float], *, seed=None, n_tasks=None, prefix: str = "", **keys) -> None:
+    for name, v in values.items():
+      self.add(prefix + name, v, seed=seed, n_tasks=n_tasks, **keys)
+
+  def fail(self, stage: str, reason: str, *, seed: int | None = None, **keys) -> None:
+    self.failures.append({"stage": stage, "reason": reason, "seed": seed, **keys})
+    self.log(f"FAILED {stage} {keys} seed={seed}: {reason}")
+
+  @staticmethod
+  def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- the runner -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Flags:
+  profile: str = "default"  # which of the study's PROFILES: tiny (tests), default (2 CPU cores), full (GPU)
+  seeds: int = 0  # train seeds 0..S-1 instead of the profile's (0 keeps the profile's)
+  results: str = "results"  # directory for <study>.csv and <study>.json
+  cache_dir: str = "runs/cache"  # trained models and fitted references, shared by the studies
+
+
+def study_module(name: str):
+  from lintheory import studies
+  if name not in studies.STUDIES:
+    raise ValueError(f"unknown study {name!r}; studies: {', '.join(studies.STUDIES)}")
+  return importlib.import_module(f"lintheory.studies.{name}")
+
+
+def with_seeds(settings, n: int):
+  """The settings with the training profile's seeds replaced by 0..n-1 (n = 0: unchanged)."""
+  if n == 0:
+    return settings
+  return dataclasses.replace(settings, train=dataclasses.replace(settings.train, seeds=tuple(range(n))))
+
+
+def settings_for(study, flags: Flags):
+  if flags.profile not in study.PROFILES:
+    raise ValueError(f"--profile must be one of {sorted(study.PROFILES)}, got {flags.profile!r}")
+  return with_seeds(study.PROFILES[flags.profile], flags.seeds)
+
+
+def run_study(name: str, flags: Flags) -> Path:
+  """Run one study and write results/<name>.csv and .json atomically; returns the CSV path."""
+  from lintheory.run import provenance
+  study = study_module(name)
+  settings = settings_for(study, flags)
+  ctx = Context(study.KEYS, flags.cache_dir)
+  t0 = time.perf_counter()
+  study.run(settings, ctx)
+  seconds = time.perf_counter() - t0
+  table = Table(ctx.rows, study.KEYS)
+  out = Path(flags.results)
+  meta = {"study": name, "profile": flags.profile, "settings": dataclasses.asdict(settings),
+          "seeds": list(settings.train.seeds), "seconds": round(seconds, 1), "failures": ctx.failures,
+          "n_rows": len(ctx.rows), "provenance": provenance.collect()}
+  io.atomic_write_bytes(out / f"{name}.csv", table.to_csv().encode())
+  io.write_json(out / f"{name}.json", meta)
+  ctx.log(f"{name}: {len(ctx.rows)} rows, {len(ctx.failures)} failures, {seconds:.1f} s → {out / name}.csv")
+  return out / f"{name}.csv"
+
+
+def load(results: str | Path, name: str) -> tuple[Table, dict]:
+  """A study's table and metadata as written by run_study."""
+  study = study_module(name)
+  results = Path(results)
+  try:
+    text = (results / f"{name}.csv").read_text()
+    meta = io.read_json(results / f"{name}.json")
+    return Table.from_csv(text, study.KEYS), meta
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{results / name}.csv/.json: {e}") from None
+
+
+# --- the command line, generated from Flags -------------------------------------------------
+
+
+def _field_help(cls) -> dict[str, str]:
+  """Each field's trailing comment, read from the source, as its --help text."""
+  import inspect
+  out = {}
+  for line in inspect.getsource(cls).splitlines():
+    if ":" in line and "#" in line:
+      name = line.split(":")[0].strip()
+      out[name] = line.split("#", 1)[1].strip()
+  return out
+
+
+def add_dataclass_flags(ap: argparse.ArgumentParser, cls) -> None:
+  """One --flag per field of a flat frozen dataclass (int, float, str, bool), defaults from it."""
+  helps = _field_help(cls)
+  hints = typing.get_type_hints(cls)
+  for f in dataclasses.fields(cls):
+    kind = hints[f.name]
+    flag = "--" + f.name.replace("_", "-")
+    if kind is bool:
+      ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name))
+    else:
+      ap.add_argument(flag, type=kind, default=f.default, help=f"{helps.get(f.name, '')} (default {f.default})")
+
+
+def parse_flags(name: str, argv: Iterable[str] | None) -> Flags:
+  study = study_module(name)
+  ap = argparse.ArgumentParser(prog=f"python -m lintheory.studies {name}",
+                               description=(study.__doc__ or name).strip().splitlines()[0])
+  add_dataclass_flags(ap, Flags)
+  ap.add_argument("--debug", action="store_true", help="full tracebacks")
+  args = ap.parse_args(list(argv) if argv is not None else None)
+  if args.profile not in study.PROFILES:
+    ap.error(f"--profile must be one of {sorted(study.PROFILES)}, got {args.profile!r}")
+  if not 0 <= args.seeds <= 1000:
+    ap.error(f"--seeds must be in [0, 1000] (0 keeps the profile's), got {args.seeds}")
+  flags = Flags(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Flags)})
+  return flags, args.debug
+
+
+def main(name: str, argv: Iterable[str] | None = None) -> int:
+  flags, debug = parse_flags(name, argv)
+  try:
+    run_study(name, flags)
+  except (ValueError, OSError, RuntimeError) as e:
+    if debug:
+      traceback.print_exc()
+    print(f"study {name}: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def trained(settings, ctx: Context, **model):
+  """The study's trained models from the shared cache (run.profiles.trained), one per seed."""
+  return run_profiles.trained(settings.train, cache_dir=ctx.cache_dir, **model)

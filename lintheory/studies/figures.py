@@ -1,0 +1,40 @@
+"""Figure helpers every study's plot() uses: one style, deterministic PNG + PDF files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+STYLE = {"figure.dpi": 110, "savefig.dpi": 110, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
+         "svg.hashsalt": "lintheory", "pdf.fonttype": 42}
+
+
+def pyplot():
+  """matplotlib.pyplot on the Agg backend with the house style (imported on first use only)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  plt.rcParams.update(STYLE)
+  return plt
+
+
+def save(fig, figures: Path, name: str) -> list[Path]:
+  """Write name.png and name.pdf without timestamps, so a redraw gives the same bytes."""
+  plt = pyplot()
+  figures = Path(figures)
+  figures.mkdir(parents=True, exist_ok=True)
+  paths = [figures / f"{name}.png", figures / f"{name}.pdf"]
+  fig.savefig(paths[0], metadata={"Software": None})
+  fig.savefig(paths[1], metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
+  plt.close(fig)
+  return paths
+
+
+def seed_points(ax, x: float, values, color="C0", width=0.25, label=None):
+  """Every seed as a dot (jittered deterministically) and their median as a bar."""
+  v = np.asarray(values, float)
+  off = np.linspace(-width / 2, width / 2, v.size) if v.size > 1 else np.zeros(1)
+  ax.plot(x + off, v, "o", ms=3.5, alpha=0.75, color=color, label=label)
+  if v.size:
+    ax.plot([x - width * 0.7, x + width * 0.7], [np.median(v)] * 2, color="k", lw=1.2)

@@ -1,0 +1,48 @@
+"""The verdict table at the top of the report: each claim of the paper, decided by a study's numbers.
+
+Every study may define `claims(table, meta) -> list[Claim]`; the claims below are listed in this
+order, and a claim no loaded study decides is listed as "not decided" with the study that would.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from lintheory.studies import engine, text
+
+CLAIMS = {  # claim id → (the paper's claim, the study that decides it)
+    "one_layer_gd": ("One layer of linear attention implements one step of (preconditioned) GD", "one_layer"),
+    "implicit_gd": ("Deeper models follow an implicit GD trajectory (Theorem 1)", "implicit_gd"),
+    "pruning_enhances": ("SVD pruning enhances in-context learning", "paper_protocol"),
+    "algorithm1": ("Algorithm 1 (choose the clipping rate on validation queries) improves test error",
+                   "paper_protocol"),
+    "deep_stable": ("Pruning deep layers is more stable than pruning shallow ones (Remark 5)", "pruning"),
+    "theorem2": ("The generalisation bound (Theorem 2) explains the effect of pruning", "prune_bound"),
+    "positive_control": ("Where pruning can help at all (a low-rank task prior, few training prompts), "
+                         "the pipeline detects it", "positive_control"),
+}
+
+
+class Claim(NamedTuple):
+  id: str  # a key of CLAIMS
+  verdict: str  # "holds", "fails", "depends: …"
+  effect: str  # the effect size, formatted
+  ci: str  # its confidence interval, formatted
+  seeds: int  # seeds behind it (the unit of inference)
+  detail: str  # the regime, the task counts, what it rests on
+
+
+def table(loaded: dict[str, tuple[engine.Table, dict]]) -> str:
+  found: dict[str, Claim] = {}
+  for name, (tab, meta) in loaded.items():
+    claims = getattr(engine.study_module(name), "claims", None)
+    for c in claims(tab, meta) if claims else ():
+      found[c.id] = c
+  rows = []
+  for cid, (claim, study) in CLAIMS.items():
+    c = found.get(cid)
+    if c is None:
+      rows.append([claim, "not decided", "", "", "", f"`{study}` has no results"])
+    else:
+      rows.append([claim, f"**{c.verdict}**", c.effect, c.ci, str(c.seeds), f"`{study}`: {c.detail}"])
+  return text.table(["claim", "verdict", "effect", "95 % CI", "seeds", "study and regime"], rows)
