@@ -70,7 +70,7 @@ def test_rate_zero_exact_svd_returns_W_itself():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_randomized_svd_is_exact_on_a_matrix_of_rank_q(shape):
   """q = r on a rank-r matrix: the sketch spans its range, so U S Vᵀ = W to round-off."""
-  for r in range(1, min(shape) + 1):
+  for r in (1, min(shape)):
     W = matrix(shape, seed=10 + r, rank=r)
     out = edits.truncate_randomized(jax.random.key(r), W, r)
     np.testing.assert_allclose(out, W, atol=1e-12 * np.linalg.norm(W))
@@ -80,7 +80,7 @@ def test_randomized_svd_is_exact_on_a_matrix_of_rank_q(shape):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_randomized_svd_never_beats_eckart_young(shape):
   W = matrix(shape, seed=8)
-  for r in range(min(shape)):
+  for r in (1, min(shape) - 1):
     err = np.linalg.norm(edits.truncate_randomized(jax.random.key(r), W, r) - W)
     assert err >= eckart_young(W, r) * (1 - 1e-12)
 

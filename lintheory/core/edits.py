@@ -96,9 +96,14 @@ def remove_random_directions(key: jax.Array, W: jax.Array, k: int, size: jax.Arr
   m, n = _check_matrix(W)
   if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
     raise ValueError(f"k (directions removed) must be an integer in [0, {n}], got {k!r}")
+  return _remove_directions(key, W, k, size)
+
+
+def _remove_directions(key, W, k, size):
+  n = W.shape[1]
   # QR of a Gaussian matrix with the signs of R's diagonal fixed: Haar-distributed columns.
   Q, R = jnp.linalg.qr(jax.random.normal(key, (n, n), W.dtype))
-  P = (Q * jnp.sign(jnp.diag(R)))[:, :k]
+  P = Q * jnp.sign(jnp.diag(R)) * (jnp.arange(n) < k)  # the first k columns (a mask: k may be traced)
   return W - _scaled(W @ P @ P.T, size)
 
 
@@ -117,8 +122,8 @@ def shrink(W: jax.Array, size: jax.Array) -> jax.Array:
 
 def edit(kind: str, key: jax.Array, W: jax.Array, rank: int, niter: int = 2) -> jax.Array:
   """W edited by `kind` (one of KINDS) for kept rank r; the controls match the exact SVD edit's
-  ‖ΔW‖_F and drop k = min(m, n) − r directions. r = min(m, n) leaves W unchanged except for
-  svd_rand, which then only round-off changes."""
+  ‖ΔW‖_F and drop k = min(m, n) − r directions. r = min(m, n) returns W itself except for
+  svd_rand, which then changes it by round-off."""
   if kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
   m, n = _check_matrix(W)
@@ -127,9 +132,21 @@ def edit(kind: str, key: jax.Array, W: jax.Array, rank: int, niter: int = 2) -> 
     return truncate_exact(W, rank)
   if kind == "svd_rand":
     return truncate_randomized(key, W, rank, niter)
-  size = svd_delta_norm(W, rank)
+  return edit_traced(kind, key, W, rank)
+
+
+def edit_traced(kind: str, key: jax.Array, W: jax.Array, rank) -> jax.Array:
+  """`edit` for every kind but svd_rand with a rank that may be traced (vmap over ranks, one
+  compile); unvalidated, and the exact SVD at full rank is W only to round-off."""
+  m, n = W.shape
+  if kind == "svd":
+    return prune.truncate_with_svd(*jnp.linalg.svd(W, full_matrices=False), rank)
+  s = jnp.linalg.svd(W, compute_uv=False)
+  size = jnp.sqrt(jnp.sum(jnp.where(jnp.arange(s.shape[0]) >= rank, s, 0) ** 2))
   if kind == "null_dirs":
-    return remove_random_directions(key, W, min(m, n) - rank, size)
+    return _remove_directions(key, W, min(m, n) - rank, size)
   if kind == "null_gauss":
     return gaussian_perturbation(key, W, size)
-  return shrink(W, size)
+  if kind == "null_shrink":
+    return shrink(W, size)
+  raise ValueError(f"kind must be one of {tuple(k for k in KINDS if k != 'svd_rand')}, got {kind!r}")

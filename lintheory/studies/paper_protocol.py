@@ -176,18 +176,33 @@ def _tag(kind: str, module: str, layer: int, rank: int, name: str) -> int:
   return zlib.crc32(f"{kind}/{module}/{layer}/{rank}/{name}".encode())
 
 
-@functools.partial(jax.jit, static_argnames=("kinds", "ranks", "niter", "cumulative"))
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _edit_ranks(tags_R, W_SMN, ranks_R, kind):
+  """One kind's edits of one matrix at every rank (traced) for every seed → [R, S, m, n]."""
+  def one(tag, r):
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(EDIT_KEY), tag), W_SMN.shape[0])
+    return jax.vmap(lambda k, W: edits.edit_traced(kind, k, W, r))(keys, W_SMN)
+  return jax.vmap(one)(tags_R, ranks_R)
+
+
+@functools.partial(jax.jit, static_argnames=("rank", "niter"))
+def _edit_rand(tag, W_SMN, rank, niter):
+  """The randomized SVD (q = r is a shape, so one compile per rank) for every seed → [S, m, n]."""
+  keys = jax.random.split(jax.random.fold_in(jax.random.key(EDIT_KEY), tag), W_SMN.shape[0])
+  return jax.vmap(lambda k, W: edits.truncate_randomized(k, W, rank, niter))(keys, W_SMN)
+
+
 def _edit_grid(tags_KR, W_SMN, kinds, ranks, niter, cumulative):
   """Every kind × rank edit of one matrix for every seed → [K, R, S, m, n]; cumulative chains the
   randomized SVD through the ranks in order (the paper's search clips the previous rate's weights)."""
-  S = W_SMN.shape[0]
   out = []
   for i, kind in enumerate(kinds):
+    if kind != "svd_rand":
+      out.append(_edit_ranks(tags_KR[i], W_SMN, jnp.asarray(ranks), kind))
+      continue
     row, prev = [], W_SMN
     for j, r in enumerate(ranks):
-      keys = jax.random.split(jax.random.fold_in(jax.random.key(EDIT_KEY), tags_KR[i, j]), S)
-      src = prev if cumulative and kind == "svd_rand" else W_SMN
-      prev = jax.vmap(lambda k, W: edits.edit(kind, k, W, r, niter))(keys, src)
+      prev = _edit_rand(tags_KR[i, j], prev if cumulative else W_SMN, r, niter)
       row.append(prev)
     out.append(jnp.stack(row))
   return jnp.stack(out)
@@ -238,7 +253,7 @@ def sample_data(key: jax.Array, task: tasks.TaskConfig, n_tasks: int, V: int, n_
           "Xt": part["Xt"].reshape(n_tasks, n_test, d) @ L_x.T}
 
 
-def _errors(params: Params, data: dict, cfg: ModelConfig, shots: int, Vs, val_noise, Sigma):
+def task_errors(params: Params, data: dict, cfg: ModelConfig, shots: int, Vs, val_noise, Sigma):
   """One model → validation errors [B, nV, nNoise] and the test error [B] on every task."""
   Zs = jnp.concatenate([data["X"][:, :shots], data["y"][:, :shots, None]], axis=-1)
   B, d = data["w"].shape
@@ -262,7 +277,7 @@ def _errors(params: Params, data: dict, cfg: ModelConfig, shots: int, Vs, val_no
 @functools.partial(jax.jit, static_argnames=("cfg", "shots", "Vs", "val_noise", "chunk"))
 def evaluate_all(params_CS: Params, data: dict, Sigma, cfg: ModelConfig, shots: int, Vs, val_noise, chunk: int):
   """Every candidate × seed → (validation errors [C, S, B, nV, nNoise], test errors [C, S, B])."""
-  per_seed = jax.vmap(lambda p: _errors(p, data, cfg, shots, Vs, val_noise, Sigma))
+  per_seed = jax.vmap(lambda p: task_errors(p, data, cfg, shots, Vs, val_noise, Sigma))
   return jax.lax.map(per_seed, params_CS, batch_size=chunk)
 
 
