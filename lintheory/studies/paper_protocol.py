@@ -466,7 +466,8 @@ def claims(table: engine.Table, meta: dict) -> list:
       best = max(enh, key=lambda k: np.min([v["diff"].mean() for v in enh[k][1]["vs"].values()]))
       c = enh[best][1]
       ctl = min(c["vs"], key=lambda k: c["vs"][k]["diff"].mean())
-      effect = (f"SVD gain − best null control's ({ctl}), % of headroom, most favourable regime {best}: "
+      effect = (f"SVD gain − the strongest null control's ({ctl}), % of headroom, in the regime most "
+                f"favourable to SVD ({best}): "
                 f"{text.num(100 * c['vs'][ctl]['diff'].mean(), 2)} %")
       ci = text.ci(100 * c["vs"][ctl]["ci"][0], 100 * c["vs"][ctl]["ci"][1], 2) + " %"
       detail = ("per task one fixed prompt, ξ chosen on V validation queries of the task; 'holds' needs SVD "
@@ -479,7 +480,8 @@ def claims(table: engine.Table, meta: dict) -> list:
                 f"{text.num(100 * svd.mean(), 2)} %")
       ci = text.ci(100 * lo, 100 * hi, 2) + " %"
       detail = (f"exact SVD, per-task choice; 'holds' where the gain's CI is above 0 and its mean above "
-                f"{SESOI:.0%} of the headroom, 'fails' where it is equivalent to 0 or negative")
+                f"{SESOI:.0%} of the headroom, 'fails' where it is negative or equivalent (TOST) to 0 within "
+                f"±{SESOI:.0%} of the headroom (a significant but smaller gain counts as equivalent)")
     out.append(Claim(cid, verdict, effect, ci, seeds, detail))
   return out
 
@@ -519,7 +521,8 @@ def plot(table: engine.Table, meta: dict, out) -> list:
                     label=(LABELS.get(kind, kind) if iz == len(zs) - 1 else None) if (iv, row, col) == (0, 0, 0)
                     else None)
       ax.axhline(0, color="k", lw=0.8)
-      ax.set_yscale("symlog", linthresh=1.0)
+      ax.set_yscale("symlog", linthresh=0.1, linscale=0.5)
+      ax.yaxis.set_major_formatter(lambda v, _: f"{v:g}")
       ax.set_xticks([iv * (len(kinds) + 1) + (len(kinds) - 1) / 2 for iv in range(len(Vs))])
       ax.set_xticklabels([f"V = {V}" for V in Vs])
       ax.set_title(f"{model}, N = {shots}, layers: {_GROUP_TEXT[group]}", fontsize=7)
@@ -549,7 +552,7 @@ def plot(table: engine.Table, meta: dict, out) -> list:
     ax.set_xticks([iv * (len(kinds) + 1) + (len(kinds) - 1) / 2 for iv in range(len(Vs))])
     ax.set_xticklabels([f"V = {V}" for V in Vs])
     ax.set_ylim(0, 1)
-    ax.set_title(f"{model}, N = {shots}, σ_val = {text.num(z, 2)}", fontsize=7)
+    ax.set_title(f"{model}, N = {shots}, σ_val = {text.num(z, 2)}, layers 0, 1, L−2, L−1", fontsize=7)
   axes[0, 0].set_ylabel("fraction of tasks (mean over seeds)")
   handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS.get(k, "k")) for k in kinds]
   handles += [plt.Rectangle((0, 0), 1, 1, color="0.85"), plt.Rectangle((0, 0), 1, 1, color="0.5", alpha=0.35, hatch="//")]
