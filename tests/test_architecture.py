@@ -78,3 +78,16 @@ def test_the_cycle_detector_fails_on_a_cycle(monkeypatch):
   monkeypatch.setitem(GRAPH, "lintheory.core.model", GRAPH["lintheory.core.model"] | {"lintheory.core.tasks"})
   with pytest.raises(AssertionError, match="import cycle"):
     test_no_import_cycle()
+
+
+def test_every_cited_theory_section_exists():
+  import re
+  doc = (ROOT.parent / "docs" / "theory.md").read_text()
+  sections = set(re.findall(r"^## (\d+)\.", doc, flags=re.M))
+  cited = set()
+  for path in list(ROOT.rglob("*.py")) + [ROOT.parent / "README.md"]:
+    for group in re.findall(r"docs/theory\.md (§[\d§,–\- ]+)", path.read_text()):
+      for a, b in re.findall(r"(\d+)(?:[–-](\d+))?", group):
+        cited.update(str(n) for n in range(int(a), int(b or a) + 1))
+  assert cited, "no citations found: the pattern is wrong"
+  assert cited <= sections, f"cited sections missing from docs/theory.md: {sorted(cited - sections, key=int)}"
