@@ -22,7 +22,8 @@ def imports_of(path: Path) -> set[str]:
     if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lintheory"):
       for alias in node.names:
         full = f"{node.module}.{alias.name}"
-        out.add(full if (ROOT.parent / (full.replace(".", "/") + ".py")).exists() else node.module)
+        base = ROOT.parent / full.replace(".", "/")
+        out.add(full if base.with_suffix(".py").exists() or (base / "__init__.py").exists() else node.module)
     elif isinstance(node, ast.Import):
       out.update(a.name for a in node.names if a.name.startswith("lintheory"))
   return out
