@@ -123,3 +123,46 @@ def errors(params: Params, cfg: ModelConfig, task_cfg: TaskConfig, key: jax.Arra
     parts = [fn(p, key, i) for i in range(-(-n_tasks // chunk))]
     out = np.concatenate([np.asarray(e, np.float64) for e in parts], axis=-1)
   return out[..., :n_tasks]
+
+
+def bayes_predictor(task_cfg: TaskConfig, X_BND: jax.Array, y_BN: jax.Array) -> jax.Array:
+  """The posterior mean of w under the task prior N(0, Σ_w) and noise σ² → [B, d] (docs/theory.md §9).
+
+  ŵ = Σ_w Xᵀ(X Σ_w Xᵀ + σ² I)⁻¹ y, which needs no inverse of Σ_w (a low-rank prior is fine); with
+  σ = 0 and an invertible Σ_w it is the least-squares interpolant (XᵀX)⁻¹Xᵀy (N ≥ d). No learner beats
+  it in expected error: it is the floor of every error curve.
+  """
+  Sw = jnp.asarray(tasks.as_cov("w_cov", task_cfg.w_cov, task_cfg.d, psd=True), X_BND.dtype)
+  if task_cfg.noise_std == 0.0:
+    G = jnp.einsum("bnd,bne->bde", X_BND, X_BND)
+    return jnp.linalg.solve(G, jnp.einsum("bnd,bn->bd", X_BND, y_BN)[..., None])[..., 0]
+  K = jnp.einsum("bnd,de,bme->bnm", X_BND, Sw, X_BND) + task_cfg.noise_std**2 * jnp.eye(X_BND.shape[1], dtype=X_BND.dtype)
+  alpha = jnp.linalg.solve(K, y_BN[..., None])[..., 0]
+  return jnp.einsum("de,bne,bn->bd", Sw, X_BND, alpha)
+
+
+@functools.lru_cache(maxsize=8)
+def _bayes_chunk_fn(task_cfg: TaskConfig, chunk: int, dtype_name: str, normalise: bool):
+  dtype = precision.DTYPES[dtype_name]
+  Sigma = tasks.x_covariance(task_cfg)
+
+  def fn(key, i):
+    batch = tasks.sample(jax.random.fold_in(key, i), task_cfg, chunk, dtype=dtype)
+    dw = bayes_predictor(task_cfg, batch.X, batch.y) - batch.w
+    err = jnp.einsum("bd,de,be->b", dw, jnp.asarray(Sigma, dtype), dw)
+    err = err + (task_cfg.noise_std**2 if task_cfg.query_noise else 0.0)
+    return tasks.normalised_error(err, task_cfg.d) if normalise else err
+
+  return jax.jit(fn)
+
+
+def bayes_errors(task_cfg: TaskConfig, key: jax.Array, n_tasks: int = 100_000, chunk: int = 8192,
+                 dtype: str = "float64", normalise: bool = True) -> np.ndarray:
+  """Per-task exact errors of the Bayes predictor on the very tasks `errors` draws with the same key
+  (paired_seeds) → numpy float64 [n_tasks]."""
+  _check_int("n_tasks", n_tasks, 1)
+  chunk = min(chunk, n_tasks)
+  with precision.for_dtype(dtype):
+    fn = _bayes_chunk_fn(task_cfg, chunk, dtype, normalise)
+    out = np.concatenate([np.asarray(fn(key, i), np.float64) for i in range(-(-n_tasks // chunk))])
+  return out[:n_tasks]

@@ -149,3 +149,18 @@ def equivalence(diff_S, margin: float, alpha: float = 0.05) -> dict:
   lo, hi = mean - half, mean + half
   return {"mean": mean, "se": se, "ci_lo": lo, "ci_hi": hi, "level": 1 - 2 * alpha, "margin": float(margin),
           "equivalent": bool(-margin < lo and hi < margin), "p_value": p, "n": int(n)}
+
+
+def seed_ci(values_S, level: float = 0.95) -> tuple[float, float]:
+  """The t-interval of the mean of one number per seed (seeds are the unit of inference)."""
+  from scipy import stats as st
+
+  v = _errors("values_S", values_S)
+  if v.size < 2:
+    raise ValueError(f"values_S needs at least 2 seeds, got {v.size}")
+  if not 0 < level < 1:
+    raise ValueError(f"level must be in (0, 1), got {level!r}")
+  if not np.all(np.isfinite(v)):
+    return float("nan"), float("nan")
+  half = float(st.t.ppf(0.5 + level / 2, v.size - 1)) * float(v.std(ddof=1)) / np.sqrt(v.size)
+  return float(v.mean() - half), float(v.mean() + half)
