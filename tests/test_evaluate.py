@@ -155,3 +155,36 @@ def test_params_that_do_not_fit_the_config_are_refused():
     evaluate.errors(params, ModelConfig(d=3), TaskConfig(d=3, n_context=3), jax.random.key(0), n_tasks=4)
   with pytest.raises(ValueError, match="keys"):
     evaluate.errors(params, ModelConfig(d=2, use_W_O=True), TaskConfig(d=2, n_context=3), jax.random.key(0), 4)
+
+
+def test_bayes_predictor_is_ridge_for_an_isotropic_prior():
+  """Posterior mean with w ~ N(0, I) and noise σ² is ridge with λ = σ² (docs/theory.md §9)."""
+  import jax
+  import jax.numpy as jnp
+  from lintheory.core import evaluate, learners, tasks
+  cfg = tasks.TaskConfig(d=3, n_context=5, noise_std=0.5)
+  b = tasks.sample(jax.random.key(0), cfg, 16, dtype=jnp.float64)
+  np.testing.assert_allclose(evaluate.bayes_predictor(cfg, b.X, b.y), learners.ridge(b.X, b.y, 0.25), rtol=1e-10)
+
+
+def test_bayes_errors_are_below_every_learner_on_average():
+  """No predictor beats the posterior mean in expected error: one GD step at η* on the same tasks."""
+  import jax
+  from lintheory.core import evaluate, learners, tasks
+  cfg = tasks.TaskConfig(d=3, n_context=6, noise_std=0.5, w_cov=(1.0, 1.0, 1e-3))
+  key = jax.random.key(1)
+  bayes = evaluate.bayes_errors(cfg, key, 20_000)
+  gd1 = evaluate.errors(learners.construct(3, learners.eta_star(3, 6, 0.5), n_steps=1), _one_layer(3), cfg, key, 20_000)
+  assert bayes.mean() < gd1.mean()
+
+
+def _one_layer(d):
+  from lintheory.core.model import ModelConfig
+  return ModelConfig(d=d, n_layers=1)
+
+
+def test_seed_ci_covers_the_mean_at_about_its_level():
+  from lintheory.core import stats
+  rng = np.random.default_rng(0)
+  hits = sum(lo <= 1.0 <= hi for lo, hi in (stats.seed_ci(rng.normal(1.0, 2.0, 5)) for _ in range(2000)))
+  assert 0.93 < hits / 2000 < 0.97
