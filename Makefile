@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: setup test test-all figures results plots bench clean $(addprefix study-,$(STUDIES))
+.PHONY: setup test test-all figures results plots report bench clean $(addprefix study-,$(STUDIES))
 setup: $(BIN)/.installed
 
 test: $(BIN)/.installed
@@ -21,31 +21,33 @@ test: $(BIN)/.installed
 test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m ''
 
-# Studies write results/, plots read results/ and write figures/.
-# Two chains of studies run side by side (JOBS=1 runs them one after another): the small
-# per-task contractions keep XLA on a CPU from filling both cores with one process. A model
-# two studies share is trained once (io.locked in the cache), so the order only balances time.
-STUDIES := one_layer implicit_gd condition_numbers prune_depth prune_trajectory prune_bound prune_shots algorithm1
+# Studies write results/ (python -m lintheory.studies NAME), plots read results/ and write figures/,
+# the report reads results/ and writes docs/report.md. Two chains of studies run side by side
+# (JOBS=1 runs them one after another); a model two studies share is trained once (a file lock in
+# the cache), so the order only balances time.
+STUDIES := one_layer implicit_gd pruning prune_bound paper_protocol positive_control
 JOBS ?= 2
 results: $(BIN)/.installed
 	@mkdir -p runs/logs
 	@$(MAKE) --no-print-directory -j$(JOBS) $(addprefix study-,$(STUDIES))
+	@grep -h "rows, .* failures" runs/logs/*.log
 
-study-condition_numbers: study-one_layer
-study-prune_depth: study-condition_numbers
-study-prune_trajectory: study-prune_depth
-study-prune_bound: study-prune_trajectory
-study-algorithm1: study-prune_bound
-study-prune_shots: study-implicit_gd
+study-positive_control: study-implicit_gd
+study-pruning: study-one_layer
+study-prune_bound: study-pruning
+study-paper_protocol: study-prune_bound
 study-%: $(BIN)/.installed
 	@echo "== study $* ($(PROFILE)) started; its log: runs/logs/$*.log"
-	@set -o pipefail; $(BIN)/python -u experiments/$*.py --profile $(PROFILE) 2>&1 | tee runs/logs/$*.log \
+	@set -o pipefail; $(BIN)/python -u -m lintheory.studies $* --profile $(PROFILE) 2>&1 | tee runs/logs/$*.log \
 	  | sed -u "s/^/[$*] /"
 
 plots: $(BIN)/.installed
 	$(BIN)/python -m lintheory.plots --results results --figures figures
 
-figures: results plots
+report: $(BIN)/.installed
+	$(BIN)/python -m lintheory.report --results results --out docs/report.md
+
+figures: results plots report
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/train_step.py

@@ -1,9 +1,15 @@
-"""Tests run in float64 where they ask for it; x64 is enabled once, before any JAX work."""
+"""Shared fixtures. Tests run in float64 through the project's one precision switch."""
 
 import os
 
+import pytest
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import jax  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)
+@pytest.fixture(autouse=True)
+def _float64():
+  """Exact identities are stated in float64; code that trains in float32 scopes its own precision."""
+  from lintheory.core import precision
+  with precision.x64():
+    yield

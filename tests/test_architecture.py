@@ -22,7 +22,8 @@ def imports_of(path: Path) -> set[str]:
     if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lintheory"):
       for alias in node.names:
         full = f"{node.module}.{alias.name}"
-        out.add(full if (ROOT.parent / (full.replace(".", "/") + ".py")).exists() else node.module)
+        base = ROOT.parent / full.replace(".", "/")
+        out.add(full if base.with_suffix(".py").exists() or (base / "__init__.py").exists() else node.module)
     elif isinstance(node, ast.Import):
       out.update(a.name for a in node.names if a.name.startswith("lintheory"))
   return out
@@ -78,3 +79,16 @@ def test_the_cycle_detector_fails_on_a_cycle(monkeypatch):
   monkeypatch.setitem(GRAPH, "lintheory.core.model", GRAPH["lintheory.core.model"] | {"lintheory.core.tasks"})
   with pytest.raises(AssertionError, match="import cycle"):
     test_no_import_cycle()
+
+
+def test_every_cited_theory_section_exists():
+  import re
+  doc = (ROOT.parent / "docs" / "theory.md").read_text()
+  sections = set(re.findall(r"^## (\d+)\.", doc, flags=re.M))
+  cited = set()
+  for path in list(ROOT.rglob("*.py")) + [ROOT.parent / "README.md"]:
+    for group in re.findall(r"docs/theory\.md (§[\d§,–\- ]+)", path.read_text()):
+      for a, b in re.findall(r"(\d+)(?:[–-](\d+))?", group):
+        cited.update(str(n) for n in range(int(a), int(b or a) + 1))
+  assert cited, "no citations found: the pattern is wrong"
+  assert cited <= sections, f"cited sections missing from docs/theory.md: {sorted(cited - sections, key=int)}"

@@ -50,15 +50,21 @@ def test_implicit_predictions_are_the_forward_pass():
   assert traj.w_hat.shape == (3, 8, 3)
 
 
-def test_wrong_trajectory_would_be_caught():
-  """The check is not vacuous: dropping the (I + W_{t-1}) factor of G_t breaks it for L > 1."""
+def test_the_identity_check_catches_a_wrong_trajectory(monkeypatch):
+  """The check is not vacuous: with W_t = Σ ΔW_t (the (I + W_{t-1}) factor of G_t dropped), the
+  importable checker itself raises for L > 1."""
   cfg = ModelConfig(d=3, n_layers=2)
   params, b = random_params(cfg, 2), batch64(3, 5)
-  traj = implicit.trajectory(params, tasks.batch_tokens(b), cfg)
-  W_wrong = jnp.cumsum(traj.delta_W, axis=0)  # Σ ΔW_t instead of Σ G_t
-  h0 = traj.states[0, :, -1]
-  rebuilt = h0 + jnp.einsum("bde,be->bd", W_wrong[-1], h0)
-  assert float(jnp.max(jnp.abs(rebuilt - traj.states[-1, :, -1]))) > 1e-3
+  right = implicit.trajectory
+
+  def wrong(*args, **kw):
+    traj = right(*args, **kw)
+    return traj._replace(W_traj=jnp.cumsum(traj.delta_W, axis=0))
+
+  checks.assert_trajectory_identity(params, b, cfg=cfg)  # the true trajectory passes
+  monkeypatch.setattr(implicit, "trajectory", wrong)
+  with pytest.raises(AssertionError, match="Theorem 1 identity off"):
+    checks.assert_trajectory_identity(params, b, cfg=cfg)
 
 
 # --- under the GD construction the trajectory is GD ---------------------------------------------

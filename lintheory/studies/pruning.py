@@ -1,0 +1,209 @@
+"""Pruning one layer at a time: how much damage by depth, what it does to the implicit trajectory.
+
+The paper's Fig. 1 in miniature (docs/theory.md §6 Remark 5, §7). Trained models (linear attention
+at two depths, and softmax and ReLU-MLP variants the theory does not cover), one per seed: SVD-prune
+one module (attn, q, k, v; mlp where present) of ONE layer at a kept rank r, and measure on held-out
+tasks the median task error (robust to the heavy tail of deep models; the task count is in the
+table), the relative change of every later implicit predictor ŵ_t, and each layer's condition
+numbers (the paper's layer choice of Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from lintheory.core import prune, stats
+from lintheory.run import profiles, sweep
+from lintheory.studies import engine, figures, text
+
+NAME = "pruning"
+KEYS = ("model", "L", "layer", "module", "rank", "t", "matrix")
+DAMAGE_RANKS = (9, 5, 2, 1)  # the paper's rates ξ = 0.1, 0.5, 0.75, 0.9 on 11×11 matrices
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  name: str  # label: "linear", "softmax", "relu_mlp"
+  L: int  # depth
+  attention: str = "linear"  # "linear" or "softmax"
+  mlp: str | None = None  # None or "relu"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  train: profiles.Profile  # training recipe and seeds
+  models: tuple[Model, ...]  # the models pruned
+  ranks: tuple[int, ...]  # kept ranks r < D swept in every layer and module
+  eval_tasks: int  # held-out tasks per seed and configuration (a screen: medians are reported)
+  d: int = 10  # input dimension
+  n_context: int = 20  # N
+
+
+PROFILES = {
+    "tiny": Settings(profiles.PROFILES["tiny"], (Model("linear", 2),), ranks=(0, 2), eval_tasks=256, d=3,
+                     n_context=8),
+    "default": Settings(profiles.PROFILES["default"],
+                        (Model("linear", 4), Model("linear", 8), Model("softmax", 4, attention="softmax"),
+                         Model("relu_mlp", 4, mlp="relu")), ranks=(0, 1, 2, 5, 9), eval_tasks=4096),
+    "full": Settings(profiles.PROFILES["full"],
+                     (Model("linear", 4), Model("linear", 8), Model("softmax", 4, attention="softmax"),
+                      Model("relu_mlp", 4, mlp="relu"), Model("softmax", 8, attention="softmax")),
+                     ranks=tuple(range(11)), eval_tasks=65_536),
+}
+
+
+def run_model(s: Settings, m: Model, ctx: engine.Context) -> None:
+  keys = {"model": m.name, "L": m.L}
+  try:
+    tr = engine.trained(s, ctx, d=s.d, n_context=s.n_context, layers=m.L, attention=m.attention, mlp=m.mlp)
+  except RuntimeError as e:
+    ctx.fail("train", str(e), **keys)
+    return
+  modules = ("attn", "q", "k", "v") + (("mlp",) if m.mlp else ())
+  cfg = sweep.SweepConfig(modules=modules, rates=(0.0,), ranks=tuple(r for r in s.ranks if r < tr.model.D),
+                          n_eval=s.eval_tasks, n_analysis=64, bounds=False)
+  res = sweep.run(tr.params, tr.seeds, tr.model, tr.task, cfg, progress=False)
+  for r in res.rows:
+    if r["mode"] == "rate":  # ξ = 0: the unpruned model, one row per (layer, module); keep one
+      if r["layer"] == 0 and r["module"] == "attn":
+        ctx.add("median_error", r["icl_error_median"], seed=r["seed"], n_tasks=s.eval_tasks, rank=tr.model.D, **keys)
+      continue
+    where = dict(layer=r["layer"], module=r["module"], rank=r["rank"], **keys)
+    ctx.add("median_error", r["icl_error_median"], seed=r["seed"], n_tasks=s.eval_tasks, **where)
+    if m.attention == "linear" and m.mlp is None:
+      for t in range(r["layer"], m.L):
+        ctx.add("w_hat_rel_change", r[f"w_hat_rel_{t}"], seed=r["seed"], n_tasks=cfg.n_analysis, t=t, **where)
+  for k, seed in enumerate(tr.seeds):
+    kappa = prune.condition_numbers(profiles.seed_params(tr.params, k))
+    for name, v in kappa.items():
+      for layer, x in enumerate(np.asarray(v, np.float64).reshape(m.L, -1).max(-1)):
+        ctx.add("condition_number", x, seed=seed, layer=layer, matrix=name, **keys)
+
+
+def run(s: Settings, ctx: engine.Context) -> None:
+  for m in s.models:
+    run_model(s, m, ctx)
+
+
+# --- reading the table ----------------------------------------------------------------------
+
+
+def damage(table: engine.Table, model: str, L: int, module: str, seed: int) -> np.ndarray:
+  """Per layer: mean over DAMAGE_RANKS of log10(median error pruned / unpruned) → [L] (inf: overflow)."""
+  base = table.value("median_error", model=model, L=L, seed=seed, layer=None)
+  ranks = [r for r in DAMAGE_RANKS if table.where(measure="median_error", model=model, L=L, module=module,
+                                                  rank=r).rows]
+  out = np.zeros(L)
+  for layer in range(L):
+    v = [table.value("median_error", model=model, L=L, module=module, rank=r, layer=layer, seed=seed) for r in ranks]
+    with np.errstate(divide="ignore", over="ignore"):
+      out[layer] = np.mean(np.log10(np.asarray(v) / base)) if v else np.nan
+  return out
+
+
+def deep_minus_shallow(table, model, L, module) -> np.ndarray:
+  """Per seed: damage of the deeper half of the layers minus the shallower half (< 0: deep more stable)."""
+  out = []
+  for seed in table.seeds(measure="median_error", model=model, L=L):
+    dmg = damage(table, model, L, module, seed)
+    out.append(np.mean(dmg[L - L // 2:]) - np.mean(dmg[: L // 2]))
+  return np.asarray(out)
+
+
+def _models(table):
+  return [(m, L) for m in table.unique("model", measure="median_error")
+          for L in table.unique("L", measure="median_error", model=m)]
+
+
+def plot(table: engine.Table, meta: dict, out) -> list:
+  plt = figures.pyplot()
+  models = _models(table)
+  paths = []
+  fig, axes = plt.subplots(1, len(models), figsize=(3.3 * len(models), 3.0), squeeze=False)
+  for ax, (m, L) in zip(axes[0], models):
+    for c, module in enumerate(table.unique("module", measure="median_error", model=m, L=L)):
+      if module is None:
+        continue
+      for n, seed in enumerate(table.seeds(measure="median_error", model=m, L=L)):
+        dmg = damage(table, m, L, module, seed)
+        finite = np.isfinite(dmg)
+        ax.plot(np.arange(L)[finite], dmg[finite], "o-", color=f"C{c}", lw=0.7, ms=2.5, alpha=0.6,
+                label=module if n == 0 else None)
+        ax.plot(np.arange(L)[~finite], np.full((~finite).sum(), 0), "^", color=f"C{c}", ms=5)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_title(f"{m}, L = {L}", fontsize=8)
+    ax.set_xlabel("pruned layer (0 = first)")
+    ax.set_xticks(range(L))
+  axes[0, 0].set_ylabel("damage: mean log10(median error\npruned / unpruned) over r ∈ {9, 5, 2, 1}")
+  axes[0, 0].legend(fontsize=6, title="module, each seed", title_fontsize=6)
+  fig.tight_layout()
+  paths += figures.save(fig, out, "pruning_damage_by_layer")
+
+  linear = [(m, L) for m, L in models if table.where(measure="w_hat_rel_change", model=m, L=L).rows]
+  if linear:
+    fig, axes = plt.subplots(1, len(linear), figsize=(3.6 * len(linear), 3.0), squeeze=False)
+    for ax, (m, L) in zip(axes[0], linear):
+      rank = min(r for r in table.unique("rank", measure="w_hat_rel_change", model=m, L=L))
+      for layer in range(L):
+        ys = [table.values("w_hat_rel_change", model=m, L=L, module="attn", rank=rank, layer=layer, t=t)
+              for t in range(layer, L)]
+        med = [np.median(y) for y in ys]
+        ax.plot(range(layer, L), med, "o-", color=f"C{layer % 10}", ms=3, label=f"layer {layer} pruned")
+      ax.set_yscale("log")
+      ax.set_title(f"{m}, L = {L}: attn pruned to rank {rank}", fontsize=8)
+      ax.set_xlabel("layer t")
+      ax.legend(fontsize=6)
+    axes[0, 0].set_ylabel("‖ŵ_t − ŵ_t⁰‖ / ‖ŵ_t⁰‖\n(median over seeds)")
+    fig.tight_layout()
+    paths += figures.save(fig, out, "pruning_trajectory")
+  return paths
+
+
+def report(table: engine.Table, meta: dict) -> str:
+  rows = []
+  for m, L in _models(table):
+    seeds = table.seeds(measure="median_error", model=m, L=L)
+    base = [table.value("median_error", model=m, L=L, seed=x, layer=None) for x in seeds]
+    for module in [x for x in table.unique("module", measure="median_error", model=m, L=L) if x]:
+      dms = deep_minus_shallow(table, m, L, module)
+      finite = dms[np.isfinite(dms)]
+      lo, hi = stats.seed_ci(finite) if finite.size > 1 else (np.nan, np.nan)
+      rows.append([m, str(L), module, str(len(seeds)), text.num(np.median(base)),
+                   text.num(np.median(finite)) if finite.size else "n/a", text.ci(lo, hi),
+                   f"{int(np.sum(finite < 0))}/{len(dms)}"])
+  n = table.n_tasks("median_error", model=_models(table)[0][0], L=_models(table)[0][1])
+  return (f"Damage = mean over kept ranks {DAMAGE_RANKS} of log10(median task error pruned / unpruned), "
+          f"each on {n:,} held-out tasks per seed and configuration (medians: a screen, not a mean "
+          "estimate). Deep − shallow < 0 means pruning the deeper half of the layers does less damage "
+          "(Remark 5's prediction); the CI is over seeds.\n\n"
+          + text.table(["model", "L", "module", "seeds", "unpruned median error", "deep − shallow damage "
+                        "(median over seeds)", "95 % CI over seeds", "seeds with deep < shallow"], rows)
+          + "\n\n![damage](../figures/pruning_damage_by_layer.png)\n\n*Damage of pruning each layer, per module "
+          "and seed (triangles on the zero line: overflow). Look at whether the curves fall from left to right, "
+          "as Remark 5 predicts.*\n\n![trajectory](../figures/pruning_trajectory.png)\n\n*How far each later "
+          "implicit predictor ŵ_t moves when one layer's attention is truncated: pruning layer k changes "
+          "only ŵ_t for t ≥ k (exactly zero before), and the change is carried, not damped, to the output.*\n")
+
+
+def claims(table: engine.Table, meta: dict) -> list:
+  """Remark 5 holds for a module when the deep-minus-shallow damage has a CI over seeds below 0."""
+  from lintheory.studies.verdicts import Claim
+  parts, verdicts, seeds = [], [], 0
+  for m, L in _models(table):
+    if m != "linear":
+      continue
+    dms = deep_minus_shallow(table, m, L, "attn")
+    finite = dms[np.isfinite(dms)]
+    if finite.size < 2:
+      continue
+    lo, hi = stats.seed_ci(finite)
+    verdicts.append("holds" if hi < 0 else "fails" if lo > 0 else "undecided")
+    parts.append(f"L={L} attn: {text.num(finite.mean(), 2)} {text.ci(lo, hi, 2)}")
+    seeds = len(dms)
+  if not verdicts:
+    return []
+  v = verdicts[0] if len(set(verdicts)) == 1 else "depends on depth: " + ", ".join(verdicts)
+  return [Claim("deep_stable", v, "deep − shallow log10 damage (attn, linear)", "; ".join(parts), seeds,
+                "median task errors; < 0 means deep layers are more stable")]

@@ -1,0 +1,68 @@
+"""Every study end to end on its tiny profile: run → results table → figures → report section."""
+
+import dataclasses
+
+import pytest
+
+from lintheory import report, studies
+from lintheory.studies import engine
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+  """Each study run once on the tiny profile, sharing one model cache."""
+  root = tmp_path_factory.mktemp("studies")
+  flags = engine.Flags(profile="tiny", results=str(root / "results"), cache_dir=str(root / "cache"))
+  for name in studies.STUDIES:
+    engine.run_study(name, flags)
+  return root, flags
+
+
+@pytest.mark.parametrize("name", studies.STUDIES)
+def test_study_writes_a_tidy_table_and_draws_it(ran, name):
+  root, flags = ran
+  table, meta = engine.load(flags.results, name)
+  assert table.rows, f"{name} wrote no rows"
+  assert meta["seeds"] and meta["provenance"]
+  for r in table.rows:
+    assert r["value"] == r["value"], f"{name}: NaN in {r}"  # NaN is refused by Context.add
+  paths = engine.study_module(name).plot(table, meta, root / "figures")
+  assert paths and all(p.stat().st_size > 0 for p in paths)
+  assert engine.study_module(name).report(table, meta).strip()
+
+
+def test_report_regenerates_byte_identical(ran):
+  root, flags = ran
+  from pathlib import Path
+  assert report.build(Path(flags.results)) == report.build(Path(flags.results))
+
+
+def test_rerunning_a_study_gives_the_same_table(ran, tmp_path):
+  root, flags = ran
+  again = dataclasses.replace(flags, results=str(tmp_path))
+  engine.run_study("one_layer", again)
+  assert (tmp_path / "one_layer.csv").read_bytes() == (root / "results" / "one_layer.csv").read_bytes()
+
+
+def test_context_refuses_nan_and_unknown_columns():
+  ctx = engine.Context(("L",), "unused")
+  with pytest.raises(ValueError, match="NaN"):
+    ctx.add("x", float("nan"), L=1)
+  with pytest.raises(ValueError, match="unknown key"):
+    ctx.add("x", 1.0, depth=1)
+
+
+def test_table_round_trips_through_csv():
+  ctx = engine.Context(("L", "module"), "unused")
+  ctx.add("err", 0.1 + 0.2, seed=3, n_tasks=10, L=4, module="attn")
+  ctx.add("err", float("inf"), L=8)
+  t = engine.Table(ctx.rows, ctx.keys)
+  back = engine.Table.from_csv(t.to_csv(), ctx.keys)
+  assert back.rows == t.rows
+
+
+def test_bad_profile_is_one_line_exit_2(capsys):
+  with pytest.raises(SystemExit) as e:
+    engine.main("one_layer", ["--profile", "nope"])
+  assert e.value.code == 2
+  assert "--profile" in capsys.readouterr().err
