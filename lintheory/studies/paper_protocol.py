@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import edits, learners, precision, prune, stats, tasks
+from lintheory.core import edits, evaluate, precision, prune, stats, tasks
 from lintheory.core.model import ModelConfig, Params
 from lintheory.run import profiles
 from lintheory.studies import engine, figures, text
@@ -237,20 +237,12 @@ def edited_params(params_S: Params, cands: list[Candidate], s: Settings) -> Para
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
 def sample_data(key: jax.Array, task: tasks.TaskConfig, n_tasks: int, V: int, n_test: int, dtype) -> dict:
   """One fixed prompt per task (docs/theory.md §1), its V validation queries with a unit noise draw
-  (scaled per label-noise level) and n_test test queries: one Gaussian draw, sliced."""
-  d, N = task.d, task.n_context
-  sizes = {"w": d, "X": N * d, "e": N, "Xv": V * d, "eps": V, "Xt": n_test * d}
-  z = jax.random.normal(key, (n_tasks, sum(sizes.values())), dtype)
-  part, at = {}, 0
-  for name, n in sizes.items():
-    part[name], at = z[:, at:at + n], at + n
-  L_x = jnp.asarray(np.linalg.cholesky(tasks.as_cov("x_cov", task.x_cov, d)), dtype)
-  L_w = jnp.asarray(np.linalg.cholesky(tasks.as_cov("w_cov", task.w_cov, d)), dtype)
-  w = part["w"] @ L_w.T
-  X = part["X"].reshape(n_tasks, N, d) @ L_x.T
-  y = jnp.einsum("bnd,bd->bn", X, w) + task.noise_std * part["e"]
-  return {"X": X, "y": y, "w": w, "Xv": part["Xv"].reshape(n_tasks, V, d) @ L_x.T, "eps": part["eps"],
-          "Xt": part["Xt"].reshape(n_tasks, n_test, d) @ L_x.T}
+  (scaled per label-noise level) and n_test test queries, all inputs from the task's x distribution."""
+  k_t, k_v, k_e, k_q = jax.random.split(key, 4)
+  b = tasks.sample(k_t, task, n_tasks, dtype=dtype)
+  inputs = lambda k, n: tasks.sample(k, task, n_tasks, n_context=max(n, 1), dtype=dtype).X[:, :n]
+  return {"X": b.X, "y": b.y, "w": b.w, "Xv": inputs(k_v, V), "eps": jax.random.normal(k_e, (n_tasks, V), dtype),
+          "Xt": inputs(k_q, n_test)}
 
 
 def task_errors(params: Params, data: dict, cfg: ModelConfig, shots: int, Vs, val_noise, Sigma):
@@ -282,11 +274,11 @@ def evaluate_all(params_CS: Params, data: dict, Sigma, cfg: ModelConfig, shots: 
 
 
 def bayes_errors(data: dict, task: tasks.TaskConfig, shots: int) -> np.ndarray:
-  """Per task, the exact error of the Bayes predictor (ridge, λ = σ²) on the same prompt."""
-  w = learners.ridge(data["X"][:, :shots], data["y"][:, :shots], learners.bayes_ridge_lambda(task.noise_std))
-  delta = w - data["w"]
-  Sigma = jnp.asarray(tasks.as_cov("x_cov", task.x_cov, task.d), delta.dtype)
-  return np.asarray(jnp.einsum("bd,de,be->b", delta, Sigma, delta), np.float64)
+  """Per task, the exact error of the Bayes predictor (posterior mean; ridge with λ = σ² for an
+  isotropic prior) on the same prompt, ÷ d."""
+  delta = evaluate.bayes_predictor(task, data["X"][:, :shots], data["y"][:, :shots]) - data["w"]
+  Sigma = jnp.asarray(tasks.x_covariance(task), delta.dtype)
+  return np.asarray(tasks.normalised_error(jnp.einsum("bd,de,be->b", delta, Sigma, delta), task.d), np.float64)
 
 
 # --- per-task selection ----------------------------------------------------------------------
@@ -311,7 +303,10 @@ def family(cands: list[Candidate], kind: str, group: str, L: int) -> np.ndarray:
 # --- the study -------------------------------------------------------------------------------
 
 
-def _gain_rows(ctx, gain_SB, base_SB, chosen_SB, bayes_B, seeds, s: Settings, keys: dict) -> None:
+def _gain_rows(ctx, base_SB, chosen_SB, bayes_B, seeds, s: Settings, keys: dict) -> None:
+  """Per seed: the gain's mean, tails and fractions; over seeds (layers "all" only, it is the costly
+  part): the hierarchical bootstrap CI of the mean gain (stats.paired_gain)."""
+  gain_SB = base_SB - chosen_SB
   tol = s.unchanged_rel * base_SB
   for k, seed in enumerate(seeds):
     g, n = gain_SB[k], gain_SB.shape[1]
@@ -320,10 +315,13 @@ def _gain_rows(ctx, gain_SB, base_SB, chosen_SB, bayes_B, seeds, s: Settings, ke
            "unpruned_mean": base_SB[k].mean(), "chosen_mean": chosen_SB[k].mean(),
            "frac_improved": np.mean(g > tol[k]), "frac_worsened": np.mean(g < -tol[k]),
            "frac_unchanged": np.mean(np.abs(g) <= tol[k]),
-           **{f"gain_{q}": np.quantile(g, p) for q, p in QUANTILES.items()}}
+           **{f"gain_{q}": np.quantile(g, p) for q, p in QUANTILES.items()},
+           # per task gain ÷ its unpruned error: a rare blow-up of the unpruned model cannot dominate it
+           "task_rel_gain_median": np.median(g / base_SB[k]), "task_rel_gain_mean": np.mean(g / base_SB[k])}
     ctx.add_many(row, seed=seed, n_tasks=n, **keys)
-  lo, hi = _bootstrap_ci(gain_SB)
-  ctx.add_many({"gain_ci_lo": lo, "gain_ci_hi": hi}, n_tasks=gain_SB.size, **keys)
+  if keys["layers"] == "all" and len(seeds) >= 2:
+    pg = stats.paired_gain(base_SB, chosen_SB)
+    ctx.add_many({"gain_ci_lo": pg["ci_lo"], "gain_ci_hi": pg["ci_hi"]}, n_tasks=gain_SB.size, **keys)
 
 
 def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
@@ -342,11 +340,12 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
     params_CS = edited_params(params_S, cands, s)
     xi = np.array([c.xi for c in cands])
     data = sample_data(jax.random.key(EVAL_KEY), tr.task, arch.n_tasks, max(s.Vs), arch.test_queries, jnp.float64)
-    Sigma = jnp.asarray(tasks.as_cov("x_cov", tr.task.x_cov, s.d))
+    Sigma = jnp.asarray(tasks.x_covariance(tr.task))
     for shots in arch.shots:
       val, test = evaluate_all(params_CS, data, Sigma, tr.model, shots, tuple(s.Vs), tuple(s.val_noise),
                                s.candidate_chunk)
-      val, test = np.asarray(val, np.float64), np.asarray(test, np.float64)  # [C, S, B, nV, nN], [C, S, B]
+      val = np.asarray(val, np.float64)  # [C, S, B, nV, nN]
+      test = np.asarray(tasks.normalised_error(test, s.d), np.float64)  # [C, S, B], errors ÷ d
       bayes = bayes_errors(data, tr.task, shots)
       base = test[0]
       ctx.add("bayes_mean", bayes.mean(), n_tasks=bayes.size, model=arch.name, shots=shots)
@@ -360,7 +359,7 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
               v = val[idx][..., iv, iz]  # [c, S, B]
               pick = np.stack([select(v[:, k], xi[idx]) for k in range(v.shape[1])])  # [S, B]
               chosen = np.take_along_axis(test[idx], pick[None], axis=0)[0]
-              _gain_rows(ctx, base - chosen, base, chosen, bayes, tr.seeds, s,
+              _gain_rows(ctx, base, chosen, bayes, tr.seeds, s,
                          dict(model=arch.name, shots=shots, edit=kind, layers=group, V=V, val_noise=sigma))
       if "svd_rand" in s.kinds:  # the randomized SVD at rate 0 is the identity only to round-off
         i0 = [i for i, c in enumerate(cands) if c.kind == "svd_rand" and c.xi == 0.0]
@@ -377,12 +376,6 @@ def run(s: Settings, ctx: engine.Context) -> None:
 
 
 # --- statistics over seeds -------------------------------------------------------------------
-
-
-def _bootstrap_ci(x_SB: np.ndarray) -> tuple[float, float]:
-  """95 % CI of the mean, resampling seeds then tasks (stats.seed_bootstrap)."""
-  out = stats.seed_bootstrap(np.asarray(x_SB, np.float64))
-  return float(out[0]), float(out[1])
 
 
 def _equivalent(diff_S: np.ndarray, margin: float) -> bool:
