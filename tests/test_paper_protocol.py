@@ -136,3 +136,24 @@ def test_smoke_tiny_run_plot_report_claims(tmp_path):
     total = sum(table.value(f"frac_{m}", seed=r["seed"], **match) for m in ("improved", "unchanged", "worsened"))
     assert total == pytest.approx(1.0)
   print(f"smoke: {time.perf_counter() - t0:.1f} s")
+
+
+def test_cumulative_search_chains_only_the_randomized_svd():
+  """Exact truncations are nested (clipping W_r to r' < r is W_r'), so only svd_rand can differ; its
+  chained edit at rank r is the randomized clip of the previous rank's edited matrix."""
+  cfg = ModelConfig(d=3, n_layers=2)
+  p_S = jax.tree_util.tree_map(lambda a: jnp.stack([a, 2 * a]), params_for(cfg))
+  s = dataclasses.replace(pp.PROFILES["tiny"], modules=("v",), kinds=("svd", "svd_rand"))
+  cands = pp.candidates(p_S, s)
+  flat = pp.edited_params(p_S, cands, s)["W_V"]
+  chained = pp.edited_params(p_S, cands, dataclasses.replace(s, cumulative=True))["W_V"]
+  for i, c in enumerate(cands):
+    if c.kind == "svd" or c.xi == 0.0:
+      np.testing.assert_array_equal(chained[i], flat[i])
+  rand = [i for i, c in enumerate(cands) if c.kind == "svd_rand" and c.layer == 1]
+  prev, this = cands[rand[1]], cands[rand[2]]
+  key = jax.random.split(jax.random.fold_in(jax.random.key(pp.EDIT_KEY),
+                                            pp._tag("svd_rand", "v", 1, this.ranks[0], "W_V")), 2)[0]
+  expect = edits.truncate_randomized(key, chained[rand[1]][0, 1], this.ranks[0])
+  np.testing.assert_allclose(chained[rand[2]][0, 1], expect, atol=1e-12)
+  assert prev.ranks[0] > this.ranks[0]
