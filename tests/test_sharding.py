@@ -30,10 +30,11 @@ WORKER = textwrap.dedent("""
   from lintheory.run import sharding, train
 
   n_dev = len(jax.devices())
+  sizes = [int(k) for k in sys.argv[2].split(",")]  # mesh sizes to run, each on jax.devices()[:k]
   task, cfg = tasks.TaskConfig(d=3, n_context=5), model.ModelConfig(d=3, n_layers=2)
   seeds = (0, 1, 2, 3)
-  mesh = sharding.seed_mesh(len(seeds))
-  assert mesh.devices.size == n_dev, (mesh, n_dev)
+  assert sharding.seed_mesh(len(seeds)).devices.size == n_dev
+  mesh = sharding.seed_mesh()
   if n_dev > 1:  # a leading size the mesh does not divide: refused, or padded and trimmed
     try:
       sharding.shard_leading(np.zeros(5), mesh)
@@ -45,15 +46,16 @@ WORKER = textwrap.dedent("""
     np.testing.assert_array_equal(sharding.gather(x, 5), np.arange(5.0))
 
   out = {}
-  for dtype in ("float64", "float32"):
+  for k, dtype in [(k, dt) for k in sizes for dt in ("float64", "float32")]:
+    mesh = sharding.seed_mesh(devices=jax.devices()[:k])
     tc = train.TrainConfig(steps=20, batch_size=64, lr=1e-2, warmup=2, chunk=10, dtype=dtype)
     with precision.for_dtype(dtype):
       state = sharding.shard_leading(train.init_state(cfg, tc, seeds), mesh)
     res = train.fit(task, cfg, tc, seeds=seeds, state=state)
     assert res.diverged is None
-    assert sharding.is_sharded(res.params["W_Q"]) == (n_dev > 1), res.params["W_Q"].sharding
-    out[dtype + "/train/losses"] = res.losses
-    out.update({dtype + "/train/" + k: v for k, v in sharding.gather(res.params).items()})
+    assert sharding.is_sharded(res.params["W_Q"]) == (k > 1), res.params["W_Q"].sharding
+    out[f"{k}/{dtype}/train/losses"] = res.losses
+    out.update({f"{k}/{dtype}/train/{n}": v for n, v in sharding.gather(res.params).items()})
 
     with precision.for_dtype(dtype):
       dt = jnp.dtype(dtype)
@@ -70,18 +72,18 @@ WORKER = textwrap.dedent("""
         dW = implicit.trajectory(q, Z, cfg).delta_W
         return {"icl_error": jnp.mean(err), "dW_norm": jnp.mean(jnp.sqrt(jnp.sum(dW**2, (-2, -1))), 1)}
 
-      m = jax.jit(jax.vmap(evaluate))(sharding.shard_leading(keeps, sharding.seed_mesh(len(keeps))))
-      assert sharding.is_sharded(m["icl_error"]) == (n_dev > 1)
-      out.update({dtype + "/sweep/" + k: v for k, v in sharding.gather(m).items()})
+      m = jax.jit(jax.vmap(evaluate))(sharding.shard_leading(keeps, mesh))
+      assert sharding.is_sharded(m["icl_error"]) == (k > 1)
+      out.update({f"{k}/{dtype}/sweep/{n}": v for n, v in sharding.gather(m).items()})
   np.savez(sys.argv[1], **out)
 """)
 
 
-def run_worker(tmp_path, n_devices: int) -> dict:
-  out = tmp_path / f"devices_{n_devices}.npz"
+def run_worker(tmp_path, n_devices: int, mesh_sizes: str) -> dict:
+  out = tmp_path / f"devices_{n_devices}_{mesh_sizes}.npz"
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}"}
-  r = subprocess.run([sys.executable, "-c", WORKER, str(out)], env=env, capture_output=True,
+  r = subprocess.run([sys.executable, "-c", WORKER, str(out), mesh_sizes], env=env, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   return dict(np.load(out))
@@ -92,10 +94,15 @@ def ulps(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.max(np.abs(a - b) / np.spacing(np.maximum(np.abs(a), np.abs(b)))))
 
 
+def by_mesh(results: dict, k: int) -> dict:
+  return {name.split("/", 1)[1]: v for name, v in results.items() if name.startswith(f"{k}/")}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("sharding")
-  return run_worker(tmp, 1), run_worker(tmp, 4)
+  """One process with 4 forced host devices: a mesh of 1 device (unpartitioned) and one of 4."""
+  r = run_worker(tmp_path_factory.mktemp("sharding"), 4, "1,4")
+  return by_mesh(r, 1), by_mesh(r, 4)
 
 
 # Not bit-identical: the partitioned program is compiled differently (XLA's simplifier turns
@@ -107,9 +114,7 @@ def runs(tmp_path_factory):
 TOLERANCE = {"float64": 1e-13, "float32": 2e-5}  # relative, on the trained parameters
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_training_tables_agree_on_1_and_4_devices(runs, dtype):
-  one, four = runs
+def check_training(one: dict, four: dict, dtype: str) -> None:
   assert sorted(one) == sorted(four)
   assert ulps(four[f"{dtype}/train/losses"], one[f"{dtype}/train/losses"]) <= 2
   for k in ("W_Q", "W_K", "W_V"):
@@ -118,13 +123,33 @@ def test_training_tables_agree_on_1_and_4_devices(runs, dtype):
     np.testing.assert_allclose(b, a, rtol=TOLERANCE[dtype], atol=0, err_msg=k)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_sweep_over_configurations_agrees_on_1_and_4_devices(runs, dtype):
-  one, four = runs
+def check_sweep(one: dict, four: dict, dtype: str) -> None:
   for k in ("icl_error", "dW_norm"):
     a, b = one[f"{dtype}/sweep/{k}"], four[f"{dtype}/sweep/{k}"]
     assert a.shape[0] == 8 and len(np.unique(a.round(12))) > 1  # eight different configurations
     assert ulps(b, a) <= 2, k
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_training_tables_agree_on_1_and_4_devices(runs, dtype):
+  check_training(*runs, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sweep_over_configurations_agrees_on_1_and_4_devices(runs, dtype):
+  check_sweep(*runs, dtype)
+
+
+@pytest.mark.slow
+def test_processes_with_1_and_4_forced_devices_agree_the_same_way(runs, tmp_path):
+  """A 1-device process computes the bits of a 1-device mesh in a 4-device process."""
+  one, four = by_mesh(run_worker(tmp_path, 1, "1"), 1), by_mesh(run_worker(tmp_path, 4, "4"), 4)
+  for k in one:
+    np.testing.assert_array_equal(one[k], runs[0][k], err_msg=k)
+    np.testing.assert_array_equal(four[k], runs[1][k], err_msg=k)
+  for dtype in ("float64", "float32"):
+    check_training(one, four, dtype)
+    check_sweep(one, four, dtype)
 
 
 def test_seed_mesh_takes_the_most_devices_that_divide():
