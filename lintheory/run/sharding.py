@@ -2,7 +2,7 @@
 
 A jitted, vmapped function given inputs sharded on the vmapped axis runs each shard on its own
 device: one CPU process fills both cores under XLA_FLAGS=--xla_force_host_platform_device_count=2,
-and one process fills every local GPU. Nothing here changes a computation, only where it runs.
+and one process fills every local GPU. The batches, seeds and row order stay as they are.
 
 Round-off: a partitioned program goes through XLA's SPMD pipeline, whose algebraic simplifier
 rewrites 1/sqrt(x) as rsqrt(x) (optax.clip_by_global_norm has one) and fuses some reductions
