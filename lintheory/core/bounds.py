@@ -42,7 +42,7 @@ import numpy as np
 
 from lintheory.core import implicit
 from lintheory.core.model import ModelConfig, Params
-from lintheory.core.tasks import Batch, TaskConfig, as_cov, batch_tokens
+from lintheory.core.tasks import Batch, TaskConfig, batch_tokens, x_covariance
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def theorem2(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: Tas
   d_prime = model_cfg.D**2
   dtype = batch.X.dtype
   rtol = check_rtol(rtol) if rtol is not None else max(N, d_prime) * float(jnp.finfo(dtype).eps)
-  Sigma = jnp.asarray(as_cov("x_cov", task_cfg.x_cov, task_cfg.d), dtype)
+  Sigma = jnp.asarray(x_covariance(task_cfg), dtype)
   R = None if R is None else jnp.asarray(R, dtype)
   return _theorem2(params, batch, Sigma, R, model_cfg, float(task_cfg.noise_std), c, eps, rtol)
 
