@@ -37,6 +37,9 @@ Versions (docs/theory.md §6, §10):
    ε > 0 (`sensitivity`) it is the theorem for the noisier learner with noise C_t + ε·P_{V_t}.
    The range of C_t, by contrast, depends on the data of step t itself: the law of W_t is then a
    mixture over subspaces with no common reference measure, and restricting to it is not a bound.
+   Like Theorem 2 it bounds the gap of the paper's NOISY learner (W_t = W_{t−1} + G_t + ξ_t,
+   ξ_t ~ N(0, C_t)), whose noise-free mean is ŵ_L; and it keeps the paper's placement of E outside
+   the log (per task), whereas the max-entropy step gives log E[s_t + tr C_t] ≥ E log(...) (Jensen).
 3. `cmi_bound` (a theorem, no log det): the supersample loss-difference CMI bound (Steinke &
    Zakynthinou 2020; Harutyunyan et al. 2021; Wang & Mao 2023) for the clipped, quantised loss; see
    `supersample_cmi`. Finite: ≤ M·sqrt(2 log 2) + M/K whatever the learner.
@@ -226,11 +229,16 @@ def subspace_dim(params: Params, W_prev: jax.Array | None = None, *, layer: int 
   L, D = lw["W_Q"].shape[0], lw["W_Q"].shape[-1]
   if not _is_int(layer) or not 0 <= layer < L:
     raise ValueError(f"layer must be an integer in [0, {L - 1}], got {layer!r}")
-  W_prev = jnp.zeros((D, D), lw["W_Q"].dtype) if W_prev is None else jnp.asarray(W_prev)
+  W_prev = jnp.zeros((D, D), lw["W_Q"].dtype) if W_prev is None else jnp.asarray(W_prev, lw["W_Q"].dtype)
   if W_prev.shape[-2:] != (D, D):
     raise ValueError(f"W_prev must have shape (..., {D}, {D}), got {W_prev.shape}")
-  fn = lambda Wp: subspace_map(lw["W_Q"][layer], lw["W_K"][layer], lw["W_V"][layer], Wp)
-  A = jnp.vectorize(fn, signature="(d,d)->(p,m)")(W_prev)
+  rtol = _default_rtol(max(D * D, D * (D + 1) // 2), W_prev.dtype) if rtol is None else check_rtol(rtol)
+  return _subspace_dim(lw["W_Q"][layer], lw["W_K"][layer], lw["W_V"][layer], W_prev, rtol)
+
+
+@jax.jit
+def _subspace_dim(W_Q, W_K, W_V, W_prev, rtol):
+  A = jnp.vectorize(lambda Wp: subspace_map(W_Q, W_K, W_V, Wp), signature="(d,d)->(p,m)")(W_prev)
   return subspace_basis(A, rtol)[1]
 
 
@@ -259,8 +267,7 @@ def subspace_spectrum(params: Params, traj: implicit.Trajectory, rtol: float) ->
   return SubspaceSpectrum(lamS, k, sensitive_terms(traj), resid / jnp.where(scale > 0, scale, 1.0))
 
 
-def subspace_terms(spec: SubspaceSpectrum, c: float, eps: float, N: int, b_is_N: bool,
-                   rtol: float) -> tuple[jax.Array, jax.Array]:
+def subspace_terms(spec: SubspaceSpectrum, c, eps, N: int, b_is_N: bool, rtol) -> tuple[jax.Array, jax.Array]:
   """(term_t [L, B], reason [L, B]) of the bound inside V_t with noise C_t + ε·P_{V_t}, C_t = c·S_t.
 
   term_t = k log((s + tr C + kε)/k) − Σ_{j<k} log(λ_j(C|V) + ε); 0 when k = 0; +∞ (with its reason,
@@ -274,9 +281,7 @@ def subspace_terms(spec: SubspaceSpectrum, c: float, eps: float, N: int, b_is_N:
   kf = jnp.maximum(k, 1).astype(lamC.dtype)
   logdet = jnp.sum(jnp.where(in_V, jnp.log(jnp.where(in_V & (lamC > 0), lamC, 1.0)), 0.0), -1)
   term = jnp.where(k > 0, kf * jnp.log((spec.sensitive + trC + kf * eps) / kf) - logdet, 0.0)
-  if eps > 0:
-    return term, jnp.zeros_like(k)
-  singular = jnp.any(in_V & (spec.lamS <= rtol * spec.lamS[..., :1]), -1) | (b_is_N & (k > 0))
+  singular = (eps <= 0) & (jnp.any(in_V & (spec.lamS <= rtol * spec.lamS[..., :1]), -1) | (b_is_N & (k > 0)))
   reason = jnp.where(k == 0, 0, jnp.where(b_is_N, 1, jnp.where(N - 1 < k, 2, 3)))
   reason = jnp.where(singular, reason, 0)
   return jnp.where(singular, jnp.inf, term), reason
@@ -294,7 +299,7 @@ def paper_terms(sens_LB: jax.Array, lamC_LBK: jax.Array, d_prime: int, eps: floa
   logdet = jnp.sum(jnp.log(lamC_LBK), -1) + (-jnp.inf if d_prime > K else 0.0)
   exact = jnp.where(jnp.isneginf(logdet), jnp.inf, d_prime * jnp.log(num / d_prime) - logdet)
   floor = d_prime * jnp.log((num + d_prime * eps) / d_prime) - (
-      jnp.sum(jnp.log(lamC_LBK + eps), -1) + (d_prime - K) * math.log(eps))
+      jnp.sum(jnp.log(lamC_LBK + eps), -1) + (d_prime - K) * jnp.log(eps))
   return exact, floor
 
 
@@ -391,7 +396,8 @@ def supersample_cmi(key: jax.Array, learner: Callable, task_cfg: TaskConfig, *, 
   training set; ŵ = learner(chosen N) is deterministic; Δ_i = ℓ(ŵ, z̃_{i,1}) − ℓ(ŵ, z̃_{i,0}).
   Then gap = E[(1/N) Σ_i (−1)^{U_i} Δ_i] exactly. Theorem (Wang & Mao 2023, loss-difference CMI):
   for a loss in [0, M], given Δ_i = δ the product measure makes (−1)^{U'}δ a mean-zero variable in
-  [−M, M], cosh(λδ) ≤ e^{λ²M²/2}, and Donsker–Varadhan gives |E (−1)^{U_i} Δ_i| ≤ sqrt(2M² I(Δ_i; U_i)),
+  [−M, M], cosh(λδ) ≤ e^{λ²M²/2}, and Donsker–Varadhan gives
+  |E (−1)^{U_i} Δ_i| ≤ sqrt(2M² I(Δ_i; U_i)),
   so |gap| ≤ (M/N) Σ_i sqrt(2 I(Δ_i; U_i)) ≤ M·sqrt(2 log 2). Assumption: the bounded loss — we use
   ℓ_q = (M/K)·⌊K·min(ℓ, M)/M⌋ (K = levels), whose Δ takes 2K + 1 values, so I is a discrete mutual
   information; since min(ℓ, M) − M/K < ℓ_q ≤ min(ℓ, M), |gap of min(ℓ, M)| ≤ that bound + M/K.
@@ -401,6 +407,13 @@ def supersample_cmi(key: jax.Array, learner: Callable, task_cfg: TaskConfig, *, 
   M = check_M(clip_M)
   n_tasks, n_coins = check_positive_int("n_tasks", n_tasks, 2), check_positive_int("n_coins", n_coins)
   K = check_positive_int("levels", levels)
+  core = functools.partial(_cmi_core, learner=learner, task_cfg=task_cfg, M=M, n_tasks=n_tasks,
+                           n_coins=n_coins, K=K, dtype=dtype)
+  return CMI(*jax.jit(core)(key),
+             M * math.sqrt(2 * math.log(2)) + M / K)
+
+
+def _cmi_core(key, *, learner, task_cfg, M, n_tasks, n_coins, K, dtype):
   N, d = task_cfg.n_context, task_cfg.d
   k_s, k_u = jax.random.split(key)
   X, y, _ = supersample(k_s, task_cfg, n_tasks, dtype)
@@ -416,14 +429,13 @@ def supersample_cmi(key: jax.Array, learner: Callable, task_cfg: TaskConfig, *, 
   gc, gc_se = mean_se(per_task(jnp.minimum(loss, M)))
   q = jnp.floor(jnp.minimum(loss, M) * (K / M)).astype(jnp.int32)  # 0..K
   dq = q[..., 1] - q[..., 0] + K  # 0..2K
-  joint = jax.nn.one_hot(dq, 2 * K + 1, dtype=loss.dtype)[..., None] * jax.nn.one_hot(U, 2, dtype=loss.dtype)[..., None, :]
-  counts = joint.sum((0, 1))  # [N, 2K + 1, 2]
+  i = jnp.broadcast_to(jnp.arange(N), dq.shape)
+  counts = jnp.zeros((N, 2 * K + 1, 2), loss.dtype).at[i, dq, U].add(1.0)  # joint table of (Δ_i, U_i) per i
   mi_i = _plugin_mi(counts)
   bound = M * jnp.mean(jnp.sqrt(2.0 * mi_i)) + M / K
   cells = jnp.sum(counts.sum(-1) > 0, -1).astype(loss.dtype)  # occupied Δ values per i
   mi_bias = jnp.mean((cells - 1) / (2.0 * n_tasks * n_coins))
-  return CMI(bound, jnp.mean(mi_i), mi_bias, gc, gc_se, g, g_se, jnp.mean(loss > M),
-             M * math.sqrt(2 * math.log(2)) + M / K)
+  return bound, jnp.mean(mi_i), mi_bias, gc, gc_se, g, g_se, jnp.mean(loss > M)
 
 
 def implicit_learner(params: Params, model_cfg: ModelConfig) -> Callable:
@@ -451,7 +463,7 @@ class Bound(NamedTuple):
   floor_surrogate: jax.Array  # NOT a bound for the ICL learner
   gap: jax.Array  # [B] measured gap of ŵ_L
   trivial: jax.Array  # zero predictor's population loss (the vacuity scale)
-  c: float  # (N − b)/(b N)
+  c: jax.Array  # (N − b)/(b N)
 
 
 def _sqrt_bound(R, N, terms_LB):
@@ -481,11 +493,11 @@ def theorem2(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: Tas
   max(N, D²)·ε_mach. eps only enters the floor surrogate.
   """
   N, b, c, eps, R, rtol, Sigma = _prepare(batch, model_cfg, task_cfg, b, eps, R, rtol)
-  return _theorem2(params, R_params, batch, Sigma, R, model_cfg, float(task_cfg.noise_std), c, b == N, eps, rtol)
+  return _theorem2(params, R_params, batch, Sigma, R, float(task_cfg.noise_std), c, eps, rtol, model_cfg, b == N)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9, 10))
-def _theorem2(params, R_params, batch, Sigma, R, model_cfg, noise_std, c, b_is_N, eps, rtol) -> Bound:
+@functools.partial(jax.jit, static_argnums=(9, 10))
+def _theorem2(params, R_params, batch, Sigma, R, noise_std, c, eps, rtol, model_cfg, b_is_N) -> Bound:
   N = batch.X.shape[1]
   traj = implicit.trajectory(params, batch_tokens(batch), model_cfg)
   spec = subspace_spectrum(params, traj, rtol)
@@ -493,11 +505,18 @@ def _theorem2(params, R_params, batch, Sigma, R, model_cfg, noise_std, c, b_is_N
   lamC = c * sample_cov_eigvals(per_demo_gradients(params, traj))
   exact, floor = paper_terms(spec.sensitive, lamC, model_cfg.D**2, eps)
   Rz = R_zero(batch, Sigma, noise_std)
+  c = jnp.asarray(c, lamC.dtype)
   if R is None:
     R = Rz if R_params is None else R_unpruned(R_params, batch, model_cfg, Sigma, noise_std)
   return Bound(spec, sub, reason, exact, floor, lamC.sum(-1), R, Rz, _sqrt_bound(R, N, sub),
                _sqrt_bound(R, N, exact), _sqrt_bound(R, N, floor), gap(traj.w_hat[-1], batch, Sigma, noise_std),
                zero_predictor_loss(batch.w, Sigma, noise_std), c)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _full_spectrum(params, batch, model_cfg):
+  traj = implicit.trajectory(params, batch_tokens(batch), model_cfg)
+  return sample_cov_eigvals(per_demo_gradients(params, traj))
 
 
 def sensitivity(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: TaskConfig, *, bs, epss,
@@ -518,20 +537,24 @@ def sensitivity(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: 
     check_eps(e, allow_zero=True)
   base = theorem2(params, batch, model_cfg, task_cfg, b=bs[0], R=R, R_params=R_params, rtol=rtol)
   rtol = rtol if rtol is not None else _default_rtol(max(N, model_cfg.D**2), batch.X.dtype)
-  traj = implicit.trajectory(params, batch_tokens(batch), model_cfg)
-  lamS_full = sample_cov_eigvals(per_demo_gradients(params, traj))
-  sub = np.zeros((len(bs), len(epss)))
-  floor = np.full((len(bs), len(epss)), np.nan)
-  for i, b in enumerate(bs):
-    c = covariance_scale(b, N)
-    for j, e in enumerate(epss):
-      t, _ = subspace_terms(base.spectrum, c, e, N, b == N, rtol)
-      sub[i, j] = float(_sqrt_bound(base.R, N, t))
-      if e > 0:
-        floor[i, j] = float(_sqrt_bound(base.R, N, paper_terms(base.spectrum.sensitive, c * lamS_full,
-                                                               model_cfg.D**2, e)[1]))
-  return {"b": np.asarray(bs), "eps": np.asarray(epss, float), "bound_subspace": sub, "floor_surrogate": floor,
-          "R": float(base.R)}
+  lamS_full = _full_spectrum(params, batch, model_cfg)
+  cs = jnp.asarray([covariance_scale(b, N) for b in bs], lamS_full.dtype)
+  es = jnp.asarray(epss, lamS_full.dtype)
+  is_N = jnp.asarray([b == N for b in bs])
+  sub, floor = _grid(base.spectrum, lamS_full, base.R, cs, es, is_N, rtol, N, model_cfg.D**2)
+  floor = np.where(np.asarray(es)[None] > 0, np.asarray(floor), np.nan)
+  return {"b": np.asarray(bs), "eps": np.asarray(epss, float), "bound_subspace": np.asarray(sub),
+          "floor_surrogate": floor, "R": float(base.R)}
+
+
+@functools.partial(jax.jit, static_argnums=(7, 8))
+def _grid(spec, lamS_full, R, cs, es, is_N, rtol, N, d_prime):
+  def point(c, e, b_is_N):
+    sub = _sqrt_bound(R, N, subspace_terms(spec, c, e, N, b_is_N, rtol)[0])
+    floor = _sqrt_bound(R, N, paper_terms(spec.sensitive, c * lamS_full, d_prime, jnp.maximum(e, 1e-300))[1])
+    return sub, floor
+  over_eps = jax.vmap(point, in_axes=(None, 0, None))
+  return jax.vmap(over_eps, in_axes=(0, None, 0))(cs, es, is_N)
 
 
 def sweep_metrics(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: TaskConfig, *, b: int | None = None,
