@@ -395,8 +395,9 @@ def test_example1_UB_never_increases_under_truncation(seed, D, N, which, data):
                                      ({"eps": 0.0}, "eps"), ({"eps": float("nan")}, "eps"),
                                      ({"R": -1.0}, "R"), ({"R": float("inf")}, "R"), ({"R": "x"}, "R"),
                                      ({"rtol": 1.5}, "rtol"), ({"clip_M": 0.0}, "clip_M"),
-                                     ({"cmi_seed": 0, "cmi_tasks": 1}, "n_tasks"),
-                                     ({"cmi_seed": 0, "cmi_coins": 0}, "n_coins"),
+                                     ({"cmi_seed": 0, "cmi_tasks": 1}, "cmi_tasks"),
+                                     ({"cmi_seed": 0, "cmi_coins": 0}, "cmi_coins"),
+                                     ({"cmi_seed": 0, "cmi_levels": 0}, "cmi_levels"),
                                      ({"cmi_seed": -1}, "cmi_seed")])
 def test_invalid_arguments_raise(kw, name):
   params, cfg = _random_params(jax.random.key(0), 2, 1)

@@ -583,6 +583,9 @@ def sweep_metrics(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg
   N = batch.X.shape[1]
   b = N // 2 if b is None else b
   M = default_clip_M(task_cfg) if clip_M is None else check_M(clip_M)
+  if cmi_seed is not None:  # cheap checks before the heavy work
+    check_positive_int("cmi_seed", cmi_seed, 0), check_positive_int("cmi_tasks", cmi_tasks, 2)
+    check_positive_int("cmi_coins", cmi_coins), check_positive_int("cmi_levels", cmi_levels)
   bd = theorem2(params, batch, model_cfg, task_cfg, b=b, eps=eps, R=R, R_params=R_params, rtol=rtol)
   dt = bd.R.dtype
   f = lambda x: jnp.asarray(x, dt)
@@ -604,7 +607,7 @@ def sweep_metrics(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg
     out["R_unpruned"] = R_unpruned(R_params, batch, model_cfg, Sigma, float(task_cfg.noise_std))
   if cmi_seed is not None:
     cfg_N = dataclasses.replace(task_cfg, n_context=N)
-    cm = supersample_cmi(jax.random.key(check_positive_int("cmi_seed", cmi_seed, 0)),
+    cm = supersample_cmi(jax.random.key(int(cmi_seed)),
                          implicit_learner(params, model_cfg), cfg_N, clip_M=M, n_tasks=cmi_tasks,
                          n_coins=cmi_coins, levels=cmi_levels, dtype=batch.X.dtype)
     out.update({"cmi_bound": cm.bound, "cmi_mi": cm.mi, "cmi_mi_bias": cm.mi_bias, "cmi_gap_clipped": cm.gap_clipped,
