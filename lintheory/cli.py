@@ -9,6 +9,7 @@ any work, and a failure a user can cause exits 2 with one line on stderr (`--deb
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import inspect
 import math
@@ -63,6 +64,21 @@ def float_arg(text: str) -> float:
 
 def optional_str(text: str) -> str | None:
   return None if text.lower() == "none" else text
+
+
+def _naming(flags: dict[str, str], fn, *a, **kw):
+  """fn(*a, **kw), a ValueError prefixed with the flag of the field its message starts with."""
+  try:
+    return fn(*a, **kw)
+  except ValueError as e:
+    flag = flags.get(str(e).split(" ", 1)[0])
+    raise ValueError(f"{flag}: {e}" if flag else str(e)) from None
+
+
+PRUNE_FLAGS = {"xi": "--rate", "rank": "--rank", "layer": "--layer", "layers": "--layer", "module": "--module"}
+SWEEP_FLAGS = {"n_eval": "--eval-tasks", "n_analysis": "--analysis-tasks", "block": "--block", "xi": "--rates",
+               "rank": "--ranks", "layer": "--layers", "layers": "--layers", "module": "--modules",
+               "modules": "--modules"}
 
 
 def _in_range(flag: str, value: int, lo: int, hi: int) -> int:
@@ -223,7 +239,8 @@ def check_memory(flag: str, value: int, lo: int, need, budget: int | None = None
       hi, top = (mid, top) if need(mid) <= budget else (hi, mid - 1)
     allowed = f"allowed range with the other arguments as given: [{lo}, {hi}]"
   else:
-    allowed = "no value fits with the other arguments as given (reduce --d, --n-context or --layers)"
+    allowed = ("no value fits with the other arguments as given (reduce --d, --n-context, --layers, --heads "
+               "or --mlp-hidden)")
   raise ValueError(f"{flag} {value} needs about {need(value) / 2**30:.3g} GiB of memory, more than the "
                    f"{budget / 2**30:.3g} GiB available; {allowed}")
 
@@ -276,6 +293,9 @@ def _train_setup(args):
     if saved.train is None:
       raise rundir.RunError(f"{out}: config.json has no training section; only `lintheory train` runs resume")
     base = rundir.config_dict(saved.task, saved.model, saved.train, saved.seed)
+  d = getattr(args, "cfg_d", base["task"]["d"] if base else None)
+  if isinstance(d, int) and d >= 1:  # the task's d×d covariances are built as soon as it exists
+    check_memory("--d", d, 1, lambda v: 4 * 8 * (v + 1) ** 2)
   cfg = build_configs(args, train_classes(), base)
   task, model, tcfg = cfg["task"], cfg["model"], cfg["train"]
   seed = args.seed if args.seed is not None else (saved.seed if saved else 0)
@@ -485,9 +505,9 @@ def cmd_prune(args) -> int:
   _in_range("--eval-tasks", args.eval_tasks, 2, INT_MAX)
   _in_range("--eval-seed", args.eval_seed, 0, INT_MAX)
   kw = {"xi": args.rate} if args.rate is not None else {"rank": args.rank}
-  names = prune.module_names(run.params, args.module)
-  prune.layer_list(args.layer, run.model.n_layers)
-  kept = {n: prune.kept_rank(run.params[n].shape, **kw) for n in names}
+  names = _naming(PRUNE_FLAGS, prune.module_names, run.params, args.module)
+  _naming(PRUNE_FLAGS, prune.layer_list, args.layer, run.model.n_layers)
+  kept = {n: _naming(PRUNE_FLAGS, prune.kept_rank, run.params[n].shape, **kw) for n in names}
   itemsize = run.params["W_Q"].dtype.itemsize
   check_memory("--eval-tasks", args.eval_tasks, 2, lambda n: eval_bytes(run.task, run.model, n, itemsize))
   with precision.for_dtype(_dtype_name(run.params)):
@@ -572,15 +592,18 @@ def check_sweep_dir(out: Path, overwrite: bool) -> None:
   if csv_path.exists():
     try:
       with open(csv_path, newline="") as f:
-        header = f.readline().rstrip("\n").split(",")
-      rows = sweep.read_csv(csv_path)
-    except (ValueError, TypeError, OSError, UnicodeDecodeError) as e:
+        table = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
       raise rundir.RunError(f"{csv_path}: cannot be read ({type(e).__name__}: {e})") from None
-    if header != meta["columns"]:
+    if not table or table[0] != meta["columns"]:
       raise rundir.RunError(f"{csv_path}: its header differs from sweep.json's columns")
-    for i, r in enumerate(rows):
-      if any(k is None for k in r) or len(r) != len(header) or any(r.get(k) is None for k in header[:6] if k != "xi"):
+    for i, row in enumerate(table[1:]):
+      if len(row) != len(table[0]) or "" in (row[0], row[1], row[2], row[3], row[5]):
         raise rundir.RunError(f"{csv_path}: row {i + 2} is truncated or malformed")
+    try:
+      sweep.read_csv(csv_path)
+    except (ValueError, TypeError) as e:
+      raise rundir.RunError(f"{csv_path}: a value cannot be parsed ({e})") from None
 
 
 def cmd_sweep(args) -> int:
@@ -592,10 +615,10 @@ def cmd_sweep(args) -> int:
   modules = args.modules or [m for m in ("attn", "q", "k", "v", "o", "mlp")
                              if any(n in run.params for n in prune.MODULES[m])]
   rates = tuple(args.rates) if args.rates is not None else (() if args.ranks else prune.PAPER_RATES)
-  cfg = sweep.SweepConfig(layers=tuple(args.layers) if args.layers else None, modules=tuple(modules),
-                          rates=rates, ranks=tuple(args.ranks or ()), n_eval=args.eval_tasks,
-                          n_analysis=args.analysis_tasks, block=args.block, bounds=not args.no_bounds)
-  sweep.configurations(cfg, run.params)  # layers, modules and ranks against this model
+  cfg = _naming(SWEEP_FLAGS, sweep.SweepConfig, layers=tuple(args.layers) if args.layers else None,
+                modules=tuple(modules), rates=rates, ranks=tuple(args.ranks or ()), n_eval=args.eval_tasks,
+                n_analysis=args.analysis_tasks, block=args.block, bounds=not args.no_bounds)
+  _naming(SWEEP_FLAGS, sweep.configurations, cfg, run.params)  # layers, modules and ranks against this model
   _in_range("--block", args.block, 2, 4096)
   itemsize = run.params["W_Q"].dtype.itemsize
   check_memory("--eval-tasks", args.eval_tasks, 2, lambda n: eval_bytes(run.task, run.model, n, itemsize, factor=6))
@@ -657,7 +680,10 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   try:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:  # reported by the subcommand, as its own errors are
+      raise UsageError(f"lintheory {args.command}", f"unrecognized arguments: {' '.join(extra)} "
+                                                    f"(see lintheory {args.command} --help)")
   except UsageError as e:
     print(f"{e.prog}: error: {e}", file=sys.stderr)
     return 2
