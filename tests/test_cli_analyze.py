@@ -73,7 +73,7 @@ def test_analyze_flags_softmax_and_mlp_runs(tmp_path, cache):
 
 def test_analyze_errors(tmp_path, capsys):
   assert cli.main(["analyze", str(tmp_path / "nope")]) == 2
-  assert "not a run directory" in capsys.readouterr().err
+  assert "no such run directory" in capsys.readouterr().err
   run = saved_run(tmp_path / "run")
   assert cli.main(["analyze", str(run), "--eval-tasks", "1"]) == 2
   assert "--eval-tasks must be >= 2" in capsys.readouterr().err

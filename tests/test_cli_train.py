@@ -64,7 +64,7 @@ def test_bad_values_exit_2_with_a_message(tmp_path, capsys, flags, message):
 
 def test_resume_without_a_run_exits_2(tmp_path, capsys):
   assert cli.main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
-  assert "not a run directory" in capsys.readouterr().err
+  assert "no such run directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [
