@@ -142,7 +142,7 @@ def add_config_flags(p: argparse.ArgumentParser, classes, aliases=ALIASES) -> di
         p.add_argument(*names, type=float_arg, nargs="+", metavar="X", **kw)
       else:
         typ = {"int": int_arg, "float": float_arg, "str": optional_str if optional else str}[kind]
-        p.add_argument(*names, type=typ, **kw)
+        p.add_argument(*names, type=typ, metavar=f.name.upper(), **kw)
       dests[f.name] = dest
   return dests
 

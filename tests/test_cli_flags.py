@@ -86,3 +86,18 @@ def test_a_config_error_names_the_flag(capsys, tmp_path):
   err = capsys.readouterr().err
   assert err == "lintheory train: error: --n-layers/--layers: n_layers must be an integer >= 1, got 0\n"
   assert not (tmp_path / "r").exists()
+
+
+def test_debug_shows_the_traceback_and_bugs_are_not_blamed_on_the_user(tmp_path, capsys, monkeypatch):
+  from lintheory.run import rundir
+  with pytest.raises(rundir.RunError, match="no such run directory"):
+    cli.main(["analyze", str(tmp_path / "none"), "--debug"])
+
+  def bug(args):
+    raise TypeError("an internal mistake")
+  monkeypatch.setattr(cli, "cmd_analyze", bug)
+  monkeypatch.setattr(cli, "add_analyze", lambda sub, common: sub.add_parser("analyze", parents=[common])
+                      .set_defaults(func=bug))
+  assert cli.main(["analyze"]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "TypeError: an internal mistake" in err and "--debug" in err

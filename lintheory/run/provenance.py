@@ -30,6 +30,8 @@ def _git(*args: str) -> str:
 
 def git_state() -> dict:
   """{"commit", "dirty"} of the source tree, or {"commit": None, "error": why} without git."""
+  if not (_ROOT / "pyproject.toml").exists():  # an installed copy: no source tree to ask
+    return {"commit": None, "dirty": None, "error": f"not run from a source checkout ({_ROOT})"}
   try:
     commit = _git("rev-parse", "HEAD")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
