@@ -404,3 +404,13 @@ def test_sweep_killed_then_rerun_is_identical_or_refused(base, tmp_path, monkeyp
     assert rc == 0, err
   assert (tmp_path / "out" / "sweep.csv").read_bytes() == sweep_reference
   assert json.loads((tmp_path / "out" / "sweep.json").read_text())["complete"] is True
+
+
+def test_a_model_that_overflows_is_not_written_by_prune_and_has_no_best_in_a_sweep(base, tmp_path, capsys):
+  run = tmp_path / "run"
+  shutil.copytree(base, run)
+  edit_npz("params.npz", lambda a: {k: np.full_like(v, 1e30) for k, v in a.items()})(run)  # finite, overflows
+  expect_refusal(tmp_path, capsys, argv_of("prune", tmp_path, run, tmp_path / "out"), "is not finite")
+  assert cli.main(argv_of("sweep", tmp_path, run, tmp_path / "sw")) == 0
+  out = capsys.readouterr().out
+  assert "no configuration has a finite ICL error" in out and "best" not in out
