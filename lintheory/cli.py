@@ -328,8 +328,8 @@ def cmd_train(args) -> int:
 def _train(args, out, saved, task, model, tcfg, seed) -> int:
   import jax
   import jax.numpy as jnp
-  from lintheory.core import learners
-  from lintheory.run import rundir, train
+  from lintheory.core import learners, precision
+  from lintheory.run import io, rundir, train
 
   prov = _provenance()
   state, prev = None, np.zeros((1, 0), np.float32)
@@ -341,7 +341,10 @@ def _train(args, out, saved, task, model, tcfg, seed) -> int:
     state = train.TrainState({k: jnp.asarray(v)[None] for k, v in saved.params.items()}, opt_state, step)
     print(f"resuming {out} from step {step}", file=sys.stderr)
 
-  progress = train.print_progress(tcfg.steps)
+  def progress(st, chunk_losses):
+    io.progress(f"  step {st.step:>6}/{tcfg.steps}  loss {float(chunk_losses[0, -1]):.4f}",
+                final=st.step >= tcfg.steps)
+
   done = [np.asarray(prev)]
   last_save = [state.step if state else 0]
 
@@ -350,15 +353,15 @@ def _train(args, out, saved, task, model, tcfg, seed) -> int:
     done.append(np.asarray(chunk_losses))
     if st.step < tcfg.steps and st.step // args.checkpoint_every > last_save[0] // args.checkpoint_every:
       losses = np.concatenate(done, axis=1)
-      rundir.save_run(out, task, model, tcfg, seed, train.seed_params(st.params, 0),
+      rundir.save_run(out, task, model, tcfg, seed, {k: np.asarray(v[0]) for k, v in st.params.items()},
                       {"step": st.step, "finished": False}, losses[0],
                       checkpoint=rundir.checkpoint_arrays(st.opt_state, st.step, losses), provenance=prov)
       last_save[0] = st.step
 
   res = train.fit(task, model, tcfg, seeds=(seed,), state=state, on_chunk=on_chunk)
-  params = {k: np.asarray(v) for k, v in train.seed_params(res.params, 0).items()}
+  params = {k: np.asarray(v[0]) for k, v in res.params.items()}
   ev = train.evaluate(params, task, model, jax.random.key(10_000 + seed), args.eval_tasks,
-                      dtype=train.DTYPES[tcfg.dtype])
+                      dtype=precision.DTYPES[tcfg.dtype])
   closed = learners.gd1_loss_for(task)
   losses = np.concatenate(done, axis=1)
   metrics = {
