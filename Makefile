@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PROFILE ?= default
 export MPLBACKEND := Agg
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
