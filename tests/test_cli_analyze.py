@@ -73,10 +73,10 @@ def test_analyze_flags_softmax_and_mlp_runs(tmp_path, cache):
 
 def test_analyze_errors(tmp_path, capsys):
   assert cli.main(["analyze", str(tmp_path / "nope")]) == 2
-  assert "not a run directory" in capsys.readouterr().err
+  assert "no such run directory" in capsys.readouterr().err
   run = saved_run(tmp_path / "run")
   assert cli.main(["analyze", str(run), "--eval-tasks", "1"]) == 2
-  assert "--eval-tasks must be >= 2" in capsys.readouterr().err
+  assert "--eval-tasks must be an integer in [2, " in capsys.readouterr().err
   assert cli.main(["analyze", str(run), "--fit-steps", "0"]) == 2
   assert "steps must be an integer >= 1" in capsys.readouterr().err
   assert not (run / "analysis.json").exists()
