@@ -37,7 +37,7 @@ import numpy as np
 
 from lintheory.core import implicit, prune, tasks
 from lintheory.run import io
-from lintheory.core.model import ModelConfig, Params, block, forward, predict
+from lintheory.core.model import ModelConfig, Params, block, forward, heads
 from lintheory.core.tasks import TaskConfig
 
 
@@ -142,41 +142,93 @@ def masked_params(params: Params, svd: dict, keep: dict) -> Params:
   return out
 
 
-def forward_from(p: Params, states0: jax.Array, k: jax.Array, model_cfg: ModelConfig) -> jax.Array:
-  """ŷ of params p that equal the base model's in layers < k, reusing the base states0 [L+1, B, T, D].
+def layer_of(p: Params, j: jax.Array) -> dict:
+  """Layer j's matrices of a parameter dict (j may be traced)."""
+  return {name: jax.lax.dynamic_index_in_dim(W, j, keepdims=False) for name, W in p.items()}
 
-  Layers before k are skipped (lax.cond: computed only when not vmapped); from k on the forward
-  pass runs as in model.forward.
+
+def query_prediction(p_t: dict, Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """ŷ [B] after the last layer p_t from its input Z_BTD, computing only the query's token.
+
+  The query attends to the demonstrations' keys and values only, and ŷ reads one entry, so for
+  linear attention without an MLP only the y-row of the value map is needed (docs/theory.md §2):
+  ŷ = −(z_q,y + Σ_h (W_Q z_q)ᵀ W_K Σ_i h_i (w_y·h_i) / N), O(B·N·D) instead of O(B·T·D²).
   """
-  def step(Z, j_p):
-    j, p_j = j_p
-    Z = jax.lax.cond(j < k, lambda: states0[j + 1], lambda: block(p_j, Z, model_cfg))
-    return Z, None
+  N = Z_BTD.shape[1] - 1
+  Zs, z_q = Z_BTD[:, :N], Z_BTD[:, -1]
+  W_Q, W_K, W_V = heads(p_t["W_Q"]), heads(p_t["W_K"]), heads(p_t["W_V"])
+  q = jnp.einsum("bd,hed->bhe", z_q, W_Q)
+  if cfg.attention == "linear" and cfg.mlp is None:
+    w_y = W_V[:, -1] if "W_O" not in p_t else jnp.einsum("f,hfd->hd", p_t["W_O"][-1], W_V)  # [H, D]
+    u = jnp.einsum("bnd,bnh->bhd", Zs, jnp.einsum("bnd,hd->bnh", Zs, w_y))  # Σ_i h_i (w_y·h_i) [B, H, D]
+    out_y = jnp.einsum("bhe,hed,bhd->b", q, W_K, u) / N
+    return -(z_q[:, -1] + out_y)
+  K = jnp.einsum("bnd,hed->bhne", Zs, W_K)
+  V = jnp.einsum("bnd,hed->bhne", Zs, W_V)
+  if cfg.attention == "linear":
+    out = jnp.einsum("bhe,bhef->bf", q, jnp.einsum("bhne,bhnf->bhef", K, V)) / N
+  else:
+    out = jnp.einsum("bhn,bhnf->bf", jax.nn.softmax(jnp.einsum("bhe,bhne->bhn", q, K), axis=-1), V)
+  if "W_O" in p_t:
+    out = out @ p_t["W_O"].T
+  h = z_q + out
+  if cfg.mlp is not None:
+    hidden = h @ p_t["W_1"].T
+    hidden = jax.nn.relu(hidden) if cfg.mlp == "relu" else hidden
+    h = h + hidden @ p_t["W_2"].T
+  return -h[:, -1]
 
-  Z_L, _ = jax.lax.scan(step, states0[0], (jnp.arange(states0.shape[0] - 1), p))
-  return predict(Z_L)
+
+def predict_from(p: Params, states_LBTD: jax.Array, k: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """ŷ [B] of params p that equal the base model's in layers < k, from the base inputs to each layer.
+
+  states_LBTD[j] is the base model's input to layer j (forward's states[:-1]); layers k … L−2 run
+  in full, the last one only for the query (query_prediction). k = L − 1 for the unpruned model.
+  """
+  L = states_LBTD.shape[0]
+  Z = jax.lax.dynamic_index_in_dim(states_LBTD, k, keepdims=False)
+  Z = jax.lax.fori_loop(k, L - 1, lambda j, Z: block(layer_of(p, j), Z, cfg), Z)
+  return query_prediction(layer_of(p, L - 1), Z, cfg)
 
 
-def first_pruned_layer(keep: dict, svd: dict) -> jax.Array:
-  """The first layer any matrix is truncated in (L when none is)."""
-  pruned = jnp.any(jnp.stack([keep[n] < s.shape[-1] for n, (_, s, _) in svd.items()]), axis=0)  # [L]
-  return jnp.where(jnp.any(pruned), jnp.argmax(pruned), pruned.shape[0])
+def trajectory_from(p: Params, states_LBTD: jax.Array, k: jax.Array, cfg: ModelConfig):
+  """(ΔW_t, G_t, ŵ_t) for every layer (docs/theory.md §5), as implicit.trajectory, from the base
+  model's inputs to each layer: only the inputs to layers k+1 … L−1 are recomputed."""
+  L, N, D = states_LBTD.shape[0], states_LBTD.shape[2] - 1, cfg.D
+  step = lambda j, S: S.at[j + 1].set(block(layer_of(p, j), S[j], cfg))
+  S = jax.lax.fori_loop(k, L - 1, step, states_LBTD)
+  lp = {"W_Q": jax.vmap(heads)(p["W_Q"]), "W_K": jax.vmap(heads)(p["W_K"]), "W_V": implicit.value_maps(p)}
+  dW = jax.vmap(implicit.delta_W)(lp, S[:, :, :N])
+  eye = jnp.eye(D, dtype=S.dtype)
+
+  def recur(W_prev, dW_t):
+    G_t = dW_t @ (eye + W_prev)
+    return W_prev + G_t, (G_t, W_prev + G_t)
+
+  _, (G, W_traj) = jax.lax.scan(recur, jnp.zeros_like(dW[0]), dW)
+  return dW, G, -W_traj[..., D - 1, : D - 1]
+
+
+def first_pruned_layer(keep: dict, full: dict, n_layers: int) -> int:
+  """The first layer any matrix keeps less than its full rank in; L − 1 when none does."""
+  pruned = [l for l in range(n_layers) if any(keep[n][l] < full[n] for n in keep)]
+  return pruned[0] if pruned else n_layers - 1
 
 
 def _metrics(p: Params, eval_b: tasks.Batch, ana_b: tasks.Batch, model_cfg: ModelConfig,
-             task_cfg: TaskConfig, with_bounds: bool, shared=None) -> dict:
-  """shared = (states0, k): reuse the base model's eval states before layer k (same ŷ)."""
-  if shared is None:
-    y_hat, _ = forward(p, tasks.batch_tokens(eval_b), model_cfg)
-  else:
-    y_hat = forward_from(p, shared[0], shared[1], model_cfg)
-  err = tasks.normalised_error((y_hat - eval_b.y_q) ** 2, task_cfg.d)
-  B = err.shape[0]
+             task_cfg: TaskConfig, with_bounds: bool) -> dict:
+  """The plain evaluation: prune-then-forward on every task (the loop's, and the reference)."""
+  y_hat, _ = forward(p, tasks.batch_tokens(eval_b), model_cfg)
   traj = implicit.trajectory(p, tasks.batch_tokens(ana_b), model_cfg)
+  return _summary(p, tasks.normalised_error((y_hat - eval_b.y_q) ** 2, task_cfg.d),
+                  (traj.delta_W, traj.G, traj.w_hat), ana_b, model_cfg, task_cfg, with_bounds)
+
+
+def _summary(p, err_B, traj, ana_b, model_cfg, task_cfg, with_bounds) -> dict:
+  dW, G, w_hat = traj
   fro = lambda A: jnp.mean(jnp.sqrt(jnp.sum(A**2, (-2, -1))), axis=1)
-  out = {"icl_error": jnp.mean(err), "icl_error_se": jnp.std(err, ddof=1) / math.sqrt(B),
-         "icl_error_median": jnp.median(err), "dW_norm": fro(traj.delta_W), "G_norm": fro(traj.G),
-         "w_hat": traj.w_hat}
+  out = {"icl_error": jnp.mean(err_B), "icl_error_se": jnp.std(err_B, ddof=1) / math.sqrt(err_B.shape[0]),
+         "icl_error_median": jnp.median(err_B), "dW_norm": fro(dW), "G_norm": fro(G), "w_hat": w_hat}
   if with_bounds:
     from lintheory.core import bounds
     out.update({f"bd_{k}": v for k, v in bounds.sweep_metrics(p, ana_b, model_cfg, task_cfg).items()})
@@ -193,46 +245,107 @@ def _compare(m: dict, w_hat0: jax.Array) -> dict:
   return m
 
 
-def lanes_for(cfg: SweepConfig) -> int:
-  if cfg.lanes:
-    return cfg.lanes
-  return 1 if jax.default_backend() == "cpu" else cfg.block
+def lanes_for(lanes: int, block_size: int) -> int:
+  """Configurations vmapped together: 1 on CPU (a sequential lax.map is fastest there: the tiny
+  per-task matmuls do not batch, and each configuration runs only its own layers), the block elsewhere."""
+  if lanes:
+    return lanes
+  return 1 if jax.default_backend() == "cpu" else block_size
+
+
+def _over_configs(f, xs, lanes: int):
+  return jax.lax.map(f, xs, batch_size=lanes if lanes > 1 else None)
 
 
 @functools.lru_cache(maxsize=16)  # a second sweep of the same shapes in one process does not recompile
 def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: bool, lanes: int) -> Callable:
   """jit(vmap over seeds of a map over configurations, `lanes` of them vmapped at a time).
 
-  Lane 0 must be the unpruned pattern; the block length must be a multiple of lanes.
+  Arguments: params, svd (seed axis), keeps (name → [C, L]), k_C (first pruned layer), the base
+  model's inputs to each layer on the held-out and analysis tasks ([S, L, B, T, D]), y_q, ana_b.
+  Configuration 0 must be the unpruned one: it is the reference of ŵ_t.
   """
-  def one(params, svd, keep, eval_b, ana_b, states0):
-    shared = (states0, first_pruned_layer(keep, svd))
-    return _metrics(masked_params(params, svd, keep), eval_b, ana_b, model_cfg, task_cfg, with_bounds, shared)
+  def one(params, svd, keep, k, eval_states, y_q, ana_states, ana_b):
+    p = masked_params(params, svd, keep)
+    err = tasks.normalised_error((predict_from(p, eval_states, k, model_cfg) - y_q) ** 2, task_cfg.d)
+    traj = trajectory_from(p, ana_states, k, model_cfg)
+    return _summary(p, err, traj, ana_b, model_cfg, task_cfg, with_bounds)
 
-  def block_fn(params, svd, keeps, eval_b, ana_b):
-    _, states0 = forward(params, tasks.batch_tokens(eval_b), model_cfg)  # once per seed
-    m = jax.lax.map(lambda keep: one(params, svd, keep, eval_b, ana_b, states0), keeps,
-                    batch_size=lanes if lanes > 1 else None)
-    # The reference is lane 0 of the same program, so layers before the pruned one compare
-    # bit-exactly (the same inputs through the same compiled ops).
+  def block_fn(params, svd, keeps, k_C, eval_states, y_q, ana_states, ana_b):
+    m = _over_configs(lambda kk: one(params, svd, kk[0], kk[1], eval_states, y_q, ana_states, ana_b),
+                      (keeps, k_C), lanes)
+    # The reference is configuration 0 of the same program, so layers before the pruned one
+    # compare bit-exactly (the same inputs through the same compiled ops).
     return jax.vmap(_compare, in_axes=(0, None))(m, m["w_hat"][0])
 
-  return jax.jit(jax.vmap(block_fn, in_axes=(0, 0, None, 0, 0)))
+  return jax.jit(jax.vmap(block_fn, in_axes=(0, 0, None, None, 0, 0, 0, 0)))
+
+
+@functools.lru_cache(maxsize=16)
+def _errors_fn(model_cfg: ModelConfig, lanes: int) -> Callable:
+  def per_seed(params, svd, keeps, k_C, states, y_q):
+    def one(kk):
+      y_hat = predict_from(masked_params(params, svd, kk[0]), states, kk[1], model_cfg)
+      return tasks.normalised_error((y_hat - y_q) ** 2, model_cfg.d)
+    return _over_configs(one, (keeps, k_C), lanes)
+  return jax.jit(jax.vmap(per_seed, in_axes=(0, 0, None, None, 0, 0)))
+
+
+@functools.lru_cache(maxsize=16)
+def _states_fn(model_cfg: ModelConfig) -> Callable:
+  return jax.jit(jax.vmap(lambda p, b: forward(p, tasks.batch_tokens(b), model_cfg)[1][:-1]))
+
+
+def base_states(params_S: Params, batch_S: tasks.Batch, model_cfg: ModelConfig) -> jax.Array:
+  """The unpruned models' inputs to each layer on their tasks → [S, L, B, T, D] (computed once)."""
+  return _states_fn(model_cfg)(params_S, batch_S)
+
+
+def task_errors(params_S: Params, model_cfg: ModelConfig, keeps: dict, batch_S: tasks.Batch,
+                block_size: int = 32, lanes: int = 0) -> np.ndarray:
+  """Per-task normalised squared errors of C configurations → [S, C, B] (float64 numpy).
+
+  keeps: name → int [C, L], the kept rank of every matrix in every layer (a full rank keeps the
+  matrix bit-exact). Each configuration reuses the base model's state at its first pruned layer.
+  """
+  names = sorted(keeps)
+  p0 = jax.tree_util.tree_map(lambda a: a[0], params_S)
+  full, L = full_ranks(p0), p0["W_Q"].shape[0]
+  keeps = {n: np.asarray(keeps[n], np.int32) for n in names}
+  C = keeps[names[0]].shape[0]
+  k_C = np.asarray([first_pruned_layer({n: keeps[n][c] for n in names}, full, L) for c in range(C)], np.int32)
+  svd = svd_of(params_S, names)
+  states = base_states(params_S, batch_S, model_cfg)
+  fn = _errors_fn(model_cfg, lanes_for(lanes, block_size))
+  out = []
+  for start in range(0, C, block_size):
+    idx = np.arange(start, start + block_size).clip(max=C - 1)  # pad the last block: one compilation
+    kp = {n: jnp.asarray(keeps[n][idx]) for n in names}
+    e = fn(params_S, svd, kp, jnp.asarray(k_C[idx]), states, batch_S.y_q)
+    out.append(np.asarray(e, np.float64)[:, : min(block_size, C - start)])
+  return np.concatenate(out, axis=1)
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)  # one compilation per task setting and shape, none per call
+def _sampler(task_cfg: TaskConfig, n_tasks: int, n_context: int | None, dtype) -> Callable:
+  return jax.jit(jax.vmap(lambda key: tasks.sample(key, task_cfg, n_tasks, n_context, dtype)))
+
+
+def sample_stacked(keys_S: jax.Array, task_cfg: TaskConfig, n_tasks: int, n_context: int | None = None,
+                   dtype=jnp.float32) -> tasks.Batch:
+  """tasks.sample for each key of keys_S, jitted and stacked [S, ...] (the same draws as eager)."""
+  return _sampler(task_cfg, int(n_tasks), n_context, jnp.dtype(dtype))(keys_S)
 
 
 def batches(task_cfg: TaskConfig, seeds, cfg: SweepConfig, dtype) -> tuple[tasks.Batch, tasks.Batch]:
   """Held-out and analysis tasks per seed, stacked [S, ...] (the same for every configuration)."""
-  fn = _batches_fn(task_cfg, cfg.n_eval, cfg.n_analysis, cfg.eval_seed, jnp.dtype(dtype))
-  return fn(jnp.asarray(seeds, jnp.uint32))
-
-
-@functools.lru_cache(maxsize=16)  # one compilation per task setting, not one per op or per sweep
-def _batches_fn(task_cfg: TaskConfig, n_eval: int, n_analysis: int, eval_seed: int, dtype) -> Callable:
-  def pair(seed):
-    k = jax.random.fold_in(jax.random.key(eval_seed), seed)
-    return (tasks.sample(jax.random.fold_in(k, 0), task_cfg, n_eval, dtype=dtype),
-            tasks.sample(jax.random.fold_in(k, 1), task_cfg, n_analysis, dtype=dtype))
-  return jax.jit(jax.vmap(pair))
+  keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(cfg.eval_seed), s))(jnp.asarray(seeds, jnp.uint32))
+  fold = lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+  return (sample_stacked(fold(0), task_cfg, cfg.n_eval, dtype=dtype),
+          sample_stacked(fold(1), task_cfg, cfg.n_analysis, dtype=dtype))
 
 
 def svd_of(params_S: Params, names) -> dict:
@@ -360,12 +473,16 @@ def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, c
   todo = [c for c in dict.fromkeys(c for k, (_, _, c) in want.items() if k not in done)]
   patterns = {c: keep_pattern(c, p0) for c in confs}
   full = keep_pattern(Config(0, cfg.modules[0], "rank", min(p0["W_Q"].shape[-2:])), p0)
-  unique = list(dict.fromkeys(patterns[c] for c in todo if patterns[c] != full))
+  names = sorted({n for m in cfg.modules for n in prune.module_names(p0, m)})
+  ranks = full_ranks(p0)
+  first = lambda pat: first_pruned_layer({n: ks for n, ks in pat if n in names}, ranks, L)
+  # Ordered by the first pruned layer: a block then shares one base state (and, vmapped, one trip count).
+  unique = sorted(dict.fromkeys(patterns[c] for c in todo if patterns[c] != full), key=first)
   if any(patterns[c] == full for c in todo):
     unique = [full] + unique  # the unpruned model evaluated as a configuration of its own
-  names = sorted({n for m in cfg.modules for n in prune.module_names(p0, m)})
   svd = svd_of(params_S, names)
-  fn = make_block_fn(model_cfg, task_cfg, with_bounds, lanes_for(cfg))
+  fn = make_block_fn(model_cfg, task_cfg, with_bounds, lanes_for(cfg.lanes, cfg.block))
+  eval_states, ana_states = (base_states(params_S, b, model_cfg) for b in (eval_b, ana_b))
   per_block = cfg.block - 1
   n_blocks = math.ceil(len(unique) / per_block) if unique else 0
   results: dict[tuple, dict] = {}
@@ -394,7 +511,8 @@ def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, c
     chunk = unique[b * per_block:(b + 1) * per_block]
     pats = [full] + chunk + [chunk[-1]] * (per_block - len(chunk))  # pad: one compilation
     keeps = {name: jnp.asarray([dict(p)[name] for p in pats], jnp.int32) for name in names}
-    m = jax.device_get(fn(params_S, svd, keeps, eval_b, ana_b))
+    k_C = jnp.asarray([first(p) for p in pats], jnp.int32)
+    m = jax.device_get(fn(params_S, svd, keeps, k_C, eval_states, eval_b.y_q, ana_states, ana_b))
     for j, pat in enumerate(pats[:1 + len(chunk)]):
       results.setdefault(pat, jax.tree_util.tree_map(lambda a: a[:, j], m))
     for c in todo:
