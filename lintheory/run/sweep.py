@@ -148,21 +148,12 @@ def layer_of(p: Params, j: jax.Array) -> dict:
 
 
 def query_prediction(p_t: dict, Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """ŷ [B] after the last layer p_t from its input Z_BTD, computing only the query's token.
-
-  The query attends to the demonstrations' keys and values only, and ŷ reads one entry, so for
-  linear attention without an MLP only the y-row of the value map is needed (docs/theory.md §2):
-  ŷ = −(z_q,y + Σ_h (W_Q z_q)ᵀ W_K Σ_i h_i (w_y·h_i) / N), O(B·N·D) instead of O(B·T·D²).
-  """
+  """ŷ [B] after the last layer p_t from its input Z_BTD, computing only the query's token (the query
+  attends to the demonstrations' keys and values; nothing reads the other tokens' outputs)."""
   N = Z_BTD.shape[1] - 1
   Zs, z_q = Z_BTD[:, :N], Z_BTD[:, -1]
   W_Q, W_K, W_V = heads(p_t["W_Q"]), heads(p_t["W_K"]), heads(p_t["W_V"])
   q = jnp.einsum("bd,hed->bhe", z_q, W_Q)
-  if cfg.attention == "linear" and cfg.mlp is None:
-    w_y = W_V[:, -1] if "W_O" not in p_t else jnp.einsum("f,hfd->hd", p_t["W_O"][-1], W_V)  # [H, D]
-    u = jnp.einsum("bnd,bnh->bhd", Zs, jnp.einsum("bnd,hd->bnh", Zs, w_y))  # Σ_i h_i (w_y·h_i) [B, H, D]
-    out_y = jnp.einsum("bhe,hed,bhd->b", q, W_K, u) / N
-    return -(z_q[:, -1] + out_y)
   K = jnp.einsum("bnd,hed->bhne", Zs, W_K)
   V = jnp.einsum("bnd,hed->bhne", Zs, W_V)
   if cfg.attention == "linear":
@@ -179,34 +170,100 @@ def query_prediction(p_t: dict, Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Array
   return -h[:, -1]
 
 
-def predict_from(p: Params, states_LBTD: jax.Array, k: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """ŷ [B] of params p that equal the base model's in layers < k, from the base inputs to each layer.
+def value_out(p_t: dict) -> tuple[jax.Array, jax.Array]:
+  """Per head A = W_Qᵀ W_K and B = W_Vᵀ W_Oᵀ [H, D, D]: linear attention maps a token row h to
+  h (I + Σ_h A C B / N) with C = Σ_i h_i h_iᵀ over the demonstrations (docs/theory.md §4)."""
+  W_Q, W_K, W_V = heads(p_t["W_Q"]), heads(p_t["W_K"]), heads(p_t["W_V"])
+  A = jnp.einsum("hed,heg->hdg", W_Q, W_K)
+  B = jnp.swapaxes(W_V, -1, -2) if "W_O" not in p_t else jnp.einsum("hfd,ef->hde", W_V, p_t["W_O"])
+  return A, B
 
-  states_LBTD[j] is the base model's input to layer j (forward's states[:-1]); layers k … L−2 run
-  in full, the last one only for the query (query_prediction). k = L − 1 for the unpruned model.
+
+def linear_E(p_t: dict, C_BDD: jax.Array, N: int) -> jax.Array:
+  """E = Σ_h A C B / N [B, D, D]: a linear-attention layer maps tokens Z ↦ Z (I + E), and E = ΔW_tᵀ."""
+  A, B = value_out(p_t)
+  return jnp.einsum("bhdf,hfg->bdg", jnp.einsum("hde,bef->bhdf", A, C_BDD), B) / N
+
+
+def base_of(p: Params, Z_BTD: jax.Array, cfg: ModelConfig, analysis: bool = False) -> dict:
+  """What configurations pruned from layer k on share: the unpruned model's inputs to each layer.
+
+  Linear attention without MLP: the demonstrations' Gram matrices C [L, B, D, D] and the query rows
+  z [L, B, D] carry everything (Z ↦ Z P gives C ↦ Pᵀ C P, z ↦ z P); otherwise the token states
+  Z [L, B, T, D]. With analysis, also the base trajectory dW, G, W [L, B, D, D] (docs/theory.md §5).
   """
-  L = states_LBTD.shape[0]
-  Z = jax.lax.dynamic_index_in_dim(states_LBTD, k, keepdims=False)
-  Z = jax.lax.fori_loop(k, L - 1, lambda j, Z: block(layer_of(p, j), Z, cfg), Z)
-  return query_prediction(layer_of(p, L - 1), Z, cfg)
+  _, states = forward(p, Z_BTD, cfg)
+  states, N = states[:-1], Z_BTD.shape[1] - 1
+  if cfg.is_linear:
+    out = {"C": jnp.einsum("lbnd,lbne->lbde", states[:, :, :N], states[:, :, :N]), "z": states[:, :, -1]}
+  else:
+    out = {"Z": states}
+  if analysis:
+    traj = implicit.trajectory(p, Z_BTD, cfg)
+    out.update(dW=traj.delta_W, G=traj.G, W=traj.W_traj)
+  return out
 
 
-def trajectory_from(p: Params, states_LBTD: jax.Array, k: jax.Array, cfg: ModelConfig):
-  """(ΔW_t, G_t, ŵ_t) for every layer (docs/theory.md §5), as implicit.trajectory, from the base
-  model's inputs to each layer: only the inputs to layers k+1 … L−1 are recomputed."""
-  L, N, D = states_LBTD.shape[0], states_LBTD.shape[2] - 1, cfg.D
-  step = lambda j, S: S.at[j + 1].set(block(layer_of(p, j), S[j], cfg))
-  S = jax.lax.fori_loop(k, L - 1, step, states_LBTD)
-  lp = {"W_Q": jax.vmap(heads)(p["W_Q"]), "W_K": jax.vmap(heads)(p["W_K"]), "W_V": implicit.value_maps(p)}
-  dW = jax.vmap(implicit.delta_W)(lp, S[:, :, :N])
-  eye = jnp.eye(D, dtype=S.dtype)
+def _at(a: jax.Array, j: jax.Array) -> jax.Array:
+  return jax.lax.dynamic_index_in_dim(a, j, keepdims=False)
 
-  def recur(W_prev, dW_t):
-    G_t = dW_t @ (eye + W_prev)
-    return W_prev + G_t, (G_t, W_prev + G_t)
 
-  _, (G, W_traj) = jax.lax.scan(recur, jnp.zeros_like(dW[0]), dW)
-  return dW, G, -W_traj[..., D - 1, : D - 1]
+def predict_from(p: Params, base: dict, k: jax.Array, cfg: ModelConfig, N: int) -> jax.Array:
+  """ŷ [B] of params p that equal the base model's in layers < k, from base_of's shared inputs.
+
+  Layers k … L−2 run in full, the last one only for the query's y-slot. k = L − 1 for the
+  unpruned model. Equals model.forward of p to round-off.
+  """
+  if not cfg.is_linear:
+    L = base["Z"].shape[0]
+    Z = jax.lax.fori_loop(k, L - 1, lambda j, Z: block(layer_of(p, j), Z, cfg), _at(base["Z"], k))
+    return query_prediction(layer_of(p, L - 1), Z, cfg)
+  L, D = base["C"].shape[0], cfg.D
+  eye = jnp.eye(D, dtype=base["C"].dtype)
+
+  def step(j, Cz):
+    C, z = Cz
+    P = eye + linear_E(layer_of(p, j), C, N)
+    return jnp.einsum("bdi,bde,bej->bij", P, C, P), jnp.einsum("bd,bde->be", z, P)
+
+  C, z = jax.lax.fori_loop(k, L - 1, step, (_at(base["C"], k), _at(base["z"], k)))
+  A, B = value_out(layer_of(p, L - 1))
+  u = jnp.einsum("bef,hf->bhe", C, B[:, :, -1])  # C times the y-column of B, per head
+  return -(z[:, -1] + jnp.einsum("bd,hde,bhe->b", z, A, u) / N)
+
+
+def trajectory_from(p: Params, base: dict, k: jax.Array, cfg: ModelConfig, N: int):
+  """(ΔW_t, G_t, ŵ_t) for every layer (docs/theory.md §5), as implicit.trajectory: the base
+  model's for t < k (bit-exact), recomputed from layer k on."""
+  D = cfg.D
+  eye = jnp.eye(D, dtype=base["dW"].dtype)
+  L = base["dW"].shape[0]
+  if not cfg.is_linear:
+    step = lambda j, S: S.at[j + 1].set(block(layer_of(p, j), S[j], cfg))
+    S = jax.lax.fori_loop(k, L - 1, step, base["Z"])
+    lp = {"W_Q": jax.vmap(heads)(p["W_Q"]), "W_K": jax.vmap(heads)(p["W_K"]), "W_V": implicit.value_maps(p)}
+    dW = jax.vmap(implicit.delta_W)(lp, S[:, :, :N])
+
+    def recur(W_prev, dW_t):
+      G_t = dW_t @ (eye + W_prev)
+      return W_prev + G_t, (G_t, W_prev + G_t)
+
+    _, (G, W_traj) = jax.lax.scan(recur, jnp.zeros_like(dW[0]), dW)
+    return dW, G, -W_traj[..., D - 1, : D - 1]
+
+  def step(j, carry):
+    C, W_prev, dW, G, W = carry
+    E = linear_E(layer_of(p, j), C, N)
+    dW_j = jnp.swapaxes(E, -1, -2)
+    G_j = dW_j @ (eye + W_prev)
+    P = eye + E
+    C = jnp.einsum("bdi,bde,bej->bij", P, C, P)
+    return C, W_prev + G_j, dW.at[j].set(dW_j), G.at[j].set(G_j), W.at[j].set(W_prev + G_j)
+
+  W_prev = jnp.where(k > 0, _at(base["W"], jnp.maximum(k - 1, 0)), 0)
+  init = (_at(base["C"], k), W_prev, base["dW"], base["G"], base["W"])
+  _, _, dW, G, W = jax.lax.fori_loop(k, L, step, init)
+  return dW, G, -W[..., D - 1, : D - 1]
 
 
 def first_pruned_layer(keep: dict, full: dict, n_layers: int) -> int:
@@ -261,18 +318,20 @@ def _over_configs(f, xs, lanes: int):
 def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: bool, lanes: int) -> Callable:
   """jit(vmap over seeds of a map over configurations, `lanes` of them vmapped at a time).
 
-  Arguments: params, svd (seed axis), keeps (name → [C, L]), k_C (first pruned layer), the base
-  model's inputs to each layer on the held-out and analysis tasks ([S, L, B, T, D]), y_q, ana_b.
+  Arguments: params, svd (seed axis), keeps (name → [C, L]), k_C (first pruned layer), base_of the
+  held-out tasks, their y_q, base_of the analysis tasks (with analysis=True), the analysis tasks.
   Configuration 0 must be the unpruned one: it is the reference of ŵ_t.
   """
-  def one(params, svd, keep, k, eval_states, y_q, ana_states, ana_b):
+  N = task_cfg.n_context
+
+  def one(params, svd, keep, k, eval_base, y_q, ana_base, ana_b):
     p = masked_params(params, svd, keep)
-    err = tasks.normalised_error((predict_from(p, eval_states, k, model_cfg) - y_q) ** 2, task_cfg.d)
-    traj = trajectory_from(p, ana_states, k, model_cfg)
+    err = tasks.normalised_error((predict_from(p, eval_base, k, model_cfg, N) - y_q) ** 2, task_cfg.d)
+    traj = trajectory_from(p, ana_base, k, model_cfg, N)
     return _summary(p, err, traj, ana_b, model_cfg, task_cfg, with_bounds)
 
-  def block_fn(params, svd, keeps, k_C, eval_states, y_q, ana_states, ana_b):
-    m = _over_configs(lambda kk: one(params, svd, kk[0], kk[1], eval_states, y_q, ana_states, ana_b),
+  def block_fn(params, svd, keeps, k_C, eval_base, y_q, ana_base, ana_b):
+    m = _over_configs(lambda kk: one(params, svd, kk[0], kk[1], eval_base, y_q, ana_base, ana_b),
                       (keeps, k_C), lanes)
     # The reference is configuration 0 of the same program, so layers before the pruned one
     # compare bit-exactly (the same inputs through the same compiled ops).
@@ -282,23 +341,23 @@ def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: boo
 
 
 @functools.lru_cache(maxsize=16)
-def _errors_fn(model_cfg: ModelConfig, lanes: int) -> Callable:
-  def per_seed(params, svd, keeps, k_C, states, y_q):
+def _errors_fn(model_cfg: ModelConfig, lanes: int, N: int) -> Callable:
+  def per_seed(params, svd, keeps, k_C, base, y_q):
     def one(kk):
-      y_hat = predict_from(masked_params(params, svd, kk[0]), states, kk[1], model_cfg)
+      y_hat = predict_from(masked_params(params, svd, kk[0]), base, kk[1], model_cfg, N)
       return tasks.normalised_error((y_hat - y_q) ** 2, model_cfg.d)
     return _over_configs(one, (keeps, k_C), lanes)
   return jax.jit(jax.vmap(per_seed, in_axes=(0, 0, None, None, 0, 0)))
 
 
 @functools.lru_cache(maxsize=16)
-def _states_fn(model_cfg: ModelConfig) -> Callable:
-  return jax.jit(jax.vmap(lambda p, b: forward(p, tasks.batch_tokens(b), model_cfg)[1][:-1]))
+def _base_fn(model_cfg: ModelConfig, analysis: bool) -> Callable:
+  return jax.jit(jax.vmap(lambda p, b: base_of(p, tasks.batch_tokens(b), model_cfg, analysis)))
 
 
-def base_states(params_S: Params, batch_S: tasks.Batch, model_cfg: ModelConfig) -> jax.Array:
-  """The unpruned models' inputs to each layer on their tasks → [S, L, B, T, D] (computed once)."""
-  return _states_fn(model_cfg)(params_S, batch_S)
+def base_states(params_S: Params, batch_S: tasks.Batch, model_cfg: ModelConfig, analysis: bool = False) -> dict:
+  """base_of for every seed's model and tasks, stacked [S, ...] (computed once per sweep)."""
+  return _base_fn(model_cfg, analysis)(params_S, batch_S)
 
 
 def task_errors(params_S: Params, model_cfg: ModelConfig, keeps: dict, batch_S: tasks.Batch,
@@ -315,13 +374,13 @@ def task_errors(params_S: Params, model_cfg: ModelConfig, keeps: dict, batch_S: 
   C = keeps[names[0]].shape[0]
   k_C = np.asarray([first_pruned_layer({n: keeps[n][c] for n in names}, full, L) for c in range(C)], np.int32)
   svd = svd_of(params_S, names)
-  states = base_states(params_S, batch_S, model_cfg)
-  fn = _errors_fn(model_cfg, lanes_for(lanes, block_size))
+  base = base_states(params_S, batch_S, model_cfg)
+  fn = _errors_fn(model_cfg, lanes_for(lanes, block_size), batch_S.X.shape[-2])
   out = []
   for start in range(0, C, block_size):
     idx = np.arange(start, start + block_size).clip(max=C - 1)  # pad the last block: one compilation
     kp = {n: jnp.asarray(keeps[n][idx]) for n in names}
-    e = fn(params_S, svd, kp, jnp.asarray(k_C[idx]), states, batch_S.y_q)
+    e = fn(params_S, svd, kp, jnp.asarray(k_C[idx]), base, batch_S.y_q)
     out.append(np.asarray(e, np.float64)[:, : min(block_size, C - start)])
   return np.concatenate(out, axis=1)
 
@@ -482,7 +541,7 @@ def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, c
     unique = [full] + unique  # the unpruned model evaluated as a configuration of its own
   svd = svd_of(params_S, names)
   fn = make_block_fn(model_cfg, task_cfg, with_bounds, lanes_for(cfg.lanes, cfg.block))
-  eval_states, ana_states = (base_states(params_S, b, model_cfg) for b in (eval_b, ana_b))
+  eval_base, ana_base = base_states(params_S, eval_b, model_cfg), base_states(params_S, ana_b, model_cfg, True)
   per_block = cfg.block - 1
   n_blocks = math.ceil(len(unique) / per_block) if unique else 0
   results: dict[tuple, dict] = {}
@@ -512,7 +571,7 @@ def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, c
     pats = [full] + chunk + [chunk[-1]] * (per_block - len(chunk))  # pad: one compilation
     keeps = {name: jnp.asarray([dict(p)[name] for p in pats], jnp.int32) for name in names}
     k_C = jnp.asarray([first(p) for p in pats], jnp.int32)
-    m = jax.device_get(fn(params_S, svd, keeps, k_C, eval_states, eval_b.y_q, ana_states, ana_b))
+    m = jax.device_get(fn(params_S, svd, keeps, k_C, eval_base, eval_b.y_q, ana_base, ana_b))
     for j, pat in enumerate(pats[:1 + len(chunk)]):
       results.setdefault(pat, jax.tree_util.tree_map(lambda a: a[:, j], m))
     for c in todo:
