@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         f"{args.compile_cache or 'off'}", flush=True)
   vec_fn = lambda: sweep.run(params_S, seeds, model, task, cfg, progress=False)
   loop_fn = lambda: sweep.run_loop(params_S, seeds, model, task, cfg)
-  times, vec, loop = {}, None, None
+  vec = loop = None
   for rep in ("cold", "warm"):
     tv, cv, vec = median_time(vec_fn, args.repeats, rep == "cold")
     tl, cl, loop = median_time(loop_fn, args.repeats, rep == "cold")
