@@ -34,7 +34,7 @@ from lintheory.run import algorithm1 as alg, compile_cache, sweep
 def clear_compiled() -> None:
   """Forget every compiled function, so the next call pays compilation again."""
   jax.clear_caches()
-  for f in (sweep.make_block_fn, sweep._errors_fn, sweep._states_fn, sweep._sampler, sweep._loop_metrics_fn):
+  for f in (sweep.make_block_fn, sweep._errors_fn, sweep._base_fn, sweep._sampler, sweep._loop_metrics_fn):
     f.cache_clear()
 
 

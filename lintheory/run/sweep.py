@@ -1,12 +1,16 @@
 """Vectorised, resumable pruning sweeps: layers × modules × rates (or ranks) × seeds.
 
 Every matrix is decomposed once (exact SVD); a configuration is a kept rank per matrix and layer,
-and truncation is a mask on the singular values (docs/theory.md §7), so one jitted function,
-vmapped over configurations and seeds, evaluates a whole block. Unpruned matrices are passed
-through bit-exact (`jnp.where`), configurations that keep the same ranks (e.g. every ξ that
-leaves rank 0 of an 11×11 matrix) are evaluated once, and the held-out forward pass of a model
-pruned at layer k starts from the unpruned model's states at layer k (the layers before are
-unchanged), so a sweep does about half the work of pruning-then-evaluating each configuration.
+and truncation is a mask on the singular values (docs/theory.md §7). Unpruned matrices are passed
+through bit-exact (`jnp.where`), and configurations that keep the same ranks (e.g. every ξ that
+leaves rank 0 of an 11×11 matrix) are evaluated once.
+Work is shared across configurations: the unpruned model's inputs to each layer are computed once
+per seed (`base_of`), a configuration pruned at layer k starts from them at layer k, runs layers
+k … L−2, and the last layer only for the query's y-slot. For linear attention without an MLP the
+state is not the tokens but the demonstrations' Gram matrix C and the query row z (a layer maps
+Z ↦ Z(I + E) with E = ΔW_tᵀ, so C ↦ (I + E)ᵀ C (I + E)), and the trajectory before layer k is the
+base model's. One jitted function (fixed block shape, the last block padded) maps over the
+configurations of a block, ordered by pruned layer; results equal prune-then-forward to round-off.
 
 Per configuration × seed (one CSV row): the ICL error on held-out tasks (normalised squared
 error, docs/theory.md §1: mean, standard error, median), for every layer t (from 0, like `layer`;
