@@ -129,5 +129,5 @@ def test_tiny_profile_end_to_end(tmp_path):
   assert table.values("train_loss_median", L=L, recipe="f64_tail", seed=0).size == dr.WINDOWS
   assert dr.decide(table)[L]["recipe"] in names
   paths = dr.plot(table, meta, tmp_path / "figures")
-  assert len(paths) == 6 and all(p.stat().st_size > 0 for p in paths)
+  assert len(paths) == 8 and all(p.stat().st_size > 0 for p in paths)
   assert "Decision" in dr.report(table, meta)

@@ -31,11 +31,12 @@ from lintheory.run import io, profiles, references
 from lintheory.studies import engine, figures, text
 
 NAME = "deep_recipes"
-KEYS = ("L", "recipe", "step")
+KEYS = ("L", "recipe", "step", "lam_q")
 EVAL_KEY = 31_415  # held-out tasks, the same for every model and for GD++
 TAIL_FRACS = (1e-4, 1e-3, 1e-2)  # worst-task shares of the summed error that are reported
 EXTREME = 1e-3  # "extreme" demonstration spectrum / task norm: the top 0.1 % of tasks
 WINDOWS = 30  # points per training curve
+LAM_BINS = (0.5, 0.9, 0.99, 0.999, 0.9999, 1.0)  # upper λ_max quantiles of the bins of tasks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +234,19 @@ def attribution(err: np.ndarray, feats: dict[str, np.ndarray]) -> dict[str, floa
   return out
 
 
+def by_spectrum(err: np.ndarray, lam: np.ndarray) -> dict[float, tuple[float, float]]:
+  """Per bin of tasks by the quantile of their λ_max (LAM_BINS): (mean error, share of the summed error)."""
+  e = np.asarray(err, np.float64)
+  edges = np.quantile(lam, (0.0, *LAM_BINS))
+  total = e.sum()
+  out = {}
+  for q, lo, hi in zip(LAM_BINS, edges[:-1], edges[1:]):
+    inside = (lam > lo) & (lam <= hi) if q != LAM_BINS[0] else lam <= hi
+    part = e[inside]
+    out[q] = (float(part.mean()), float(part.sum() / total) if np.isfinite(total) and total > 0 else float("inf"))
+  return out
+
+
 # --- the study ------------------------------------------------------------------------------
 
 
@@ -265,6 +279,7 @@ def run_setting(s: Settings, L: int, name: str, ctx: engine.Context, key, feats)
   for k, seed in enumerate(seeds):
     ctx.add_many(_summary(err[k]), prefix="model_", seed=seed, n_tasks=s.eval_tasks, **keys)
     ctx.add_many(attribution(err[k], feats), seed=seed, n_tasks=s.eval_tasks, **keys)
+    _add_bins(ctx, err[k], feats, seed=seed, **keys)
     ctx.add("skipped_steps", int((~np.isfinite(losses[k])).sum()), seed=seed, **keys)
   steps, med, top = curve(losses)
   for j, step in enumerate(steps):
@@ -277,6 +292,13 @@ def run_setting(s: Settings, L: int, name: str, ctx: engine.Context, key, feats)
                 "tail_scale": c.tail_scale, "huber": c.huber, "steps": s.train.steps}, prefix="cfg_", **keys)
   ctx.log(f"L={L} {name}: mean per seed {', '.join(f'{m:.3g}' for m in err.mean(1))}; median "
           f"{', '.join(f'{m:.3g}' for m in np.median(err, 1))}")
+
+
+def _add_bins(ctx: engine.Context, err, feats, seed=None, **keys) -> None:
+  for q, (mean, share) in by_spectrum(err, feats["lam_max"]).items():
+    ctx.add("bin_mean", mean, seed=seed, n_tasks=err.size, lam_q=q, **keys)
+    if np.isfinite(share):
+      ctx.add("bin_share", share, seed=seed, n_tasks=err.size, lam_q=q, **keys)
 
 
 def _summary(err: np.ndarray) -> dict[str, float]:
@@ -295,6 +317,7 @@ def run_reference(s: Settings, L: int, ctx: engine.Context, key, feats) -> None:
   keys = {"L": L, "recipe": "gd_pp"}
   ctx.add_many(_summary(err), prefix="model_", n_tasks=s.eval_tasks, **keys)
   ctx.add_many(attribution(err, feats), n_tasks=s.eval_tasks, **keys)
+  _add_bins(ctx, err, feats, **keys)
   ctx.log(f"L={L} GD++: mean {err.mean():.3g}, median {np.median(err):.3g}, max {err.max():.3g}")
 
 
@@ -409,6 +432,26 @@ def plot(table: engine.Table, meta: dict, out) -> list:
   fig.legend(loc="lower center", ncol=3, fontsize=7, frameon=False)
   fig.tight_layout(rect=(0, 0.07, 1, 1))
   paths += figures.save(fig, out, "deep_recipes_tail")
+
+  fig, axes = plt.subplots(1, len(Ls), figsize=(max(3.3 * len(Ls), 7.5), 3.4), squeeze=False)
+  edges = (0.0, *LAM_BINS)
+  ticks = [f"{100 * a:g}–{100 * b:g}" for a, b in zip(edges[:-1], edges[1:])]
+  for ax, L in zip(axes[0], Ls):
+    for j, r in enumerate(_recipes(table, L)):
+      for n, seed in enumerate(table.seeds(measure="bin_mean", L=L, recipe=r)):
+        v = np.minimum([table.value("bin_mean", L=L, recipe=r, seed=seed, lam_q=q) for q in LAM_BINS], 1e300)
+        ax.plot(range(len(LAM_BINS)), v, "o-", color=f"C{j}", lw=0.9, ms=2.5, alpha=0.8, label=r if n == 0 else None)
+    ax.plot(range(len(LAM_BINS)), [table.value("bin_mean", L=L, recipe="gd_pp", seed=None, lam_q=q) for q in LAM_BINS],
+            "k-", lw=2, label="GD++")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(LAM_BINS)))
+    ax.set_xticklabels(ticks, rotation=30, ha="right", fontsize=6)
+    ax.set_xlabel("tasks by the percentile of λ_max(X̂ᵀX̂/N)", fontsize=7)
+    ax.set_title(f"L = {L}", fontsize=8)
+    ax.legend(fontsize=6)
+  axes[0, 0].set_ylabel("mean error / d in the bin (log)")
+  fig.tight_layout()
+  paths += figures.save(fig, out, "deep_recipes_spectrum")
   return paths
 
 
@@ -430,12 +473,30 @@ def report(table: engine.Table, meta: dict) -> str:
                    _per_seed(table, "share_worst_0.0001", **m), _per_seed(table, "share_lam_max_top", **m),
                    "" if r == "gd_pp" else _per_seed(table, "skipped_steps", **m)])
   dec = decide(table)
-  lines = []
+  lines, reasons = [], []
   for L, d in dec.items():
     lines.append(f"- L = {L}: `{d['recipe']}` — worst seed's mean {text.num(d['worst_mean'])} against GD++ "
                  f"{text.num(d['gd_pp_mean'])}: " + ("GD++-like" if d["gd_pp_like"] else
                                                         f"**not** GD++-like (> {GDPP_LIKE:g}× GD++)")
                  + f"; median task error {text.num(d['median'])} (GD++ {text.num(d['gd_pp_median'])}).")
+  for L in dec:
+    for r in _recipes(table, L):
+      ref = table.value("model_mean", L=L, recipe="gd_pp", seed=None)
+      for seed in table.seeds(measure="model_mean", L=L, recipe=r):
+        m = dict(L=L, recipe=r, seed=seed)
+        if table.value("model_mean", **m) <= GDPP_LIKE * ref:
+          continue
+        top = table.value("bin_mean", lam_q=1.0, **m) / table.value("bin_mean", lam_q=LAM_BINS[0], **m)
+        top_ref = (table.value("bin_mean", L=L, recipe="gd_pp", seed=None, lam_q=1.0)
+                   / table.value("bin_mean", L=L, recipe="gd_pp", seed=None, lam_q=LAM_BINS[0]))
+        reasons.append(f"- L = {L} `{r}` seed {seed}: mean {text.num(table.value('model_mean', **m))} "
+                       f"(median {text.num(table.value('model_median', **m))}); the worst 0.01 % of tasks carry "
+                       f"{text.num(100 * table.value('share_worst_0.0001', **m), 3)} % of the summed error, the "
+                       f"top 0.1 % by λ_max carry {text.num(100 * table.value('share_lam_max_top', **m), 3)} % "
+                       f"(by ‖w‖: {text.num(100 * table.value('share_w_norm_top', **m), 3)} %); the worst task's "
+                       f"λ_max is at the {text.num(100 * table.value('lam_max_rank_of_worst', **m), 4)}th "
+                       f"percentile; mean error of the top 0.01 % by λ_max / of the lower half: {text.num(top)} "
+                       f"(GD++: {text.num(top_ref)}).")
   if 8 in dec and 4 in dec:
     a, b = dec[8]["best_median"], dec[4]["best_median"]
     ok = a <= L8_FACTOR * b
@@ -456,13 +517,18 @@ def report(table: engine.Table, meta: dict) -> str:
           "has the largest top eigenvalue. A share near 1 means the mean is a handful of tasks.\n\n"
           f"Decision (the recipe whose worst seed has the smallest mean; GD++-like means every seed's mean "
           f"within {GDPP_LIKE:g}× GD++'s):\n\n" + "\n".join(lines) + "\n\n"
-          "![errors](../figures/deep_recipes_errors.png)\n\n*Per recipe, each seed's median task error (dots, "
+          + ("Where the mean of each model that is not GD++-like comes from:\n\n" + "\n".join(reasons) + "\n\n"
+             if reasons else "")
+          + "![errors](../figures/deep_recipes_errors.png)\n\n*Per recipe, each seed's median task error (dots, "
           "bar: median over seeds), 99.99th percentile (triangles) and mean (crosses); lines: GD++ of the same "
           "depth. A cross far above its dot is a mean made by a few tasks.*\n\n"
           "![curves](../figures/deep_recipes_curves.png)\n\n*Training curves: median training loss per "
           "window of steps, each seed a line.*\n\n"
           "![tail](../figures/deep_recipes_tail.png)\n\n*Where the summed error comes from: the worst 0.01 % "
-          "of tasks, and the 0.1 % with the most extreme demonstration spectrum or task norm (each seed).*\n")
+          "of tasks, and the 0.1 % with the most extreme demonstration spectrum or task norm (each seed).*\n\n"
+          "![spectrum](../figures/deep_recipes_spectrum.png)\n\n*Mean error of the tasks in each band of "
+          "λ_max(X̂ᵀX̂/N) percentiles (each seed a line; GD++ black): how fast the error grows with the "
+          "demonstrations' largest eigenvalue.*\n")
 
 
 def claims(table: engine.Table, meta: dict) -> list:
