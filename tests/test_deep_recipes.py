@@ -131,3 +131,16 @@ def test_tiny_profile_end_to_end(tmp_path):
   paths = dr.plot(table, meta, tmp_path / "figures")
   assert len(paths) == 8 and all(p.stat().st_size > 0 for p in paths)
   assert "Decision" in dr.report(table, meta)
+
+
+def test_spectrum_bands_partition_the_tasks():
+  """The bands hold 50, 40, 9, 0.9, 0.09 and 0.01 % of the tasks: their shares sum to 1 and their
+  means, weighted by those fractions, give the overall mean."""
+  rng = np.random.default_rng(1)
+  n = 100_000
+  lam, e = rng.uniform(size=n), rng.exponential(size=n)
+  bands = dr.by_spectrum(e, lam)
+  assert list(bands) == list(dr.LAM_BINS)
+  frac = np.diff((0.0, *dr.LAM_BINS))
+  assert sum(share for _, share in bands.values()) == pytest.approx(1.0, rel=1e-12)
+  assert sum(f * m for f, (m, _) in zip(frac, bands.values())) == pytest.approx(e.mean(), rel=1e-9)
