@@ -86,12 +86,13 @@ PROFILES = {
     "tiny": Settings(profiles.Profile(steps=40, batch_size=32, seeds=(0, 1), eval_tasks=4096),
                      ((2, ("f32_lr5e-3_clip1", "f64_lr5e-3_clip0.1", "f64_tail")),), eval_tasks=4096, d=3,
                      n_context=8, fit=references.FitConfig(steps=30, batch_size=64)),
-    # About 8 minutes on 2 idle CPU cores (training dominates: 9 models of 2 seeds, 1500 steps).
+    # 11 models of 2 seeds, 1500 steps: training dominates, about 10 minutes on 2 idle CPU cores
+    # (more than the 5 of a `make figures` study: it runs on its own, when the recipes change).
     "default": Settings(profiles.Profile(steps=1500, batch_size=256, seeds=(0, 1), eval_tasks=100_000),
-                        ((3, ("f32_lr5e-3_clip1", "f64_lr5e-3_clip0.1")),
+                        ((3, ("f32_lr5e-3_clip1", "f64_lr5e-3_clip0.1", "f64_tail")),
                          (4, ("f32_lr5e-3_clip1", "f64_lr5e-3_clip0.1", "f64_tail")),
                          (6, ("f64_lr5e-3_clip0.1", "f64_tail")),
-                         (8, ("f32_lr1e-3_clip1", "f64_lr5e-3_clip0.1"))), eval_tasks=100_000),
+                         (8, ("f32_lr1e-3_clip1", "f64_lr5e-3_clip0.1", "f64_tail"))), eval_tasks=100_000),
     "full": Settings(profiles.Profile(steps=1500, batch_size=256, seeds=tuple(range(10)), eval_tasks=1_000_000),
                      tuple((L, _ALL) for L in (3, 4, 6, 8)), eval_tasks=1_000_000),
 }
