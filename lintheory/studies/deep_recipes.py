@@ -354,13 +354,16 @@ def decide(table: engine.Table) -> dict[int, dict]:
     names = [r for r in table.unique("recipe", measure="model_mean", L=L) if r != "gd_pp"]
     if not names:
       continue
-    best = min(names, key=lambda r: (worst_mean(table, L, r), np.median(table.values("model_median", L=L, recipe=r))))
+    rank = lambda r: (worst_mean(table, L, r), np.median(table.values("model_median", L=L, recipe=r)))
+    best = min(names, key=rank)
     by_median = min(names, key=lambda r: np.median(table.values("model_median", L=L, recipe=r)))
+    plain = [r for r in names if r in CANDIDATES and not CANDIDATES[r].own_loop]
+    best_plain = min(plain, key=rank) if plain else None
     ref = table.value("model_mean", L=L, recipe="gd_pp", seed=None)
     wm = worst_mean(table, L, best)
     out[L] = {"recipe": best, "worst_mean": wm, "gd_pp_mean": ref, "gd_pp_like": wm <= GDPP_LIKE * ref,
               "median": float(np.median(table.values("model_median", L=L, recipe=best))),
-              "best_median_recipe": by_median,
+              "best_median_recipe": by_median, "best_train_fit_recipe": best_plain,
               "best_median": float(np.median(table.values("model_median", L=L, recipe=by_median))),
               "gd_pp_median": table.value("model_median", L=L, recipe="gd_pp", seed=None)}
   return out
@@ -479,7 +482,11 @@ def report(table: engine.Table, meta: dict) -> str:
     lines.append(f"- L = {L}: `{d['recipe']}` — worst seed's mean {text.num(d['worst_mean'])} against GD++ "
                  f"{text.num(d['gd_pp_mean'])}: " + ("GD++-like" if d["gd_pp_like"] else
                                                         f"**not** GD++-like (> {GDPP_LIKE:g}× GD++)")
-                 + f"; median task error {text.num(d['median'])} (GD++ {text.num(d['gd_pp_median'])}).")
+                 + f"; median task error {text.num(d['median'])} (GD++ {text.num(d['gd_pp_median'])})."
+                 + (f" train.fit cannot express it yet; the best recipe it can is `{d['best_train_fit_recipe']}` "
+                    f"(worst seed's mean {text.num(worst_mean(table, L, d['best_train_fit_recipe']))})."
+                    if d["recipe"] in CANDIDATES and CANDIDATES[d["recipe"]].own_loop and d["best_train_fit_recipe"]
+                    else ""))
   for L in dec:
     for r in _recipes(table, L):
       ref = table.value("model_mean", L=L, recipe="gd_pp", seed=None)
