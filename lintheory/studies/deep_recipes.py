@@ -131,13 +131,16 @@ def fit_own(task: TaskConfig, model: ModelConfig, c: Candidate, prof: profiles.P
   """Train one model per seed with the candidate's batch and loss → (params [S, ...], losses [S, steps]).
 
   The optimiser, the initialisation and the data keys are train.fit's (Adam after global-norm
-  clipping, warm-up then cosine decay to lr/10; init from fold_in(seed, 0), data from fold_in(seed, 1)).
+  clipping, warm-up then cosine decay to lr/10, non-finite steps skipped up to the profile's
+  max_skipped; init from fold_in(seed, 0), data from fold_in(seed, 1)).
   """
   dtype = precision.DTYPES[c.dtype]
   n, B = prof.steps, prof.batch_size * c.batch_mult
   warmup = min(c.warmup, n // 3)
   lr = optax.warmup_cosine_decay_schedule(0.0, c.lr, max(warmup, 1), max(n, warmup + 1), end_value=c.lr / 10)
   tx = optax.chain(optax.clip_by_global_norm(c.clip_norm), optax.adam(lr))
+  if prof.max_skipped:  # as train.fit: a batch that overflows is skipped and counted (a non-finite loss)
+    tx = optax.apply_if_finite(tx, prof.max_skipped)
   loss_of = query_loss(c)
 
   def one_seed(seed_key):
