@@ -427,7 +427,7 @@ def plot(table: engine.Table, meta: dict, out) -> list:
     for j, r in enumerate(names):
       first = j == 0 and L == Ls[0]
       for dx, m, c, mk, lab in ((-0.2, "share_worst_0.0001", "C3", "o", "worst 0.01 % of tasks"),
-                                (0.0, "share_lam_max_top", "C1", "s", "tasks with λ_max(X̂ᵀX̂/N) in the top 0.1 %"),
+                                (0.0, "share_lam_max_top", "C1", "s", "λ_max(X̂ᵀX̂/N) in the top 0.1 %"),
                                 (0.2, "share_w_norm_top", "C4", "d", "tasks with ‖w‖ in the top 0.1 %")):
         v = table.values(m, L=L, recipe=r)
         ax.plot(j + dx + np.zeros(v.size), v, mk, color=c, ms=4, alpha=0.8, label=lab if first else None)
