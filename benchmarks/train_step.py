@@ -1,13 +1,17 @@
-"""Seconds per training step: the scanned training loop against a naive per-step jitted loop.
+"""Milliseconds per training step: the reference forward against the Gram-matrix forward (core/fast.py).
 
-Config (issue 2 item 9): L = 3 layers, d = 5, N = 20, batch 2048, float32, Adam + clipping.
-  * scanned: lintheory.run.train.make_chunk, the real training loop (lax.scan over a chunk of steps,
-    fresh tasks sampled inside every step);
-  * naive: jax.jit of one step (sampling inside), called from a Python loop;
-  * lower bound: analytic FLOPs of forward + backward per step / a measured large-matmul rate;
-  * sampling share: a scan of sampling alone vs a scan of compute alone (fixed batch).
+Every row times train.make_chunk, the real training loop (the NNX model and optimiser in one jitted
+lax.scan over a chunk of steps, fresh tasks sampled inside every step, Adam + clipping, one seed
+vmapped as in train.fit), as the MEDIAN of --repeats timings, the paths interleaved:
+  * optax loop: the loop before the NNX model (a plain parameter dict, optax directly), the
+    reference forward; the NNX loop on the same forward must not be slower;
+  * plain: make_chunk(use_fast=False), the reference forward (model.forward);
+  * fast: make_chunk(), the Gram-matrix forward train.fit and `lintheory train` use;
+  * bound: analytic FLOPs of the reference forward + backward / a measured large-matmul rate.
+Settings: the benchmark's (L=3, d=5, N=20, batch 2048) and the studies' (L=4, d=10, N=20,
+batch 256 and 512), float32.
 
-  python benchmarks/train_step.py [--steps 50] [--repeats 3]
+  flock /tmp/lintheory-bench.lock python benchmarks/train_step.py [--steps 20] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -24,28 +28,31 @@ import numpy as np
 import optax
 
 from lintheory.core import tasks
-from lintheory.run import train
-from lintheory.core.model import ModelConfig, init_params
+from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
+from lintheory.run import train
 
-TASK = TaskConfig(d=5, n_context=20)
-MODEL = ModelConfig(d=5, n_layers=3)
-BATCH = 2048
+SETTINGS = [  # (L, d, N, batch)
+    (3, 5, 20, 2048),
+    (4, 10, 20, 256),
+    (4, 10, 20, 512),
+]
 
 
-def best_of(fn, repeats: int) -> float:
-  """Best wall time of fn() (which must block until its result is ready) over `repeats` runs."""
-  times = []
+def medians(fns: dict, repeats: int) -> dict[str, float]:
+  """Median wall time of each fn() (which must block), the fns interleaved so load drifts hit all."""
+  times = {name: [] for name in fns}
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return min(times)
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def flops_per_step(d: int, N: int, L: int, B: int) -> dict[str, float]:
-  """Multiply-adds ×2 of the linear-attention forward pass; backward ≈ 2× forward (two matmuls
-  per forward matmul: one for the inputs' gradient, one for the weights')."""
+  """Multiply-adds ×2 of the reference linear-attention forward pass; backward ≈ 2× forward (two
+  matmuls per forward matmul: one for the inputs' gradient, one for the weights')."""
   D, T = d + 1, N + 1
   per_layer = 2 * D * D * (T + N + N)  # Q for all T tokens; K, V for the N demonstrations
   per_layer += 2 * N * D * D  # KᵀV, [D, N] × [N, D]
@@ -55,108 +62,72 @@ def flops_per_step(d: int, N: int, L: int, B: int) -> dict[str, float]:
 
 
 def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
-  """Measured float32 FLOP/s of one large n×n matmul (the machine's practical peak)."""
+  """Measured float32 FLOP/s of one large n×n matmul (median; the machine's practical peak)."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   mm = jax.jit(lambda a, b: a @ b)
   mm(a, b).block_until_ready()
-  return 2 * n**3 / best_of(lambda: mm(a, b).block_until_ready(), repeats)
+  return 2 * n**3 / medians({"mm": lambda: mm(a, b).block_until_ready()}, repeats)["mm"]
+
+
+def optax_chunk(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: train.TrainConfig, n_steps: int):
+  """The training loop as it was before the NNX model: parameter dict + optax, same signature."""
+  tx = train.optimizer(train_cfg)
+
+  def one_seed(params, opt_state, key, pool_key, step0):
+    def step(carry, i):
+      params, opt_state = carry
+      batch = tasks.sample(jax.random.fold_in(key, step0 + i), task_cfg, train_cfg.batch_size)
+      loss, grads = jax.value_and_grad(train.mse)(params, batch, model_cfg)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), jnp.arange(n_steps))
+    return params, opt_state, losses
+
+  return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, 0, 0, None)))
+
+
+def time_setting(L: int, d: int, N: int, B: int, K: int, repeats: int, rate: float) -> list[tuple]:
+  task, model = TaskConfig(d=d, n_context=N), ModelConfig(d=d, n_layers=L)
+  tcfg = train.TrainConfig(steps=10 * K, batch_size=B, chunk=K, dtype="float32")
+  state = train.init_state(model, tcfg, (0,))
+  keys, pool_keys = train.seed_keys((0,), 1), train.seed_keys((0,), 2)
+  chunks = {"optax loop (before NNX), plain": optax_chunk(task, model, tcfg, K),
+            "NNX loop, plain (model.forward)": train.make_chunk(task, model, tcfg, K, use_fast=False),
+            "NNX loop, fast (core/fast.py)": train.make_chunk(task, model, tcfg, K)}
+  run = {name: (lambda c=c: jax.block_until_ready(c(state.params, state.opt_state, keys, pool_keys, 0)))
+         for name, c in chunks.items()}
+  for fn in run.values():
+    fn()  # compile
+  t = {name: v / K for name, v in medians(run, repeats).items()}
+  t_bound = flops_per_step(d, N, L, B)["step"] / rate
+  plain = t["NNX loop, plain (model.forward)"]
+  rows = []
+  for name, v in t.items():
+    rows.append((f"L={L} d={d} N={N} B={B}", name, v, f"{plain / v:.2f}×", f"{v / t_bound:.1f}×"))
+  rows.append((f"L={L} d={d} N={N} B={B}", "arithmetic bound (plain FLOPs / matmul rate)", t_bound, "", ""))
+  return rows
 
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--steps", type=int, default=50, help="steps per timed run")
-  ap.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported")
+  ap.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
+  ap.add_argument("--repeats", type=int, default=5, help="timed runs per path (>= 5); the median is reported")
   args = ap.parse_args(argv)
-  if args.steps < 1 or args.repeats < 1:
-    ap.error("--steps and --repeats must be >= 1")
-  K = args.steps
-  tcfg = train.TrainConfig(steps=10 * K, batch_size=BATCH, chunk=K, dtype="float32")
-  state = train.init_state(MODEL, tcfg, (0,))
-  key = jnp.stack([jax.random.key(1)])
-
-  # 1. the real scanned loop (one seed, vmapped as in train.fit)
-  chunk = train.make_chunk(TASK, MODEL, tcfg, K)
-  jax.block_until_ready(chunk(state.params, state.opt_state, key, 0))
-  t_scan = best_of(lambda: jax.block_until_ready(chunk(state.params, state.opt_state, key, 0)), args.repeats) / K
-
-  # 2. naive: one jitted step (sampling inside), a Python loop
-  tx = train.optimizer(tcfg)
-  params = train.seed_params(state.params, 0)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def naive_step(params, opt_state, key, i):
-    batch = tasks.sample(jax.random.fold_in(key, i), TASK, BATCH)
-    loss, grads = jax.value_and_grad(train.mse)(params, batch, MODEL)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  def naive_loop():
-    p, o = params, opt_state
-    for i in range(K):
-      p, o, loss = naive_step(p, o, key[0], i)
-    jax.block_until_ready(loss)
-
-  naive_loop()
-  t_naive = best_of(naive_loop, args.repeats) / K
-
-  # 3. sampling alone vs compute alone, each scanned K times
-  @jax.jit
-  def sample_only(key):
-    def body(acc, i):
-      b = tasks.sample(jax.random.fold_in(key, i), TASK, BATCH)
-      return acc + b.X[0, 0, 0] + b.y[-1, -1] + b.x_q[0, 0] + b.y_q[-1], None  # keep every output alive
-    return jax.lax.scan(body, jnp.float32(0), jnp.arange(K))[0]
-
-  fixed = tasks.sample(jax.random.key(2), TASK, BATCH)
-
-  @jax.jit
-  def compute_only(params, opt_state):
-    def body(carry, _):
-      p, o = carry
-      loss, grads = jax.value_and_grad(train.mse)(p, fixed, MODEL)
-      updates, o = tx.update(grads, o, p)
-      return (optax.apply_updates(p, updates), o), loss
-    return jax.lax.scan(body, (params, opt_state), None, length=K)[1]
-
-  # Not scanned: XLA would hoist a loop-invariant forward pass out of the scan.
-  forward_only = jax.jit(train.mse, static_argnums=2)
-
-  def forward_loop():
-    for _ in range(K):
-      loss = forward_only(params, fixed, MODEL)
-    loss.block_until_ready()
-
-  sample_only(key[0]).block_until_ready()
-  t_sample = best_of(lambda: sample_only(key[0]).block_until_ready(), args.repeats) / K
-  compute_only(params, opt_state).block_until_ready()
-  t_compute = best_of(lambda: compute_only(params, opt_state).block_until_ready(), args.repeats) / K
-  forward_loop()
-  t_forward = best_of(forward_loop, args.repeats) / K
-
-  # 4. the arithmetic lower bound
+  if args.steps < 1 or args.repeats < 5:
+    ap.error("--steps must be >= 1 and --repeats >= 5")
   rate = matmul_rate()
-  flops = flops_per_step(TASK.d, TASK.n_context, MODEL.n_layers, BATCH)
-  t_bound = flops["step"] / rate
-
-  print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs visible, "
-        f"JAX {jax.__version__} on {jax.devices()[0].platform}; L={MODEL.n_layers} d={TASK.d} "
-        f"N={TASK.n_context} batch={BATCH} float32, {K} steps per timing, best of {args.repeats}")
-  print(f"matmul rate (2048×2048 float32): {rate / 1e9:.1f} GFLOP/s; FLOPs per step (fwd+bwd): "
-        f"{flops['step'] / 1e6:.1f} M")
-  rows = [
-      ("scanned train loop (train.make_chunk)", t_scan, ""),
-      ("naive per-step jit, Python loop", t_naive, f"{t_naive / t_scan:.2f}× the scanned loop"),
-      ("sampling alone", t_sample, f"{t_sample / t_compute:.2f}× compute"),
-      ("compute alone (fwd+bwd+Adam)", t_compute, f"{t_compute / t_bound:.1f}× the bound"),
-      ("forward alone (loss only)", t_forward, f"{t_forward / (flops['forward'] / rate):.1f}× its bound"),
-      ("arithmetic lower bound (FLOPs / matmul rate)", t_bound, ""),
-  ]
-  print(f"\n| {'what':<46} | {'ms / step':>9} | note")
-  print(f"|{'-' * 48}|{'-' * 11}|------")
-  for name, t, note in rows:
-    print(f"| {name:<46} | {1e3 * t:9.3f} | {note}")
+  print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs visible, load "
+        f"average {os.getloadavg()[0]:.1f}, JAX {jax.__version__} on {jax.devices()[0].platform}; float32, "
+        f"{args.steps} steps per timing, median of {args.repeats}, paths interleaved")
+  print(f"matmul rate (2048×2048 float32): {rate / 1e9:.1f} GFLOP/s")
+  print(f"\n| {'setting':<22} | {'path':<46} | {'ms / step':>9} | {'plain / this':>12} | {'this / bound':>12}")
+  print(f"|{'-' * 24}|{'-' * 48}|{'-' * 11}|{'-' * 14}|{'-' * 14}")
+  for setting in SETTINGS:
+    for where, name, t, speedup, bound in time_setting(*setting, args.steps, args.repeats, rate):
+      print(f"| {where:<22} | {name:<46} | {1e3 * t:9.3f} | {speedup:>12} | {bound:>12}", flush=True)
+  print(f"\nload average after: {os.getloadavg()[0]:.1f}")
   return 0
 
 

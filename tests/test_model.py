@@ -100,7 +100,7 @@ def test_default_mlp_width_is_4D():
 def test_nnx_module_matches_forward_and_round_trips():
   cfg = ModelConfig(d=2, n_layers=2, n_heads=2, use_W_O=True, mlp="relu", mlp_hidden=3)  # every option
   m = LinearTransformer(cfg, rngs=nnx.Rngs(3), dtype=jnp.float64)
-  params = m.params()
+  params = model.params_of(m)
   assert set(params) == set(model.param_shapes(cfg))
   Z = jax.random.normal(jax.random.key(4), (3, 5, cfg.D), jnp.float64)
   y_hat, states = m(Z, return_states=True)
@@ -108,11 +108,29 @@ def test_nnx_module_matches_forward_and_round_trips():
   np.testing.assert_array_equal(y_hat, y_ref)
   np.testing.assert_array_equal(states, states_ref)
   m2 = LinearTransformer.from_params(cfg, params)
-  for k, v in m2.params().items():
+  for k, v in model.params_of(m2).items():
     np.testing.assert_array_equal(v, params[k])
   np.testing.assert_array_equal(m2(Z), y_hat)
   # nnx state holds exactly the parameter dict
   assert len(jax.tree_util.tree_leaves(nnx.state(m, nnx.Param))) == len(params)
+  assert all(isinstance(getattr(m, k), nnx.Param) for k in params)
+
+
+def test_module_init_is_init_params_of_the_rngs_params_stream():
+  """Rngs(params=k) draws fold_in(k, 0): the module and the pure init give the same weights."""
+  cfg = ModelConfig(d=3, n_layers=2)
+  m = LinearTransformer(cfg, rngs=nnx.Rngs(params=jax.random.key(7)))
+  expected = model.init_params(jax.random.fold_in(jax.random.key(7), 0), cfg)
+  for k, v in model.params_of(m).items():
+    np.testing.assert_array_equal(v, expected[k])
+
+
+def test_from_params_rejects_params_of_another_config():
+  params = model.init_params(jax.random.key(0), ModelConfig(d=2, n_layers=2))
+  with pytest.raises(ValueError, match="params"):
+    LinearTransformer.from_params(ModelConfig(d=3, n_layers=2), params)
+  with pytest.raises(ValueError, match="params"):
+    LinearTransformer.from_params(ModelConfig(d=2, n_layers=2, use_W_O=True), params)
 
 
 def test_forward_infers_config_from_params():

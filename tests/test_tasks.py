@@ -78,6 +78,13 @@ def test_zero_predictor_scores_one():
     (dict(d=2, w_cov=(-1.0, 1.0)), "w_cov"),
     (dict(d=2, x_cov=((1.0, 0.0), (0.0,))), "x_cov"),  # ragged
     (dict(d=2, x_cov=("a", "b")), "x_cov"),  # not numbers
+    (dict(d=2, w_cov=(0.0, 0.0)), "w_cov"),  # no direction at all
+    (dict(d=2, w_cov=((1.0, 1.0), (1.0, 0.5))), "w_cov"),  # indefinite
+    (dict(x_dist="laplace"), "x_dist"),
+    (dict(x_dist="uniform", x_scale=0.0), "x_scale"), (dict(x_dist="uniform", x_scale=float("nan")), "x_scale"),
+    (dict(x_dist="uniform", x_scale=True), "x_scale"),
+    (dict(d=2, x_dist="uniform", x_cov=(1.0, 2.0)), "x_cov"),  # uniform has its own covariance
+    (dict(x_scale=2.0), "x_scale"),  # a gaussian is scaled by x_cov, not x_scale
 ])
 def test_invalid_task_config(kwargs, name):
   with pytest.raises(ValueError, match=name):
@@ -91,3 +98,40 @@ def test_invalid_task_config(kwargs, name):
 def test_invalid_sample_arguments(kwargs, name):
   with pytest.raises(ValueError, match=name):
     tasks.sample(jax.random.key(0), TaskConfig(d=2, n_context=3), **kwargs)
+
+
+def test_uniform_inputs_have_the_stated_moments():
+  """x ~ U(−a, a)^d: inside the box, E[x xᵀ] = a²/3·I, fourth cumulant −2a⁴/15, within ~4 standard errors."""
+  a = 1.5
+  cfg = TaskConfig(d=3, n_context=5, x_dist="uniform", x_scale=a)
+  b = sample(jax.random.key(5), cfg, 20_000, dtype=jnp.float64)
+  X = np.concatenate([np.asarray(b.X).reshape(-1, 3), np.asarray(b.x_q)])
+  assert np.abs(X).max() <= a
+  np.testing.assert_allclose(X.T @ X / len(X), tasks.x_covariance(cfg), atol=4 * a**2 * np.sqrt(1 / len(X)))
+  np.testing.assert_allclose(tasks.x_covariance(cfg), a**2 / 3 * np.eye(3), rtol=1e-15)
+  k4 = (X**4).mean(0) - 3 * (X**2).mean(0) ** 2
+  np.testing.assert_allclose(k4, tasks.x_fourth_cumulant(cfg), atol=4 * a**4 * np.sqrt(1 / len(X)))
+  assert tasks.x_fourth_cumulant(TaskConfig()) == 0.0
+  np.testing.assert_array_equal(tasks.x_covariance(TaskConfig(d=2, x_cov=(2.0, 3.0))), np.diag([2.0, 3.0]))
+
+
+def test_low_rank_prior_keeps_w_in_its_span():
+  diag = sample(jax.random.key(6), TaskConfig(d=3, n_context=2, w_cov=(2.0, 0.0, 0.5)), 20_000, dtype=jnp.float64)
+  w = np.asarray(diag.w)
+  np.testing.assert_array_equal(w[:, 1], 0.0)  # exactly: a zero variance is a zero coordinate
+  np.testing.assert_allclose(w.T @ w / len(w), np.diag([2.0, 0.0, 0.5]), atol=4 * 2.0 * np.sqrt(2 / len(w)))
+  v = np.array([1.0, -2.0, 0.5])
+  rank1 = sample(jax.random.key(7), TaskConfig(d=3, n_context=2, w_cov=tuple(map(tuple, np.outer(v, v)))), 2000,
+                 dtype=jnp.float64)
+  w = np.asarray(rank1.w)
+  np.testing.assert_allclose(np.cross(w, v), 0.0, atol=1e-12 * np.abs(w).max())  # every w is a multiple of v
+  assert np.var(w @ v / (v @ v)) == pytest.approx(1.0, abs=4 * np.sqrt(2 / len(w)))
+
+
+def test_full_rank_priors_sample_as_before():
+  """An SPD w_cov still uses its Cholesky factor, so existing seeds give the same tasks."""
+  cfg = TaskConfig(d=2, n_context=2, w_cov=((2.0, 0.5), (0.5, 1.0)))
+  b = sample(jax.random.key(8), cfg, 4, dtype=jnp.float64)
+  k_w = jax.random.split(jax.random.key(8), 5)[0]
+  z = jax.random.normal(k_w, (4, 2), jnp.float64)
+  np.testing.assert_allclose(b.w, z @ np.linalg.cholesky(np.array(cfg.w_cov)).T, rtol=1e-12)

@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintheory.core import learners
+from lintheory.core import learners, model, precision, tasks
 from lintheory.run import train
 from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
@@ -48,17 +49,22 @@ SMALL = dict(task=TaskConfig(d=2, n_context=4), model=ModelConfig(d=2, n_layers=
 
 
 def test_resume_continues_exactly_and_seeds_are_independent():
-  """Resuming from the state of step 20 gives the same steps 21..40 as the uninterrupted run."""
+  """Resuming from the state of step 20, its optimiser state rebuilt from its leaves as a checkpoint
+  does, gives bit for bit the steps 21..40 of the uninterrupted run."""
   tc = TrainConfig(steps=40, batch_size=16, lr=1e-2, warmup=5, chunk=10, dtype="float64")
   saved = {}
   full = train.fit(SMALL["task"], SMALL["model"], tc, seeds=(0, 1),
                    on_chunk=lambda st, _: saved.setdefault(st.step, st))
   assert sorted(saved) == [10, 20, 30, 40]
-  rest = train.fit(SMALL["task"], SMALL["model"], tc, seeds=(0, 1), state=saved[20])
+  fresh = train.init_state(SMALL["model"], tc, (0, 1))
+  leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(saved[20].opt_state)]
+  opt_state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(fresh.opt_state), leaves)
+  params = {k: np.asarray(v) for k, v in saved[20].params.items()}
+  rest = train.fit(SMALL["task"], SMALL["model"], tc, seeds=(0, 1), state=train.TrainState(params, opt_state, 20))
   assert rest.state.step == 40 and rest.losses.shape == (2, 20)
-  np.testing.assert_allclose(rest.losses, full.losses[:, 20:], rtol=1e-12)
+  np.testing.assert_array_equal(rest.losses, full.losses[:, 20:])
   for k in full.params:
-    np.testing.assert_allclose(rest.params[k], full.params[k], rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(rest.params[k], full.params[k])
   # one model per seed, vmapped: different seeds, different models
   assert full.params["W_Q"].shape == (2, 1, 3, 3) and full.losses.shape == (2, 40)
   assert not np.allclose(full.params["W_Q"][0], full.params["W_Q"][1])
@@ -70,6 +76,7 @@ def test_resume_continues_exactly_and_seeds_are_independent():
     (dict(lr=float("nan")), "lr"), (dict(lr=-1e-3), "lr"), (dict(schedule="linear"), "schedule"),
     (dict(optimizer="sgd"), "optimizer"), (dict(weight_decay=-0.1), "weight_decay"),
     (dict(clip_norm=-1.0), "clip_norm"), (dict(dtype="bfloat16"), "dtype"),
+    (dict(pool_size=-1), "pool_size"), (dict(pool_size=2.0), "pool_size"),
 ])
 def test_invalid_train_config(kwargs, name):
   with pytest.raises(ValueError, match=name):
@@ -82,12 +89,67 @@ def test_invalid_fit_arguments():
     train.fit(TaskConfig(d=3), ModelConfig(d=2), tc)
   with pytest.raises(ValueError, match="seeds"):
     train.fit(SMALL["task"], SMALL["model"], tc, seeds=())
-  jax.config.update("jax_enable_x64", False)
-  try:
-    with pytest.raises(ValueError, match="jax_enable_x64"):
-      train.fit(SMALL["task"], SMALL["model"], dataclasses.replace(tc, dtype="float64"))
-  finally:
-    jax.config.update("jax_enable_x64", True)
+  with pytest.raises(ValueError, match="use_fast"):
+    train.make_chunk(SMALL["task"], ModelConfig(d=2, mlp="relu"), tc, 1, use_fast=True)
+
+
+def test_float64_training_needs_no_global_64_bit_mode():
+  """fit scopes its precision itself (core.precision.for_dtype)."""
+  tc = TrainConfig(steps=2, batch_size=4, chunk=2, dtype="float64")
+  with precision.x64(False):
+    res = train.fit(SMALL["task"], SMALL["model"], tc)
+  assert all(v.dtype == np.float64 for v in res.params.values())
+
+
+def test_init_state_is_the_pure_init_of_every_seed():
+  """One NNX model per seed with the weights model.init_params draws from fold_in(key(seed), 0)."""
+  cfg = ModelConfig(d=2, n_layers=2, n_heads=2)
+  st = train.init_state(cfg, TrainConfig(), (3, 5))
+  assert st.step == 0
+  for i, s in enumerate((3, 5)):
+    expected = model.init_params(jax.random.fold_in(jax.random.key(s), 0), cfg)
+    for k, v in train.seed_params(st.params, i).items():
+      np.testing.assert_array_equal(v, expected[k])
+  # optax's own state for the parameter dict: what a checkpoint stores and restores
+  expected = train.optimizer(TrainConfig()).init(train.seed_params(st.params, 0))
+  assert jax.tree_util.tree_structure(jax.tree.map(lambda x: x[0], st.opt_state)) == \
+      jax.tree_util.tree_structure(expected)
+
+
+def test_training_through_the_gram_forward_is_training_through_the_reference():
+  """In float64 the fast and the reference training loops give the same losses and weights."""
+  task, cfg = TaskConfig(d=3, n_context=5), ModelConfig(d=3, n_layers=3, n_heads=2, use_W_O=True)
+  tc = TrainConfig(steps=10, batch_size=8, lr=1e-2, warmup=2, chunk=10, dtype="float64")
+  st = train.init_state(cfg, tc, (0,))
+  args = (st.params, st.opt_state, train.seed_keys((0,), 1), train.seed_keys((0,), 2), 0)
+  p_fast, _, l_fast = train.make_chunk(task, cfg, tc, 10)(*args)
+  p_ref, _, l_ref = train.make_chunk(task, cfg, tc, 10, use_fast=False)(*args)
+  np.testing.assert_allclose(l_fast, l_ref, rtol=1e-11)
+  for k in p_ref:
+    np.testing.assert_allclose(p_fast[k], p_ref[k], rtol=1e-11, atol=1e-14)
+  assert train.fit(task, cfg, tc).losses.tolist() == np.asarray(l_fast).tolist()  # fit takes the fast path
+
+
+def test_a_fixed_pool_trainer_samples_only_its_pool():
+  """Every batch is rows of the seed's pool, and the trainer's step-0 loss is that batch's loss."""
+  task = TaskConfig(d=2, n_context=4)
+  tc = TrainConfig(steps=5, batch_size=16, chunk=5, pool_size=6, dtype="float64")
+  with precision.x64():
+    pool = train.task_pool(train.seed_keys((4,), 2)[0], task, tc)
+    for step in range(5):
+      batch = train.draw(jax.random.fold_in(train.seed_keys((4,), 1)[0], step), task, tc, pool)
+      hits = np.all(np.asarray(batch.w)[:, None, :] == np.asarray(pool.w)[None], axis=-1)  # [B, P]
+      assert np.all(hits.sum(axis=1) >= 1)
+      for name in ("X", "y", "x_q", "y_q"):
+        np.testing.assert_array_equal(getattr(batch, name), getattr(pool, name)[hits.argmax(axis=1)])
+    step0 = train.draw(jax.random.fold_in(train.seed_keys((4,), 1)[0], 0), task, tc, pool)
+    params0 = train.seed_params(train.init_state(SMALL["model"], tc, (4,)).params, 0)
+    expected = float(train.mse(params0, step0, SMALL["model"]))
+  res = train.fit(task, SMALL["model"], tc, seeds=(4,))
+  assert res.losses[0, 0] == pytest.approx(expected, rel=1e-12)
+  # the pool is not the fresh-task stream
+  fresh = train.fit(task, SMALL["model"], dataclasses.replace(tc, pool_size=0), seeds=(4,))
+  assert fresh.losses[0, 0] != res.losses[0, 0]
 
 
 def test_float32_training_does_not_depend_on_the_callers_64_bit_mode(tmp_path):

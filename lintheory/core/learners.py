@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core.model import Params, heads
-from lintheory.core.tasks import as_cov
+from lintheory.core.tasks import as_cov, x_covariance, x_fourth_cumulant
 
 
 def _steps(eta, n_steps: int | None) -> jax.Array:
@@ -91,56 +91,77 @@ def bayes_ridge_lambda(noise_std: float) -> float:
 
 
 # --- closed forms (docs/theory.md §9) -------------------------------------------------------
+# Each states its family. "Gaussian" means x ~ N(0, Σ); the one-layer forms need only the first
+# four moments of x, so `one_layer_loss` also covers inputs with independent coordinates and a
+# fourth cumulant κ (uniform inputs: κ = −2a⁴/15), and `gd1_loss_for` reads the family off a task.
 
 
 def eta_star(d: int, N: int, noise_std: float = 0.0) -> float:
-  """η* = N / (N + d + 1 + σ²): the optimal one-step GD size for x, w ~ N(0, I)."""
+  """η* = N / (N + d + 1 + σ²): the optimal one-step GD size for x, w ~ N(0, I) (Gaussian only)."""
   return N / (N + d + 1 + noise_std**2)
 
 
 def gd1_loss_star(d: int, N: int, noise_std: float = 0.0) -> float:
-  """Expected squared error of one GD step at η*: d(d + 1 + σ²)/(N + d + 1 + σ²)."""
+  """Expected squared error of one GD step at η*: d(d + 1 + σ²)/(N + d + 1 + σ²); x, w ~ N(0, I) only."""
   return d * (d + 1 + noise_std**2) / (N + d + 1 + noise_std**2)
 
 
 def gd1_loss_at(d: int, N_train: int, M_test: int) -> float:
-  """Noiseless one-step GD at η*(N_train) tested with M demonstrations: d[1 − 2/c_N + c_M/c_N²]."""
+  """Noiseless one-step GD at η*(N_train) tested with M demonstrations: d[1 − 2/c_N + c_M/c_N²].
+
+  x, w ~ N(0, I) only.
+  """
   c = lambda K: (K + d + 1) / K
   return d * (1 - 2 / c(N_train) + c(M_test) / c(N_train) ** 2)
 
 
 def gamma_star(Sigma, N: int, noise_std: float = 0.0) -> np.ndarray:
-  """Γ* = ((N+1)/N Σ + (tr Σ + σ²)/N I)⁻¹: the optimal one-layer preconditioner, w ~ N(0, I)."""
+  """Γ* = ((N+1)/N Σ + (tr Σ + σ²)/N I)⁻¹: the optimal one-layer preconditioner.
+
+  x ~ N(0, Σ), w ~ N(0, I) only (Gaussian fourth moments).
+  """
   Sigma = np.asarray(Sigma, np.float64)
   d = Sigma.shape[0]
   return np.linalg.inv((N + 1) / N * Sigma + (np.trace(Sigma) + noise_std**2) / N * np.eye(d))
 
 
-def one_layer_loss(A, N: int, Sigma=None, noise_std: float = 0.0, w_cov=None) -> float:
-  """Exact E[(x_qᵀ A (1/N)Σ y_i x_i − w·x_q)²] for x ~ N(0, Σ), w ~ N(0, Σ_w), noise σ².
+def one_layer_loss(A, N: int, Sigma=None, noise_std: float = 0.0, w_cov=None, kappa: float = 0.0) -> float:
+  """Exact E[(x_qᵀ A (1/N)Σ y_i x_i − w·x_q)²] for x with covariance Σ, w ~ N(0, Σ_w), noise σ².
 
-  Uses E[Σ̂ M Σ̂] = (N+1)/N ΣMΣ + tr(MΣ)/N Σ for symmetric M (Gaussian fourth moments).
+  Needs x's fourth moments: E[x xᵀ M x xᵀ] = 2ΣMΣ + tr(MΣ)Σ + κ·diag(M) for symmetric M, where
+  the first two terms are Gaussian (x ~ N(0, Σ), κ = 0) and κ = E[x_k⁴] − 3(E x_k²)² adds the
+  non-Gaussian part for inputs with independent coordinates (then Σ must be diagonal). Hence
+  E[Σ̂ M Σ̂] = (N+1)/N ΣMΣ + tr(MΣ)/N Σ + κ/N diag(M). The prior Σ_w may be singular.
   """
   A = np.asarray(A, np.float64)
   d = A.shape[0]
   S = np.eye(d) if Sigma is None else np.asarray(Sigma, np.float64)
   Sw = np.eye(d) if w_cov is None else np.asarray(w_cov, np.float64)
+  if kappa != 0 and np.any(S != np.diag(np.diag(S))):
+    raise ValueError("Sigma must be diagonal when kappa != 0 (independent non-Gaussian coordinates)")
   M = A.T @ S @ A
-  E_SMS = (N + 1) / N * S @ M @ S + np.trace(M @ S) / N * S
+  E_SMS = (N + 1) / N * S @ M @ S + np.trace(M @ S) / N * S + kappa / N * np.diag(np.diag(M))
   return float(np.trace(Sw @ E_SMS) + noise_std**2 / N * np.trace(M @ S)
                - 2 * np.trace(S @ A @ S @ Sw) + np.trace(S @ Sw))
 
 
 def gd1_loss_for(task) -> float:
-  """Exact loss of one GD step at η* (isotropic formula) for a TaskConfig, its Σ and prior."""
+  """Exact squared error of one GD step at η*(d, N, σ) for a TaskConfig: its family, Σ_x and prior.
+
+  Gaussian inputs (any x_cov) and uniform inputs (Σ_x = a²/3·I, κ = −2a⁴/15; the Gaussian
+  formula would be off by κ η*² tr(Σ_w)/N) both hold exactly; η* is the isotropic Gaussian step,
+  optimal only for x ~ N(0, I). Other families are refused.
+  """
+  if task.x_dist not in ("gaussian", "uniform"):
+    raise ValueError(f"gd1_loss_for holds for x_dist 'gaussian' or 'uniform', got {task.x_dist!r}")
   A = eta_star(task.d, task.n_context, task.noise_std) * np.eye(task.d)
-  loss = one_layer_loss(A, task.n_context, as_cov("x_cov", task.x_cov, task.d), task.noise_std,
-                        as_cov("w_cov", task.w_cov, task.d))
+  loss = one_layer_loss(A, task.n_context, x_covariance(task), task.noise_std,
+                        as_cov("w_cov", task.w_cov, task.d, psd=True), kappa=x_fourth_cumulant(task))
   return loss + (task.noise_std**2 if task.query_noise else 0.0)
 
 
 def gamma_star_loss(Sigma, N: int, noise_std: float = 0.0) -> float:
-  """The loss of Γ*; for σ = 0 it equals tr Σ − tr(Σ Γ* Σ) (Ahn et al.)."""
+  """The loss of Γ* for x ~ N(0, Σ), w ~ N(0, I); for σ = 0 it equals tr Σ − tr(Σ Γ* Σ) (Ahn et al.)."""
   return one_layer_loss(gamma_star(Sigma, N, noise_std), N, Sigma, noise_std)
 
 

@@ -5,7 +5,8 @@ and the analysis. Matrices act on column tokens as in the paper (h ↦ W h); the
   W_Q, W_K, W_V: [L, D, D] (one head) or [L, H, D, D] (H heads, summed)
   W_O: [L, D, D] (optional output projection, applied to the summed heads)
   W_1: [L, F, D], W_2: [L, D, F] (optional MLP sub-layer h ← h + W_2 act(W_1 h))
-`LinearTransformer` (Flax NNX) only holds these as `nnx.Param`s; `forward` is the math.
+`LinearTransformer` (Flax NNX) is the model training updates, with these as `nnx.Param`s; `forward`
+is the reference math, which every analysis runs on `params_of(module)`.
 """
 
 from __future__ import annotations
@@ -151,7 +152,11 @@ def layer_predictions(states_LBTD: jax.Array) -> jax.Array:
 
 
 class LinearTransformer(nnx.Module):
-  """NNX holder of the parameter dict; calling it runs `forward` and returns ŷ."""
+  """The transformer as an NNX module: W_Q, W_K, W_V (+ W_O, W_1, W_2) are `nnx.Param`s.
+
+  Training differentiates and updates the module; the pure functions of core take its parameter
+  dict (`params_of`), and calling it runs `forward`, the reference math.
+  """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
     self.cfg = cfg
@@ -160,14 +165,21 @@ class LinearTransformer(nnx.Module):
 
   @classmethod
   def from_params(cls, cfg: ModelConfig, params: Params) -> "LinearTransformer":
+    """The module holding `params` (which must have the shapes of `cfg`)."""
+    expected = param_shapes(cfg)
+    got = {k: tuple(jnp.shape(v)) for k, v in params.items()}
+    if set(got) != set(expected) or any(got[k][-len(s):] != s for k, s in expected.items()):
+      raise ValueError(f"params must have the shapes {expected} of the config, got {got}")
     model = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
     for name, value in params.items():
       setattr(model, name, nnx.Param(jnp.asarray(value)))
     return model
 
-  def params(self) -> Params:
-    return {name: getattr(self, name)[...] for name in param_shapes(self.cfg)}
-
   def __call__(self, Z_BTD: jax.Array, return_states: bool = False):
-    y_hat, states = forward(self.params(), Z_BTD, self.cfg)
+    y_hat, states = forward(params_of(self), Z_BTD, self.cfg)
     return (y_hat, states) if return_states else y_hat
+
+
+def params_of(module: LinearTransformer) -> Params:
+  """The module's parameters as the plain dict the pure functions take."""
+  return nnx.to_pure_dict(nnx.state(module, nnx.Param))

@@ -2,6 +2,11 @@
 
 Tokens are rows here: Z_BTD has T = N + 1 tokens h_i = [x_i; y_i] of dimension D = d + 1,
 the query token last, [x_q; 0]. The paper writes the same tokens as columns of H.
+
+Families: inputs x ~ N(0, Σ) ("gaussian", Σ = x_cov) or x ~ U(−a, a)^d ("uniform", a = x_scale,
+covariance a²/3·I, independent coordinates with fourth cumulant −2a⁴/15); task vectors
+w ~ N(0, Σ_w) with Σ_w = w_cov positive semidefinite, so a low-rank prior is a diagonal w_cov
+with zeros (w then lies in the span of its nonzero entries).
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ class TaskConfig:
   d: int = 10  # input dimension; tokens have d + 1 entries
   n_context: int = 20  # N, demonstrations per task
   noise_std: float = 0.0  # σ, label noise on the demonstrations
-  x_cov: tuple | None = None  # Σ of x ~ N(0, Σ): None = I_d, a length-d diagonal, or a d×d SPD matrix
-  w_cov: tuple | None = None  # prior covariance of w, same forms as x_cov; None = I_d
+  x_cov: tuple | None = None  # Σ of x ~ N(0, Σ) ("gaussian" only): None = I_d, a length-d diagonal, or a d×d SPD matrix
+  w_cov: tuple | None = None  # Σ_w of w ~ N(0, Σ_w), same forms but PSD: zero entries give a low-rank prior; None = I_d
   query_noise: bool = False  # add N(0, σ²) to the query target too
+  x_dist: str = "gaussian"  # "gaussian" x ~ N(0, x_cov) or "uniform" x ~ U(−a, a)^d with covariance a²/3·I
+  x_scale: float = 1.0  # a, the half-width of "uniform" inputs; stays 1.0 for "gaussian" (use x_cov)
 
   def __post_init__(self):
     validate(self)
@@ -30,6 +37,9 @@ class TaskConfig:
   @property
   def D(self) -> int:
     return self.d + 1
+
+
+X_DISTS = ("gaussian", "uniform")
 
 
 class Batch(NamedTuple):
@@ -45,8 +55,8 @@ def _check_int(name, value, lo):
     raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
 
 
-def as_cov(name: str, cov, d: int) -> np.ndarray:
-  """Σ given as None, a length-d diagonal or a d×d matrix → d×d SPD float64 matrix."""
+def as_cov(name: str, cov, d: int, psd: bool = False) -> np.ndarray:
+  """Σ given as None, a length-d diagonal or a d×d matrix → d×d float64 matrix, SPD (or PSD if psd)."""
   if cov is None:
     return np.eye(d)
   try:
@@ -56,14 +66,19 @@ def as_cov(name: str, cov, d: int) -> np.ndarray:
   if not np.all(np.isfinite(a)):
     raise ValueError(f"{name} must be finite")
   if a.shape == (d,):
-    if np.any(a <= 0):
-      raise ValueError(f"{name} as a diagonal must be > 0 entrywise (SPD), got {a}")
+    if np.any(a < 0) if psd else np.any(a <= 0):
+      raise ValueError(f"{name} as a diagonal must be {'>= 0' if psd else '> 0'} entrywise, got {a}")
+    if not np.any(a > 0):
+      raise ValueError(f"{name} must have at least one positive entry, got {a}")
     return np.diag(a)
   if a.shape != (d, d):
     raise ValueError(f"{name} must have shape ({d},) or ({d}, {d}), got {a.shape}")
   if not np.allclose(a, a.T, rtol=1e-10, atol=1e-12):
     raise ValueError(f"{name} must be symmetric")
-  if np.linalg.eigvalsh(a).min() <= 0:
+  lam = np.linalg.eigvalsh(a)
+  if psd and (lam.min() < -10 * d * np.finfo(np.float64).eps * lam.max() or lam.max() <= 0):
+    raise ValueError(f"{name} must be positive semidefinite and nonzero, got eigenvalues {lam}")
+  if not psd and lam.min() <= 0:
     raise ValueError(f"{name} must be positive definite")
   return a
 
@@ -74,11 +89,41 @@ def validate(cfg: TaskConfig) -> None:
   if not (isinstance(cfg.noise_std, (int, float)) and math.isfinite(cfg.noise_std)) or cfg.noise_std < 0:
     raise ValueError(f"noise_std must be a finite number >= 0, got {cfg.noise_std!r}")
   as_cov("x_cov", cfg.x_cov, cfg.d)
-  as_cov("w_cov", cfg.w_cov, cfg.d)
+  as_cov("w_cov", cfg.w_cov, cfg.d, psd=True)
+  if cfg.x_dist not in X_DISTS:
+    raise ValueError(f"x_dist must be one of {X_DISTS}, got {cfg.x_dist!r}")
+  a = cfg.x_scale
+  if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
+    raise ValueError(f"x_scale must be a finite number > 0, got {a!r}")
+  if cfg.x_dist == "uniform" and cfg.x_cov is not None:
+    raise ValueError("x_cov must be None with x_dist='uniform' (its covariance is x_scale²/3·I)")
+  if cfg.x_dist == "gaussian" and a != 1.0:
+    raise ValueError(f"x_scale must be 1.0 with x_dist='gaussian' (set x_cov instead), got {a!r}")
 
 
-def _chol(cov: np.ndarray) -> np.ndarray:
-  return np.linalg.cholesky(cov)
+def x_covariance(cfg: TaskConfig) -> np.ndarray:
+  """Σ_x = E[x xᵀ] of the inputs, d×d float64: x_cov for "gaussian", a²/3·I for "uniform"."""
+  if cfg.x_dist == "uniform":
+    return cfg.x_scale**2 / 3 * np.eye(cfg.d)
+  return as_cov("x_cov", cfg.x_cov, cfg.d)
+
+
+def x_fourth_cumulant(cfg: TaskConfig) -> float:
+  """κ = E[x_k⁴] − 3(E[x_k²])² per coordinate: 0 for "gaussian", a⁴/5 − 3a⁴/9 = −2a⁴/15 for "uniform"."""
+  return -2 * cfg.x_scale**4 / 15 if cfg.x_dist == "uniform" else 0.0
+
+
+def _factor(cov: np.ndarray) -> np.ndarray:
+  """F with F Fᵀ = cov: Cholesky when cov is well conditioned, else from its eigendecomposition.
+
+  Cholesky of a numerically singular matrix can succeed with √ε-sized garbage in the null space,
+  so low-rank priors drop eigenvalues below d·ε·λ_max instead: w then lies exactly in the span.
+  """
+  lam, V = np.linalg.eigh(cov)
+  if lam.min() > 1e-8 * lam.max():
+    return np.linalg.cholesky(cov)
+  keep = lam > cov.shape[0] * np.finfo(np.float64).eps * lam.max()
+  return V * np.sqrt(np.where(keep, lam, 0.0))
 
 
 def sample(key: jax.Array, cfg: TaskConfig, batch_size: int, n_context: int | None = None,
@@ -89,16 +134,21 @@ def sample(key: jax.Array, cfg: TaskConfig, batch_size: int, n_context: int | No
   _check_int("n_context", N, 1)
   d = cfg.d
   k_w, k_x, k_q, k_e, k_eq = jax.random.split(key, 5)
-  L_x = jnp.asarray(_chol(as_cov("x_cov", cfg.x_cov, d)), dtype)
-  L_w = jnp.asarray(_chol(as_cov("w_cov", cfg.w_cov, d)), dtype)
+  L_w = jnp.asarray(_factor(as_cov("w_cov", cfg.w_cov, d, psd=True)), dtype)
   w = jax.random.normal(k_w, (batch_size, d), dtype) @ L_w.T
-  X = jax.random.normal(k_x, (batch_size, N, d), dtype) @ L_x.T
-  x_q = jax.random.normal(k_q, (batch_size, d), dtype) @ L_x.T
+  X, x_q = _inputs(k_x, cfg, (batch_size, N, d), dtype), _inputs(k_q, cfg, (batch_size, d), dtype)
   y = jnp.einsum("bnd,bd->bn", X, w) + cfg.noise_std * jax.random.normal(k_e, (batch_size, N), dtype)
   y_q = jnp.einsum("bd,bd->b", x_q, w)
   if cfg.query_noise:
     y_q = y_q + cfg.noise_std * jax.random.normal(k_eq, (batch_size,), dtype)
   return Batch(X, y, x_q, y_q, w)
+
+
+def _inputs(key: jax.Array, cfg: TaskConfig, shape: tuple, dtype) -> jax.Array:
+  if cfg.x_dist == "uniform":
+    return jax.random.uniform(key, shape, dtype, -cfg.x_scale, cfg.x_scale)
+  L_x = jnp.asarray(np.linalg.cholesky(as_cov("x_cov", cfg.x_cov, cfg.d)), dtype)
+  return jax.random.normal(key, shape, dtype) @ L_x.T
 
 
 def tokens(X: jax.Array, y: jax.Array, x_q: jax.Array) -> jax.Array:

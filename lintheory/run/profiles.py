@@ -96,7 +96,7 @@ def trained(prof: Profile, *, d: int = 10, n_context: int = 20, layers: int = 1,
   r = prof.recipe(layers)
   train = TrainConfig(steps=n, batch_size=prof.batch_size, lr=r.lr, warmup=min(r.warmup, int(n * r.warmup_frac)),
                       clip_norm=r.clip_norm, dtype=r.dtype, chunk=min(250, n), max_skipped=prof.max_skipped,
-                      **({"pool_size": pool_size} if pool_size else {}))
+                      pool_size=pool_size)
   seeds = tuple(prof.seeds if seeds is None else seeds)
   label = (f"L={layers} d={d} N={n_context} σ={noise_std} {attention}{'+' + mlp if mlp else ''}"
            f"{f' pool={pool_size}' if pool_size else ''}: ")

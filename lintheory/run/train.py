@@ -1,7 +1,10 @@
-"""Training on fresh in-context regression tasks every step, with optax.
+"""Training the NNX model on in-context regression tasks (fresh every step, or a fixed pool).
 
-The inner loop is one jitted `lax.scan` over a chunk of steps, vmapped over seeds; Python only
-runs between chunks (progress, divergence check). Parameters stay a plain dict (model.py).
+One `LinearTransformer` and one `nnx.Optimizer` per seed. The inner loop is one jitted `lax.scan`
+over a chunk of steps, vmapped over seeds, carrying the split NNX state (merge/split happen at trace
+time only); Python only runs between chunks (progress, divergence check). At the boundary the
+parameters are a plain dict with a leading seed axis and the optimiser state is optax's.
+Linear attention without MLP trains through the Gram-matrix forward of core/fast.py.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
-from lintheory.core import learners, tasks
+from lintheory.core import fast, learners, precision, tasks
 from lintheory.run import io
-from lintheory.core.model import ModelConfig, Params, forward, init_params
+from lintheory.core.model import LinearTransformer, ModelConfig, Params, forward, params_of
 from lintheory.core.tasks import TaskConfig
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
@@ -35,11 +39,14 @@ class TrainConfig:
   weight_decay: float = 0.0  # AdamW decoupled weight decay
   clip_norm: float = 1.0  # global-norm gradient clipping; 0 disables
   chunk: int = 100  # steps per jitted scan; progress is reported between chunks
-  dtype: str = "float32"  # "float32" or "float64" (needs jax_enable_x64)
+  dtype: str = "float32"  # "float32" or "float64" (run under core.precision.for_dtype)
   max_skipped: int = 0  # consecutive non-finite steps skipped (optax.apply_if_finite) before divergence
+  pool_size: int = 0  # 0: fresh tasks every step; P > 0: every step samples its batch from one
+  #                     fixed pool of P prompts drawn once from the task distribution (pool key derived from the seed)
 
   def __post_init__(self):
-    for name, lo in (("steps", 1), ("batch_size", 1), ("warmup", 0), ("chunk", 1), ("max_skipped", 0)):
+    for name, lo in (("steps", 1), ("batch_size", 1), ("warmup", 0), ("chunk", 1), ("max_skipped", 0),
+                     ("pool_size", 0)):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
@@ -85,40 +92,101 @@ def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def mse(params: Params, batch: tasks.Batch, model_cfg: ModelConfig) -> jax.Array:
-  """Mean squared error of the query prediction (not halved)."""
+  """Mean squared error of the query prediction (not halved), through the reference forward."""
   y_hat, _ = forward(params, tasks.batch_tokens(batch), model_cfg)
   return jnp.mean((y_hat - batch.y_q) ** 2)
 
 
-def make_chunk(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, n_steps: int):
-  """A jitted function running n_steps of training for every seed at once."""
+def loss_fn(model_cfg: ModelConfig, use_fast: bool | None = None) -> Callable:
+  """loss(model, batch): the MSE of `mse`, through core/fast.py where it applies (use_fast None)."""
+  use_fast = fast.applies(model_cfg) if use_fast is None else use_fast
+  if use_fast and not fast.applies(model_cfg):
+    raise ValueError(f"use_fast needs linear attention without MLP, got {model_cfg}")
+
+  def loss(model: LinearTransformer, batch: tasks.Batch) -> jax.Array:
+    Z_BTD = tasks.batch_tokens(batch)
+    y_hat = fast.forward(params_of(model), Z_BTD, model_cfg) if use_fast else model(Z_BTD)
+    return jnp.mean((y_hat - batch.y_q) ** 2)
+
+  return loss
+
+
+def modules(model_cfg: ModelConfig, tx: optax.GradientTransformation, params: Params,
+            opt_state: optax.OptState | None = None) -> tuple[LinearTransformer, nnx.Optimizer]:
+  """The model holding `params` and its optimiser, holding `opt_state` (fresh when None)."""
+  model = LinearTransformer.from_params(model_cfg, params)
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  if opt_state is not None:
+    nnx.update(opt.opt_state, nnx.state(opt_state))
+  return model, opt
+
+
+def task_pool(key: jax.Array, task_cfg: TaskConfig, train_cfg: TrainConfig) -> tasks.Batch:
+  """The fixed pool of train_cfg.pool_size prompts of one seed (pool_size > 0)."""
+  return tasks.sample(key, task_cfg, train_cfg.pool_size, dtype=DTYPES[train_cfg.dtype])
+
+
+def draw(key: jax.Array, task_cfg: TaskConfig, train_cfg: TrainConfig, pool: tasks.Batch | None) -> tasks.Batch:
+  """One step's batch: fresh tasks, or batch_size prompts drawn with replacement from the pool."""
+  if pool is None:
+    return tasks.sample(key, task_cfg, train_cfg.batch_size, dtype=DTYPES[train_cfg.dtype])
+  idx = jax.random.randint(key, (train_cfg.batch_size,), 0, train_cfg.pool_size)
+  return jax.tree.map(lambda a: a[idx], pool)
+
+
+def make_chunk(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, n_steps: int,
+               use_fast: bool | None = None):
+  """A jitted f(params, opt_state, data_keys, pool_keys, step0) running n_steps for every seed.
+
+  use_fast: None takes the Gram-matrix forward wherever it applies; False forces the reference.
+  """
   tx = optimizer(train_cfg)
-  dtype = DTYPES[train_cfg.dtype]
+  loss = loss_fn(model_cfg, use_fast)
 
-  def one_seed(params, opt_state, key, step0):
-    def step(carry, i):
-      params, opt_state = carry
-      batch = tasks.sample(jax.random.fold_in(key, step0 + i), task_cfg, train_cfg.batch_size, dtype=dtype)
-      loss, grads = jax.value_and_grad(mse)(params, batch, model_cfg)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss
+  def one_seed(params, opt_state, key, pool_key, step0):
+    pool = task_pool(pool_key, task_cfg, train_cfg) if train_cfg.pool_size else None
+    graphdef, state = nnx.split(modules(model_cfg, tx, params, opt_state))
 
-    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), jnp.arange(n_steps))
-    return params, opt_state, losses
+    def step(state, i):
+      model, opt = nnx.merge(graphdef, state)
+      batch = draw(jax.random.fold_in(key, step0 + i), task_cfg, train_cfg, pool)
+      value, grads = nnx.value_and_grad(loss)(model, batch)
+      opt.update(model, grads)
+      return nnx.split((model, opt))[1], value
 
-  return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, 0, None)))
+    state, losses = jax.lax.scan(step, state, jnp.arange(n_steps))
+    model, opt = nnx.merge(graphdef, state)
+    return params_of(model), optax_state(opt), losses
+
+  return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, 0, 0, None)))
 
 
 def init_state(model_cfg: ModelConfig, train_cfg: TrainConfig, seeds) -> TrainState:
+  """One model per seed (parameter key fold_in(key(seed), 0)) and its fresh optimiser state."""
   dtype = DTYPES[train_cfg.dtype]
+  tx = optimizer(train_cfg)
   keys = jnp.stack([jax.random.key(s) for s in seeds])
-  params = jax.vmap(lambda k: init_params(jax.random.fold_in(k, 0), model_cfg, dtype))(keys)
-  return TrainState(params, jax.vmap(optimizer(train_cfg).init)(params), 0)
+
+  def build(key):
+    model = LinearTransformer(model_cfg, rngs=nnx.Rngs(params=key), dtype=dtype)
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(keys[0])))
+  state = jax.vmap(lambda k: nnx.split(build(k))[1])(keys)
+  model, opt = nnx.merge(graphdef, state)
+  return TrainState(params_of(model), optax_state(opt), 0)
 
 
-def _check_dtype(train_cfg: TrainConfig) -> None:
-  if train_cfg.dtype == "float64" and not jax.config.jax_enable_x64:
-    raise ValueError("dtype='float64' needs jax.config.update('jax_enable_x64', True) before any JAX work")
+def optax_state(opt: nnx.Optimizer) -> optax.OptState:
+  """The optimiser's state as optax builds it for the parameter dict (plain dicts, plain arrays)."""
+  is_state = lambda x: isinstance(x, nnx.State)
+  return jax.tree.map(lambda x: nnx.to_pure_dict(x) if is_state(x) else x, nnx.as_pure(opt.opt_state),
+                      is_leaf=is_state)
+
+
+def seed_keys(seeds, stream: int) -> jax.Array:
+  """[S] keys fold_in(key(seed), stream): 0 parameters, 1 training batches, 2 the task pool."""
+  return jnp.stack([jax.random.fold_in(jax.random.key(s), stream) for s in seeds])
 
 
 def fit(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, seeds=(0,),
@@ -127,29 +195,29 @@ def fit(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, se
   """Train one model per seed (vmapped) from scratch or from `state` up to train_cfg.steps.
 
   on_chunk(state, chunk_losses [S, n]) runs between jitted chunks (progress, checkpoints).
-  float32 training runs with 64-bit mode off, so a model is the same bits whether or not the
-  calling process enabled jax_enable_x64 (studies that measure in float64 share cached models).
+  Training runs under core.precision.for_dtype(train_cfg.dtype): a float32 model is the same bits
+  whether or not the caller enabled 64-bit mode (studies that measure in float64 share cached models).
   """
-  _check_dtype(train_cfg)
   if model_cfg.d != task_cfg.d:
     raise ValueError(f"model d={model_cfg.d} differs from task d={task_cfg.d}")
   seeds = tuple(seeds)
   if not seeds:
     raise ValueError("seeds must name at least one seed")
-  with jax.enable_x64(train_cfg.dtype == "float64"):
+  with precision.for_dtype(train_cfg.dtype):
     return _fit(task_cfg, model_cfg, train_cfg, seeds, state, on_chunk)
 
 
 def _fit(task_cfg, model_cfg, train_cfg, seeds, state, on_chunk) -> TrainResult:
   state = init_state(model_cfg, train_cfg, seeds) if state is None else state
-  data_keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seeds])
+  data_keys, pool_keys = seed_keys(seeds, 1), seed_keys(seeds, 2)
   chunks: dict[int, Callable] = {}
   losses, diverged, t0 = [], None, time.perf_counter()
   while state.step < train_cfg.steps:
     n = min(train_cfg.chunk, train_cfg.steps - state.step)
     if n not in chunks:  # at most two compilations: the full chunk and the remainder
       chunks[n] = make_chunk(task_cfg, model_cfg, train_cfg, n)
-    params, opt_state, chunk_losses = chunks[n](state.params, state.opt_state, data_keys, state.step)
+    params, opt_state, chunk_losses = chunks[n](state.params, state.opt_state, data_keys, pool_keys,
+                                                 state.step)
     chunk_losses = np.asarray(chunk_losses)
     finite = np.isfinite(chunk_losses)
     params_ok = all(bool(jnp.all(jnp.isfinite(v))) for v in params.values())

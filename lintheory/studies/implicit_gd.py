@@ -3,7 +3,7 @@
 For every depth L and noise level σ: trained models (one per seed) and four explicit references of
 depth L fitted on the same task distribution (GD with one η, per-step η_t, GD++, preconditioned GD;
 run.references). Reported: the exact per-task population error of each on the same held-out tasks
-(mean with its tail: median, 99th and 99.99th percentiles, maximum), the Theorem-1 identity error,
+(squared error ÷ d, docs/theory.md §1; mean with its tail: median, 99th and 99.99th percentiles, maximum), the Theorem-1 identity error,
 and per layer t the distance of the implicit predictor ŵ_t to each reference's iterate w_t
 (docs/theory.md §3–5, §11). At σ = 0 also the error at test-time context sizes M ≠ N.
 """
@@ -63,11 +63,11 @@ def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context) -> None:
   key = jax.random.key(EVAL_KEY)
   n = s.eval_tasks
   with precision.x64():
-    err = evaluate.errors(tr.params, tr.model, tr.task, key, n, dtype=jnp.float64)  # [S, n]
+    err = evaluate.errors(tr.params, tr.model, tr.task, key, n, dtype="float64")  # [S, n]
     for kind, f in refs.items():
-      e = evaluate.errors(_stack(references.construct(f)), tr.model, tr.task, key, n, dtype=jnp.float64)[0]
+      e = evaluate.errors(_stack(references.construct(f)), tr.model, tr.task, key, n, dtype="float64")[0]
       ctx.add_many(stats.summary(e), prefix="ref_", n_tasks=n, reference=kind, **keys)
-    ridge = evaluate.ridge_errors(tr.task, key, n, dtype=jnp.float64)
+    ridge = evaluate.bayes_errors(tr.task, key, n)
     ctx.add_many(stats.summary(ridge), prefix="ref_", n_tasks=n, reference="ridge", **keys)
     batch = tasks.sample(jax.random.fold_in(key, 1), tr.task, s.trajectory_tasks, dtype=jnp.float64)
     for k, seed in enumerate(tr.seeds):
@@ -86,11 +86,11 @@ def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context) -> None:
         for M in s.Ms:
           task_M = dataclasses.replace(tr.task, n_context=M)
           e = evaluate.errors(_stack(params), tr.model, task_M, jax.random.fold_in(key, M), s.eval_tasks // 4,
-                              dtype=jnp.float64)[0]
+                              dtype="float64")[0]
           ctx.add_many({"mean": e.mean(), "median": np.median(e)}, prefix="context_", seed=seed,
                        n_tasks=e.size, M=M, **keys)
   for M in s.Ms if sigma == 0.0 else ():
-    ctx.add("context_gd1_closed_form", learners.gd1_loss_at(s.d, s.n_context, M), M=M, **keys)
+    ctx.add("context_gd1_closed_form", learners.gd1_loss_at(s.d, s.n_context, M) / s.d, M=M, **keys)
   ctx.add("eta_star", learners.eta_star(s.d, s.n_context, sigma), **keys)
   ctx.log(f"σ={sigma} L={L}: model mean {np.median(err.mean(1)):.4g} (median over seeds), median "
           f"{np.median(np.median(err, 1)):.4g}, max {err.max():.3g}")
@@ -135,7 +135,7 @@ def plot(table: engine.Table, meta: dict, out) -> list:
     ax.set_title(f"σ = {sigma}: exact per-task error, {table.n_tasks('model_mean', sigma=sigma, L=Ls[0]):,} "
                  f"tasks per model", fontsize=8)
     ax.legend(fontsize=6)
-  axes[0, 0].set_ylabel("squared error of ŷ (log)")
+  axes[0, 0].set_ylabel("error of ŷ, squared ÷ d (log)")
   fig.tight_layout()
   paths += figures.save(fig, out, "implicit_gd_loss_vs_L")
 

@@ -1,0 +1,168 @@
+"""Tail-aware evaluation: exact per-task population errors on 10⁵–10⁶ fresh tasks (docs/theory.md §11).
+
+For linear attention the prediction is linear in the query, ŷ = ŵ·x_q with ŵ the implicit predictor
+of Theorem 1 (docs/theory.md §5), so a task's expected squared error over a fresh query is exactly
+  e(task) = (ŵ − w)ᵀ Σ_x (ŵ − w) + σ²·[query_noise],
+with no query sampling noise. Other models (softmax, MLP) fall back to the sampled query's squared
+error. One convention: errors are normalised by d (docs/theory.md §1, the zero predictor scores 1
+for Σ_x = I, w ~ N(0, I)) unless `normalise=False`, which gives the raw squared error of the
+closed forms in `learners`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lintheory.core import implicit, precision, tasks
+from lintheory.core.model import ModelConfig, Params, forward, heads, param_shapes
+from lintheory.core.tasks import Batch, TaskConfig
+
+
+def implicit_predictor(params: Params, cfg: ModelConfig, X_BND: jax.Array, y_BN: jax.Array) -> jax.Array:
+  """ŵ = −W_L[y, :d] → [B, d], from the demonstrations alone (linear attention, Theorem 1).
+
+  Every token j gets h_j ← h_j + ΔW_t h_j, so only the demonstrations and W_t are carried;
+  the query never enters (it is never a key or value).
+  """
+  layer = {"W_Q": jax.vmap(heads)(params["W_Q"]), "W_K": jax.vmap(heads)(params["W_K"]),
+           "W_V": implicit.value_maps(params)}
+  Zs = jnp.concatenate([X_BND, y_BN[..., None]], axis=-1)
+  eye = jnp.eye(cfg.D, dtype=Zs.dtype)
+
+  def step(carry, p):
+    Zs, W = carry
+    dW = implicit.delta_W(p, Zs)
+    return (Zs + jnp.einsum("bnd,bed->bne", Zs, dW), W + dW @ (eye + W)), None
+
+  W0 = jnp.zeros(Zs.shape[:1] + (cfg.D, cfg.D), Zs.dtype)
+  (_, W), _ = jax.lax.scan(step, (Zs, W0), layer)
+  return -W[:, cfg.d, : cfg.d]
+
+
+def per_task_error(params: Params, cfg: ModelConfig, batch: Batch, task_cfg: TaskConfig,
+                   normalise: bool = True) -> jax.Array:
+  """[B] per-task error: exact population error for linear attention, else the sampled query's.
+
+  Normalised by d unless normalise=False (see the module docstring).
+  """
+  if cfg.is_linear:
+    dw = implicit_predictor(params, cfg, batch.X, batch.y) - batch.w
+    Sigma = jnp.asarray(tasks.x_covariance(task_cfg), dw.dtype)
+    err = jnp.einsum("bd,de,be->b", dw, Sigma, dw)
+    if task_cfg.query_noise:
+      err = err + task_cfg.noise_std**2
+  else:
+    y_hat, _ = forward(params, tasks.batch_tokens(batch), cfg)
+    err = (y_hat - batch.y_q) ** 2
+  return tasks.normalised_error(err, task_cfg.d) if normalise else err
+
+
+def _check_int(name, value, lo):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+    raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+def has_seed_axis(params: Params, cfg: ModelConfig) -> bool:
+  """True when every array carries one leading seed axis over the shapes cfg implies."""
+  shapes = param_shapes(cfg)
+  if set(params) != set(shapes):
+    raise ValueError(f"params must have the keys {sorted(shapes)} of cfg, got {sorted(params)}")
+  lead = {k: tuple(np.shape(v))[: len(np.shape(v)) - len(shapes[k])] for k, v in params.items()}
+  for k, v in params.items():
+    if tuple(np.shape(v))[len(lead[k]):] != shapes[k] or len(lead[k]) > 1:
+      raise ValueError(f"params[{k!r}] must have shape {shapes[k]} or (S, *{shapes[k]}), got {np.shape(v)}")
+  if len(set(lead.values())) != 1:
+    raise ValueError(f"params must share one leading seed axis, got {lead}")
+  return len(next(iter(lead.values()))) == 1
+
+
+@functools.lru_cache(maxsize=32)
+def chunk_fn(cfg: ModelConfig, task_cfg: TaskConfig, chunk: int, dtype_name: str, seeds: bool,
+             paired_seeds: bool, normalise: bool):
+  """The one jitted, fixed-shape function (params, key, i) → errors [chunk] or [S, chunk]."""
+  dtype = precision.DTYPES[dtype_name]
+
+  def one(params, key):
+    batch = tasks.sample(key, task_cfg, chunk, dtype=dtype)
+    return per_task_error(params, cfg, batch, task_cfg, normalise)
+
+  def fn(params, key, i):
+    key = jax.random.fold_in(key, i)
+    if not seeds:
+      return one(params, key)
+    S = jax.tree.leaves(params)[0].shape[0]
+    keys = jnp.stack([key] * S) if paired_seeds else jax.vmap(lambda s: jax.random.fold_in(key, s))(
+        jnp.arange(S) + 1)
+    return jax.vmap(one)(params, keys)
+
+  return jax.jit(fn)
+
+
+def errors(params: Params, cfg: ModelConfig, task_cfg: TaskConfig, key: jax.Array, n_tasks: int = 100_000,
+           chunk: int = 8192, dtype: str = "float64", normalise: bool = True,
+           paired_seeds: bool = True) -> np.ndarray:
+  """Per-task errors on n_tasks fresh tasks → numpy float64 [n_tasks], or [S, n_tasks] for params with
+  a leading seed axis (vmapped).
+
+  Chunks of `chunk` tasks run through one compiled function (the last is padded, then cut);
+  chunk i uses tasks from fold_in(key, i). With paired_seeds every seed sees the same tasks (paired
+  comparisons, common random numbers); otherwise each seed draws its own. dtype "float64" (default)
+  keeps blow-ups of 10⁴⁰ finite; in "float32" they may overflow to inf.
+  """
+  _check_int("n_tasks", n_tasks, 1)
+  _check_int("chunk", chunk, 1)
+  seeds = has_seed_axis(params, cfg)
+  chunk = min(chunk, n_tasks)
+  with precision.for_dtype(dtype):
+    fn = chunk_fn(cfg, task_cfg, chunk, dtype, seeds, paired_seeds, normalise)
+    p = jax.tree.map(lambda a: jnp.asarray(a, precision.DTYPES[dtype]), params)
+    parts = [fn(p, key, i) for i in range(-(-n_tasks // chunk))]
+    out = np.concatenate([np.asarray(e, np.float64) for e in parts], axis=-1)
+  return out[..., :n_tasks]
+
+
+def bayes_predictor(task_cfg: TaskConfig, X_BND: jax.Array, y_BN: jax.Array) -> jax.Array:
+  """The posterior mean of w under the task prior N(0, Σ_w) and noise σ² → [B, d] (docs/theory.md §9).
+
+  ŵ = Σ_w Xᵀ(X Σ_w Xᵀ + σ² I)⁻¹ y, which needs no inverse of Σ_w (a low-rank prior is fine); with
+  σ = 0 and an invertible Σ_w it is the least-squares interpolant (XᵀX)⁻¹Xᵀy (N ≥ d). No learner beats
+  it in expected error: it is the floor of every error curve.
+  """
+  Sw = jnp.asarray(tasks.as_cov("w_cov", task_cfg.w_cov, task_cfg.d, psd=True), X_BND.dtype)
+  if task_cfg.noise_std == 0.0:
+    G = jnp.einsum("bnd,bne->bde", X_BND, X_BND)
+    return jnp.linalg.solve(G, jnp.einsum("bnd,bn->bd", X_BND, y_BN)[..., None])[..., 0]
+  K = jnp.einsum("bnd,de,bme->bnm", X_BND, Sw, X_BND) + task_cfg.noise_std**2 * jnp.eye(X_BND.shape[1], dtype=X_BND.dtype)
+  alpha = jnp.linalg.solve(K, y_BN[..., None])[..., 0]
+  return jnp.einsum("de,bne,bn->bd", Sw, X_BND, alpha)
+
+
+@functools.lru_cache(maxsize=8)
+def _bayes_chunk_fn(task_cfg: TaskConfig, chunk: int, dtype_name: str, normalise: bool):
+  dtype = precision.DTYPES[dtype_name]
+  Sigma = tasks.x_covariance(task_cfg)
+
+  def fn(key, i):
+    batch = tasks.sample(jax.random.fold_in(key, i), task_cfg, chunk, dtype=dtype)
+    dw = bayes_predictor(task_cfg, batch.X, batch.y) - batch.w
+    err = jnp.einsum("bd,de,be->b", dw, jnp.asarray(Sigma, dtype), dw)
+    err = err + (task_cfg.noise_std**2 if task_cfg.query_noise else 0.0)
+    return tasks.normalised_error(err, task_cfg.d) if normalise else err
+
+  return jax.jit(fn)
+
+
+def bayes_errors(task_cfg: TaskConfig, key: jax.Array, n_tasks: int = 100_000, chunk: int = 8192,
+                 dtype: str = "float64", normalise: bool = True) -> np.ndarray:
+  """Per-task exact errors of the Bayes predictor on the very tasks `errors` draws with the same key
+  (paired_seeds) → numpy float64 [n_tasks]."""
+  _check_int("n_tasks", n_tasks, 1)
+  chunk = min(chunk, n_tasks)
+  with precision.for_dtype(dtype):
+    fn = _bayes_chunk_fn(task_cfg, chunk, dtype, normalise)
+    out = np.concatenate([np.asarray(fn(key, i), np.float64) for i in range(-(-n_tasks // chunk))])
+  return out[:n_tasks]

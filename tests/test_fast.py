@@ -1,0 +1,80 @@
+"""The Gram-matrix forward (core/fast.py) is the reference forward (model.forward) rewritten exactly."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lintheory.core import fast, model
+from lintheory.core.model import ModelConfig
+
+
+def rel_err(a, b) -> float:
+  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def draw_problem(key, cfg: ModelConfig, B: int, N: int, scale: float):
+  key_p, key_z = jax.random.split(key)
+  params = {k: v * (scale / cfg.init_scale) for k, v in model.init_params(key_p, cfg, jnp.float64).items()}
+  Z = jax.random.normal(key_z, (B, N + 1, cfg.D), jnp.float64).at[:, -1, -1].set(0.0)
+  y = jax.random.normal(jax.random.fold_in(key_z, 1), (B,), jnp.float64)
+  return params, Z, y
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(d=st.integers(1, 5), N=st.integers(1, 7), L=st.integers(1, 4), H=st.integers(1, 3),
+       W_O=st.booleans(), seed=st.integers(0, 2**16))
+def test_fast_forward_and_gradients_equal_the_reference(d, N, L, H, W_O, seed):
+  """ŷ and ∂loss/∂params agree to round-off in float64 over shapes (d, N, L, heads, W_O)."""
+  cfg = ModelConfig(d=d, n_layers=L, n_heads=H, use_W_O=W_O)
+  params, Z, y = draw_problem(jax.random.key(seed), cfg, 3, N, 0.3)
+  y_ref = model.forward(params, Z, cfg)[0]
+  assert rel_err(fast.forward(params, Z, cfg), y_ref) <= 1e-12
+
+  def loss(f):
+    return lambda p: jnp.mean((f(p) - y) ** 2)
+
+  g_ref = jax.grad(loss(lambda p: model.forward(p, Z, cfg)[0]))(params)
+  g_fast = jax.grad(loss(lambda p: fast.forward(p, Z, cfg)))(params)
+  for k in params:
+    assert rel_err(g_fast[k], g_ref[k]) <= 1e-12, k
+
+
+def test_a_layer_maps_every_token_by_one_matrix():
+  """states[1] = states[0] (I + M)ᵀ for every token, demonstrations and query (docs/theory.md §2)."""
+  cfg = ModelConfig(d=3, n_layers=1, n_heads=2, use_W_O=True)
+  params, Z, _ = draw_problem(jax.random.key(0), cfg, 4, 6, 0.4)
+  _, states = model.forward(params, Z, cfg)
+  C, _ = fast.gram(Z)
+  M = fast.layer_map({k: v[0] for k, v in params.items()}, C, 6)
+  expected = jnp.einsum("btj,bij->bti", Z, jnp.eye(cfg.D) + M)
+  assert rel_err(states[1], expected) <= 1e-13
+  assert rel_err(M, jnp.zeros_like(M)) > 0.1  # the layer does something
+
+
+def test_gram_is_over_the_demonstrations_only():
+  Z = jax.random.normal(jax.random.key(1), (2, 5, 3), jnp.float64)
+  C, q = fast.gram(Z)
+  np.testing.assert_allclose(C, np.einsum("bni,bnj->bij", Z[:, :4], Z[:, :4]), rtol=1e-14)
+  np.testing.assert_array_equal(q, Z[:, -1])
+  np.testing.assert_array_equal(C, np.swapaxes(C, 1, 2))
+
+
+@pytest.mark.parametrize("cfg", [ModelConfig(d=2, attention="softmax"), ModelConfig(d=2, mlp="relu"),
+                                 ModelConfig(d=2, mlp="linear")], ids=["softmax", "relu", "linear-mlp"])
+def test_only_linear_attention_without_mlp(cfg):
+  assert not fast.applies(cfg)
+  params = model.init_params(jax.random.key(0), cfg)
+  with pytest.raises(ValueError, match="attention"):
+    fast.forward(params, jnp.zeros((1, 3, 3)), cfg)
+
+
+def test_bad_tokens():
+  cfg = ModelConfig(d=2)
+  params = model.init_params(jax.random.key(0), cfg)
+  with pytest.raises(ValueError, match="Z_BTD"):
+    fast.forward(params, jnp.zeros((2, 4, 5)), cfg)
+  with pytest.raises(ValueError, match="Z_BTD"):
+    fast.forward(params, jnp.zeros((2, 1, 3)), cfg)
