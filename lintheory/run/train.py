@@ -109,8 +109,11 @@ def loss_fn(model_cfg: ModelConfig, use_fast: bool | None = None) -> Callable:
     raise ValueError(f"use_fast needs linear attention without MLP, got {model_cfg}")
 
   def loss(model: LinearTransformer, batch: tasks.Batch) -> jax.Array:
-    Z_BTD = tasks.batch_tokens(batch)
-    y_hat = fast.forward(params_of(model), Z_BTD, model_cfg) if use_fast else model(Z_BTD)
+    if use_fast:  # the Gram matrix straight from the tasks: no [B, T, D] tokens
+      C_BDD, q_BD = fast.gram_tasks(batch.X, batch.y, batch.x_q)
+      y_hat = fast.forward_gram(params_of(model), C_BDD, q_BD, batch.X.shape[1])
+    else:
+      y_hat = model(tasks.batch_tokens(batch))
     return jnp.mean((y_hat - batch.y_q) ** 2)
 
   return loss
