@@ -394,12 +394,32 @@ def add_analyze(sub, common) -> None:
                      help="implicit-GD analysis of trained runs: Theorem-1 trajectory vs fitted GD "
                           "references (writes RUN/analysis.json)")
   p.add_argument("runs", nargs="+", help="run directories (from `lintheory train`)")
-  p.add_argument("--eval-tasks", type=int_arg, default=4096, help="held-out tasks for every metric (>= 2)")
+  p.add_argument("--eval-tasks", type=int_arg, default=4096, help="held-out tasks for the per-layer comparison "
+                                                                   "with the references (>= 2)")
+  p.add_argument("--tail-tasks", type=int_arg, default=100_000, help="fresh tasks for the expected error and its "
+                                                                       "tail (exact per-task errors; >= 2)")
   p.add_argument("--eval-seed", type=int_arg, default=20_240_406, help="key of the held-out tasks")
   p.add_argument("--fit-steps", type=int_arg, default=None, help="Adam steps fitting each reference (default: "
                                                                      "references.FitConfig's)")
   p.add_argument("--cache-dir", default="runs/cache", help="where fitted references are cached")
   p.set_defaults(func=cmd_analyze)
+
+
+def _tails(params, run, refs, args) -> dict:
+  """Exact per-task errors (÷ d) on --tail-tasks fresh tasks: the model, each reference, the Bayes floor."""
+  import jax
+  from lintheory.core import evaluate, stats
+  from lintheory.run import references
+
+  key = jax.random.fold_in(jax.random.key(args.eval_seed), 1)
+  n = args.tail_tasks
+  out = {"units": "squared error of y_hat / d, exact per task for linear attention (sampled query otherwise)",
+         "model": stats.summary(evaluate.errors(params, run.model, run.task, key, n))}
+  if run.model.is_linear and run.model.n_heads == 1 and not run.model.use_W_O:
+    for kind, f in refs.items():
+      out[kind] = stats.summary(evaluate.errors(references.construct(f), run.model, run.task, key, n))
+  out["bayes"] = stats.summary(evaluate.bayes_errors(run.task, key, n))
+  return out
 
 
 def _analysis_layers(out: dict) -> list[dict]:
@@ -419,6 +439,7 @@ def cmd_analyze(args) -> int:
   from lintheory.run import io, references, rundir
 
   _in_range("--eval-tasks", args.eval_tasks, 2, INT_MAX)
+  _in_range("--tail-tasks", args.tail_tasks, 2, INT_MAX)
   _in_range("--eval-seed", args.eval_seed, 0, INT_MAX)
   try:
     fit_cfg = references.FitConfig() if args.fit_steps is None else references.FitConfig(steps=args.fit_steps)
@@ -431,6 +452,7 @@ def cmd_analyze(args) -> int:
     io.check_writable_dir(run.path, "run directory")
     check_memory("--eval-tasks", args.eval_tasks, 2,
                  lambda n: eval_bytes(run.task, run.model, n, 8, factor=3 * (1 + len(references.KINDS))))
+    check_memory("--tail-tasks", min(args.tail_tasks, 8192), 2, lambda n: eval_bytes(run.task, run.model, n, 8, factor=3))
   with precision.x64():  # the identity is checked, and every metric computed, in float64
     return _analyze(args, loaded, fit_cfg, cache)
 
@@ -448,6 +470,7 @@ def _analyze(args, loaded, fit_cfg, cache) -> int:
     refs = references.fitted(run.task, run.model.n_layers, fit_cfg, cache)
     batch = tasks.sample(jax.random.key(args.eval_seed), run.task, args.eval_tasks, dtype=jnp.float64)
     out = analysis.analyze(params, run.model, run.task, refs, batch)
+    tails = _tails(params, run, refs, args)
     ident = dict(out["identity"])
     ident["note"] = ("Theorem 1 holds exactly: deviation is float64 round-off" if ident["exact"] else
                      f"Theorem 1 does not cover attention={run.model.attention!r}, mlp={run.model.mlp!r}: "
@@ -455,13 +478,17 @@ def _analyze(args, loaded, fit_cfg, cache) -> int:
     result = {"run": str(run.path), "task": dataclasses.asdict(run.task), "model": dataclasses.asdict(run.model),
               "seed": run.seed, "eval_tasks": args.eval_tasks, "eval_seed": args.eval_seed, "dtype": "float64",
               "fit": dataclasses.asdict(fit_cfg), "identity": ident, "layers": _analysis_layers(out),
-              "final": out["final"], "interpolation": out["interpolation"],
+              "final": out["final"], "tails": tails, "interpolation": out["interpolation"],
               "references": {k: {"eta": f.eta, "gamma": f.gamma, "P": f.P, "train_loss": f.train_loss}
                              for k, f in refs.items()},
               "params_sha256": run.manifest["files"]["params.npz"], "provenance": prov}
     io.write_json(run.path / "analysis.json", result)
     fl = out["final"]["losses"]
     finals.append(fl)
+    t = tails["model"]
+    print(f"{run.path}: expected error (÷ d) on {t['n']:,} tasks: mean {t['mean']:.4g} "
+          f"[{t['mean_ci_lo']:.4g}, {t['mean_ci_hi']:.4g}], median {t['median']:.4g}, p99 {t['p99']:.4g}, "
+          f"p99.99 {t['p9999']:.4g}, max {t['max']:.4g}; Bayes {tails['bayes']['mean']:.4g}")
     print(f"{run.path / 'analysis.json'}: L={run.model.n_layers} identity max |err| {ident['max_abs_err']:.1e} "
           f"(exact={ident['exact']}); loss model {fl['model']:.4f}, "
           + ", ".join(f"{k} {fl[k]:.4f}" for k in (*references.KINDS, "ridge")))
@@ -506,6 +533,7 @@ def cmd_prune(args) -> int:
     raise ValueError("--out must differ from the run directory (pruning never overwrites its input)")
   protect_out(out, args.overwrite)
   _in_range("--eval-tasks", args.eval_tasks, 2, INT_MAX)
+  _in_range("--tail-tasks", args.tail_tasks, 2, INT_MAX)
   _in_range("--eval-seed", args.eval_seed, 0, INT_MAX)
   kw = {"xi": args.rate} if args.rate is not None else {"rank": args.rank}
   names = _naming(PRUNE_FLAGS, prune.module_names, run.params, args.module)
