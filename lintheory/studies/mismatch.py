@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +66,7 @@ PROFILES = {
                      short_steps=(10,), select_tasks=256, confirm_tasks=1024, d=3, n_context=8, drops=(1,),
                      shrinks=(0.5,)),
     "default": Settings(profiles.PROFILES["default"], (4,), (15, 20), (10, 15), mixed_min=10,
-                        sigmas=(0.25, 0.5, 1.0), matched=(0.5,), short_steps=(150, 500), select_tasks=4096,
+                        sigmas=(0.25, 0.5, 1.0), matched=(0.5,), short_steps=(150, 500), select_tasks=2048,
                         confirm_tasks=100_000),
     "full": Settings(profiles.PROFILES["full"], (2, 4, 6), (12, 15, 20), (10, 12, 15), mixed_min=10,
                      sigmas=(0.25, 0.5, 1.0), matched=(0.25, 0.5, 1.0), short_steps=(150, 500),
@@ -212,9 +213,13 @@ def run_condition(s: Settings, c: Condition, ctx: engine.Context) -> None:
   for i, seed in enumerate(tr.seeds):
     kept = sel[1 + best[i], i] >= sel[0, i]
     for e, v in zip(edits, sel[1:, i]):
-      ctx.add("select_gain", sel[0, i] - v, seed=seed, n_tasks=s.select_tasks, edit=label(e), **keys)
+      g = 0.0 if v == sel[0, i] else sel[0, i] - v  # both inf (overflowed) counts as no difference
+      ctx.add("select_gain", g, seed=seed, n_tasks=s.select_tasks, edit=label(e), **keys)
     ctx.add("chosen", 1.0, seed=seed, edit="none" if kept else label(edits[best[i]]), **keys)
     e0, e1 = err[i], err[S + i]
+    if np.isinf(e0.mean()) and np.isinf(e1.mean()):
+      ctx.fail("confirm", "unpruned and edited mean errors both overflow float64", seed=seed, **keys)
+      continue
     ctx.add_many(stats.summary(e0), prefix="unpruned_", seed=seed, n_tasks=n, **keys)
     ctx.add_many(stats.summary(e1), prefix="edited_", seed=seed, n_tasks=n, **keys)
     head = e0.mean() - bayes.mean()
@@ -251,13 +256,17 @@ def conditions(s: Settings, L: int, ctx: engine.Context):
 def run(s: Settings, ctx: engine.Context) -> None:
   for L in s.depths:
     for build in conditions(s, L, ctx):
+      t0 = time.perf_counter()
       try:
         conds = build()
       except RuntimeError as e:  # a diverged training run is recorded, not hidden
         ctx.fail("train", str(e), L=L)
         continue
+      ctx.log(f"models ready in {time.perf_counter() - t0:.1f} s (training or the cache)")
       for c in conds:
+        t0 = time.perf_counter()
         run_condition(s, c, ctx)
+        ctx.log(f"evaluated in {time.perf_counter() - t0:.1f} s")
 
 
 # --- reading the table ----------------------------------------------------------------------
@@ -274,12 +283,19 @@ def condition_keys(table: engine.Table, regime: str) -> list[dict]:
 
 
 def verdict_of(table: engine.Table, k: dict) -> dict:
-  """Per-seed gains of one condition: mean, t-interval, fraction of headroom, equivalence within ±5 %."""
+  """One condition's per-seed gains, in error units and as a fraction of the headroom, and its call.
+
+  The call reads the fraction: seeds whose unpruned errors differ by orders of magnitude (a blow-up
+  at M < N) make a t-interval in error units meaningless, while each seed's share of its own headroom
+  is comparable. helps / hurts: the 95 % t-interval of the mean share excludes 0; null: TOST within
+  ±5 % of the headroom; else inconclusive.
+  """
   g, f = table.values("gain", **k), table.values("gain_frac", **k)
-  lo, hi = stats.seed_ci(g)
+  lo, hi = stats.seed_ci(f)
   eq = stats.equivalence(f, MARGIN) if np.all(np.isfinite(f)) else {"equivalent": False}
   call = "helps" if lo > 0 else "hurts" if hi < 0 else "null" if eq["equivalent"] else "inconclusive"
-  return {"gain": g, "frac": f, "lo": lo, "hi": hi, "equivalent": eq["equivalent"], "call": call}
+  return {"gain": g, "gain_ci": stats.seed_ci(g), "frac": f, "lo": lo, "hi": hi, "equivalent": eq["equivalent"],
+          "call": call}
 
 
 def describe(k: dict) -> str:
@@ -307,7 +323,9 @@ def plot(table: engine.Table, meta: dict, out) -> list:
         ax.axhline(y, color="0.5", lw=0.6, ls=":")
       ax.set_xticks(range(len(ks)))
       ax.set_xticklabels([describe(k).replace(" ", "\n", 1) for k in ks], fontsize=6.5)
-      ax.set_ylim(min(-12, ax.get_ylim()[0]), 105)
+      ax.set_xlim(-0.6, len(ks) - 0.4)
+      y = np.concatenate([np.clip(table.values("gain_frac", **k), -1, 1) for k in ks]) * 100 if ks else np.zeros(1)
+      ax.set_ylim(min(-10, y.min() - 5), max(10, y.max() + 5))  # the ±5 % band always shows
       ax.set_title(f"{regime.replace('_', ' ')}, L = {L}", fontsize=8)
     axes[i, 0].set_ylabel("gain of the chosen edit\n(% of unpruned − Bayes error)")
   fig.text(0.01, 0.005, "Each dot a seed, bar the median; red: train/test mismatch, green: its in-distribution "
@@ -329,17 +347,19 @@ def report(table: engine.Table, meta: dict) -> str:
                    text.num(np.median(table.values("unpruned_mean", **k))),
                    text.num(np.max(table.values("unpruned_max", **k))),
                    text.num(table.value("bayes_mean", seed=None, **k)),
-                   text.num(v["gain"].mean()), text.ci(v["lo"], v["hi"]),
-                   f"{text.num(100 * np.median(v['frac']), 2)} %", v["call"], "; ".join(edits)])
+                   text.num(v["gain"].mean()), text.ci(*v["gain_ci"]),
+                   f"{text.num(100 * v['frac'].mean(), 2)} % {text.ci(100 * v['lo'], 100 * v['hi'], 2)}",
+                   v["call"], "; ".join(edits)])
   n = table.n_tasks("gain", **condition_keys(table, REGIMES[0])[0]) if condition_keys(table, REGIMES[0]) else 0
   return (f"Each seed's edit is chosen on {s['select_tasks']:,} tasks and scored on {n:,} others (exact "
           f"per-task errors ÷ d). Fixed-length models see an M-shot prompt with 1/M scaling; mixed-length "
           f"models (trained with M ~ U{{{s['mixed_min']}, …, N}}) see it zero-padded to N, as in training. "
-          f"Calls: helps / hurts when the 95 % t-interval over seeds excludes 0, null when the 90 % interval of "
-          f"gain / headroom lies within ±{100 * MARGIN:g} % (TOST), else inconclusive.\n\n"
+          f"Headroom = unpruned − Bayes error. Calls read gain / headroom per seed: helps / hurts when its 95 % "
+          f"t-interval over seeds excludes 0, null when its 90 % interval lies within ±{100 * MARGIN:g} % (TOST), "
+          f"else inconclusive.\n\n"
           + text.table(["regime", "L", "condition", "seeds", "unpruned mean error (median over seeds)",
                         "worst task (max over seeds)", "Bayes error", "mean gain", "95 % CI over seeds",
-                        "gain / headroom (median)", "call", "chosen edit per seed"], rows)
+                        "gain / headroom, mean [95 % CI]", "call", "chosen edit per seed"], rows)
           + "\n\n![gain](../figures/mismatch_gain.png)\n\n*Each dot is a seed's gain as a share of the headroom "
           "between the unpruned model and the Bayes error. Gains well above the dotted band say an edit "
           "repairs a mismatch; dots inside it say the unpruned model is already as good as edits can make it.*\n")
@@ -377,7 +397,7 @@ def _claim(table: engine.Table, regime: str, full_steps: int):
     nulls = sum(v["call"] == "null" for _, v in mism)
     verdict = f"fails: no edit helps ({nulls} of {len(mism)} mismatched conditions equivalent to no gain)"
   k, v = max(mism, key=lambda kv: np.mean(kv[1]["frac"]))
-  lo, hi = stats.seed_ci(100 * v["frac"])
+  lo, hi = 100 * v["lo"], 100 * v["hi"]
   calls = "; ".join(f"{describe(k)}, L={k['L']}: {v['call']}" for k, v in vs)
   return Claim(regime, verdict, f"{text.num(100 * np.mean(v['frac']), 2)} % of the headroom ({describe(k)}, "
                f"L={k['L']}, the largest)", f"{text.ci(lo, hi, 2)} %", len(v["frac"]), calls)
