@@ -25,8 +25,8 @@ class TaskConfig:
   d: int = 10  # input dimension; tokens have d + 1 entries
   n_context: int = 20  # N, demonstrations per task
   noise_std: float = 0.0  # σ, label noise on the demonstrations
-  x_cov: tuple | None = None  # Σ of x ~ N(0, Σ): None = I_d, a length-d diagonal, or a d×d SPD matrix
-  w_cov: tuple | None = None  # prior covariance of w, same forms as x_cov; None = I_d
+  x_cov: tuple | None = None  # Σ of x ~ N(0, Σ) ("gaussian" only): None = I_d, a length-d diagonal, or a d×d SPD matrix
+  w_cov: tuple | None = None  # Σ_w of w ~ N(0, Σ_w), same forms but PSD: zero entries give a low-rank prior; None = I_d
   query_noise: bool = False  # add N(0, σ²) to the query target too
   x_dist: str = "gaussian"  # "gaussian" x ~ N(0, x_cov) or "uniform" x ~ U(−a, a)^d with covariance a²/3·I
   x_scale: float = 1.0  # a, the half-width of "uniform" inputs; stays 1.0 for "gaussian" (use x_cov)
@@ -79,7 +79,7 @@ def as_cov(name: str, cov, d: int, psd: bool = False) -> np.ndarray:
   if not np.allclose(a, a.T, rtol=1e-10, atol=1e-12):
     raise ValueError(f"{name} must be symmetric")
   lam = np.linalg.eigvalsh(a)
-  if psd and (lam.min() < -d * np.finfo(np.float64).eps * lam.max() or lam.max() <= 0):
+  if psd and (lam.min() < -10 * d * np.finfo(np.float64).eps * lam.max() or lam.max() <= 0):
     raise ValueError(f"{name} must be positive semidefinite and nonzero, got eigenvalues {lam}")
   if not psd and lam.min() <= 0:
     raise ValueError(f"{name} must be positive definite")
