@@ -51,24 +51,24 @@ def test_mixed_lengths_change_no_other_draw():
 
 @pytest.mark.parametrize("n_heads", [1, 2])
 def test_zero_padding_equals_truncation_with_W_V_scaled_by_M_over_N(n_heads):
-  d, N, L = 3, 7, 3
+  d, N, L = 3, 5, 3
   cfg = ModelConfig(d=d, n_layers=L, n_heads=n_heads, init_scale=0.4)
   params = init_params(jax.random.key(1), cfg, jnp.float64)
-  batch = tasks.sample(jax.random.key(2), TaskConfig(d=d, n_context=N, n_context_min=1), 12, dtype=jnp.float64)
+  batch = tasks.sample(jax.random.key(2), TaskConfig(d=d, n_context=N, n_context_min=2), 16, dtype=jnp.float64)
   M, _ = _kept(batch)
   assert len(set(M.tolist())) > 2
   y_pad, states_pad = forward(params, tasks.batch_tokens(batch), cfg)
   w_pad = evaluate.implicit_predictor(params, cfg, batch.X, batch.y)
-  for i, m in enumerate(M):
-    scaled = mismatch.padded_as_truncated(params, int(m), N)
-    Z = tasks.tokens(batch.X[i:i + 1, :m], batch.y[i:i + 1, :m], batch.x_q[i:i + 1])
-    y_cut, states_cut = forward(scaled, Z, cfg)
-    np.testing.assert_allclose(y_pad[i], y_cut[0], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(states_pad[:, i, :m], states_cut[:, 0, :m], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(states_pad[:, i, -1], states_cut[:, 0, -1], rtol=1e-12, atol=1e-12)
+  for m in sorted(set(M.tolist())):  # the tasks that kept m demonstrations, against their m-token prompts
+    i = np.flatnonzero(M == m)
+    scaled = mismatch.padded_as_truncated(params, m, N)
+    y_cut, states_cut = forward(scaled, tasks.tokens(batch.X[i, :m], batch.y[i, :m], batch.x_q[i]), cfg)
+    np.testing.assert_allclose(y_pad[i], y_cut, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(states_pad[:, i, :m], states_cut[:, :, :m], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(states_pad[:, i, -1], states_cut[:, :, -1], rtol=1e-12, atol=1e-12)
     assert np.all(np.asarray(states_pad[:, i, m:N]) == 0)  # zero tokens stay exactly zero
-    w_cut = evaluate.implicit_predictor(scaled, cfg, batch.X[i:i + 1, :m], batch.y[i:i + 1, :m])
-    np.testing.assert_allclose(w_pad[i], w_cut[0], rtol=1e-12, atol=1e-12)
+    w_cut = evaluate.implicit_predictor(scaled, cfg, batch.X[i, :m], batch.y[i, :m])
+    np.testing.assert_allclose(w_pad[i], w_cut, rtol=1e-12, atol=1e-12)
 
 
 def test_without_the_scaling_the_truncated_prompt_differs():
