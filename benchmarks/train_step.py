@@ -6,7 +6,8 @@ vmapped as in train.fit), as the MEDIAN of --repeats timings, the paths interlea
   * optax loop: the loop before the NNX model (a plain parameter dict, optax directly), the
     reference forward; the NNX loop on the same forward must not be slower;
   * plain: make_chunk(use_fast=False), the reference forward (model.forward);
-  * fast: make_chunk(), the Gram-matrix forward train.fit and `lintheory train` use;
+  * fast: make_chunk(), the Gram-matrix forward train.fit and `lintheory train` use (C built from
+    the tasks' X, y; layers unrolled; the last layer reads out only the query's y-slot);
   * bound: analytic FLOPs of the reference forward + backward / a measured large-matmul rate.
 Settings: the benchmark's (L=3, d=5, N=20, batch 2048) and the studies' (L=4, d=10, N=20,
 batch 256 and 512), float32.

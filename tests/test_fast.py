@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lintheory.core import fast, model
+from lintheory.core import fast, model, tasks
 from lintheory.core.model import ModelConfig
 
 
@@ -60,6 +60,27 @@ def test_gram_is_over_the_demonstrations_only():
   np.testing.assert_allclose(C, np.einsum("bni,bnj->bij", Z[:, :4], Z[:, :4]), rtol=1e-14)
   np.testing.assert_array_equal(q, Z[:, -1])
   np.testing.assert_array_equal(C, np.swapaxes(C, 1, 2))
+
+
+def test_gram_from_the_tasks_is_the_gram_of_their_tokens():
+  """gram_tasks(X, y, x_q) = gram(tokens(X, y, x_q)): the blocks XᵀX, Xᵀy, yᵀy and q = [x_q; 0]."""
+  b = tasks.sample(jax.random.key(2), tasks.TaskConfig(d=3, n_context=6, noise_std=0.5), 4, dtype=jnp.float64)
+  C, q = fast.gram_tasks(b.X, b.y, b.x_q)
+  C_ref, q_ref = fast.gram(tasks.batch_tokens(b))
+  assert rel_err(C, C_ref) <= 1e-14
+  np.testing.assert_array_equal(q, q_ref)
+  np.testing.assert_allclose(C[:, :3, 3], np.einsum("bnd,bn->bd", b.X, b.y), rtol=1e-13)
+
+
+def test_readout_is_the_last_layer_applied_to_the_query():
+  """readout = −(q after one more `layer`)[-1]: the last layer needs only the last row of M."""
+  cfg = ModelConfig(d=3, n_layers=1, n_heads=2, use_W_O=True)
+  params, Z, _ = draw_problem(jax.random.key(3), cfg, 5, 4, 0.5)
+  p = {k: v[0] for k, v in params.items()}
+  C, q = fast.gram(Z)
+  _, q_next = fast.layer(p, C, q, 4)
+  assert rel_err(fast.readout(p, C, q, 4), -q_next[:, -1]) <= 1e-13
+  assert rel_err(q_next, q) > 1e-3  # the layer moves the query
 
 
 @pytest.mark.parametrize("cfg", [ModelConfig(d=2, attention="softmax"), ModelConfig(d=2, mlp="relu"),

@@ -8,6 +8,12 @@ the same map, hence C ← (I + M) C (I + M)ᵀ, and the query q ← (I + M) q. T
 C [B, D, D] and q [B, D]: O(B D³) per layer instead of O(B T D²) for the T = N + 1 tokens, and no
 [B, T, D] activations to keep for the backward pass.
 
+Two things keep XLA:CPU busy with large ops rather than many tiny ones: the layers are unrolled in
+Python (L is small; a scan body keeps its per-iteration slicing and blocks fusion across layers), and
+the last layer moves only the query's y-slot, the one entry ŷ reads: its row of M costs O(B D²) and
+its C update is skipped. Training builds C from the tasks (X, y) directly (`gram_tasks`), never
+forming the [B, T, D] tokens.
+
 `model.forward` stays the reference (and the one the analysis uses, since it exposes every token);
 this form is for training.
 """
@@ -31,17 +37,28 @@ def gram(Z_BTD: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jnp.einsum("bni,bnj->bij", Zs, Zs), Z_BTD[:, -1]
 
 
+def gram_tasks(X_BND: jax.Array, y_BN: jax.Array, x_q_BD: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`gram` of `tasks.tokens(X, y, x_q)` without the query token: C [B, d+1, d+1], q = [x_q; 0]."""
+  Zs = jnp.concatenate([X_BND, y_BN[..., None]], axis=-1)
+  q = jnp.concatenate([x_q_BD, jnp.zeros_like(x_q_BD[:, :1])], axis=-1)
+  return jnp.einsum("bni,bnj->bij", Zs, Zs), q
+
+
+def _value_maps(p: dict[str, jax.Array], N: int) -> tuple[jax.Array, jax.Array]:
+  """(W_O W_V [H, D, D], W_Kᵀ W_Q / N [H, D, D]): the parameter-only factors of M, once per batch."""
+  W_Q, W_K, W_V = heads(p["W_Q"]), heads(p["W_K"]), heads(p["W_V"])
+  G_HDD = jnp.einsum("hki,hkj->hij", W_K, W_Q) / N
+  if "W_O" in p:
+    W_V = jnp.einsum("ij,hjk->hik", p["W_O"], W_V)
+  return W_V, G_HDD
+
+
 def layer_map(p: dict[str, jax.Array], C_BDD: jax.Array, N: int) -> jax.Array:
   """M [B, D, D] of one layer: h ← (I + M) h for every token of the task (column form)."""
-  W_Q, W_K, W_V = heads(p["W_Q"]), heads(p["W_K"]), heads(p["W_V"])
-  G_HDD = jnp.einsum("hki,hkj->hij", W_K, W_Q) / N  # W_Kᵀ W_Q / N: parameters only, once per batch
-  if W_Q.shape[0] == 1:  # two plain matmuls over the whole batch, no per-task product
-    M = jnp.einsum("ij,bjk->bik", W_V[0], C_BDD) @ G_HDD[0]
-  else:
-    M = jnp.einsum("hij,bjk,hkl->bil", W_V, C_BDD, G_HDD)
-  if "W_O" in p:
-    M = jnp.einsum("ij,bjk->bik", p["W_O"], M)
-  return M
+  W_V, G_HDD = _value_maps(p, N)
+  if W_V.shape[0] == 1:  # two plain matmuls over the whole batch, no per-task product
+    return jnp.einsum("ij,bjk->bik", W_V[0], C_BDD) @ G_HDD[0]
+  return jnp.einsum("hij,bjk,hkl->bil", W_V, C_BDD, G_HDD)
 
 
 def layer(p: dict[str, jax.Array], C_BDD: jax.Array, q_BD: jax.Array, N: int):
@@ -52,6 +69,21 @@ def layer(p: dict[str, jax.Array], C_BDD: jax.Array, q_BD: jax.Array, N: int):
   return C_BDD, q_BD + jnp.einsum("bij,bj->bi", M, q_BD)
 
 
+def readout(p: dict[str, jax.Array], C_BDD: jax.Array, q_BD: jax.Array, N: int) -> jax.Array:
+  """ŷ [B] after a last layer: −(q + M q)[-1], through the last row of M only (O(B D²))."""
+  W_V, G_HDD = _value_maps(p, N)
+  m_BD = jnp.einsum("hj,bjk,hkl->bl", W_V[:, -1], C_BDD, G_HDD)
+  return -(q_BD[:, -1] + jnp.einsum("bj,bj->b", m_BD, q_BD))
+
+
+def forward_gram(params: Params, C_BDD: jax.Array, q_BD: jax.Array, N: int) -> jax.Array:
+  """ŷ [B] from the demonstrations' Gram matrix C and the query q (N demonstrations), layers unrolled."""
+  L = params["W_Q"].shape[0]
+  for l in range(L - 1):
+    C_BDD, q_BD = layer({k: v[l] for k, v in params.items()}, C_BDD, q_BD, N)
+  return readout({k: v[L - 1] for k, v in params.items()}, C_BDD, q_BD, N)
+
+
 def forward(params: Params, Z_BTD: jax.Array, cfg: ModelConfig | None = None) -> jax.Array:
   """ŷ [B] of `model.forward` (same tokens, same parameters) through (C, q) only."""
   cfg = ModelConfig.from_params(params) if cfg is None else cfg
@@ -60,11 +92,4 @@ def forward(params: Params, Z_BTD: jax.Array, cfg: ModelConfig | None = None) ->
                      f"attention={cfg.attention!r} mlp={cfg.mlp!r}")
   if Z_BTD.ndim != 3 or Z_BTD.shape[-1] != cfg.D or Z_BTD.shape[1] < 2:
     raise ValueError(f"Z_BTD must have shape (B, N+1, {cfg.D}) with N >= 1, got {Z_BTD.shape}")
-  N = Z_BTD.shape[1] - 1
-  C, q = gram(Z_BTD)
-
-  def step(carry, p):
-    return layer(p, *carry, N), None
-
-  (_, q), _ = jax.lax.scan(step, (C, q), params)
-  return -q[:, -1]
+  return forward_gram(params, *gram(Z_BTD), Z_BTD.shape[1] - 1)

@@ -140,12 +140,15 @@ def sample(key: jax.Array, cfg: TaskConfig, batch_size: int, n_context: int | No
   _check_int("n_context", N, 1)
   d = cfg.d
   k_w, k_x, k_q, k_e, k_eq = jax.random.split(key, 5)
-  L_w = jnp.asarray(_factor(as_cov("w_cov", cfg.w_cov, d, psd=True)), dtype)
-  w = jax.random.normal(k_w, (batch_size, d), dtype) @ L_w.T
+  w = jax.random.normal(k_w, (batch_size, d), dtype)
+  if cfg.w_cov is not None:  # the identity factor is skipped: it returns the same bits
+    w = w @ jnp.asarray(_factor(as_cov("w_cov", cfg.w_cov, d, psd=True)), dtype).T
   X, x_q = _inputs(k_x, cfg, (batch_size, N, d), dtype), _inputs(k_q, cfg, (batch_size, d), dtype)
-  y = jnp.einsum("bnd,bd->bn", X, w) + cfg.noise_std * jax.random.normal(k_e, (batch_size, N), dtype)
+  y = jnp.einsum("bnd,bd->bn", X, w)
+  if cfg.noise_std > 0:  # σ = 0 adds exact zeros: the draw is skipped, the other keys are unchanged
+    y = y + cfg.noise_std * jax.random.normal(k_e, (batch_size, N), dtype)
   y_q = jnp.einsum("bd,bd->b", x_q, w)
-  if cfg.query_noise:
+  if cfg.query_noise and cfg.noise_std > 0:
     y_q = y_q + cfg.noise_std * jax.random.normal(k_eq, (batch_size,), dtype)
   if cfg.n_context_min:
     X, y = _keep_first(jax.random.fold_in(key, 6), cfg.n_context_min, X, y)
@@ -165,8 +168,10 @@ def _keep_first(key: jax.Array, m_min: int, X: jax.Array, y: jax.Array) -> tuple
 def _inputs(key: jax.Array, cfg: TaskConfig, shape: tuple, dtype) -> jax.Array:
   if cfg.x_dist == "uniform":
     return jax.random.uniform(key, shape, dtype, -cfg.x_scale, cfg.x_scale)
-  L_x = jnp.asarray(np.linalg.cholesky(as_cov("x_cov", cfg.x_cov, cfg.d)), dtype)
-  return jax.random.normal(key, shape, dtype) @ L_x.T
+  z = jax.random.normal(key, shape, dtype)
+  if cfg.x_cov is None:  # Σ = I: the product with the identity would return z bit for bit, at a cost
+    return z
+  return z @ jnp.asarray(np.linalg.cholesky(as_cov("x_cov", cfg.x_cov, cfg.d)), dtype).T
 
 
 def tokens(X: jax.Array, y: jax.Array, x_q: jax.Array) -> jax.Array:
@@ -183,3 +188,18 @@ def batch_tokens(batch: Batch) -> jax.Array:
 def normalised_error(sq_err: jax.Array, d: int) -> jax.Array:
   """Squared error / d, so that the zero predictor scores 1 for Σ = I, w ~ N(0, I) (§1)."""
   return sq_err / d
+
+
+def scale_demonstrations(key: jax.Array, batch: Batch, frac: float, scale: float) -> Batch:
+  """A share `frac` of the tasks get their demonstrations scaled, x_i ← s·x_i with s ~ U[1, scale],
+  labels following (y_i = x_iᵀw + the same noise); queries keep the test distribution.
+
+  Deep linear attention fails on the rare tasks whose demonstrations' covariance has a large top
+  eigenvalue (docs/theory.md §11); training on batches that reach into that tail is what keeps the
+  expected error of deep models finite (the deep_recipes study).
+  """
+  k_pick, k_s = jax.random.split(key)
+  n, dtype = batch.X.shape[0], batch.X.dtype
+  s = jnp.where(jax.random.uniform(k_pick, (n,), dtype) < frac, jax.random.uniform(k_s, (n,), dtype, 1.0, scale), 1.0)
+  return batch._replace(X=batch.X * s[:, None, None],
+                        y=batch.y + (s[:, None] - 1) * jnp.einsum("bnd,bd->bn", batch.X, batch.w))

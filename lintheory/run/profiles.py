@@ -25,7 +25,9 @@ class Recipe:
   warmup: int  # warm-up steps, at most ...
   warmup_frac: float  # ... this fraction of the training steps
   clip_norm: float  # global-norm gradient clipping
-  dtype: str = "float32"  # training precision; "float64" needs jax_enable_x64 in the calling process
+  dtype: str = "float32"  # training precision
+  tail_frac: float = 0.0  # share of each batch whose demonstrations are scaled up (TrainConfig.tail_frac)
+  tail_scale: float = 1.0  # the largest scale s of those demonstrations
 
 
 # Chosen by the deep_recipes study (python -m lintheory.studies deep_recipes --profile default):
@@ -43,10 +45,10 @@ class Recipe:
 # each batch's demonstrations scaled by U[1, 1.4] (the study's f64_tail: the spectrum reaches the
 # test tail) makes every mean GD++-like: L = 3 0.025, 0.031; L = 4 0.011, 0.012; L = 6 0.0033,
 # 0.0004; L = 8 0.0004, 0.00006 (medians about 3x GD++'s at L <= 4, 7x at L = 6, 1.6x at L = 8).
-# That needs a tail-aware batch option in train.fit; this table cannot express it. L <= 2 keeps
-# its recipe (not searched here).
+# TrainConfig.tail_frac / tail_scale express it, so every model of L >= 3 trains that way (pool
+# training excepted: its prompts are fixed). L <= 2 keeps its recipe (not searched here).
 RECIPES = (Recipe(2, 5e-3, 100, 0.1, 1.0),
-           Recipe(1 << 30, 5e-3, 500, 1 / 3, 0.1, "float64"))
+           Recipe(1 << 30, 5e-3, 500, 1 / 3, 0.1, "float64", tail_frac=1 / 8, tail_scale=1.4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +100,7 @@ def trained(prof: Profile, *, d: int = 10, n_context: int = 20, layers: int = 1,
   r = prof.recipe(layers)
   train = TrainConfig(steps=n, batch_size=prof.batch_size, lr=r.lr, warmup=min(r.warmup, int(n * r.warmup_frac)),
                       clip_norm=r.clip_norm, dtype=r.dtype, chunk=min(250, n), max_skipped=prof.max_skipped,
-                      pool_size=pool_size)
+                      pool_size=pool_size, tail_frac=0.0 if pool_size else r.tail_frac, tail_scale=r.tail_scale)
   seeds = tuple(prof.seeds if seeds is None else seeds)
   label = (f"L={layers} d={d} N={n_context} σ={noise_std} {attention}{'+' + mlp if mlp else ''}"
            f"{f' pool={pool_size}' if pool_size else ''}: ")

@@ -111,15 +111,12 @@ def train_config(c: Candidate, prof: profiles.Profile):
 
 def tail_batch(key: jax.Array, task: TaskConfig, n: int, c: Candidate, dtype) -> tasks.Batch:
   """Fresh tasks where a share c.tail_frac has its demonstrations x_i scaled by s ~ U[1, c.tail_scale]
-  (labels follow, y_i = x_iᵀw + noise); queries keep the test distribution."""
+  (labels follow, y_i = x_iᵀw + noise); queries keep the test distribution. The same draw as
+  run.train.draw with TrainConfig.tail_frac."""
   if c.tail_frac == 0:  # the plain batch train.fit draws from the same key
     return tasks.sample(key, task, n, dtype=dtype)
-  k_b, k_pick, k_s = jax.random.split(key, 3)
-  b = tasks.sample(k_b, task, n, dtype=dtype)
-  pick = jax.random.uniform(k_pick, (n,), dtype) < c.tail_frac
-  s = jnp.where(pick, jax.random.uniform(k_s, (n,), dtype, 1.0, c.tail_scale), 1.0)
-  X = b.X * s[:, None, None]
-  return b._replace(X=X, y=b.y + (s[:, None] - 1) * jnp.einsum("bnd,bd->bn", b.X, b.w))
+  k_b, k_s = jax.random.split(key)
+  return tasks.scale_demonstrations(k_s, tasks.sample(k_b, task, n, dtype=dtype), c.tail_frac, c.tail_scale)
 
 
 def query_loss(c: Candidate):

@@ -142,15 +142,19 @@ def plot(table: engine.Table, meta: dict, out) -> list:
     G, R = _matrix(table, "Gamma_eff", case=case, seed=shown), _matrix(table, "Gamma_ref", case=case, seed=None)
     lim = np.abs(R).max()
     for ax, M, title in ((row[0], G, f"learned Γ_eff (seed {shown}, median error)"),
-                         (row[1], R, "optimum (η* I or Γ*)"),
-                         (row[2], G - R, f"difference: ‖·‖/‖Γ*‖ = {text.num(errs[seeds.index(shown)])}")):
+                         (row[1], R, "optimum (η* I or Γ*)")):
       im = ax.imshow(M, cmap="RdBu_r", vmin=-lim, vmax=lim)
       ax.set_title(title, fontsize=7)
+    fig.colorbar(im, ax=row[:2].tolist(), shrink=0.8)
+    lim_d = max(np.abs(G - R).max(), 1e-12)  # its own scale: a few % of Γ* would be invisible on Γ*'s
+    im = row[2].imshow(G - R, cmap="PuOr_r", vmin=-lim_d, vmax=lim_d)
+    row[2].set_title(f"difference (own scale): ‖·‖/‖Γ*‖ = {text.num(errs[seeds.index(shown)])}", fontsize=7)
+    fig.colorbar(im, ax=row[2], shrink=0.8)
+    for ax in row:
       ax.set_xticks([])
       ax.set_yticks([])
       ax.grid(False)
     row[0].set_ylabel(case, fontsize=7)
-    fig.colorbar(im, ax=row.tolist(), shrink=0.8)
   paths += figures.save(fig, out, "one_layer_preconditioner")
   return paths
 

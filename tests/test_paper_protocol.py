@@ -1,0 +1,159 @@
+"""The per-task protocol: multi-query forward, exact errors, selection, candidates, and a smoke run."""
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lintheory.core import edits, model, tasks
+from lintheory.core.model import ModelConfig
+from lintheory.studies import engine, paper_protocol as pp
+
+ERRORS = jax.jit(pp.task_errors, static_argnums=(2, 3, 4, 5))
+ARCHS = [("linear", None), ("softmax", None), ("linear", "relu")]
+
+
+def params_for(cfg, seed=0, scale=0.3):
+  return jax.tree_util.tree_map(lambda a: a * (scale / cfg.init_scale),
+                                model.init_params(jax.random.key(seed), cfg, jnp.float64))
+
+
+@pytest.mark.parametrize("attention,mlp", ARCHS)
+def test_multi_query_forward_equals_one_query_forward(attention, mlp):
+  cfg = ModelConfig(d=3, n_layers=3, attention=attention, mlp=mlp, mlp_hidden=8)
+  p = params_for(cfg)
+  b = tasks.sample(jax.random.key(1), tasks.TaskConfig(d=3, n_context=6), 4, dtype=jnp.float64)
+  Xq = jax.random.normal(jax.random.key(2), (4, 5, 3), jnp.float64)
+  Zs = jnp.concatenate([b.X, b.y[..., None]], axis=-1)
+  many = jax.jit(pp.forward_queries, static_argnums=3)(p, Zs, Xq, cfg)
+  one_query = jax.jit(jax.vmap(lambda x_q: model.forward(p, tasks.tokens(b.X, b.y, x_q), cfg)[0], in_axes=1, out_axes=1))
+  one = one_query(Xq)
+  np.testing.assert_allclose(many, one, rtol=1e-12, atol=1e-12)
+
+
+def linear_setup(shots=6, d=3):
+  cfg = ModelConfig(d=d, n_layers=2)
+  task = tasks.TaskConfig(d=d, n_context=shots)
+  return cfg, params_for(cfg, scale=0.4), task
+
+
+def test_linear_error_is_the_exact_population_error():
+  """For Σ = I the queries √d·e_j are an exact cubature of E_x (ŷ − w·x)², so the sampled-query path
+  with those queries must give the exact path's (ŵ − w)ᵀ(ŵ − w)."""
+  cfg, p, task = linear_setup()
+  data = pp.sample_data(jax.random.key(0), task, 5, 8, 0, jnp.float64)
+  _, exact = ERRORS(p, data, cfg, 6, (4, 8), (0.0,), jnp.eye(3))
+  cubature = dict(data, Xt=jnp.broadcast_to(np.sqrt(3) * jnp.eye(3), (5, 3, 3)))
+  _, sampled = ERRORS(p, cubature, cfg, 6, (4, 8), (0.0,), jnp.eye(3))
+  np.testing.assert_allclose(exact, sampled, rtol=1e-12)
+
+
+def test_validation_errors_are_nested_means_with_scaled_noise():
+  cfg, p, task = linear_setup()
+  data = pp.sample_data(jax.random.key(0), task, 4, 8, 2, jnp.float64)
+  val, _ = ERRORS(p, data, cfg, 6, (2, 8), (0.0, 0.5), jnp.eye(3))
+  Zs = jnp.concatenate([data["X"], data["y"][..., None]], axis=-1)
+  y_hat = pp.forward_queries(p, Zs, data["Xv"], cfg)
+  y = jnp.einsum("bvd,bd->bv", data["Xv"], data["w"]) + 0.5 * data["eps"]
+  np.testing.assert_allclose(val[:, 1, 1], jnp.mean((y_hat - y) ** 2, 1), rtol=1e-12)
+  np.testing.assert_allclose(val[:, 0, 1], jnp.mean((y_hat[:, :2] - y[:, :2]) ** 2, 1), rtol=1e-12)
+
+
+def test_select_takes_the_validation_best_with_ties_to_the_smaller_xi():
+  xi = np.array([0.0, 0.5, 0.1, 0.1, 0.0])
+  val = np.array([[3.0, 3.0, 2.0, 5.0],
+                  [1.0, 1.0, 1.0, 5.0],
+                  [1.0, 2.0, 1.0, np.nan],
+                  [1.0, 2.0, 0.5, 5.0],
+                  [4.0, 1.0, 2.0, 5.0]])
+  # column 0: ξ 0.1 (index 2) beats ξ 0.5 and the later ξ 0.1; column 1: ξ 0 (index 4) beats 0.5;
+  # column 2: the unique best; column 3: ties among all finite ones → the first ξ = 0.
+  np.testing.assert_array_equal(pp.select(val, xi), [2, 4, 3, 0])
+  with pytest.raises(ValueError, match="val_CB must be"):
+    pp.select(val[:, 0], xi)
+
+
+def test_candidates_deduplicate_ranks_and_match_across_families():
+  cfg = ModelConfig(d=3, n_layers=4, mlp="relu", mlp_hidden=8)
+  p = params_for(cfg)
+  s = pp.PROFILES["tiny"]
+  cands = pp.candidates(p, s)
+  assert cands[0] == pp.UNPRUNED
+  per_kind = {k: [c for c in cands if c.kind == k] for k in edits.KINDS}
+  ranks = pp.distinct_ranks((4, 4), s.rates)  # D = 4: ranks 4, 3, 2, 1, 0
+  assert ranks == (4, 3, 2, 1, 0)
+  n_module_layers = 5 * 4  # attn, q, k, v, mlp × layers 0, 1, 2, 3
+  assert len(per_kind["svd"]) == n_module_layers * 4  # the full rank is the unpruned model itself
+  assert len(per_kind["svd_rand"]) == n_module_layers * 5  # rate 0 kept: it changes the weights
+  for k in edits.CONTROLS:
+    assert [(c.module, c.layer, c.xi, c.ranks) for c in per_kind[k]] == \
+           [(c.module, c.layer, c.xi, c.ranks) for c in per_kind["svd"]]
+  assert pp.layer_set(2) == (0, 1) and pp.layer_set(6) == (0, 1, 4, 5)
+
+
+def test_stacked_controls_match_the_svd_edit_matrix_by_matrix():
+  cfg = ModelConfig(d=3, n_layers=2)
+  p_S = jax.tree_util.tree_map(lambda a: jnp.stack([a, 2 * a]), params_for(cfg))
+  s = dataclasses.replace(pp.PROFILES["tiny"], modules=("attn", "v"))
+  cands = pp.candidates(p_S, s)
+  stacked = pp.edited_params(p_S, cands, s)
+  svd = {(c.module, c.layer, c.ranks): i for i, c in enumerate(cands) if c.kind == "svd"}
+  checked = 0
+  for i, c in enumerate(cands):
+    for name in p_S:
+      delta = np.asarray(stacked[name][i] - p_S[name])  # [S, L, D, D]
+      touched = c.kind != "none" and name in edits.prune.module_names(p_S, c.module)
+      untouched_layers = [l for l in range(2) if not (touched and l == c.layer)]
+      assert np.all(delta[:, untouched_layers] == 0), (c, name)
+      if touched and c.kind in edits.CONTROLS:
+        ref = np.asarray(stacked[name][svd[c.module, c.layer, c.ranks]] - p_S[name])[:, c.layer]
+        np.testing.assert_allclose(np.linalg.norm(delta[:, c.layer], axis=(-2, -1)),
+                                   np.linalg.norm(ref, axis=(-2, -1)), rtol=1e-12)
+        checked += 1
+  assert checked == 3 * 4 * 2 * 4  # controls × matrices (W_Q, W_K, W_V, W_V) × layers × ranks
+
+
+@pytest.mark.slow  # tests/test_studies.py already runs the tiny profile → plot → report in `make test`
+def test_smoke_tiny_run_plot_report_claims(tmp_path):
+  t0 = time.perf_counter()
+  flags = engine.Flags(profile="tiny", results=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"))
+  engine.run_study("paper_protocol", flags)
+  table, meta = engine.load(tmp_path / "results", "paper_protocol")
+  assert not meta["failures"]
+  paths = pp.plot(table, meta, tmp_path / "figures")
+  assert {p.name for p in paths} >= {"paper_protocol_gain.png", "paper_protocol_fraction.png"}
+  md = pp.report(table, meta)
+  assert "paper_protocol_gain.png" in md and "n/a" not in md
+  ids = [c.id for c in pp.claims(table, meta)]
+  assert ids == ["pruning_enhances", "algorithm1"]
+  # the unpruned model is always a candidate, so with V validation queries equal to the test
+  # distribution nothing is lost on average only if the choice is sound: fractions sum to one
+  for r in table.where(measure="frac_improved").rows:
+    match = {k: r[k] for k in pp.KEYS}
+    total = sum(table.value(f"frac_{m}", seed=r["seed"], **match) for m in ("improved", "unchanged", "worsened"))
+    assert total == pytest.approx(1.0)
+  print(f"smoke: {time.perf_counter() - t0:.1f} s")
+
+
+def test_cumulative_search_chains_only_the_randomized_svd():
+  """Exact truncations are nested (clipping W_r to r' < r is W_r'), so only svd_rand can differ; its
+  chained edit at rank r is the randomized clip of the previous rank's edited matrix."""
+  cfg = ModelConfig(d=3, n_layers=2)
+  p_S = jax.tree_util.tree_map(lambda a: jnp.stack([a, 2 * a]), params_for(cfg))
+  s = dataclasses.replace(pp.PROFILES["tiny"], modules=("v",), kinds=("svd", "svd_rand"))
+  cands = pp.candidates(p_S, s)
+  flat = pp.edited_params(p_S, cands, s)["W_V"]
+  chained = pp.edited_params(p_S, cands, dataclasses.replace(s, cumulative=True))["W_V"]
+  for i, c in enumerate(cands):
+    if c.kind == "svd" or c.xi == 0.0:
+      np.testing.assert_array_equal(chained[i], flat[i])
+  rand = [i for i, c in enumerate(cands) if c.kind == "svd_rand" and c.layer == 1]
+  prev, this = cands[rand[1]], cands[rand[2]]
+  key = jax.random.split(jax.random.fold_in(jax.random.key(pp.EDIT_KEY),
+                                            pp._tag("svd_rand", "v", 1, this.ranks[0], "W_V")), 2)[0]
+  expect = edits.truncate_randomized(key, chained[rand[1]][0, 1], this.ranks[0])
+  np.testing.assert_allclose(chained[rand[2]][0, 1], expect, atol=1e-12)
+  assert prev.ranks[0] > this.ranks[0]
