@@ -30,6 +30,9 @@ class TaskConfig:
   query_noise: bool = False  # add N(0, σ²) to the query target too
   x_dist: str = "gaussian"  # "gaussian" x ~ N(0, x_cov) or "uniform" x ~ U(−a, a)^d with covariance a²/3·I
   x_scale: float = 1.0  # a, the half-width of "uniform" inputs; stays 1.0 for "gaussian" (use x_cov)
+  # Mixed context lengths: each task keeps M ~ U{n_context_min, …, N} demonstrations and the others
+  # become zero tokens [0; 0], which add nothing to linear attention's sums (its 1/N stays); 0: all N.
+  n_context_min: int = 0
 
   def __post_init__(self):
     validate(self)
@@ -99,6 +102,9 @@ def validate(cfg: TaskConfig) -> None:
     raise ValueError("x_cov must be None with x_dist='uniform' (its covariance is x_scale²/3·I)")
   if cfg.x_dist == "gaussian" and a != 1.0:
     raise ValueError(f"x_scale must be 1.0 with x_dist='gaussian' (set x_cov instead), got {a!r}")
+  _check_int("n_context_min", cfg.n_context_min, 0)
+  if cfg.n_context_min > cfg.n_context:
+    raise ValueError(f"n_context_min must be in [0, n_context = {cfg.n_context}], got {cfg.n_context_min}")
 
 
 def x_covariance(cfg: TaskConfig) -> np.ndarray:
@@ -144,7 +150,19 @@ def sample(key: jax.Array, cfg: TaskConfig, batch_size: int, n_context: int | No
   y_q = jnp.einsum("bd,bd->b", x_q, w)
   if cfg.query_noise and cfg.noise_std > 0:
     y_q = y_q + cfg.noise_std * jax.random.normal(k_eq, (batch_size,), dtype)
+  if cfg.n_context_min:
+    X, y = _keep_first(jax.random.fold_in(key, 6), cfg.n_context_min, X, y)
   return Batch(X, y, x_q, y_q, w)
+
+
+def _keep_first(key: jax.Array, m_min: int, X: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Zero all but the first M ~ U{m_min, …, N} demonstrations of each task (a key of its own, so
+  the other draws are those of the fixed-length prompt)."""
+  B, N = y.shape
+  if m_min > N:
+    raise ValueError(f"n_context must be >= n_context_min = {m_min} with mixed lengths, got {N}")
+  keep = jnp.arange(N) < jax.random.randint(key, (B, 1), m_min, N + 1)
+  return X * keep[..., None], y * keep
 
 
 def _inputs(key: jax.Array, cfg: TaskConfig, shape: tuple, dtype) -> jax.Array:

@@ -1,0 +1,411 @@
+"""Mismatch: where pruning could help — fewer shots than trained, untrained-for noise, short training.
+
+A model trained on unlimited fresh tasks and tested in distribution sits near the population optimum,
+where no edit can lower the population error; so every regime here is a mismatch between training
+and test (docs/theory.md §7, §11):
+  shots            trained at N_train, tested at M < N_train demonstrations. A fixed-length model sees
+                   the short prompt with its natural 1/M scaling (out of distribution); a mixed-length
+                   model (TaskConfig.n_context_min) was trained on prompts that keep M ~ U{M_min, …, N}
+                   demonstrations as zero-padded tokens, and is tested the same way (in distribution).
+  noise            trained at σ = 0, tested at σ_test > 0; a matched control is trained at σ_test.
+  training_length  the in-distribution model after a short training run against the full one.
+Edits: every layer's attn or v truncated to every rank, the last k layers dropped (W_V = 0, so the
+layer is the identity), the last W_V shrunk by a factor. Per (condition, seed) the edit with the
+lowest mean error on one task set is scored on a disjoint set (exact per-task errors); ties keep the
+unpruned model. gain = error_unpruned − error_edited (> 0: the edit helps), also as a fraction of the
+headroom, unpruned − Bayes. Seeds are the unit: t-intervals over seeds, and a null is called only when
+the equivalence test puts the mean gain within ±5 % of the headroom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lintheory.core import evaluate, precision, prune, stats, tasks
+from lintheory.core.model import ModelConfig
+from lintheory.core.tasks import TaskConfig
+from lintheory.run import cache, profiles
+from lintheory.run.train import TrainConfig
+from lintheory.studies import engine, figures, text
+
+NAME = "mismatch"
+KEYS = ("regime", "L", "model", "N_train", "M", "sigma_train", "sigma_test", "steps", "edit")
+REGIMES = ("shots", "noise", "training_length")
+SELECT_KEY, CONFIRM_KEY = 2718, 3141  # disjoint task streams (the training streams use the seeds' keys)
+BAYES_CHUNK = 8192  # the confirmation tasks are drawn in chunks of this size, as bayes_errors draws them
+MARGIN = 0.05  # equivalence margin, as a fraction of the headroom (unpruned − Bayes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  train: profiles.Profile  # training recipe and seeds; its steps are the full training length
+  depths: tuple[int, ...]  # L
+  n_trains: tuple[int, ...]  # N_train of the shots regime
+  Ms: tuple[int, ...]  # test-time demonstrations M; each N_train uses those below it (M >= d: Bayes is exact)
+  mixed_min: int  # n_context_min of the mixed-length models (M ~ U{mixed_min, …, N_train})
+  sigmas: tuple[float, ...]  # σ_test against models trained at σ = 0
+  matched: tuple[float, ...]  # σ_test that also get a control trained at σ_train = σ_test
+  short_steps: tuple[int, ...]  # short training lengths, against the profile's steps
+  select_tasks: int  # tasks on which each seed's edit is chosen
+  confirm_tasks: int  # disjoint tasks on which the chosen edit is scored
+  d: int = 10  # input dimension
+  n_context: int = 20  # N of the noise and training-length regimes
+  drops: tuple[int, ...] = (1, 2)  # k: drop the last k layers
+  shrinks: tuple[float, ...] = (0.5, 0.8)  # c: the last W_V ← c·W_V
+  chunk: int = 256  # tasks per compiled evaluation step of the selection (× edits × seeds in memory)
+
+
+PROFILES = {
+    "tiny": Settings(profiles.PROFILES["tiny"], (2,), (8,), (4,), mixed_min=3, sigmas=(0.5,), matched=(),
+                     short_steps=(10,), select_tasks=256, confirm_tasks=1024, d=3, n_context=8, drops=(1,),
+                     shrinks=(0.5,)),
+    "default": Settings(profiles.PROFILES["default"], (4,), (15, 20), (10, 15), mixed_min=10,
+                        sigmas=(0.25, 0.5, 1.0), matched=(0.5,), short_steps=(150, 500), select_tasks=2048,
+                        confirm_tasks=100_000),
+    "full": Settings(profiles.PROFILES["full"], (2, 4, 6), (12, 15, 20), (10, 12, 15), mixed_min=10,
+                     sigmas=(0.25, 0.5, 1.0), matched=(0.25, 0.5, 1.0), short_steps=(150, 500),
+                     select_tasks=16_384, confirm_tasks=1_000_000, chunk=512),
+}
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def trained_mixed(s: Settings, ctx: engine.Context, L: int, N: int) -> profiles.Trained:
+  """Models trained on mixed context lengths with the profile's recipe (cached).
+
+  The recipe is profiles.trained's; that function builds its own TaskConfig, so the mixed-length
+  option is passed here until it takes n_context_min itself.
+  """
+  prof = s.train
+  task = TaskConfig(d=s.d, n_context=N, n_context_min=s.mixed_min)
+  model = ModelConfig(d=s.d, n_layers=L, init_scale=prof.init_scale)
+  r, n = prof.recipe(L), prof.steps
+  train = TrainConfig(steps=n, batch_size=prof.batch_size, lr=r.lr, warmup=min(r.warmup, int(n * r.warmup_frac)),
+                      clip_norm=r.clip_norm, dtype=r.dtype, chunk=min(250, n), max_skipped=prof.max_skipped)
+  params, losses = cache.cached_fit(task, model, train, prof.seeds, ctx.cache_dir,
+                                    f"L={L} d={s.d} N={N} mixed from {s.mixed_min}: ")
+  return profiles.Trained(task, model, train, tuple(prof.seeds), params, losses)
+
+
+# --- edits ----------------------------------------------------------------------------------
+
+
+def edit_list(s: Settings, L: int, D: int) -> list[tuple]:
+  """(kind, a, b): ("attn" | "v", layer, rank) for every layer and rank < D, ("drop", k, None),
+  ("shrink", c, None)."""
+  out = [(m, l, r) for m in ("attn", "v") for l in range(L) for r in range(D)]
+  return out + [("drop", k, None) for k in s.drops if k <= L] + [("shrink", c, None) for c in s.shrinks]
+
+
+def label(edit: tuple) -> str:
+  kind, a, b = edit
+  if kind == "drop":
+    return f"drop last {a}"
+  if kind == "shrink":
+    return f"last W_V ×{a:g}"
+  return f"{kind}[{a}] rank {b}"
+
+
+def apply_all(params_S: dict, edits: list[tuple]) -> dict:
+  """Every edit applied to every seed's parameters ([S, L, D, D] arrays) → [E·S, L, D, D], edit-major.
+
+  The truncations come from one SVD per matrix (docs/theory.md §7), in numpy: no compilation per
+  (layer, rank), which would dominate the study's time.
+  """
+  p = {k: np.asarray(v, np.float64) for k, v in params_S.items()}
+  trunc = {}  # name → [rank] the rank-r truncation of every seed's and layer's matrix
+  for name in ("W_Q", "W_K", "W_V"):
+    U, s, Vh = np.linalg.svd(p[name])
+    trunc[name] = [np.asarray(prune.truncate_with_svd(U, s, Vh, r)) for r in range(s.shape[-1])]
+  out = []
+  for kind, a, b in edits:
+    q = {k: v.copy() for k, v in p.items()}
+    if kind in ("attn", "v"):
+      for name in prune.module_names(p, kind):
+        q[name][:, a] = trunc[name][b][:, a] if b < len(trunc[name]) else p[name][:, a]
+    elif kind == "drop":  # W_V = 0 makes ΔW_t = 0: the layer passes its tokens on unchanged
+      q["W_V"][:, q["W_V"].shape[1] - a:] = 0
+    elif kind == "shrink":
+      q["W_V"][:, -1] *= a
+    else:
+      raise ValueError(f"edit kind must be attn, v, drop or shrink, got {kind!r}")
+    out.append(q)
+  return {k: np.concatenate([q[k] for q in out]) for k in p}
+
+
+def padded_as_truncated(params_S: dict, M: int, N: int) -> dict:
+  """Parameters whose run on an M-demonstration prompt equals these on it zero-padded to N tokens.
+
+  Zero tokens stay zero and add nothing to linear attention's sums, which keep their 1/N: each
+  layer is the same with W_V scaled by M/N (tests/test_mismatch.py checks it in float64).
+  """
+  return {**params_S, "W_V": params_S["W_V"] * (M / N)}
+
+
+# --- one condition --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+  regime: str  # one of REGIMES
+  model: str  # "fixed" | "mixed" (shots), "clean" | "matched" (noise), "fixed" (training_length)
+  tr: profiles.Trained  # the trained models
+  test: TaskConfig  # the test distribution, as a prompt of M demonstrations
+  pad_to: int = 0  # > 0: the prompt is zero-padded to this many tokens (the mixed models)
+
+  def keys(self) -> dict:
+    t = self.tr.task
+    return {"regime": self.regime, "L": self.tr.model.n_layers, "model": self.model, "N_train": t.n_context,
+            "M": self.test.n_context, "sigma_train": t.noise_std, "sigma_test": self.test.noise_std,
+            "steps": self.tr.train.steps}
+
+
+@functools.lru_cache(maxsize=16)
+def _paired_fn(cfg: ModelConfig, task: TaskConfig, chunk: int):
+  """Jitted (params [P, ...], key, i) → [P, chunk] errors of P models on ONE batch of chunk i.
+
+  evaluate.errors with paired_seeds draws the same tasks once per model; sampling once here is what
+  makes a hundred edits affordable. Chunk i holds tasks.sample(fold_in(key, i), task, chunk), the tasks
+  evaluate.bayes_errors draws with the same key and chunk.
+  """
+
+  def fn(params_P, key, i):
+    batch = tasks.sample(jax.random.fold_in(key, i), task, chunk, dtype=jnp.float64)
+    return jax.vmap(lambda p: evaluate.per_task_error(p, cfg, batch, task))(params_P)
+
+  return jax.jit(fn)
+
+
+def _errors(params_P: dict, c: Condition, key: jax.Array, n: int, chunk: int) -> np.ndarray:
+  """Exact per-task errors ÷ d of P models on the same n tasks → [P, n] float64."""
+  if c.pad_to:
+    params_P = padded_as_truncated(params_P, c.test.n_context, c.pad_to)
+  chunk = min(chunk, n)
+  fn = _paired_fn(c.tr.model, c.test, chunk)
+  parts = [np.asarray(fn(params_P, key, i)) for i in range(-(-n // chunk))]
+  return np.concatenate(parts, axis=-1)[:, :n]
+
+
+def run_condition(s: Settings, c: Condition, ctx: engine.Context) -> None:
+  keys = c.keys()
+  tr = c.tr
+  S, L = len(tr.seeds), tr.model.n_layers
+  edits = edit_list(s, L, tr.model.D)
+  with precision.x64():
+    p0 = {k: np.asarray(v, np.float64) for k, v in tr.params.items()}
+    both = {k: np.concatenate([p0[k], v]) for k, v in apply_all(p0, edits).items()}  # [(1 + E)·S, ...]
+    sel = _errors(both, c, jax.random.key(SELECT_KEY), s.select_tasks, s.chunk)
+    sel = sel.reshape(len(edits) + 1, S, -1).mean(-1)  # [1 + E, S] mean error on the selection tasks
+    best = np.argmin(sel[1:], axis=0)
+    row = [(1 + best[i]) * S + i if sel[1 + best[i], i] < sel[0, i] else i for i in range(S)]
+    p1 = {k: np.concatenate([p0[k], v[row]]) for k, v in both.items()}  # unpruned, then each seed's choice
+    key = jax.random.key(CONFIRM_KEY)
+    err = _errors(p1, c, key, s.confirm_tasks, BAYES_CHUNK)
+    bayes = evaluate.bayes_errors(c.test, key, s.confirm_tasks, chunk=BAYES_CHUNK)
+  n = s.confirm_tasks
+  for i, seed in enumerate(tr.seeds):
+    kept = sel[1 + best[i], i] >= sel[0, i]
+    for e, v in zip(edits, sel[1:, i]):
+      g = 0.0 if v == sel[0, i] else sel[0, i] - v  # both inf (overflowed) counts as no difference
+      ctx.add("select_gain", g, seed=seed, n_tasks=s.select_tasks, edit=label(e), **keys)
+    ctx.add("chosen", 1.0, seed=seed, edit="none" if kept else label(edits[best[i]]), **keys)
+    e0, e1 = err[i], err[S + i]
+    if np.isinf(e0.mean()) and np.isinf(e1.mean()):
+      ctx.fail("confirm", "unpruned and edited mean errors both overflow float64", seed=seed, **keys)
+      continue
+    ctx.add_many(stats.summary(e0), prefix="unpruned_", seed=seed, n_tasks=n, **keys)
+    ctx.add_many(stats.summary(e1), prefix="edited_", seed=seed, n_tasks=n, **keys)
+    head = e0.mean() - bayes.mean()
+    ctx.add("gain", e0.mean() - e1.mean(), seed=seed, n_tasks=n, **keys)
+    ctx.add("headroom", head, seed=seed, n_tasks=n, **keys)
+    ctx.add("gain_frac", (e0.mean() - e1.mean()) / head if head > 0 else 0.0, seed=seed, n_tasks=n, **keys)
+  ctx.add_many(stats.summary(bayes), prefix="bayes_", n_tasks=n, **keys)
+  g = (err[:S].mean(1) - err[S:].mean(1))
+  ctx.log(f"{keys}: gain per seed {np.array2string(g, precision=3)}, unpruned "
+          f"{np.array2string(err[:S].mean(1), precision=3)}, Bayes {bayes.mean():.3g}")
+
+
+def conditions(s: Settings, L: int, ctx: engine.Context):
+  """Every condition at depth L, each built (and its models trained) only when it runs."""
+  train = lambda **kw: engine.trained(s, ctx, d=s.d, layers=L, **kw)
+  test = lambda N, sigma=0.0: TaskConfig(d=s.d, n_context=N, noise_std=sigma)
+  for N in s.n_trains:
+    Ms = [M for M in s.Ms if M < N]
+    if not Ms:
+      continue
+    yield lambda N=N, Ms=Ms: [Condition("shots", "fixed", train(n_context=N), test(M)) for M in Ms]
+    yield lambda N=N, Ms=Ms: [Condition("shots", "mixed", trained_mixed(s, ctx, L, N), test(M), pad_to=N)
+                              for M in Ms]
+  yield lambda: [Condition("noise", "clean", train(n_context=s.n_context), test(s.n_context, sg))
+                 for sg in s.sigmas]
+  for sg in s.matched:
+    yield lambda sg=sg: [Condition("noise", "matched", train(n_context=s.n_context, noise_std=sg),
+                                   test(s.n_context, sg))]
+  for steps in (*s.short_steps, s.train.steps):
+    yield lambda steps=steps: [Condition("training_length", "fixed", train(n_context=s.n_context, steps=steps),
+                                         test(s.n_context))]
+
+
+def run(s: Settings, ctx: engine.Context) -> None:
+  for L in s.depths:
+    for build in conditions(s, L, ctx):
+      t0 = time.perf_counter()
+      try:
+        conds = build()
+      except RuntimeError as e:  # a diverged training run is recorded, not hidden
+        ctx.fail("train", str(e), L=L)
+        continue
+      ctx.log(f"models ready in {time.perf_counter() - t0:.1f} s (training or the cache)")
+      for c in conds:
+        t0 = time.perf_counter()
+        run_condition(s, c, ctx)
+        ctx.log(f"evaluated in {time.perf_counter() - t0:.1f} s")
+
+
+# --- reading the table ----------------------------------------------------------------------
+
+
+def condition_keys(table: engine.Table, regime: str) -> list[dict]:
+  """The conditions of one regime, in run order, as key dicts (without edit)."""
+  out = []
+  for r in table.where(measure="gain", regime=regime).rows:
+    k = {c: r[c] for c in KEYS if c != "edit"}
+    if k not in out:
+      out.append(k)
+  return out
+
+
+def verdict_of(table: engine.Table, k: dict) -> dict:
+  """One condition's per-seed gains, in error units and as a fraction of the headroom, and its call.
+
+  The call reads the fraction: seeds whose unpruned errors differ by orders of magnitude (a blow-up
+  at M < N) make a t-interval in error units meaningless, while each seed's share of its own headroom
+  is comparable. helps / hurts: the 95 % t-interval of the mean share excludes 0; null: TOST within
+  ±5 % of the headroom; else inconclusive.
+  """
+  g, f = table.values("gain", **k), table.values("gain_frac", **k)
+  lo, hi = stats.seed_ci(f)
+  eq = stats.equivalence(f, MARGIN) if np.all(np.isfinite(f)) else {"equivalent": False}
+  call = "helps" if lo > 0 else "hurts" if hi < 0 else "null" if eq["equivalent"] else "inconclusive"
+  return {"gain": g, "gain_ci": stats.seed_ci(g), "frac": f, "lo": lo, "hi": hi, "equivalent": eq["equivalent"],
+          "call": call}
+
+
+def describe(k: dict) -> str:
+  if k["regime"] == "shots":
+    return f"{k['model']} N={k['N_train']} M={k['M']}"
+  if k["regime"] == "noise":
+    return f"σ_train={k['sigma_train']:g} σ_test={k['sigma_test']:g}"
+  return f"{k['steps']} steps"
+
+
+def plot(table: engine.Table, meta: dict, out) -> list:
+  plt = figures.pyplot()
+  Ls = table.unique("L", measure="gain")
+  regimes = [r for r in REGIMES if condition_keys(table, r)]
+  fig, axes = plt.subplots(len(Ls), len(regimes), figsize=(4.2 * len(regimes), 3.2 * len(Ls)), squeeze=False)
+  full = meta["settings"]["train"]["steps"]
+  for i, L in enumerate(Ls):
+    for ax, regime in zip(axes[i], regimes):
+      ks = [k for k in condition_keys(table, regime) if k["L"] == L]
+      for j, k in enumerate(ks):
+        figures.seed_points(ax, j, 100 * np.clip(table.values("gain_frac", **k), -1, None),
+                            color="C3" if mismatched(k, full) else "C2")
+      ax.axhline(0, color="k", lw=0.8)
+      for y in (-100 * MARGIN, 100 * MARGIN):
+        ax.axhline(y, color="0.5", lw=0.6, ls=":")
+      ax.set_xticks(range(len(ks)))
+      ax.set_xticklabels([describe(k).replace(" ", "\n", 1) for k in ks], fontsize=6.5)
+      ax.set_xlim(-0.6, len(ks) - 0.4)
+      y = np.concatenate([np.clip(table.values("gain_frac", **k), -1, 1) for k in ks]) * 100 if ks else np.zeros(1)
+      ax.set_ylim(min(-10, y.min() - 5), max(10, y.max() + 5))  # the ±5 % band always shows
+      ax.set_title(f"{regime.replace('_', ' ')}, L = {L}", fontsize=8)
+    axes[i, 0].set_ylabel("gain of the chosen edit\n(% of unpruned − Bayes error)")
+  fig.text(0.01, 0.005, "Each dot a seed, bar the median; red: train/test mismatch, green: its in-distribution "
+           "control (mixed lengths, σ_train = σ_test, full training); dotted: ±5 % equivalence margin; "
+           "below −100 % drawn at −100 %.", fontsize=6.5)
+  fig.tight_layout(rect=(0, 0.03, 1, 1))
+  return figures.save(fig, out, "mismatch_gain")
+
+
+def report(table: engine.Table, meta: dict) -> str:
+  s = meta["settings"]
+  rows = []
+  for regime in REGIMES:
+    for k in condition_keys(table, regime):
+      v = verdict_of(table, k)
+      seeds = table.seeds(measure="gain", **k)
+      edits = [table.where(measure="chosen", seed=x, **{c: k[c] for c in k}).rows[0]["edit"] for x in seeds]
+      rows.append([regime, str(k["L"]), describe(k), str(len(seeds)),
+                   text.num(np.median(table.values("unpruned_mean", **k))),
+                   text.num(np.max(table.values("unpruned_max", **k))),
+                   text.num(table.value("bayes_mean", seed=None, **k)),
+                   text.num(v["gain"].mean()), text.ci(*v["gain_ci"]),
+                   f"{text.num(100 * v['frac'].mean(), 2)} % {text.ci(100 * v['lo'], 100 * v['hi'], 2)}",
+                   v["call"], "; ".join(edits)])
+  n = table.n_tasks("gain", **condition_keys(table, REGIMES[0])[0]) if condition_keys(table, REGIMES[0]) else 0
+  return (f"Each seed's edit is chosen on {s['select_tasks']:,} tasks and scored on {n:,} others (exact "
+          f"per-task errors ÷ d). Fixed-length models see an M-shot prompt with 1/M scaling; mixed-length "
+          f"models (trained with M ~ U{{{s['mixed_min']}, …, N}}) see it zero-padded to N, as in training. "
+          f"Headroom = unpruned − Bayes error. Calls read gain / headroom per seed: helps / hurts when its 95 % "
+          f"t-interval over seeds excludes 0, null when its 90 % interval lies within ±{100 * MARGIN:g} % (TOST), "
+          f"else inconclusive.\n\n"
+          + text.table(["regime", "L", "condition", "seeds", "unpruned mean error (median over seeds)",
+                        "worst task (max over seeds)", "Bayes error", "mean gain", "95 % CI over seeds",
+                        "gain / headroom, mean [95 % CI]", "call", "chosen edit per seed"], rows)
+          + "\n\n![gain](../figures/mismatch_gain.png)\n\n*Each dot is a seed's gain as a share of the headroom "
+          "between the unpruned model and the Bayes error. Gains well above the dotted band say an edit "
+          "repairs a mismatch; dots inside it say the unpruned model is already as good as edits can make it.*\n")
+
+
+def mismatched(k: dict, full_steps: int) -> bool:
+  """Is the condition a train/test mismatch, rather than its in-distribution control?"""
+  if k["regime"] == "shots":
+    return k["model"] == "fixed"
+  if k["regime"] == "noise":
+    return k["model"] == "clean"
+  return k["steps"] < full_steps
+
+
+CLAIM_TEXTS = {  # proposed rows of verdicts.CLAIMS, each decided by this study
+    "shots": "SVD pruning lowers the ICL error when the prompt has fewer demonstrations than training (M < N)",
+    "noise": "SVD pruning lowers the ICL error under label noise the model was not trained on",
+    "training_length": "SVD pruning lowers the ICL error of models trained for few steps",
+}
+
+
+def _claim(table: engine.Table, regime: str, full_steps: int):
+  from lintheory.studies.verdicts import Claim
+  vs = [(k, verdict_of(table, k)) for k in condition_keys(table, regime)]
+  mism = [(k, v) for k, v in vs if mismatched(k, full_steps)]
+  if not mism:
+    return None
+  helps = [k for k, v in mism if v["call"] == "helps"]
+  controls = [k for k, v in vs if not mismatched(k, full_steps) and v["call"] == "helps"]
+  if helps:
+    verdict = ("holds" if len(helps) == len(mism) else f"depends: helps in {len(helps)} of {len(mism)} "
+               "mismatched conditions")
+    verdict += f", and in {len(controls)} in-distribution control(s)" if controls else ", never in distribution"
+  else:
+    nulls = sum(v["call"] == "null" for _, v in mism)
+    verdict = f"fails: no edit helps ({nulls} of {len(mism)} mismatched conditions equivalent to no gain)"
+  k, v = max(mism, key=lambda kv: np.mean(kv[1]["frac"]))
+  lo, hi = 100 * v["lo"], 100 * v["hi"]
+  calls = "; ".join(f"{describe(k)}, L={k['L']}: {v['call']}" for k, v in vs)
+  return Claim(regime, verdict, f"{text.num(100 * np.mean(v['frac']), 2)} % of the headroom ({describe(k)}, "
+               f"L={k['L']}, the largest)", f"{text.ci(lo, hi, 2)} %", len(v["frac"]), calls)
+
+
+def claims(table: engine.Table, meta: dict) -> list:
+  """One verdict per regime: does the chosen edit lower the error (95 % t-interval over seeds above 0)
+  where training and test differ? The in-distribution controls (mixed lengths, matched noise, full
+  training) and every condition's call (helps / hurts / null / inconclusive) are in the detail."""
+  full = meta["settings"]["train"]["steps"]
+  return [c for c in (_claim(table, r, full) for r in REGIMES) if c is not None]
