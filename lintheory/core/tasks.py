@@ -30,6 +30,9 @@ class TaskConfig:
   query_noise: bool = False  # add N(0, σ²) to the query target too
   x_dist: str = "gaussian"  # "gaussian" x ~ N(0, x_cov) or "uniform" x ~ U(−a, a)^d with covariance a²/3·I
   x_scale: float = 1.0  # a, the half-width of "uniform" inputs; stays 1.0 for "gaussian" (use x_cov)
+  # In-weights knowledge: with probability w0_prob a task's w is one fixed w₀ (see `w0`), else fresh.
+  w0_prob: float = 0.0  # p ∈ [0, 1], the share of tasks whose w is w₀
+  w0_seed: int = 0  # seeds the one draw of w₀ from the prior N(0, Σ_w)
 
   def __post_init__(self):
     validate(self)
@@ -99,6 +102,10 @@ def validate(cfg: TaskConfig) -> None:
     raise ValueError("x_cov must be None with x_dist='uniform' (its covariance is x_scale²/3·I)")
   if cfg.x_dist == "gaussian" and a != 1.0:
     raise ValueError(f"x_scale must be 1.0 with x_dist='gaussian' (set x_cov instead), got {a!r}")
+  p = cfg.w0_prob
+  if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+    raise ValueError(f"w0_prob must be a number in [0, 1], got {p!r}")
+  _check_int("w0_seed", cfg.w0_seed, 0)
 
 
 def x_covariance(cfg: TaskConfig) -> np.ndarray:
@@ -137,11 +144,21 @@ def sample(key: jax.Array, cfg: TaskConfig, batch_size: int, n_context: int | No
   L_w = jnp.asarray(_factor(as_cov("w_cov", cfg.w_cov, d, psd=True)), dtype)
   w = jax.random.normal(k_w, (batch_size, d), dtype) @ L_w.T
   X, x_q = _inputs(k_x, cfg, (batch_size, N, d), dtype), _inputs(k_q, cfg, (batch_size, d), dtype)
+  if cfg.w0_prob > 0:  # a Python branch: with p = 0 the draws are bit-identical to a config without w₀
+    is_w0 = jax.random.bernoulli(jax.random.fold_in(key, 6), cfg.w0_prob, (batch_size,))
+    w = jnp.where(is_w0[:, None], jnp.asarray(w0(cfg), dtype), w)
   y = jnp.einsum("bnd,bd->bn", X, w) + cfg.noise_std * jax.random.normal(k_e, (batch_size, N), dtype)
   y_q = jnp.einsum("bd,bd->b", x_q, w)
   if cfg.query_noise:
     y_q = y_q + cfg.noise_std * jax.random.normal(k_eq, (batch_size,), dtype)
   return Batch(X, y, x_q, y_q, w)
+
+
+def w0(cfg: TaskConfig) -> np.ndarray:
+  """The fixed task vector w₀ ~ N(0, Σ_w) → [d] float64, drawn in numpy from w0_seed so that every
+  dtype (training in float32, evaluation in float64) sees the same w₀."""
+  z = np.random.default_rng(cfg.w0_seed).standard_normal(cfg.d)
+  return _factor(as_cov("w_cov", cfg.w_cov, cfg.d, psd=True)) @ z
 
 
 def _inputs(key: jax.Array, cfg: TaskConfig, shape: tuple, dtype) -> jax.Array:
