@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 PROFILE ?= default
 export MPLBACKEND := Agg
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 .PHONY: setup test test-all figures results plots report bench clean $(addprefix study-,$(STUDIES))

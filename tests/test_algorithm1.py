@@ -74,7 +74,7 @@ def test_config_errors_match_prune_then_forward():
       q = p if configs.layer[i] < 0 else prune.prune(p, int(configs.layer[i]), configs.module[i],
                                                       rank=int(configs.rank[i]))
       y_hat, _ = forward(q, tasks.batch_tokens(b), cfg)
-      np.testing.assert_allclose(err[s, i], (y_hat - b.y_q) ** 2 / cfg.d, rtol=1e-9, atol=1e-12)
+      np.testing.assert_allclose(err[s, i], (y_hat - b.y_q) ** 2 / cfg.d, rtol=1e-12, atol=1e-15)
 
 
 def test_choose_respects_the_mask_and_module_kappa():

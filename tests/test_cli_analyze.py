@@ -10,7 +10,7 @@ from lintheory.run import references, rundir
 from lintheory.core.model import ModelConfig, param_shapes
 from lintheory.core.tasks import TaskConfig
 
-FAST = ["--fit-steps", "20", "--eval-tasks", "64"]
+FAST = ["--fit-steps", "20", "--eval-tasks", "64", "--tail-tasks", "512"]
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +73,39 @@ def test_analyze_flags_softmax_and_mlp_runs(tmp_path, cache):
 
 def test_analyze_errors(tmp_path, capsys):
   assert cli.main(["analyze", str(tmp_path / "nope")]) == 2
-  assert "not a run directory" in capsys.readouterr().err
+  assert "no such run directory" in capsys.readouterr().err
   run = saved_run(tmp_path / "run")
   assert cli.main(["analyze", str(run), "--eval-tasks", "1"]) == 2
-  assert "--eval-tasks must be >= 2" in capsys.readouterr().err
+  assert "--eval-tasks must be an integer in [2, " in capsys.readouterr().err
   assert cli.main(["analyze", str(run), "--fit-steps", "0"]) == 2
   assert "steps must be an integer >= 1" in capsys.readouterr().err
   assert not (run / "analysis.json").exists()
+
+
+def numpy_forward(params, X, y, x_q):
+  """The linear-attention forward pass of docs/theory.md §2 written again in numpy, for one check:
+  columns h_j ← h_j + (1/N) W_V H_s (W_K H_s)ᵀ W_Q h_j over all tokens, ŷ = −(query's y-slot)."""
+  B, N, d = X.shape
+  H = np.concatenate([np.concatenate([X, y[..., None]], -1), np.concatenate([x_q, np.zeros((B, 1))], -1)[:, None]], 1)
+  for W_Q, W_K, W_V in zip(params["W_Q"], params["W_K"], params["W_V"]):
+    Hs = H[:, :N]
+    M = np.einsum("ij,bnj,bnk,lk,lm->bim", W_V, Hs, Hs, W_K, W_Q) / N  # W_V C W_Kᵀ W_Q / N, C = Σ_n h_n h_nᵀ
+    H = H + np.einsum("bim,btm->bti", M, H)
+  return -H[:, -1, -1]
+
+
+def test_analyze_tails_agree_with_an_independent_evaluation(tmp_path, cache):
+  """The expected error analyze reports on its own fresh tasks matches a numpy forward pass of the
+  same weights on other fresh tasks (numpy's generator), within the sampling error of both."""
+  run = saved_run(tmp_path / "run", n_layers=2)
+  assert cli.main(["analyze", str(run), "--cache-dir", str(cache), "--fit-steps", "20", "--eval-tasks", "64",
+                   "--tail-tasks", "40000"]) == 0
+  t = json.loads((run / "analysis.json").read_text())["tails"]["model"]
+  assert t["n"] == 40_000 and t["median"] <= t["p99"] <= t["p9999"] <= t["max"]
+  params = {k: np.asarray(v, np.float64) for k, v in rundir.load_run(run).params.items()}
+  rng = np.random.default_rng(123)
+  B, d, N = 40_000, 3, 5
+  w, X, x_q = rng.standard_normal((B, d)), rng.standard_normal((B, N, d)), rng.standard_normal((B, d))
+  err = (numpy_forward(params, X, np.einsum("bnd,bd->bn", X, w), x_q) - np.einsum("bd,bd->b", x_q, w)) ** 2 / d
+  se = np.hypot(err.std(ddof=1) / np.sqrt(B), (t["mean_ci_hi"] - t["mean_ci_lo"]) / 3.92)
+  assert abs(err.mean() - t["mean"]) < 4 * se, (err.mean(), t["mean"], se)

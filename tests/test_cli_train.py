@@ -64,7 +64,7 @@ def test_bad_values_exit_2_with_a_message(tmp_path, capsys, flags, message):
 
 def test_resume_without_a_run_exits_2(tmp_path, capsys):
   assert cli.main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
-  assert "not a run directory" in capsys.readouterr().err
+  assert "no such run directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [
@@ -72,7 +72,6 @@ def test_resume_without_a_run_exits_2(tmp_path, capsys):
     ["train", "--bogus", "--out", "x"], ["train"], ["--d", "5"],
 ])
 def test_bad_flags_exit_2(argv, capsys):
-  with pytest.raises(SystemExit) as e:
-    cli.main(argv)
-  assert e.value.code == 2
-  assert "error" in capsys.readouterr().err
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("lintheory") and ": error: " in err and err.count("\n") == 1

@@ -46,3 +46,24 @@ def test_lock_excludes_another_process(tmp_path):
   assert run() == "free"
   with open(lock) as f:  # and it is released for this process too
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_npz_bytes_load_back_exactly_and_depend_on_the_values_alone():
+  a = {"W_Q": np.arange(6, dtype=np.float32).reshape(2, 3), "step": np.asarray(7)}
+  data = io.npz_bytes(a)
+  with np.load(__import__("io").BytesIO(data), allow_pickle=False) as f:
+    assert set(f.files) == set(a) and all(np.array_equal(f[k], a[k]) and f[k].dtype == a[k].dtype for k in a)
+  assert io.npz_bytes(dict(a)) == data
+  assert io.npz_bytes({**a, "step": np.asarray(8)}) != data
+
+
+def test_check_writable_dir_names_the_problem(tmp_path):
+  io.check_writable_dir(tmp_path / "new" / "deeper", "--out")  # creatable: fine, and nothing created
+  assert not (tmp_path / "new").exists()
+  (tmp_path / "f").write_text("x")
+  with pytest.raises(ValueError, match="--out .* exists and is not a directory"):
+    io.check_writable_dir(tmp_path / "f", "--out")
+  with pytest.raises(ValueError, match="is not a directory"):
+    io.check_writable_dir(tmp_path / "f" / "below", "--out")
+  with pytest.raises(ValueError, match="cannot write in /proc"):
+    io.check_writable_dir("/proc/lintheory-x", "--out")

@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintheory.core import learners, model, precision, tasks
+from lintheory.core import learners, model, precision
 from lintheory.run import train
 from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig

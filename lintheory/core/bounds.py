@@ -1,48 +1,72 @@
-"""The paper's Theorem 2 (mutual-information generalisation bound) and Example 1 (docs/theory.md §6).
+"""The paper's Theorem 2 and finite versions of it that are theorems (docs/theory.md §6, §10).
 
-Everything is computed from the weights and the demonstrations, per task, then averaged over the
-batch's tasks (the E[...] of the theorem). Conventions (all documented choices are ours):
+Conventions (all documented choices are ours):
 
-- Loss: the squared error (ŷ − y)², not halved, not normalised, as in `train.mse`.
-- Per-demonstration implicit gradients g_{t,i} = N · (the i-th term of G_t), vectorised to
-  d' = (d+1)² entries, so that G_t is their MEAN (`implicit.per_demo_G` gives the terms whose
-  SUM is G_t). S_t is their sample covariance (divisor N − 1) and, for b shots out of a pool of
-  N, C_t = (N − b)/(b(N − 1)) · S_t, the covariance of the mean of b demonstrations drawn without
-  replacement. b = N gives C_t = 0 (flagged: `b_is_N`); the default is b = N // 2.
-- C_t has rank ≤ N − 1 < d' for the usual N, so −tr log C_t = +∞ and the bound as written
-  ('bound_exact') is infinite. Two finite versions:
-  (i) range: restricted to range(C_t), i.e. to the eigenvalues above rtol·λ_max (rtol defaults to
-      max(N, d')·machine-eps, numpy's matrix-rank rule); d' is then replaced by that numerical
-      rank r_t (the dimension the Gaussian noise lives in), so the layer term is
-      r_t·log((‖ΔW_t‖²‖I + W_{t−1}‖² + tr C_t)/r_t) − Σ_{kept} log λ_k (0 when r_t = 0). A
-      heuristic, not a theorem: the parameter moves outside the range too.
-  (ii) floor: C_t + εI with ε an argument (default 1e-6): d' stays (d+1)², and the d' − r_t null
-      directions contribute −log ε each, so this version is dominated by (d' − N)·log(1/ε).
+- Loss: the squared error (ŷ − y)², not halved, as in `train.mse`. The implicit learner of a
+  task is ŵ_L (docs/theory.md §5), a deterministic function of the N demonstrations.
+- Per-demonstration implicit gradients g_{t,i} = N · (the i-th term of G_t), so G_t is their MEAN
+  (`implicit.per_demo_G` gives the terms whose SUM is G_t). In the code's convention (matrices act
+  on column tokens, h ↦ W h; heads summed, W_O folded into W_V):
+    g_{t,i} = Σ_h W_V^h (h_i h_iᵀ) W_K^hᵀ W_Q^h (I + W_{t−1}),  h_i the token after layer t − 1.
+- ONE Bessel correction. S_t is the sample covariance of vec g_{t,i} with divisor N − 1. Drawing b
+  of the N demonstrations without replacement, the mean's covariance is
+    (σ²_pop / b)·(N − b)/(N − 1) with σ²_pop the divisor-N covariance = (N − 1)/N · S_t, so
+    C_t = (N − b)/(b N) · S_t   (`covariance_scale`; b = N gives C_t = 0, flagged `b_is_N`).
+- R is held fixed across the configurations compared, never taken from a pruned model's own loss:
+  R_zero (the zero predictor's loss) by default, or R_unpruned (pass the unpruned weights as
+  `R_params`), both sqrt(E_task Var(ℓ | task)) = sqrt(E_task 2 s⁴) with s² the task's population
+  loss (exact for Gaussian x: ℓ = s²·χ²₁). The squared loss of Gaussian data is sub-exponential,
+  NOT sub-Gaussian, so the MI bounds below read as theorems for a loss that is R-sub-Gaussian;
+  the `*_clipped` columns use the clipped loss min(ℓ, M), which is M/2-sub-Gaussian (Hoeffding):
+  for it they are theorems.
+
+Versions (docs/theory.md §6, §10):
+
+1. `paper_as_written`: d' = D² and −tr log C_t over all of R^{D×D}. C_t has rank ≤ N − 1 and, for
+   linear attention, ≤ D(D+1)/2 < D² whatever N, so this is +∞: reported, never clipped.
+2. `bound_subspace` (a theorem): every g_{t,i} lies in the data-independent subspace
+     V_t = {Σ_h W_V^h X W_K^hᵀ W_Q^h (I + W_{t−1}) : X symmetric D×D}
+   (proof: h_i h_iᵀ is symmetric, and the map is linear in X). V_t depends on the weights and on
+   the previous iterate W_{t−1} only, on which the chain rule I(W; S) ≤ Σ_t I(W_t; S | W_{t−1})
+   conditions, so the noisy update W_{t−1} + G_t + N(0, C_t) lives in the fixed subspace V_t and
+   the paper's Gaussian max-entropy argument holds inside V_t with d' → k_t = dim V_t and C_t → its
+   restriction to V_t (coordinates in an orthonormal basis of V_t computed from the weights):
+     term_t = k_t·log((‖ΔW_t‖²‖I + W_{t−1}‖² + tr C_t)/k_t) − log det(C_t|V_t)   (0 when k_t = 0).
+   Finite iff C_t|V_t is non-singular, which needs N − 1 ≥ k_t; otherwise +∞ with a reason code
+   (`subspace_inf_reason`: 0 finite, 1 b = N, 2 N − 1 < dim V_t, 3 C_t singular on V_t). With
+   ε > 0 (`sensitivity`) it is the theorem for the noisier learner with noise C_t + ε·P_{V_t}.
+   The range of C_t, by contrast, depends on the data of step t itself: the law of W_t is then a
+   mixture over subspaces with no common reference measure, and restricting to it is not a bound.
+   Like Theorem 2 it bounds the gap of the paper's NOISY learner (W_t = W_{t−1} + G_t + ξ_t,
+   ξ_t ~ N(0, C_t)), whose noise-free mean is ŵ_L; and it keeps the paper's placement of E outside
+   the log (per task), whereas the max-entropy step gives log E[s_t + tr C_t] ≥ E log(...) (Jensen).
+3. `cmi_bound` (a theorem, no log det): the supersample loss-difference CMI bound (Steinke &
+   Zakynthinou 2020; Harutyunyan et al. 2021; Wang & Mao 2023) for the clipped, quantised loss; see
+   `supersample_cmi`. Finite: ≤ M·sqrt(2 log 2) + M/K whatever the learner.
+- `floor_surrogate` (NOT a bound for the ICL learner): C_t + εI over all D² entries, the bound for a
+  noisier surrogate learner, dominated by (D² − rank C_t)·log(1/ε).
 - The pruning-sensitive part Σ_t ‖ΔW_t‖_F²‖I + Σ_{j<t} G_j‖_F² (Σ_{j<t} G_j = W_{t−1}).
-- R: the loss is a squared Gaussian, ℓ = s²·χ²₁ with s² = (ŵ − w)ᵀΣ(ŵ − w) + σ² for a fixed
-  task, so Var(ℓ | task) = 2s⁴ exactly for Gaussian x. We take R = sqrt(E_task 2s⁴), the standard
-  deviation of the per-query loss on fresh queries (a sub-Gaussian proxy: the squared loss is
-  sub-exponential, not sub-Gaussian). An explicit R overrides it.
-- The gap: ŵ_L's population loss on its task, (ŵ − w)ᵀΣ(ŵ − w) + σ² (closed form for Gaussian
-  x, the demonstrations' own label noise included), minus its mean loss on that task's N
-  demonstrations; averaged over tasks.
-- Vacuous: the bound ≥ the population loss of the zero predictor, E[wᵀΣw] + σ² (measured on the
-  batch's tasks), a trivial bound on the gap of any predictor no worse than predicting 0.
-Non-finite values are returned as they are (inf / NaN) and flagged, never clipped.
+- The gap: ŵ_L's population loss (ŵ − w)ᵀΣ(ŵ − w) + σ² minus its loss on its N demonstrations.
+- Vacuous: a bound ≥ the zero predictor's population loss E[wᵀΣw] + σ².
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core import implicit
-from lintheory.core.model import ModelConfig, Params
-from lintheory.core.tasks import Batch, TaskConfig, batch_tokens, x_covariance
+from lintheory.core.model import ModelConfig, Params, heads
+from lintheory.core.tasks import Batch, TaskConfig, as_cov, batch_tokens, sample, tokens, x_covariance
+
+REASONS = {0: "finite", 1: "b = N: C_t = 0", 2: "N - 1 < dim V_t: C_t singular on V_t for any data",
+           3: "C_t numerically singular on V_t (degenerate demonstrations)"}
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -50,6 +74,10 @@ from lintheory.core.tasks import Batch, TaskConfig, batch_tokens, x_covariance
 
 def _is_int(v) -> bool:
   return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 def check_b(b, N: int) -> int:
@@ -61,38 +89,56 @@ def check_b(b, N: int) -> int:
   return int(b)
 
 
-def check_eps(eps) -> float:
-  if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not (math.isfinite(eps) and eps > 0):
-    raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+def check_eps(eps, allow_zero: bool = False) -> float:
+  ok = _is_num(eps) and math.isfinite(eps) and (eps >= 0 if allow_zero else eps > 0)
+  if not ok:
+    raise ValueError(f"eps must be a finite number {'>=' if allow_zero else '>'} 0, got {eps!r}")
   return float(eps)
 
 
 def check_rtol(rtol) -> float:
-  if isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.floating)) or not 0 < rtol < 1:
+  if not (_is_num(rtol) and 0 < rtol < 1):
     raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
   return float(rtol)
 
 
+def check_positive_int(name: str, v, lo: int = 1) -> int:
+  if not _is_int(v) or v < lo:
+    raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+  return int(v)
+
+
+def check_M(M) -> float:
+  if not (_is_num(M) and math.isfinite(M) and M > 0):
+    raise ValueError(f"clip_M must be a finite number > 0, got {M!r}")
+  return float(M)
+
+
 def check_R(R):
-  """None (estimate R), or a finite number > 0; a traced array (under jit/vmap) passes unchecked."""
+  """None (use R_zero / R_unpruned), or a finite number > 0; a traced array passes unchecked."""
   if R is None or isinstance(R, jax.core.Tracer):
     return R
   try:
     v = float(R)
   except (TypeError, ValueError):
-    raise ValueError(f"R must be None (estimate it) or a finite number > 0, got {R!r}") from None
+    raise ValueError(f"R must be None (fixed reference R) or a finite number > 0, got {R!r}") from None
   if isinstance(R, bool) or not (math.isfinite(v) and v > 0):
-    raise ValueError(f"R must be None (estimate it) or a finite number > 0, got {R!r}")
+    raise ValueError(f"R must be None (fixed reference R) or a finite number > 0, got {R!r}")
   return v
+
+
+def _default_rtol(n: int, dtype) -> float:
+  """numpy's matrix-rank rule: max(shape) · machine epsilon, relative to the largest value."""
+  return n * float(jnp.finfo(dtype).eps)
 
 
 # --- the covariance C_t ----------------------------------------------------------------------
 
 
 def covariance_scale(b: int, N: int) -> float:
-  """(N − b)/(b(N − 1)): C_t = this · S_t for b shots out of N without replacement."""
+  """(N − b)/(b N): C_t = this · S_t (S_t with divisor N − 1), b shots of N without replacement."""
   b = check_b(b, N)
-  return (N - b) / (b * (N - 1))
+  return (N - b) / (b * N)
 
 
 def per_demo_gradients(params: Params, traj: implicit.Trajectory) -> jax.Array:
@@ -102,55 +148,159 @@ def per_demo_gradients(params: Params, traj: implicit.Trajectory) -> jax.Array:
 
 
 def sample_cov_eigvals(g_LBNDD: jax.Array) -> jax.Array:
-  """Eigenvalues of S_t (sample covariance over i of vec g_{t,i}), descending, ≥ 0 → [L, B, K].
+  """Eigenvalues of S_t (divisor N − 1) over all D² entries, descending, ≥ 0 → [L, B, min(N, D²)].
 
-  K = min(N, d'): the other d' − K eigenvalues are exactly 0. For N ≤ d' we use the N×N Gram
-  matrix of the centred gradients (same nonzero spectrum, much smaller than d'×d').
+  For N ≤ D² the N×N Gram matrix of the centred gradients has the same nonzero spectrum.
   """
   L, B, N, D, _ = g_LBNDD.shape
   dp = D * D
   A = g_LBNDD.reshape(L, B, N, dp)
   A = A - A.mean(axis=2, keepdims=True)
   M = (jnp.einsum("lbnk,lbmk->lbnm", A, A) if N <= dp else jnp.einsum("lbnk,lbnj->lbkj", A, A)) / (N - 1)
-  lam = jnp.linalg.eigvalsh(M)[..., ::-1]
-  return jnp.maximum(lam, 0.0)  # round-off can make the zero eigenvalues slightly negative
+  return jnp.maximum(jnp.linalg.eigvalsh(M)[..., ::-1], 0.0)  # round-off can make zeros negative
 
 
 def sensitive_terms(traj: implicit.Trajectory) -> jax.Array:
   """‖ΔW_t‖_F² · ‖I + Σ_{j<t} G_j‖_F² per layer and task → [L, B]."""
   D = traj.G.shape[-1]
-  W_prev = jnp.concatenate([jnp.zeros_like(traj.W_traj[:1]), traj.W_traj[:-1]], axis=0)
-  eye = jnp.eye(D, dtype=W_prev.dtype)
-  return jnp.sum(traj.delta_W**2, axis=(-2, -1)) * jnp.sum((eye + W_prev) ** 2, axis=(-2, -1))
+  eye = jnp.eye(D, dtype=traj.W_traj.dtype)
+  return jnp.sum(traj.delta_W**2, axis=(-2, -1)) * jnp.sum((eye + _W_prev(traj)) ** 2, axis=(-2, -1))
 
 
-class LayerTerms(NamedTuple):
-  exact: jax.Array  # [L, B] d'·log((s + tr C)/d') − tr log C as written (+inf when C is singular)
-  floor: jax.Array  # [L, B] the same with C + εI
-  range: jax.Array  # [L, B] restricted to range(C): d' → rank r_t, log det over kept eigenvalues
-  rank: jax.Array  # [L, B] numerical rank r_t of C_t
-  trC: jax.Array  # [L, B] tr C_t
+def _W_prev(traj: implicit.Trajectory) -> jax.Array:
+  """W_{t−1} for every layer t (W_0 = 0) → [L, B, D, D]."""
+  return jnp.concatenate([jnp.zeros_like(traj.W_traj[:1]), traj.W_traj[:-1]], axis=0)
 
 
-def layer_terms(sens_LB: jax.Array, lamC_LBK: jax.Array, d_prime: int, eps: float, rtol: float) -> LayerTerms:
-  """Theorem 2's per-layer terms from the sensitive part and the eigenvalues of C_t (docs/theory.md §6)."""
+# --- the data-independent subspace V_t --------------------------------------------------------
+
+
+def sym_basis(D: int) -> np.ndarray:
+  """An orthonormal (Frobenius) basis of the symmetric D×D matrices → [D(D+1)/2, D, D]."""
+  out = []
+  for i in range(D):
+    for j in range(i, D):
+      E = np.zeros((D, D))
+      E[i, j] = E[j, i] = 1.0 if i == j else 2**-0.5
+      out.append(E)
+  return np.stack(out)
+
+
+def subspace_map(W_Q_HDD: jax.Array, W_K_HDD: jax.Array, W_V_HDD: jax.Array, W_prev_DD: jax.Array) -> jax.Array:
+  """The matrix of X ↦ Σ_h W_V^h X W_K^hᵀ W_Q^h (I + W_prev) on `sym_basis` → [D², D(D+1)/2].
+
+  Column j is vec (row-major) of the image of the j-th basis matrix; its column space is V_t.
+  """
+  D = W_prev_DD.shape[-1]
+  E = jnp.asarray(sym_basis(D), W_prev_DD.dtype)
+  P = jnp.einsum("hba,hbc->hac", W_K_HDD, W_Q_HDD) @ (jnp.eye(D, dtype=W_prev_DD.dtype) + W_prev_DD)
+  return jnp.einsum("hab,jbc,hcd->jad", W_V_HDD, E, P).reshape(E.shape[0], D * D).T
+
+
+def subspace_basis(A: jax.Array, rtol: float | None = None) -> tuple[jax.Array, jax.Array]:
+  """(Q, k): the left singular vectors of A with σ > rtol·σ_max (columns past k zeroed), k = dim.
+
+  rtol defaults to max(A.shape)·ε_mach (numpy's matrix-rank rule). Batched over leading axes.
+  """
+  rtol = _default_rtol(max(A.shape[-2:]), A.dtype) if rtol is None else rtol
+  U, s, _ = jnp.linalg.svd(A, full_matrices=False)
+  keep = s > rtol * s[..., :1]
+  return U * keep[..., None, :], keep.sum(-1)
+
+
+def _layer_weights(params: Params) -> dict:
+  return {"W_Q": jax.vmap(heads)(params["W_Q"]), "W_K": jax.vmap(heads)(params["W_K"]),
+          "W_V": implicit.value_maps(params)}
+
+
+def subspace_dim(params: Params, W_prev: jax.Array | None = None, *, layer: int = 0,
+                 rtol: float | None = None) -> jax.Array:
+  """dim V_t of `layer` (from 0) from the weights alone; W_prev [..., D, D] (default 0: the first layer).
+
+  The SVD rank of `subspace_map` with relative tolerance rtol (default max(D², D(D+1)/2)·ε_mach).
+  dim V_t ≤ D(D+1)/2. Writing V_t as the image of Sym under X ↦ W_V X M (M = W_Kᵀ W_Q (I + W_prev),
+  one head), its kernel is {X : X·range(M) ⊂ ker W_V}, so dim V_t never increases when ker W_V
+  grows or range(M) shrinks: rank-r truncation of W_V (W_V → P_U W_V), of W_Q when I + W_prev is
+  invertible (range(W_Kᵀ W_Q P (I + W)) ⊂ range(W_Kᵀ W_Q)), and of W_K when W_V is invertible (dim
+  then depends on rank M alone). Truncating W_K with W_V singular can RAISE it (range(M) → P·range(M)
+  is not nested; tests/test_bounds.py has a 3×3 example, 3 → 4).
+  """
+  lw = _layer_weights(params)
+  L, D = lw["W_Q"].shape[0], lw["W_Q"].shape[-1]
+  if not _is_int(layer) or not 0 <= layer < L:
+    raise ValueError(f"layer must be an integer in [0, {L - 1}], got {layer!r}")
+  W_prev = jnp.zeros((D, D), lw["W_Q"].dtype) if W_prev is None else jnp.asarray(W_prev, lw["W_Q"].dtype)
+  if W_prev.shape[-2:] != (D, D):
+    raise ValueError(f"W_prev must have shape (..., {D}, {D}), got {W_prev.shape}")
+  rtol = _default_rtol(max(D * D, D * (D + 1) // 2), W_prev.dtype) if rtol is None else check_rtol(rtol)
+  return _subspace_dim(lw["W_Q"][layer], lw["W_K"][layer], lw["W_V"][layer], W_prev, rtol)
+
+
+@jax.jit
+def _subspace_dim(W_Q, W_K, W_V, W_prev, rtol):
+  A = jnp.vectorize(lambda Wp: subspace_map(W_Q, W_K, W_V, Wp), signature="(d,d)->(p,m)")(W_prev)
+  return subspace_basis(A, rtol)[1]
+
+
+class SubspaceSpectrum(NamedTuple):
+  lamS: jax.Array  # [L, B, m] eigenvalues of S_t restricted to V_t, descending (m = D(D+1)/2; zeros past k)
+  dimV: jax.Array  # [L, B] k_t = dim V_t
+  sensitive: jax.Array  # [L, B] ‖ΔW_t‖²‖I + W_{t−1}‖²
+  residual: jax.Array  # [L, B] max_i ‖g_{t,i} − P_{V_t} g_{t,i}‖ / max_i ‖g_{t,i}‖ (round-off: g ∈ V_t)
+
+
+def subspace_spectrum(params: Params, traj: implicit.Trajectory, rtol: float) -> SubspaceSpectrum:
+  """Project the per-demonstration gradients on a weights-only orthonormal basis of V_t."""
+  lw = _layer_weights(params)
+  A = jax.vmap(lambda q, k, v, Wp: jax.vmap(lambda w: subspace_map(q, k, v, w))(Wp))(
+      lw["W_Q"], lw["W_K"], lw["W_V"], _W_prev(traj))  # [L, B, D², m]
+  Q, k = subspace_basis(A, rtol)
+  g = per_demo_gradients(params, traj)
+  L, B, N, D, _ = g.shape
+  g = g.reshape(L, B, N, D * D)
+  coords = jnp.einsum("lbnp,lbpm->lbnm", g, Q)
+  resid = jnp.linalg.norm(g - jnp.einsum("lbnm,lbpm->lbnp", coords, Q), axis=-1).max(-1)
+  scale = jnp.linalg.norm(g, axis=-1).max(-1)
+  coords = coords - coords.mean(2, keepdims=True)
+  S = jnp.einsum("lbnm,lbnj->lbmj", coords, coords) / (N - 1)
+  lamS = jnp.maximum(jnp.linalg.eigvalsh(S)[..., ::-1], 0.0)
+  return SubspaceSpectrum(lamS, k, sensitive_terms(traj), resid / jnp.where(scale > 0, scale, 1.0))
+
+
+def subspace_terms(spec: SubspaceSpectrum, c, eps, N: int, b_is_N: bool, rtol) -> tuple[jax.Array, jax.Array]:
+  """(term_t [L, B], reason [L, B]) of the bound inside V_t with noise C_t + ε·P_{V_t}, C_t = c·S_t.
+
+  term_t = k log((s + tr C + kε)/k) − Σ_{j<k} log(λ_j(C|V) + ε); 0 when k = 0; +∞ (with its reason,
+  ε = 0 only) when C_t|V_t is singular: λ_j ≤ rtol·λ_max for some j < k.
+  """
+  k = spec.dimV
+  m = spec.lamS.shape[-1]
+  lamC = c * spec.lamS + eps
+  in_V = jnp.arange(m) < k[..., None]
+  trC = jnp.sum(jnp.where(in_V, c * spec.lamS, 0.0), -1)
+  kf = jnp.maximum(k, 1).astype(lamC.dtype)
+  logdet = jnp.sum(jnp.where(in_V, jnp.log(jnp.where(in_V & (lamC > 0), lamC, 1.0)), 0.0), -1)
+  term = jnp.where(k > 0, kf * jnp.log((spec.sensitive + trC + kf * eps) / kf) - logdet, 0.0)
+  singular = (eps <= 0) & (jnp.any(in_V & (spec.lamS <= rtol * spec.lamS[..., :1]), -1) | (b_is_N & (k > 0)))
+  reason = jnp.where(k == 0, 0, jnp.where(b_is_N, 1, jnp.where(N - 1 < k, 2, 3)))
+  reason = jnp.where(singular, reason, 0)
+  return jnp.where(singular, jnp.inf, term), reason
+
+
+def paper_terms(sens_LB: jax.Array, lamC_LBK: jax.Array, d_prime: int, eps: float) -> tuple[jax.Array, jax.Array]:
+  """(as written, floor surrogate) per layer and task, over all d' = D² entries.
+
+  As written: −tr log C_t = +∞ whenever C_t is singular (always for linear attention); reported
+  +∞, never ∞ − ∞ = NaN. Floor: C_t + εI, a bound for a noisier surrogate learner only.
+  """
   K = lamC_LBK.shape[-1]
   trC = lamC_LBK.sum(-1)
   num = sens_LB + trC
-  # As written: the d' − K structural zeros (and any zero among the K) give log 0 = −∞; round-off
-  # can leave a true zero slightly negative, which must read as 0, not as log(<0) = NaN.
-  logdet_exact = jnp.sum(jnp.log(jnp.maximum(lamC_LBK, 0.0)), -1) + (-jnp.inf if d_prime > K else 0.0)
-  # C_t singular (always, for d' > K) makes −tr log C_t = +∞ and the bound infinite whatever the
-  # first term is, even −∞ (a layer pruned to rank 0): report +∞, never ∞ − ∞ = NaN.
-  exact = jnp.where(jnp.isneginf(logdet_exact), jnp.inf, d_prime * jnp.log(num / d_prime) - logdet_exact)
+  logdet = jnp.sum(jnp.log(lamC_LBK), -1) + (-jnp.inf if d_prime > K else 0.0)
+  exact = jnp.where(jnp.isneginf(logdet), jnp.inf, d_prime * jnp.log(num / d_prime) - logdet)
   floor = d_prime * jnp.log((num + d_prime * eps) / d_prime) - (
-      jnp.sum(jnp.log(lamC_LBK + eps), -1) + (d_prime - K) * math.log(eps))
-  keep = lamC_LBK > rtol * lamC_LBK[..., :1]
-  r = keep.sum(-1)
-  r_f = jnp.maximum(r, 1).astype(num.dtype)
-  logdet_r = jnp.sum(jnp.where(keep, jnp.log(jnp.where(keep, lamC_LBK, 1.0)), 0.0), -1)
-  rng = jnp.where(r > 0, r_f * jnp.log(num / r_f) - logdet_r, 0.0)
-  return LayerTerms(exact, floor, rng, r, trC)
+      jnp.sum(jnp.log(lamC_LBK + eps), -1) + (d_prime - K) * jnp.log(eps))
+  return exact, floor
 
 
 # --- loss, gap, R ----------------------------------------------------------------------------
@@ -173,9 +323,21 @@ def gap(w_hat_BD: jax.Array, batch: Batch, Sigma: jax.Array, noise_std: float) -
 
 
 def estimate_R(w_hat_BD: jax.Array, w_BD: jax.Array, Sigma: jax.Array, noise_std: float) -> jax.Array:
-  """R = sqrt(E_task Var(ℓ | task)) = sqrt(E_task 2s⁴), s² the task's population loss (exact for Gaussian x)."""
+  """sqrt(E_task Var(ℓ | task)) = sqrt(E_task 2s⁴) for the predictor ŵ (exact for Gaussian x)."""
   s2 = population_loss(w_hat_BD, w_BD, Sigma, noise_std)
   return jnp.sqrt(jnp.mean(2.0 * s2**2))
+
+
+def R_zero(batch: Batch, Sigma: jax.Array, noise_std: float) -> jax.Array:
+  """R of the zero predictor on the batch's tasks: the same for every configuration."""
+  return estimate_R(jnp.zeros_like(batch.w), batch.w, Sigma, noise_std)
+
+
+def R_unpruned(params_ref: Params, batch: Batch, model_cfg: ModelConfig, Sigma: jax.Array,
+               noise_std: float) -> jax.Array:
+  """R of the UNPRUNED model's ŵ_L on the batch's tasks: pass it to every pruned configuration."""
+  w_hat = implicit.trajectory(params_ref, batch_tokens(batch), model_cfg).w_hat[-1]
+  return estimate_R(w_hat, batch.w, Sigma, noise_std)
 
 
 def zero_predictor_loss(w_BD: jax.Array, Sigma: jax.Array, noise_std: float) -> jax.Array:
@@ -183,86 +345,272 @@ def zero_predictor_loss(w_BD: jax.Array, Sigma: jax.Array, noise_std: float) -> 
   return jnp.mean(jnp.einsum("bd,de,be->b", w_BD, Sigma, w_BD)) + noise_std**2
 
 
-# --- Theorem 2 -------------------------------------------------------------------------------
+def default_clip_M(task_cfg: TaskConfig) -> float:
+  """M = 10·(tr(Σ_w Σ_x) + σ²): ten times the zero predictor's expected loss, from the config alone."""
+  Sx = x_covariance(task_cfg)
+  Sw = as_cov("w_cov", task_cfg.w_cov, task_cfg.d, psd=True)
+  return 10.0 * (float(np.trace(Sw @ Sx)) + float(task_cfg.noise_std) ** 2)
+
+
+# --- the supersample CMI bound -----------------------------------------------------------------
+
+
+class CMI(NamedTuple):
+  bound: jax.Array  # M·mean_i sqrt(2 Î(Δ_i; U_i)) + M/K: bounds |gap of min(ℓ, M)| (a theorem at the true I)
+  mi: jax.Array  # mean_i Î(Δ_i; U_i) in nats (plug-in, ≤ log 2)
+  mi_bias: jax.Array  # Miller–Madow size of the plug-in bias, (cells − 1)/(2n), for scale
+  gap_clipped: jax.Array  # Monte Carlo gap of min(ℓ, M): mean of (−1)^{U_i} Δ_i
+  gap_clipped_se: jax.Array  # its standard error over tasks
+  gap: jax.Array  # Monte Carlo gap of the unclipped loss (unbiased for E gap at N shots)
+  gap_se: jax.Array  # its standard error over tasks
+  clipped_frac: jax.Array  # fraction of losses above M
+  cap: float  # M·sqrt(2 log 2) + M/K, the bound for any learner
+
+
+def supersample(key: jax.Array, task_cfg: TaskConfig, n_tasks: int, dtype=jnp.float32):
+  """2N demonstrations per task as N pairs: X [T, N, 2, d], y [T, N, 2], w [T, d].
+
+  Drawn by tasks.sample with 2N demonstrations, so every task family (inputs, prior) is supported.
+  """
+  N, d = task_cfg.n_context, task_cfg.d
+  b = sample(key, task_cfg, n_tasks, n_context=2 * N, dtype=dtype)
+  return b.X.reshape(n_tasks, N, 2, d), b.y.reshape(n_tasks, N, 2), b.w
+
+
+def _plugin_mi(counts: jax.Array) -> jax.Array:
+  """Plug-in mutual information (nats) of a joint count table [..., a, b]."""
+  n = counts.sum((-2, -1), keepdims=True)
+  p = counts / n
+  pa, pb = p.sum(-1, keepdims=True), p.sum(-2, keepdims=True)
+  ratio = jnp.where(p > 0, p / jnp.where(pa * pb > 0, pa * pb, 1.0), 1.0)
+  return jnp.sum(jnp.where(p > 0, p * jnp.log(ratio), 0.0), (-2, -1))
+
+
+def supersample_cmi(key: jax.Array, learner: Callable, task_cfg: TaskConfig, *, clip_M: float,
+                    n_tasks: int = 128, n_coins: int = 8, levels: int = 16, dtype=jnp.float32) -> CMI:
+  """The loss-difference CMI bound, estimated by Monte Carlo (docs/theory.md §10).
+
+  Per task: 2N demonstrations z̃_{i,0}, z̃_{i,1} (i ≤ N); fair coins U_i pick z̃_{i,U_i} for the
+  training set; ŵ = learner(chosen N) is deterministic; Δ_i = ℓ(ŵ, z̃_{i,1}) − ℓ(ŵ, z̃_{i,0}).
+  Then gap = E[(1/N) Σ_i (−1)^{U_i} Δ_i] exactly. Theorem (Wang & Mao 2023, loss-difference CMI):
+  for a loss in [0, M], given Δ_i = δ the product measure makes (−1)^{U'}δ a mean-zero variable in
+  [−M, M], cosh(λδ) ≤ e^{λ²M²/2}, and Donsker–Varadhan gives
+  |E (−1)^{U_i} Δ_i| ≤ sqrt(2M² I(Δ_i; U_i)),
+  so |gap| ≤ (M/N) Σ_i sqrt(2 I(Δ_i; U_i)) ≤ M·sqrt(2 log 2). Assumption: the bounded loss — we use
+  ℓ_q = (M/K)·⌊K·min(ℓ, M)/M⌋ (K = levels), whose Δ takes 2K + 1 values, so I is a discrete mutual
+  information; since min(ℓ, M) − M/K < ℓ_q ≤ min(ℓ, M), |gap of min(ℓ, M)| ≤ that bound + M/K.
+  Î is the plug-in estimate per i over n_tasks × n_coins draws of (Δ_i, U_i) (consistent; biased
+  up by about `mi_bias` when I ≈ 0). learner: (X [B, N, d], y [B, N]) → ŵ [B, d].
+  """
+  M = check_M(clip_M)
+  n_tasks, n_coins = check_positive_int("n_tasks", n_tasks, 2), check_positive_int("n_coins", n_coins)
+  K = check_positive_int("levels", levels)
+  core = functools.partial(_cmi_core, learner=learner, task_cfg=task_cfg, M=M, n_tasks=n_tasks,
+                           n_coins=n_coins, K=K, dtype=dtype)
+  return CMI(*jax.jit(core)(key),
+             M * math.sqrt(2 * math.log(2)) + M / K)
+
+
+def _cmi_core(key, *, learner, task_cfg, M, n_tasks, n_coins, K, dtype):
+  N, d = task_cfg.n_context, task_cfg.d
+  k_s, k_u = jax.random.split(key)
+  X, y, _ = supersample(k_s, task_cfg, n_tasks, dtype)
+  U = jax.random.bernoulli(k_u, 0.5, (n_tasks, n_coins, N)).astype(jnp.int32)
+  Xc = jnp.take_along_axis(X[:, None], U[..., None, None], axis=3)[..., 0, :]  # [T, C, N, d]
+  yc = jnp.take_along_axis(y[:, None], U[..., None], axis=3)[..., 0]
+  w_hat = learner(Xc.reshape(-1, N, d), yc.reshape(-1, N)).reshape(n_tasks, n_coins, d)
+  loss = (jnp.einsum("tnkd,tcd->tcnk", X, w_hat) - y[:, None]) ** 2  # [T, C, N, 2]
+  sign = (1 - 2 * U).astype(loss.dtype)
+  per_task = lambda l: jnp.mean(sign * (l[..., 1] - l[..., 0]), axis=(1, 2))  # [T]
+  mean_se = lambda v: (jnp.mean(v), jnp.std(v, ddof=1) / math.sqrt(n_tasks))
+  g, g_se = mean_se(per_task(loss))
+  gc, gc_se = mean_se(per_task(jnp.minimum(loss, M)))
+  q = jnp.floor(jnp.minimum(loss, M) * (K / M)).astype(jnp.int32)  # 0..K
+  dq = q[..., 1] - q[..., 0] + K  # 0..2K
+  i = jnp.broadcast_to(jnp.arange(N), dq.shape)
+  counts = jnp.zeros((N, 2 * K + 1, 2), loss.dtype).at[i, dq, U].add(1.0)  # joint table of (Δ_i, U_i) per i
+  mi_i = _plugin_mi(counts)
+  bound = M * jnp.mean(jnp.sqrt(2.0 * mi_i)) + M / K
+  cells = jnp.sum(counts.sum(-1) > 0, -1).astype(loss.dtype)  # occupied Δ values per i
+  mi_bias = jnp.mean((cells - 1) / (2.0 * n_tasks * n_coins))
+  return bound, jnp.mean(mi_i), mi_bias, gc, gc_se, g, g_se, jnp.mean(loss > M)
+
+
+def implicit_learner(params: Params, model_cfg: ModelConfig) -> Callable:
+  """The model's implicit predictor ŵ_L (docs/theory.md §5) as a learner (X [B,N,d], y [B,N]) → [B, d]."""
+  def learner(X, y):
+    Z = tokens(X, y, jnp.zeros_like(X[:, 0]))  # the query never enters ŵ: it is not a key or value
+    return implicit.trajectory(params, Z, model_cfg).w_hat[-1]
+  return learner
+
+
+# --- Theorem 2 and its finite versions -------------------------------------------------------
 
 
 class Bound(NamedTuple):
-  terms: LayerTerms  # per-layer, per-task terms [L, B]
-  sensitive: jax.Array  # [L, B] ‖ΔW_t‖²‖I + W_{t−1}‖²
-  R: jax.Array  # the R used (estimated or given)
-  bound_exact: jax.Array  # sqrt((R²/N) Σ_t E[exact_t]) (inf when C_t is singular)
-  bound_floor: jax.Array  # ... with C_t + εI
-  bound_range: jax.Array  # ... restricted to range(C_t)
+  spectrum: SubspaceSpectrum  # S_t inside V_t, dim V_t, sensitive part
+  subspace_terms: jax.Array  # [L, B] term_t inside V_t (+inf where C_t|V_t is singular)
+  reason: jax.Array  # [L, B] REASONS code of an infinite term (0: finite)
+  paper_terms: jax.Array  # [L, B] as written over all D² entries (+inf)
+  floor_terms: jax.Array  # [L, B] C_t + εI over all D² entries (surrogate learner, not a bound for ŵ)
+  trC: jax.Array  # [L, B] tr C_t
+  R: jax.Array  # the R used (given, R_unpruned or R_zero)
+  R_zero: jax.Array  # R of the zero predictor
+  bound_subspace: jax.Array  # sqrt((R²/N) Σ_t E term_t): a theorem for an R-sub-Gaussian loss
+  paper_as_written: jax.Array  # +inf
+  floor_surrogate: jax.Array  # NOT a bound for the ICL learner
   gap: jax.Array  # [B] measured gap of ŵ_L
   trivial: jax.Array  # zero predictor's population loss (the vacuity scale)
-  c: float  # (N − b)/(b(N − 1))
+  c: jax.Array  # (N − b)/(b N)
 
 
 def _sqrt_bound(R, N, terms_LB):
-  """sqrt((R²/N)·Σ_t mean_B term): NaN (not clipped) if the sum is negative, inf if it is."""
+  """sqrt((R²/N)·Σ_t mean_B term): +inf if a term is, NaN (not clipped) if the sum is negative."""
   s = jnp.sum(jnp.mean(terms_LB, axis=1), axis=0)
   return jnp.where(s >= 0, jnp.sqrt(jnp.abs(s) * R**2 / N), jnp.nan)
 
 
-def theorem2(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: TaskConfig, *, b: int | None = None,
-             eps: float = 1e-6, R=None, rtol: float | None = None) -> Bound:
-  """Theorem 2 of the paper for the implicit learner of `params` on `batch` (docs/theory.md §6).
-
-  b defaults to N // 2; rtol (the range version's relative eigenvalue threshold) to max(N, d')·ε_mach.
-  """
+def _prepare(batch, model_cfg, task_cfg, b, eps, R, rtol, eps_zero_ok=False):
   N = batch.X.shape[1]
   b = N // 2 if b is None else b
   c = covariance_scale(b, N)
-  eps, R = check_eps(eps), check_R(R)
-  d_prime = model_cfg.D**2
+  eps, R = check_eps(eps, eps_zero_ok), check_R(R)
   dtype = batch.X.dtype
-  rtol = check_rtol(rtol) if rtol is not None else max(N, d_prime) * float(jnp.finfo(dtype).eps)
+  rtol = check_rtol(rtol) if rtol is not None else _default_rtol(max(N, model_cfg.D**2), dtype)
   Sigma = jnp.asarray(x_covariance(task_cfg), dtype)
   R = None if R is None else jnp.asarray(R, dtype)
-  return _theorem2(params, batch, Sigma, R, model_cfg, float(task_cfg.noise_std), c, eps, rtol)
+  return N, b, c, eps, R, rtol, Sigma
 
 
-@jax.jit(static_argnums=(4, 5, 6, 7, 8))
-def _theorem2(params, batch, Sigma, R, model_cfg, noise_std, c, eps, rtol) -> Bound:
+def theorem2(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: TaskConfig, *, b: int | None = None,
+             eps: float = 1e-6, R=None, R_params: Params | None = None, rtol: float | None = None) -> Bound:
+  """Theorem 2 of the paper and its subspace version for the implicit learner of `params` (docs/theory.md §6, §10).
+
+  b defaults to N // 2. R: given, else R_unpruned(R_params) when R_params (the unpruned weights) is
+  given, else R_zero. rtol (dim V_t and the singularity of C_t|V_t, relative) defaults to
+  max(N, D²)·ε_mach. eps only enters the floor surrogate.
+  """
+  N, b, c, eps, R, rtol, Sigma = _prepare(batch, model_cfg, task_cfg, b, eps, R, rtol)
+  return _theorem2(params, R_params, batch, Sigma, R, float(task_cfg.noise_std), c, eps, rtol, model_cfg, b == N)
+
+
+@functools.partial(jax.jit, static_argnums=(9, 10))
+def _theorem2(params, R_params, batch, Sigma, R, noise_std, c, eps, rtol, model_cfg, b_is_N) -> Bound:
   N = batch.X.shape[1]
-  d_prime = model_cfg.D**2
   traj = implicit.trajectory(params, batch_tokens(batch), model_cfg)
+  spec = subspace_spectrum(params, traj, rtol)
+  sub, reason = subspace_terms(spec, c, 0.0, N, b_is_N, rtol)
   lamC = c * sample_cov_eigvals(per_demo_gradients(params, traj))
-  sens = sensitive_terms(traj)
-  terms = layer_terms(sens, lamC, d_prime, eps, rtol)
-  w_hat = traj.w_hat[-1]
-  R = estimate_R(w_hat, batch.w, Sigma, noise_std) if R is None else R
-  return Bound(terms, sens, R, _sqrt_bound(R, N, terms.exact), _sqrt_bound(R, N, terms.floor),
-               _sqrt_bound(R, N, terms.range), gap(w_hat, batch, Sigma, noise_std),
+  exact, floor = paper_terms(spec.sensitive, lamC, model_cfg.D**2, eps)
+  Rz = R_zero(batch, Sigma, noise_std)
+  c = jnp.asarray(c, lamC.dtype)
+  if R is None:
+    R = Rz if R_params is None else R_unpruned(R_params, batch, model_cfg, Sigma, noise_std)
+  return Bound(spec, sub, reason, exact, floor, lamC.sum(-1), R, Rz, _sqrt_bound(R, N, sub),
+               _sqrt_bound(R, N, exact), _sqrt_bound(R, N, floor), gap(traj.w_hat[-1], batch, Sigma, noise_std),
                zero_predictor_loss(batch.w, Sigma, noise_std), c)
 
 
-def sweep_metrics(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: TaskConfig, *, b: int | None = None,
-                  eps: float = 1e-6, R=None) -> dict[str, jax.Array]:
-  """Scalar bound metrics (means over the batch's tasks) for one parameter set; jittable, vmappable.
+@functools.partial(jax.jit, static_argnums=2)
+def _full_spectrum(params, batch, model_cfg):
+  traj = implicit.trajectory(params, batch_tokens(batch), model_cfg)
+  return sample_cov_eigvals(per_demo_gradients(params, traj))
 
-  b defaults to N // 2 (half the pool: C_t is then S_t/(N − 1)·1). Keys:
-  bound_exact/floor/range (Theorem 2's total, three versions), bound_sensitive
-  (E Σ_t ‖ΔW_t‖²‖I + W_{t−1}‖²), trC (E Σ_t tr C_t), rank_C (E mean_t rank C_t), gap, R,
-  trivial (vacuity scale), R2_over_N, flags as 0/1 floats: {exact,floor,range}_nonfinite,
-  {floor,range}_vacuous (bound ≥ trivial), b_is_N.
+
+def sensitivity(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: TaskConfig, *, bs, epss,
+                R=None, R_params: Params | None = None, rtol: float | None = None) -> dict[str, np.ndarray]:
+  """The bounds over a grid of b (shots) and ε (noise floor): arrays [len(bs), len(epss)].
+
+  bound_subspace: the theorem inside V_t for the learner with noise C_t + ε·P_{V_t} (ε = 0: the ICL
+  learner's own C_t; +inf where C_t|V_t is singular). floor_surrogate: C_t + εI over all D² entries
+  (not a bound for the ICL learner; ε must be > 0). The spectra are computed once for the grid.
+  """
+  bs, epss = list(bs), list(epss)
+  if not bs or not epss:
+    raise ValueError("bs and epss must be non-empty sequences")
+  N = batch.X.shape[1]
+  for b in bs:
+    check_b(b, N)
+  for e in epss:
+    check_eps(e, allow_zero=True)
+  base = theorem2(params, batch, model_cfg, task_cfg, b=bs[0], R=R, R_params=R_params, rtol=rtol)
+  rtol = rtol if rtol is not None else _default_rtol(max(N, model_cfg.D**2), batch.X.dtype)
+  lamS_full = _full_spectrum(params, batch, model_cfg)
+  cs = jnp.asarray([covariance_scale(b, N) for b in bs], lamS_full.dtype)
+  es = jnp.asarray(epss, lamS_full.dtype)
+  is_N = jnp.asarray([b == N for b in bs])
+  sub, floor = _grid(base.spectrum, lamS_full, base.R, cs, es, is_N, rtol, N, model_cfg.D**2)
+  floor = np.where(np.asarray(es)[None] > 0, np.asarray(floor), np.nan)
+  return {"b": np.asarray(bs), "eps": np.asarray(epss, float), "bound_subspace": np.asarray(sub),
+          "floor_surrogate": floor, "R": float(base.R)}
+
+
+@functools.partial(jax.jit, static_argnums=(7, 8))
+def _grid(spec, lamS_full, R, cs, es, is_N, rtol, N, d_prime):
+  def point(c, e, b_is_N):
+    sub = _sqrt_bound(R, N, subspace_terms(spec, c, e, N, b_is_N, rtol)[0])
+    floor = _sqrt_bound(R, N, paper_terms(spec.sensitive, c * lamS_full, d_prime, jnp.maximum(e, 1e-300))[1])
+    return sub, floor
+  over_eps = jax.vmap(point, in_axes=(None, 0, None))
+  return jax.vmap(over_eps, in_axes=(0, None, 0))(cs, es, is_N)
+
+
+def sweep_metrics(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: TaskConfig, *, b: int | None = None,
+                  eps: float = 1e-6, R=None, R_params: Params | None = None, rtol: float | None = None,
+                  clip_M: float | None = None, cmi_seed: int | None = 0, cmi_tasks: int = 128, cmi_coins: int = 8,
+                  cmi_levels: int = 16) -> dict[str, jax.Array]:
+  """Scalar bound metrics (means over tasks) for one parameter set; jittable, vmappable over params.
+
+  b defaults to N // 2; R to R_zero (or R_unpruned when R_params, the unpruned weights, is given):
+  fixed across configurations. clip_M defaults to `default_clip_M(task_cfg)`. The CMI estimate draws
+  its own cmi_tasks supersampled tasks from task_cfg with key(cmi_seed), the same for every
+  configuration (cmi_seed=None drops the cmi_* columns). Keys:
+    bound_subspace     theorem, sqrt((R²/N) Σ_t E term_t) inside V_t (+inf: see subspace_inf_*)
+    bound_subspace_clipped   the same at R = M/2: a theorem for the clipped loss min(ℓ, M)
+    subspace_sum       Σ_t E term_t (R-free)
+    subspace_nonfinite, subspace_inf_frac, subspace_inf_reason (max REASONS code over layers, tasks)
+    dimV, dimV_max     mean and max of dim V_t over layers and tasks; subspace_residual (max)
+    subspace_vacuous   bound_subspace ≥ trivial
+    cmi_bound, cmi_mi, cmi_mi_bias, cmi_gap_clipped(_se), cmi_gap(_se), cmi_clipped_frac, cmi_cap,
+    cmi_vacuous        see `supersample_cmi` (the bound holds for the clipped loss's gap)
+    paper_as_written   +inf (C_t singular), floor_surrogate (NOT a bound: C_t + εI, a noisier learner)
+    bound_sensitive (E Σ_t ‖ΔW_t‖²‖I + W_{t−1}‖²), trC (E Σ_t tr C_t), gap (measured, this batch),
+    R (used), R_zero, R_unpruned (only with R_params), R2_over_N, clip_M, trivial, b_is_N, c.
+  Flags are 0/1 floats.
   """
   N = batch.X.shape[1]
   b = N // 2 if b is None else b
-  bd = theorem2(params, batch, model_cfg, task_cfg, b=b, eps=eps, R=R)
-  f = lambda x: x.astype(bd.R.dtype)
+  M = default_clip_M(task_cfg) if clip_M is None else check_M(clip_M)
+  if cmi_seed is not None:  # cheap checks before the heavy work
+    check_positive_int("cmi_seed", cmi_seed, 0), check_positive_int("cmi_tasks", cmi_tasks, 2)
+    check_positive_int("cmi_coins", cmi_coins), check_positive_int("cmi_levels", cmi_levels)
+  bd = theorem2(params, batch, model_cfg, task_cfg, b=b, eps=eps, R=R, R_params=R_params, rtol=rtol)
+  dt = bd.R.dtype
+  f = lambda x: jnp.asarray(x, dt)
+  s_sum = jnp.sum(jnp.mean(bd.subspace_terms, 1), 0)
   out = {
-      "bound_exact": bd.bound_exact, "bound_floor": bd.bound_floor, "bound_range": bd.bound_range,
-      "bound_sensitive": jnp.mean(jnp.sum(bd.sensitive, 0)), "trC": jnp.mean(jnp.sum(bd.terms.trC, 0)),
-      "rank_C": jnp.mean(f(bd.terms.rank)), "gap": jnp.mean(bd.gap), "R": bd.R, "trivial": bd.trivial,
-      "R2_over_N": bd.R**2 / N,
-      "b_is_N": jnp.asarray(float(b == N), bd.R.dtype),
+      "bound_subspace": bd.bound_subspace, "bound_subspace_clipped": _sqrt_bound(f(M / 2), N, bd.subspace_terms),
+      "subspace_sum": s_sum, "subspace_nonfinite": f(~jnp.isfinite(bd.bound_subspace)),
+      "subspace_inf_frac": jnp.mean(f(~jnp.isfinite(bd.subspace_terms))),
+      "subspace_inf_reason": f(jnp.max(bd.reason)), "dimV": jnp.mean(f(bd.spectrum.dimV)),
+      "dimV_max": f(jnp.max(bd.spectrum.dimV)), "subspace_residual": jnp.max(bd.spectrum.residual),
+      "subspace_vacuous": f(bd.bound_subspace >= bd.trivial),
+      "paper_as_written": bd.paper_as_written, "floor_surrogate": bd.floor_surrogate,
+      "bound_sensitive": jnp.mean(jnp.sum(bd.spectrum.sensitive, 0)), "trC": jnp.mean(jnp.sum(bd.trC, 0)),
+      "gap": jnp.mean(bd.gap), "R": bd.R, "R_zero": bd.R_zero, "R2_over_N": bd.R**2 / N, "clip_M": f(M),
+      "trivial": bd.trivial, "b_is_N": f(float(b == N)), "c": f(bd.c),
   }
-  for name in ("exact", "floor", "range"):
-    out[f"{name}_nonfinite"] = f(~jnp.isfinite(out[f"bound_{name}"]))
-  for name in ("floor", "range"):
-    v = out[f"bound_{name}"]
-    out[f"{name}_vacuous"] = f(jnp.isfinite(v) & (v >= bd.trivial))
+  if R_params is not None:
+    Sigma = jnp.asarray(x_covariance(task_cfg), dt)
+    out["R_unpruned"] = R_unpruned(R_params, batch, model_cfg, Sigma, float(task_cfg.noise_std))
+  if cmi_seed is not None:
+    cfg_N = dataclasses.replace(task_cfg, n_context=N)
+    cm = supersample_cmi(jax.random.key(int(cmi_seed)),
+                         implicit_learner(params, model_cfg), cfg_N, clip_M=M, n_tasks=cmi_tasks,
+                         n_coins=cmi_coins, levels=cmi_levels, dtype=batch.X.dtype)
+    out.update({"cmi_bound": cm.bound, "cmi_mi": cm.mi, "cmi_mi_bias": cm.mi_bias, "cmi_gap_clipped": cm.gap_clipped,
+                "cmi_gap_clipped_se": cm.gap_clipped_se, "cmi_gap": cm.gap, "cmi_gap_se": cm.gap_se,
+                "cmi_clipped_frac": cm.clipped_frac, "cmi_cap": f(cm.cap), "cmi_vacuous": f(cm.bound >= bd.trivial)})
   return out
 
 

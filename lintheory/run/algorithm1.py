@@ -7,8 +7,9 @@ validation set (ties to the smaller ξ). Our extension picks the best (layer, mo
 
 Candidates are kept ranks: every ξ keeps r = ⌊D(1 − ξ)⌋ of a D×D matrix, and a larger rank
 always means a smaller ξ, so "paper rates plus all ranks" is the rank set {0, …, D} with ties
-broken towards the larger rank (the smaller ξ). The evaluation is vectorised: one jitted
-call per block of configurations, vmapped over configurations and seeds, SVD once per matrix.
+broken towards the larger rank (the smaller ξ). The evaluation is the sweep's (sweep.task_errors):
+one jitted call per block of configurations, SVD once per matrix, the unpruned model's state at
+the pruned layer shared by every configuration of that layer, the last layer for the query only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from lintheory.core import prune, tasks
 from lintheory.run import sweep
-from lintheory.core.model import ModelConfig, Params, block, predict
+from lintheory.core.model import ModelConfig, Params
 
 
 def module_kappa(params: Params, module: str) -> np.ndarray:
@@ -101,44 +102,18 @@ def all_configs(params: Params, modules: Sequence[str]) -> Configs:
   return Configs(np.asarray(layer), module, np.asarray(rank), keep)
 
 
-def _final_prediction(params: Params, Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """ŷ without keeping every layer's states (memory: many configurations at once)."""
-  Z, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg), None), Z_BTD, params)
-  return predict(Z)
-
-
-def make_eval(model_cfg: ModelConfig, d: int):
-  """jit(vmap seeds(vmap configs)) → normalised squared error per task [S, C, B]."""
-  def one(params, svd, keep, Z, y_q):
-    y_hat = _final_prediction(sweep.masked_params(params, svd, keep), Z, model_cfg)
-    return tasks.normalised_error((y_hat - y_q) ** 2, d)
-
-  per_seed = jax.vmap(one, in_axes=(None, None, 0, None, None))
-  return jax.jit(jax.vmap(per_seed, in_axes=(0, 0, None, 0, 0)))
-
-
 def config_errors(params_S: Params, model_cfg: ModelConfig, configs: Configs, batch_S: tasks.Batch,
                   block_size: int = 32) -> np.ndarray:
-  """Per-task normalised errors of every configuration → [S, C, B] (float64 numpy)."""
-  names = sorted(configs.keep)
-  svd = sweep.svd_of(params_S, names)
-  fn = make_eval(model_cfg, model_cfg.d)
-  Z = jax.vmap(tasks.batch_tokens)(batch_S)
-  C = len(configs.layer)
-  out = []
-  for start in range(0, C, block_size):
-    idx = np.arange(start, start + block_size).clip(max=C - 1)  # pad the last block: one compilation
-    keep = {n: jnp.asarray(configs.keep[n][idx]) for n in names}
-    out.append(np.asarray(fn(params_S, svd, keep, Z, batch_S.y_q), np.float64)[:, : min(block_size, C - start)])
-  return np.concatenate(out, axis=1)
+  """Per-task normalised errors of every configuration → [S, C, B] (float64 numpy), by the sweep's
+  evaluation (sweep.task_errors: the base model's state at the pruned layer is shared)."""
+  return sweep.task_errors(params_S, model_cfg, configs.keep, batch_S, block_size=block_size)
 
 
 def stacked_batches(task_cfg: tasks.TaskConfig, seeds, n_tasks: int, key_seed: int, n_context: int | None = None,
                     dtype=jnp.float32) -> tasks.Batch:
   """One task set per model seed, stacked [S, ...]; key_seed separates validation from test."""
-  bs = [tasks.sample(jax.random.fold_in(jax.random.key(key_seed), s), task_cfg, n_tasks, n_context, dtype)
-        for s in seeds]
-  return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *bs)
+  keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(key_seed), s))(jnp.asarray(seeds, jnp.uint32))
+  return sweep.sample_stacked(keys, task_cfg, n_tasks, n_context, dtype)
 
 
 class Choice(NamedTuple):

@@ -1,12 +1,16 @@
 """Vectorised, resumable pruning sweeps: layers × modules × rates (or ranks) × seeds.
 
 Every matrix is decomposed once (exact SVD); a configuration is a kept rank per matrix and layer,
-and truncation is a mask on the singular values (docs/theory.md §7), so one jitted function,
-vmapped over configurations and seeds, evaluates a whole block. Unpruned matrices are passed
-through bit-exact (`jnp.where`), configurations that keep the same ranks (e.g. every ξ that
-leaves rank 0 of an 11×11 matrix) are evaluated once, and the held-out forward pass of a model
-pruned at layer k starts from the unpruned model's states at layer k (the layers before are
-unchanged), so a sweep does about half the work of pruning-then-evaluating each configuration.
+and truncation is a mask on the singular values (docs/theory.md §7). Unpruned matrices are passed
+through bit-exact (`jnp.where`), and configurations that keep the same ranks (e.g. every ξ that
+leaves rank 0 of an 11×11 matrix) are evaluated once.
+Work is shared across configurations: the unpruned model's inputs to each layer are computed once
+per seed (`base_of`), a configuration pruned at layer k starts from them at layer k, runs layers
+k … L−2, and the last layer only for the query's y-slot. For linear attention without an MLP the
+state is not the tokens but the demonstrations' Gram matrix C and the query row z (a layer maps
+Z ↦ Z(I + E) with E = ΔW_tᵀ, so C ↦ (I + E)ᵀ C (I + E)), and the trajectory before layer k is the
+base model's. One jitted function (fixed block shape, the last block padded) maps over the
+configurations of a block, ordered by pruned layer; results equal prune-then-forward to round-off.
 
 Per configuration × seed (one CSV row): the ICL error on held-out tasks (normalised squared
 error, docs/theory.md §1: mean, standard error, median), for every layer t (from 0, like `layer`;
@@ -37,7 +41,7 @@ import numpy as np
 
 from lintheory.core import implicit, prune, tasks
 from lintheory.run import io
-from lintheory.core.model import ModelConfig, Params, block, forward, predict
+from lintheory.core.model import ModelConfig, Params, block, forward, heads
 from lintheory.core.tasks import TaskConfig
 
 
@@ -142,41 +146,150 @@ def masked_params(params: Params, svd: dict, keep: dict) -> Params:
   return out
 
 
-def forward_from(p: Params, states0: jax.Array, k: jax.Array, model_cfg: ModelConfig) -> jax.Array:
-  """ŷ of params p that equal the base model's in layers < k, reusing the base states0 [L+1, B, T, D].
+def layer_of(p: Params, j: jax.Array) -> dict:
+  """Layer j's matrices of a parameter dict (j may be traced)."""
+  return {name: jax.lax.dynamic_index_in_dim(W, j, keepdims=False) for name, W in p.items()}
 
-  Layers before k are skipped (lax.cond: computed only when not vmapped); from k on the forward
-  pass runs as in model.forward.
+
+def query_prediction(p_t: dict, Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """ŷ [B] after the last layer p_t from its input Z_BTD, computing only the query's token (the query
+  attends to the demonstrations' keys and values; nothing reads the other tokens' outputs)."""
+  N = Z_BTD.shape[1] - 1
+  Zs, z_q = Z_BTD[:, :N], Z_BTD[:, -1]
+  W_Q, W_K, W_V = heads(p_t["W_Q"]), heads(p_t["W_K"]), heads(p_t["W_V"])
+  q = jnp.einsum("bd,hed->bhe", z_q, W_Q)
+  K = jnp.einsum("bnd,hed->bhne", Zs, W_K)
+  V = jnp.einsum("bnd,hed->bhne", Zs, W_V)
+  if cfg.attention == "linear":
+    out = jnp.einsum("bhe,bhef->bf", q, jnp.einsum("bhne,bhnf->bhef", K, V)) / N
+  else:
+    out = jnp.einsum("bhn,bhnf->bf", jax.nn.softmax(jnp.einsum("bhe,bhne->bhn", q, K), axis=-1), V)
+  if "W_O" in p_t:
+    out = out @ p_t["W_O"].T
+  h = z_q + out
+  if cfg.mlp is not None:
+    hidden = h @ p_t["W_1"].T
+    hidden = jax.nn.relu(hidden) if cfg.mlp == "relu" else hidden
+    h = h + hidden @ p_t["W_2"].T
+  return -h[:, -1]
+
+
+def value_out(p_t: dict) -> tuple[jax.Array, jax.Array]:
+  """Per head A = W_Qᵀ W_K and B = W_Vᵀ W_Oᵀ [H, D, D]: linear attention maps a token row h to
+  h (I + Σ_h A C B / N) with C = Σ_i h_i h_iᵀ over the demonstrations (docs/theory.md §4)."""
+  W_Q, W_K, W_V = heads(p_t["W_Q"]), heads(p_t["W_K"]), heads(p_t["W_V"])
+  A = jnp.einsum("hed,heg->hdg", W_Q, W_K)
+  B = jnp.swapaxes(W_V, -1, -2) if "W_O" not in p_t else jnp.einsum("hfd,ef->hde", W_V, p_t["W_O"])
+  return A, B
+
+
+def linear_E(p_t: dict, C_BDD: jax.Array, N: int) -> jax.Array:
+  """E = Σ_h A C B / N [B, D, D]: a linear-attention layer maps tokens Z ↦ Z (I + E), and E = ΔW_tᵀ."""
+  A, B = value_out(p_t)
+  return jnp.einsum("bhdf,hfg->bdg", jnp.einsum("hde,bef->bhdf", A, C_BDD), B) / N
+
+
+def base_of(p: Params, Z_BTD: jax.Array, cfg: ModelConfig, analysis: bool = False) -> dict:
+  """What configurations pruned from layer k on share: the unpruned model's inputs to each layer.
+
+  Linear attention without MLP: the demonstrations' Gram matrices C [L, B, D, D] and the query rows
+  z [L, B, D] carry everything (Z ↦ Z P gives C ↦ Pᵀ C P, z ↦ z P); otherwise the token states
+  Z [L, B, T, D]. With analysis, also the base trajectory dW, G, W [L, B, D, D] (docs/theory.md §5).
   """
-  def step(Z, j_p):
-    j, p_j = j_p
-    Z = jax.lax.cond(j < k, lambda: states0[j + 1], lambda: block(p_j, Z, model_cfg))
-    return Z, None
+  _, states = forward(p, Z_BTD, cfg)
+  states, N = states[:-1], Z_BTD.shape[1] - 1
+  if cfg.is_linear:
+    out = {"C": jnp.einsum("lbnd,lbne->lbde", states[:, :, :N], states[:, :, :N]), "z": states[:, :, -1]}
+  else:
+    out = {"Z": states}
+  if analysis:
+    traj = implicit.trajectory(p, Z_BTD, cfg)
+    out.update(dW=traj.delta_W, G=traj.G, W=traj.W_traj)
+  return out
 
-  Z_L, _ = jax.lax.scan(step, states0[0], (jnp.arange(states0.shape[0] - 1), p))
-  return predict(Z_L)
+
+def _at(a: jax.Array, j: jax.Array) -> jax.Array:
+  return jax.lax.dynamic_index_in_dim(a, j, keepdims=False)
 
 
-def first_pruned_layer(keep: dict, svd: dict) -> jax.Array:
-  """The first layer any matrix is truncated in (L when none is)."""
-  pruned = jnp.any(jnp.stack([keep[n] < s.shape[-1] for n, (_, s, _) in svd.items()]), axis=0)  # [L]
-  return jnp.where(jnp.any(pruned), jnp.argmax(pruned), pruned.shape[0])
+def predict_from(p: Params, base: dict, k: jax.Array, cfg: ModelConfig, N: int) -> jax.Array:
+  """ŷ [B] of params p that equal the base model's in layers < k, from base_of's shared inputs.
+
+  Layers k … L−2 run in full, the last one only for the query's y-slot. k = L − 1 for the
+  unpruned model. Equals model.forward of p to round-off.
+  """
+  if not cfg.is_linear:
+    L = base["Z"].shape[0]
+    Z = jax.lax.fori_loop(k, L - 1, lambda j, Z: block(layer_of(p, j), Z, cfg), _at(base["Z"], k))
+    return query_prediction(layer_of(p, L - 1), Z, cfg)
+  L, D = base["C"].shape[0], cfg.D
+  eye = jnp.eye(D, dtype=base["C"].dtype)
+
+  def step(j, Cz):
+    C, z = Cz
+    P = eye + linear_E(layer_of(p, j), C, N)
+    return jnp.einsum("bdi,bde,bej->bij", P, C, P), jnp.einsum("bd,bde->be", z, P)
+
+  C, z = jax.lax.fori_loop(k, L - 1, step, (_at(base["C"], k), _at(base["z"], k)))
+  A, B = value_out(layer_of(p, L - 1))
+  u = jnp.einsum("bef,hf->bhe", C, B[:, :, -1])  # C times the y-column of B, per head
+  return -(z[:, -1] + jnp.einsum("bd,hde,bhe->b", z, A, u) / N)
+
+
+def trajectory_from(p: Params, base: dict, k: jax.Array, cfg: ModelConfig, N: int):
+  """(ΔW_t, G_t, ŵ_t) for every layer (docs/theory.md §5), as implicit.trajectory: the base
+  model's for t < k (bit-exact), recomputed from layer k on."""
+  D = cfg.D
+  eye = jnp.eye(D, dtype=base["dW"].dtype)
+  L = base["dW"].shape[0]
+  if not cfg.is_linear:
+    step = lambda j, S: S.at[j + 1].set(block(layer_of(p, j), S[j], cfg))
+    S = jax.lax.fori_loop(k, L - 1, step, base["Z"])
+    lp = {"W_Q": jax.vmap(heads)(p["W_Q"]), "W_K": jax.vmap(heads)(p["W_K"]), "W_V": implicit.value_maps(p)}
+    dW = jax.vmap(implicit.delta_W)(lp, S[:, :, :N])
+
+    def recur(W_prev, dW_t):
+      G_t = dW_t @ (eye + W_prev)
+      return W_prev + G_t, (G_t, W_prev + G_t)
+
+    _, (G, W_traj) = jax.lax.scan(recur, jnp.zeros_like(dW[0]), dW)
+    return dW, G, -W_traj[..., D - 1, : D - 1]
+
+  def step(j, carry):
+    C, W_prev, dW, G, W = carry
+    E = linear_E(layer_of(p, j), C, N)
+    dW_j = jnp.swapaxes(E, -1, -2)
+    G_j = dW_j @ (eye + W_prev)
+    P = eye + E
+    C = jnp.einsum("bdi,bde,bej->bij", P, C, P)
+    return C, W_prev + G_j, dW.at[j].set(dW_j), G.at[j].set(G_j), W.at[j].set(W_prev + G_j)
+
+  W_prev = jnp.where(k > 0, _at(base["W"], jnp.maximum(k - 1, 0)), 0)
+  init = (_at(base["C"], k), W_prev, base["dW"], base["G"], base["W"])
+  _, _, dW, G, W = jax.lax.fori_loop(k, L, step, init)
+  return dW, G, -W[..., D - 1, : D - 1]
+
+
+def first_pruned_layer(keep: dict, full: dict, n_layers: int) -> int:
+  """The first layer any matrix keeps less than its full rank in; L − 1 when none does."""
+  pruned = [l for l in range(n_layers) if any(keep[n][l] < full[n] for n in keep)]
+  return pruned[0] if pruned else n_layers - 1
 
 
 def _metrics(p: Params, eval_b: tasks.Batch, ana_b: tasks.Batch, model_cfg: ModelConfig,
-             task_cfg: TaskConfig, with_bounds: bool, shared=None) -> dict:
-  """shared = (states0, k): reuse the base model's eval states before layer k (same ŷ)."""
-  if shared is None:
-    y_hat, _ = forward(p, tasks.batch_tokens(eval_b), model_cfg)
-  else:
-    y_hat = forward_from(p, shared[0], shared[1], model_cfg)
-  err = tasks.normalised_error((y_hat - eval_b.y_q) ** 2, task_cfg.d)
-  B = err.shape[0]
+             task_cfg: TaskConfig, with_bounds: bool) -> dict:
+  """The plain evaluation: prune-then-forward on every task (the loop's, and the reference)."""
+  y_hat, _ = forward(p, tasks.batch_tokens(eval_b), model_cfg)
   traj = implicit.trajectory(p, tasks.batch_tokens(ana_b), model_cfg)
+  return _summary(p, tasks.normalised_error((y_hat - eval_b.y_q) ** 2, task_cfg.d),
+                  (traj.delta_W, traj.G, traj.w_hat), ana_b, model_cfg, task_cfg, with_bounds)
+
+
+def _summary(p, err_B, traj, ana_b, model_cfg, task_cfg, with_bounds) -> dict:
+  dW, G, w_hat = traj
   fro = lambda A: jnp.mean(jnp.sqrt(jnp.sum(A**2, (-2, -1))), axis=1)
-  out = {"icl_error": jnp.mean(err), "icl_error_se": jnp.std(err, ddof=1) / math.sqrt(B),
-         "icl_error_median": jnp.median(err), "dW_norm": fro(traj.delta_W), "G_norm": fro(traj.G),
-         "w_hat": traj.w_hat}
+  out = {"icl_error": jnp.mean(err_B), "icl_error_se": jnp.std(err_B, ddof=1) / math.sqrt(err_B.shape[0]),
+         "icl_error_median": jnp.median(err_B), "dW_norm": fro(dW), "G_norm": fro(G), "w_hat": w_hat}
   if with_bounds:
     from lintheory.core import bounds
     out.update({f"bd_{k}": v for k, v in bounds.sweep_metrics(p, ana_b, model_cfg, task_cfg).items()})
@@ -193,46 +306,109 @@ def _compare(m: dict, w_hat0: jax.Array) -> dict:
   return m
 
 
-def lanes_for(cfg: SweepConfig) -> int:
-  if cfg.lanes:
-    return cfg.lanes
-  return 1 if jax.default_backend() == "cpu" else cfg.block
+def lanes_for(lanes: int, block_size: int) -> int:
+  """Configurations vmapped together: 1 on CPU (a sequential lax.map is fastest there: the tiny
+  per-task matmuls do not batch, and each configuration runs only its own layers), the block elsewhere."""
+  if lanes:
+    return lanes
+  return 1 if jax.default_backend() == "cpu" else block_size
+
+
+def _over_configs(f, xs, lanes: int):
+  return jax.lax.map(f, xs, batch_size=lanes if lanes > 1 else None)
 
 
 @functools.lru_cache(maxsize=16)  # a second sweep of the same shapes in one process does not recompile
 def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: bool, lanes: int) -> Callable:
   """jit(vmap over seeds of a map over configurations, `lanes` of them vmapped at a time).
 
-  Lane 0 must be the unpruned pattern; the block length must be a multiple of lanes.
+  Arguments: params, svd (seed axis), keeps (name → [C, L]), k_C (first pruned layer), base_of the
+  held-out tasks, their y_q, base_of the analysis tasks (with analysis=True), the analysis tasks.
+  Configuration 0 must be the unpruned one: it is the reference of ŵ_t.
   """
-  def one(params, svd, keep, eval_b, ana_b, states0):
-    shared = (states0, first_pruned_layer(keep, svd))
-    return _metrics(masked_params(params, svd, keep), eval_b, ana_b, model_cfg, task_cfg, with_bounds, shared)
+  N = task_cfg.n_context
 
-  def block_fn(params, svd, keeps, eval_b, ana_b):
-    _, states0 = forward(params, tasks.batch_tokens(eval_b), model_cfg)  # once per seed
-    m = jax.lax.map(lambda keep: one(params, svd, keep, eval_b, ana_b, states0), keeps,
-                    batch_size=lanes if lanes > 1 else None)
-    # The reference is lane 0 of the same program, so layers before the pruned one compare
-    # bit-exactly (the same inputs through the same compiled ops).
+  def one(params, svd, keep, k, eval_base, y_q, ana_base, ana_b):
+    p = masked_params(params, svd, keep)
+    err = tasks.normalised_error((predict_from(p, eval_base, k, model_cfg, N) - y_q) ** 2, task_cfg.d)
+    traj = trajectory_from(p, ana_base, k, model_cfg, N)
+    return _summary(p, err, traj, ana_b, model_cfg, task_cfg, with_bounds)
+
+  def block_fn(params, svd, keeps, k_C, eval_base, y_q, ana_base, ana_b):
+    m = _over_configs(lambda kk: one(params, svd, kk[0], kk[1], eval_base, y_q, ana_base, ana_b),
+                      (keeps, k_C), lanes)
+    # The reference is configuration 0 of the same program, so layers before the pruned one
+    # compare bit-exactly (the same inputs through the same compiled ops).
     return jax.vmap(_compare, in_axes=(0, None))(m, m["w_hat"][0])
 
-  return jax.jit(jax.vmap(block_fn, in_axes=(0, 0, None, 0, 0)))
+  return jax.jit(jax.vmap(block_fn, in_axes=(0, 0, None, None, 0, 0, 0, 0)))
+
+
+@functools.lru_cache(maxsize=16)
+def _errors_fn(model_cfg: ModelConfig, lanes: int, N: int) -> Callable:
+  def per_seed(params, svd, keeps, k_C, base, y_q):
+    def one(kk):
+      y_hat = predict_from(masked_params(params, svd, kk[0]), base, kk[1], model_cfg, N)
+      return tasks.normalised_error((y_hat - y_q) ** 2, model_cfg.d)
+    return _over_configs(one, (keeps, k_C), lanes)
+  return jax.jit(jax.vmap(per_seed, in_axes=(0, 0, None, None, 0, 0)))
+
+
+@functools.lru_cache(maxsize=16)
+def _base_fn(model_cfg: ModelConfig, analysis: bool) -> Callable:
+  return jax.jit(jax.vmap(lambda p, b: base_of(p, tasks.batch_tokens(b), model_cfg, analysis)))
+
+
+def base_states(params_S: Params, batch_S: tasks.Batch, model_cfg: ModelConfig, analysis: bool = False) -> dict:
+  """base_of for every seed's model and tasks, stacked [S, ...] (computed once per sweep)."""
+  return _base_fn(model_cfg, analysis)(params_S, batch_S)
+
+
+def task_errors(params_S: Params, model_cfg: ModelConfig, keeps: dict, batch_S: tasks.Batch,
+                block_size: int = 32, lanes: int = 0) -> np.ndarray:
+  """Per-task normalised squared errors of C configurations → [S, C, B] (float64 numpy).
+
+  keeps: name → int [C, L], the kept rank of every matrix in every layer (a full rank keeps the
+  matrix bit-exact). Each configuration reuses the base model's state at its first pruned layer.
+  """
+  names = sorted(keeps)
+  p0 = jax.tree_util.tree_map(lambda a: a[0], params_S)
+  full, L = full_ranks(p0), p0["W_Q"].shape[0]
+  keeps = {n: np.asarray(keeps[n], np.int32) for n in names}
+  C = keeps[names[0]].shape[0]
+  k_C = np.asarray([first_pruned_layer({n: keeps[n][c] for n in names}, full, L) for c in range(C)], np.int32)
+  svd = svd_of(params_S, names)
+  base = base_states(params_S, batch_S, model_cfg)
+  fn = _errors_fn(model_cfg, lanes_for(lanes, block_size), batch_S.X.shape[-2])
+  out = []
+  for start in range(0, C, block_size):
+    idx = np.arange(start, start + block_size).clip(max=C - 1)  # pad the last block: one compilation
+    kp = {n: jnp.asarray(keeps[n][idx]) for n in names}
+    e = fn(params_S, svd, kp, jnp.asarray(k_C[idx]), base, batch_S.y_q)
+    out.append(np.asarray(e, np.float64)[:, : min(block_size, C - start)])
+  return np.concatenate(out, axis=1)
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)  # one compilation per task setting and shape, none per call
+def _sampler(task_cfg: TaskConfig, n_tasks: int, n_context: int | None, dtype) -> Callable:
+  return jax.jit(jax.vmap(lambda key: tasks.sample(key, task_cfg, n_tasks, n_context, dtype)))
+
+
+def sample_stacked(keys_S: jax.Array, task_cfg: TaskConfig, n_tasks: int, n_context: int | None = None,
+                   dtype=jnp.float32) -> tasks.Batch:
+  """tasks.sample for each key of keys_S, jitted and stacked [S, ...] (the same draws as eager)."""
+  return _sampler(task_cfg, int(n_tasks), n_context, jnp.dtype(dtype))(keys_S)
 
 
 def batches(task_cfg: TaskConfig, seeds, cfg: SweepConfig, dtype) -> tuple[tasks.Batch, tasks.Batch]:
   """Held-out and analysis tasks per seed, stacked [S, ...] (the same for every configuration)."""
-  fn = _batches_fn(task_cfg, cfg.n_eval, cfg.n_analysis, cfg.eval_seed, jnp.dtype(dtype))
-  return fn(jnp.asarray(seeds, jnp.uint32))
-
-
-@functools.lru_cache(maxsize=16)  # one compilation per task setting, not one per op or per sweep
-def _batches_fn(task_cfg: TaskConfig, n_eval: int, n_analysis: int, eval_seed: int, dtype) -> Callable:
-  def pair(seed):
-    k = jax.random.fold_in(jax.random.key(eval_seed), seed)
-    return (tasks.sample(jax.random.fold_in(k, 0), task_cfg, n_eval, dtype=dtype),
-            tasks.sample(jax.random.fold_in(k, 1), task_cfg, n_analysis, dtype=dtype))
-  return jax.jit(jax.vmap(pair))
+  keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(cfg.eval_seed), s))(jnp.asarray(seeds, jnp.uint32))
+  fold = lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+  return (sample_stacked(fold(0), task_cfg, cfg.n_eval, dtype=dtype),
+          sample_stacked(fold(1), task_cfg, cfg.n_analysis, dtype=dtype))
 
 
 def svd_of(params_S: Params, names) -> dict:
@@ -360,12 +536,16 @@ def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, c
   todo = [c for c in dict.fromkeys(c for k, (_, _, c) in want.items() if k not in done)]
   patterns = {c: keep_pattern(c, p0) for c in confs}
   full = keep_pattern(Config(0, cfg.modules[0], "rank", min(p0["W_Q"].shape[-2:])), p0)
-  unique = list(dict.fromkeys(patterns[c] for c in todo if patterns[c] != full))
+  names = sorted({n for m in cfg.modules for n in prune.module_names(p0, m)})
+  ranks = full_ranks(p0)
+  first = lambda pat: first_pruned_layer({n: ks for n, ks in pat if n in names}, ranks, L)
+  # Ordered by the first pruned layer: a block then shares one base state (and, vmapped, one trip count).
+  unique = sorted(dict.fromkeys(patterns[c] for c in todo if patterns[c] != full), key=first)
   if any(patterns[c] == full for c in todo):
     unique = [full] + unique  # the unpruned model evaluated as a configuration of its own
-  names = sorted({n for m in cfg.modules for n in prune.module_names(p0, m)})
   svd = svd_of(params_S, names)
-  fn = make_block_fn(model_cfg, task_cfg, with_bounds, lanes_for(cfg))
+  fn = make_block_fn(model_cfg, task_cfg, with_bounds, lanes_for(cfg.lanes, cfg.block))
+  eval_base, ana_base = base_states(params_S, eval_b, model_cfg), base_states(params_S, ana_b, model_cfg, True)
   per_block = cfg.block - 1
   n_blocks = math.ceil(len(unique) / per_block) if unique else 0
   results: dict[tuple, dict] = {}
@@ -394,7 +574,8 @@ def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, c
     chunk = unique[b * per_block:(b + 1) * per_block]
     pats = [full] + chunk + [chunk[-1]] * (per_block - len(chunk))  # pad: one compilation
     keeps = {name: jnp.asarray([dict(p)[name] for p in pats], jnp.int32) for name in names}
-    m = jax.device_get(fn(params_S, svd, keeps, eval_b, ana_b))
+    k_C = jnp.asarray([first(p) for p in pats], jnp.int32)
+    m = jax.device_get(fn(params_S, svd, keeps, k_C, eval_base, eval_b.y_q, ana_base, ana_b))
     for j, pat in enumerate(pats[:1 + len(chunk)]):
       results.setdefault(pat, jax.tree_util.tree_map(lambda a: a[:, j], m))
     for c in todo:

@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from lintheory.run import io
+from lintheory.run import compile_cache, io
 from lintheory.run import profiles as run_profiles
 
 FIXED = ("seed", "measure", "value", "n_tasks")
@@ -159,6 +159,7 @@ class Flags:
   seeds: int = 0  # train seeds 0..S-1 instead of the profile's (0 keeps the profile's)
   results: str = "results"  # directory for <study>.csv and <study>.json
   cache_dir: str = "runs/cache"  # trained models and fitted references, shared by the studies
+  compile_cache: str = "runs/jax_cache"  # persistent XLA compilation cache ("" turns it off)
 
 
 def study_module(name: str):
@@ -258,6 +259,8 @@ def parse_flags(name: str, argv: Iterable[str] | None) -> Flags:
 def main(name: str, argv: Iterable[str] | None = None) -> int:
   flags, debug = parse_flags(name, argv)
   try:
+    if flags.compile_cache:
+      compile_cache.enable(flags.compile_cache)
     run_study(name, flags)
   except (ValueError, OSError, RuntimeError) as e:
     if debug:

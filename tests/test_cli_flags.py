@@ -1,0 +1,103 @@
+"""`lintheory train`'s flags come from the configuration dataclasses: one source of defaults and help."""
+
+import argparse
+import dataclasses
+
+import pytest
+
+from lintheory import cli
+from lintheory.core.model import ModelConfig
+from lintheory.core.tasks import TaskConfig
+from lintheory.run.train import TrainConfig
+
+OLD_FLAGS = ["--d", "--n-context", "--layers", "--steps", "--batch-size", "--seed", "--noise-std", "--out",
+             "--resume", "--x-cov-diag", "--dtype", "--lr", "--warmup", "--heads", "--output-proj", "--mlp",
+             "--attention", "--max-skipped"]
+
+
+def train_parser():
+  sub = cli.build_parser()._subparsers._group_actions[0]
+  return sub.choices["train"]
+
+
+def test_every_config_field_is_a_flag_with_its_comment_as_help():
+  options = {o: a for a in train_parser()._actions for o in a.option_strings}
+  seen = set()
+  for cls in (TaskConfig, ModelConfig, TrainConfig):
+    comments = cli.field_comments(cls)
+    for f in dataclasses.fields(cls):
+      if f.name in seen:  # d: one flag for the task and the model, its help from TaskConfig
+        continue
+      seen.add(f.name)
+      action = options[cli.flag_of(f.name)]
+      assert comments[f.name] and action.help.startswith(comments[f.name]), f.name
+      assert f"(default: {f.default})" in action.help
+
+
+def test_todays_flag_names_still_work():
+  options = {o for a in train_parser()._actions for o in a.option_strings}
+  assert set(OLD_FLAGS) <= options
+
+
+def test_defaults_are_the_dataclass_defaults_and_aliases_set_the_same_field():
+  args = train_parser().parse_args(["--out", "x"])
+  cfg = cli.build_configs(args, cli.train_classes())
+  assert (cfg["task"], cfg["model"], cfg["train"]) == (TaskConfig(), ModelConfig(), TrainConfig())
+  for old, new in (["--layers", "--n-layers"], ["--heads", "--n-heads"]):
+    a = cli.build_configs(train_parser().parse_args(["--out", "x", old, "3"]), cli.train_classes())
+    b = cli.build_configs(train_parser().parse_args(["--out", "x", new, "3"]), cli.train_classes())
+    assert a == b and a["model"] != ModelConfig()
+  a = cli.build_configs(train_parser().parse_args(["--out", "x", "--output-proj", "--x-cov-diag", "1", "2",
+                                                   "--d", "2"]), cli.train_classes())
+  assert a["model"].use_W_O and a["task"].x_cov == (1.0, 2.0) and a["model"].d == a["task"].d == 2
+  m = cli.build_configs(train_parser().parse_args(["--out", "x", "--d", "2", "--x-cov", "2", "1", "1", "2"]),
+                        cli.train_classes())
+  assert m["task"].x_cov == ((2.0, 1.0), (1.0, 2.0))  # d·d numbers: a matrix
+
+
+def test_a_new_field_appears_on_the_command_line_by_itself():
+  @dataclasses.dataclass(frozen=True)
+  class Extra:
+    temperature: float = 1.5  # softmax temperature
+    tag: str | None = None  # free-form label
+    fancy: bool = False  # turn the fancy thing on
+
+  p = cli.Parser(prog="t")
+  cli.add_config_flags(p, [Extra])
+  cfg = cli.build_configs(p.parse_args(["--temperature", "2", "--tag", "a", "--fancy"]), {"x": Extra})["x"]
+  assert cfg == Extra(2.0, "a", True)
+  assert cli.build_configs(p.parse_args([]), {"x": Extra})["x"] == Extra()
+  assert "softmax temperature" in p.format_help()
+  with pytest.raises(cli.UsageError, match="--temperature: must be a finite number"):
+    p.parse_args(["--temperature", "nan"])
+
+
+def test_an_unsupported_annotation_is_a_loud_error():
+  @dataclasses.dataclass(frozen=True)
+  class Odd:
+    table: dict = None  # no command-line form
+
+  with pytest.raises(TypeError, match="table"):
+    cli.add_config_flags(argparse.ArgumentParser(), [Odd])
+
+
+def test_a_config_error_names_the_flag(capsys, tmp_path):
+  assert cli.main(["train", "--layers", "0", "--out", str(tmp_path / "r")]) == 2
+  err = capsys.readouterr().err
+  assert err == "lintheory train: error: --n-layers/--layers: n_layers must be an integer >= 1, got 0\n"
+  assert not (tmp_path / "r").exists()
+
+
+def test_debug_shows_the_traceback_and_bugs_are_not_blamed_on_the_user(tmp_path, capsys, monkeypatch):
+  from lintheory.run import rundir
+  with pytest.raises(rundir.RunError, match="no such run directory"):
+    cli.main(["analyze", str(tmp_path / "none"), "--debug"])
+
+  def bug(args):
+    raise TypeError("an internal mistake")
+  monkeypatch.setattr(cli, "cmd_analyze", bug)
+  monkeypatch.setattr(cli, "add_analyze", lambda sub, common: sub.add_parser("analyze", parents=[common])
+                      .set_defaults(func=bug))
+  assert cli.main(["analyze"]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "TypeError: an internal mistake" in err and "--debug" in err
