@@ -189,6 +189,19 @@ def _edit_label(table, p, edit, seed) -> str:
 # --- figures and report -------------------------------------------------------------------------
 
 
+def _sparse_symlog_ticks(axis, lim, linthresh: float = 1e-3, per_side: int = 4) -> None:
+  """At most per_side decades ±10^k on each side of 0 (gains span 20 decades when a layer is removed)."""
+  ticks = [0.0]
+  for sign, edge in ((-1, lim[0]), (1, lim[1])):
+    if sign * edge > linthresh:
+      k_lo, k_hi = int(np.log10(linthresh)), int(np.floor(np.log10(sign * edge)))
+      step = max(1, -(-(k_hi - k_lo + 1) // per_side)) if k_hi - k_lo >= 3 else k_hi - k_lo + 1  # few decades: one
+      ticks += [sign * 10.0**k for k in range(k_hi, k_lo - 1, -step)]
+  axis.set_ticks(sorted(ticks))
+  axis.set_ticklabels(["0" if t == 0 else f"{'−' if t < 0 else ''}10^{int(round(np.log10(abs(t))))}"
+                       for t in sorted(ticks)], fontsize=6)
+
+
 def plot(table: engine.Table, meta: dict, out) -> list:
   plt = figures.pyplot()
   ps = table.unique("p", measure="gain")
@@ -212,6 +225,8 @@ def plot(table: engine.Table, meta: dict, out) -> list:
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.margins(0.15)
+    _sparse_symlog_ticks(ax.xaxis, ax.get_xlim())
+    _sparse_symlog_ticks(ax.yaxis, ax.get_ylim())
     ax.set_xlabel("gain on fresh tasks (in context)")
     ax.set_title(f"p = {p}: every (module, layer, rank), median over seeds", fontsize=7)
   axes[0, 0].set_ylabel("gain on w₀ tasks (in weights)")
