@@ -13,3 +13,26 @@ def _float64():
   from lintheory.core import precision
   with precision.x64():
     yield
+
+
+def batch64(d, N, B=16, seed=0, noise_std=0.0, x_scale=None):
+  """A float64 batch drawn with numpy (no sampler compilation per shape: keeps the tests fast)."""
+  import jax.numpy as jnp
+  import numpy as np
+  from lintheory.core import tasks
+  rng = np.random.default_rng(seed)
+  s = np.ones(d) if x_scale is None else np.sqrt(np.asarray(x_scale))
+  w = rng.standard_normal((B, d))
+  X = rng.standard_normal((B, N, d)) * s
+  x_q = rng.standard_normal((B, d)) * s
+  y = np.einsum("bnd,bd->bn", X, w) + noise_std * rng.standard_normal((B, N))
+  return tasks.Batch(*(jnp.asarray(a) for a in (X, y, x_q, np.einsum("bd,bd->b", x_q, w), w)))
+
+
+def random_params(cfg, seed=0, scale=0.4):
+  """Generic float64 weights of the architecture cfg (every identity must hold for any weights)."""
+  import jax.numpy as jnp
+  import numpy as np
+  from lintheory.core.model import param_shapes
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(scale * rng.standard_normal(s)) for k, s in param_shapes(cfg).items()}

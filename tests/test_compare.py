@@ -8,20 +8,9 @@ from hypothesis import given, settings, strategies as st
 from lintheory.core import learners, tasks
 from lintheory.core import compare
 from lintheory.run import analysis, references as R
-from lintheory.core.model import ModelConfig, forward, param_shapes
+from lintheory.core.model import ModelConfig, forward
 from lintheory.core.tasks import TaskConfig
-
-
-def batch64(d, N, B=16, seed=0):
-  rng = np.random.default_rng(seed)
-  w, X, x_q = rng.standard_normal((B, d)), rng.standard_normal((B, N, d)), rng.standard_normal((B, d))
-  y = np.einsum("bnd,bd->bn", X, w)
-  return tasks.Batch(*(jnp.asarray(a) for a in (X, y, x_q, np.einsum("bd,bd->b", x_q, w), w)))
-
-
-def random_params(cfg, seed=0, scale=0.4):
-  rng = np.random.default_rng(seed)
-  return {k: jnp.asarray(scale * rng.standard_normal(s)) for k, s in param_shapes(cfg).items()}
+from conftest import batch64, random_params
 
 
 @settings(max_examples=30, deadline=None)
@@ -136,32 +125,6 @@ def test_analyze_identity_agrees_with_the_check():
   np.testing.assert_allclose(out["layers"]["identity_max_abs_err"], check.per_layer, rtol=1e-12)
   assert out["identity"]["max_rel_err"] == pytest.approx(check.max_rel, rel=1e-12)
   assert out["identity"]["exact"] is False
-
-
-def test_plot_implicit_gd_draws_four_figures(tmp_path):
-  """The plotter reads the study's layout (two seeds, two depths) and writes PNG + PDF."""
-  from lintheory import plots
-  S, kinds, M = 2, list(R.KINDS), [5, 20, 80]
-  rng = np.random.default_rng(0)
-
-  def run(L, noise):
-    per_layer = lambda: rng.uniform(0.1, 1, (S, L)).tolist()
-    r = {"noise_std": noise, "L": L,
-         "final": {"losses": {k: rng.uniform(0.1, 1, S).tolist() for k in ["model", "ridge", *kinds]},
-                   "median_sq_err": {k: rng.uniform(0.01, 0.1, S).tolist() for k in ["model", "ridge", *kinds]}},
-         "layers": {"delta_W_fro": per_layer(), "G_fro": per_layer(),
-                    "references": {k: {"rel_l2": per_layer()} for k in kinds}}}
-    if noise == 0:
-      r["m_sweep"] = {"M": M, "loss": rng.uniform(0.1, 1, (S, 3)).tolist(),
-                      "gd1_closed_form": [learners.gd1_loss_at(4, 20, m) for m in M], "ridge": [0.1, 0.0, 0.0]}
-    return r
-
-  res = {"d": 4, "N": 20, "kinds": kinds, "labels": R.LABELS, "runs": [run(1, 0.0), run(2, 0.0), run(1, 0.5)]}
-  paths = plots.plot_implicit_gd(res, tmp_path)
-  names = {p.name for p in paths}
-  for stem in ("implicit_gd_loss_vs_L", "implicit_gd_trajectory", "implicit_gd_norms", "implicit_gd_context"):
-    assert {f"{stem}.png", f"{stem}.pdf"} <= names
-  assert all(p.stat().st_size > 1000 for p in paths)
 
 
 def test_effective_steps_read_back_the_construction():

@@ -7,22 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from lintheory import checks
 from lintheory.core import learners, implicit, tasks
-from lintheory.core.model import ModelConfig, layer_predictions, param_shapes
-
-
-def batch64(d, N, B=8, seed=0):
-  """A float64 batch drawn with numpy (no sampler compilation per shape)."""
-  rng = np.random.default_rng(seed)
-  w = rng.standard_normal((B, d))
-  X = rng.standard_normal((B, N, d))
-  x_q = rng.standard_normal((B, d))
-  y = np.einsum("bnd,bd->bn", X, w)
-  return tasks.Batch(*(jnp.asarray(a) for a in (X, y, x_q, np.einsum("bd,bd->b", x_q, w), w)))
-
-
-def random_params(cfg: ModelConfig, seed=0, scale=0.4):
-  rng = np.random.default_rng(seed)
-  return {k: jnp.asarray(scale * rng.standard_normal(s)) for k, s in param_shapes(cfg).items()}
+from lintheory.core.model import ModelConfig, layer_predictions
+from conftest import batch64, random_params
 
 
 # --- Theorem 1 is exact for any weights of the linear-attention model ---------------------------
@@ -41,7 +27,7 @@ def test_theorem1_identity_random_weights(d, N, L, H, W_O, seed):
 
 def test_implicit_predictions_are_the_forward_pass():
   cfg = ModelConfig(d=3, n_layers=3, n_heads=2, use_W_O=True)
-  params, b = random_params(cfg, 1), batch64(3, 5)
+  params, b = random_params(cfg, 1), batch64(3, 5, B=8)
   traj = implicit.trajectory(params, tasks.batch_tokens(b), cfg)
   y_fwd = layer_predictions(traj.states)
   y_imp = implicit.implicit_predictions(traj, b.x_q)
@@ -113,7 +99,7 @@ def test_rank_of_delta_W_is_at_most_N(N):
 
 def test_per_demo_terms_sum_to_delta_W_and_G():
   cfg = ModelConfig(d=3, n_layers=3, n_heads=2, use_W_O=True)
-  params, b = random_params(cfg, 4), batch64(3, 5)
+  params, b = random_params(cfg, 4), batch64(3, 5, B=8)
   traj = implicit.trajectory(params, tasks.batch_tokens(b), cfg)
   g = implicit.per_demo_G(params, traj)
   assert g.shape == (3, 8, 5, 4, 4)

@@ -9,19 +9,7 @@ from hypothesis import given, settings, strategies as st
 from lintheory import checks
 from lintheory.core import learners, model, tasks
 from lintheory.core.tasks import TaskConfig
-
-
-
-def batch64(d, N, B=16, seed=0, noise_std=0.0, x_scale=None):
-  """A float64 batch drawn with numpy (no sampler compilation per shape: keeps the tests fast)."""
-  rng = np.random.default_rng(seed)
-  s = np.ones(d) if x_scale is None else np.sqrt(np.asarray(x_scale))
-  w = rng.standard_normal((B, d))
-  X = rng.standard_normal((B, N, d)) * s
-  x_q = rng.standard_normal((B, d)) * s
-  y = np.einsum("bnd,bd->bn", X, w) + noise_std * rng.standard_normal((B, N))
-  y_q = np.einsum("bd,bd->b", x_q, w)
-  return tasks.Batch(*(jnp.asarray(a) for a in (X, y, x_q, y_q, w)))
+from conftest import batch64
 
 
 # --- the construction equals explicit GD, exactly (§3) --------------------------------------

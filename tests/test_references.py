@@ -9,13 +9,7 @@ from lintheory import checks
 from lintheory.core import learners, tasks
 from lintheory.run import references as R
 from lintheory.core.tasks import TaskConfig
-
-
-def batch64(d, N, B=16, seed=0):
-  rng = np.random.default_rng(seed)
-  w, X, x_q = rng.standard_normal((B, d)), rng.standard_normal((B, N, d)), rng.standard_normal((B, d))
-  y = np.einsum("bnd,bd->bn", X, w)
-  return tasks.Batch(*(jnp.asarray(a) for a in (X, y, x_q, np.einsum("bd,bd->b", x_q, w), w)))
+from conftest import batch64
 
 
 @pytest.mark.parametrize("noise_std", [0.0, 1.0])

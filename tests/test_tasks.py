@@ -135,3 +135,23 @@ def test_full_rank_priors_sample_as_before():
   k_w = jax.random.split(jax.random.key(8), 5)[0]
   z = jax.random.normal(k_w, (4, 2), jnp.float64)
   np.testing.assert_allclose(b.w, z @ np.linalg.cholesky(np.array(cfg.w_cov)).T, rtol=1e-12)
+
+
+def test_scaled_demonstrations_stay_exact_linear_tasks():
+  """Scaling a task's demonstrations keeps y_i − x_iᵀw (the noise) unchanged and the query untouched;
+  frac = 0 changes nothing, frac = 1 scales every task by s ∈ [1, scale]."""
+  import jax
+  import jax.numpy as jnp
+  cfg = TaskConfig(d=3, n_context=5, noise_std=0.3)
+  b = tasks.sample(jax.random.key(0), cfg, 64, dtype=jnp.float64)
+  noise = b.y - jnp.einsum("bnd,bd->bn", b.X, b.w)
+  for frac in (0.0, 0.5, 1.0):
+    t = tasks.scale_demonstrations(jax.random.key(1), b, frac, 1.4)
+    np.testing.assert_allclose(t.y - jnp.einsum("bnd,bd->bn", t.X, t.w), noise, atol=1e-12)
+    assert (t.x_q == b.x_q).all() and (t.y_q == b.y_q).all() and (t.w == b.w).all()
+    s = jnp.linalg.norm(t.X, axis=(1, 2)) / jnp.linalg.norm(b.X, axis=(1, 2))
+    assert bool(jnp.all((s >= 1 - 1e-12) & (s <= 1.4 + 1e-12)))
+    if frac == 0.0:
+      assert bool(jnp.all(s == 1))
+    if frac == 1.0:
+      assert bool(jnp.all(s > 1))

@@ -182,3 +182,18 @@ def batch_tokens(batch: Batch) -> jax.Array:
 def normalised_error(sq_err: jax.Array, d: int) -> jax.Array:
   """Squared error / d, so that the zero predictor scores 1 for Σ = I, w ~ N(0, I) (§1)."""
   return sq_err / d
+
+
+def scale_demonstrations(key: jax.Array, batch: Batch, frac: float, scale: float) -> Batch:
+  """A share `frac` of the tasks get their demonstrations scaled, x_i ← s·x_i with s ~ U[1, scale],
+  labels following (y_i = x_iᵀw + the same noise); queries keep the test distribution.
+
+  Deep linear attention fails on the rare tasks whose demonstrations' covariance has a large top
+  eigenvalue (docs/theory.md §11); training on batches that reach into that tail is what keeps the
+  expected error of deep models finite (the deep_recipes study).
+  """
+  k_pick, k_s = jax.random.split(key)
+  n, dtype = batch.X.shape[0], batch.X.dtype
+  s = jnp.where(jax.random.uniform(k_pick, (n,), dtype) < frac, jax.random.uniform(k_s, (n,), dtype, 1.0, scale), 1.0)
+  return batch._replace(X=batch.X * s[:, None, None],
+                        y=batch.y + (s[:, None] - 1) * jnp.einsum("bnd,bd->bn", batch.X, batch.w))

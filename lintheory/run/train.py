@@ -43,6 +43,8 @@ class TrainConfig:
   max_skipped: int = 0  # consecutive non-finite steps skipped (optax.apply_if_finite) before divergence
   pool_size: int = 0  # 0: fresh tasks every step; P > 0: every step samples its batch from one
   #                     fixed pool of P prompts drawn once from the task distribution (pool key derived from the seed)
+  tail_frac: float = 0.0  # share of each fresh batch whose demonstrations are scaled by s ~ U[1, tail_scale]
+  tail_scale: float = 1.0  # (labels follow, queries unchanged): trains on the tail of the spectrum
 
   def __post_init__(self):
     for name, lo in (("steps", 1), ("batch_size", 1), ("warmup", 0), ("chunk", 1), ("max_skipped", 0),
@@ -60,6 +62,9 @@ class TrainConfig:
       raise ValueError("weight_decay and clip_norm must be >= 0")
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+    if not 0 <= self.tail_frac <= 1 or not (math.isfinite(self.tail_scale) and self.tail_scale >= 1):
+      raise ValueError(f"tail_frac must be in [0, 1] and tail_scale a finite number >= 1, got "
+                       f"{self.tail_frac!r}, {self.tail_scale!r}")
 
 
 class TrainState(NamedTuple):
@@ -128,6 +133,10 @@ def task_pool(key: jax.Array, task_cfg: TaskConfig, train_cfg: TrainConfig) -> t
 
 def draw(key: jax.Array, task_cfg: TaskConfig, train_cfg: TrainConfig, pool: tasks.Batch | None) -> tasks.Batch:
   """One step's batch: fresh tasks, or batch_size prompts drawn with replacement from the pool."""
+  if pool is None and train_cfg.tail_frac > 0:
+    k_b, k_s = jax.random.split(key)
+    b = tasks.sample(k_b, task_cfg, train_cfg.batch_size, dtype=DTYPES[train_cfg.dtype])
+    return tasks.scale_demonstrations(k_s, b, train_cfg.tail_frac, train_cfg.tail_scale)
   if pool is None:
     return tasks.sample(key, task_cfg, train_cfg.batch_size, dtype=DTYPES[train_cfg.dtype])
   idx = jax.random.randint(key, (train_cfg.batch_size,), 0, train_cfg.pool_size)

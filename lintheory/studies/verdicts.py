@@ -18,6 +18,10 @@ CLAIMS = {  # claim id → (the paper's claim, the study that decides it)
                    "paper_protocol"),
     "deep_stable": ("Pruning deep layers is more stable than pruning shallow ones (Remark 5)", "pruning"),
     "theorem2": ("The generalisation bound (Theorem 2) explains the effect of pruning", "prune_bound"),
+    "shots": ("Pruning helps when the prompt has fewer shots than the model was trained on", "mismatch"),
+    "noise": ("Pruning helps under label noise the model was not trained for", "mismatch"),
+    "training_length": ("Pruning helps models trained for fewer steps", "mismatch"),
+    "in_weights": ("Pruning trades in-weights knowledge for in-context learning (LASER's effect)", "in_weights"),
     "positive_control": ("Where pruning can help at all (a low-rank task prior, few training prompts), "
                          "the pipeline detects it", "positive_control"),
 }

@@ -1,0 +1,548 @@
+"""Training deep models: which recipe gives L ≥ 3 linear attention a finite, GD++-like expected error.
+
+Deep linear attention is a polynomial of degree 3^L in its inputs, so a model whose median task is
+fine can still have an enormous mean: a few tasks in 10⁴ blow up. For each depth L and candidate
+recipe (precision, warm-up, clipping, learning rate, and a tail-aware one that trains on
+demonstrations whose covariance spectrum reaches the tail), per seed: the exact per-task population
+error on ≥ 10⁵ fresh tasks (mean with median, p99, p99.99, max, share above 10× the median) beside
+the fitted GD++ of the same depth on the same tasks (docs/theory.md §5, §11), the training curve,
+and where the mean comes from: the share of the summed error carried by the worst 0.01 % of tasks,
+and by the tasks whose demonstrations' covariance X̂ᵀX̂/N has its largest eigenvalue in the top
+0.1 %. Recipes that train.fit expresses go through run.profiles.trained (the path every study
+uses); the tail-aware ones through this module's own loop (same optimiser, init and data keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lintheory.core import evaluate, precision, stats, tasks
+from lintheory.core.model import ModelConfig, forward, init_params
+from lintheory.core.tasks import TaskConfig
+from lintheory.run import io, profiles, references
+from lintheory.studies import engine, figures, text
+
+NAME = "deep_recipes"
+KEYS = ("L", "recipe", "step", "lam_q")
+EVAL_KEY = 31_415  # held-out tasks, the same for every model and for GD++
+TAIL_FRACS = (1e-4, 1e-3, 1e-2)  # worst-task shares of the summed error that are reported
+EXTREME = 1e-3  # "extreme" demonstration spectrum / task norm: the top 0.1 % of tasks
+WINDOWS = 30  # points per training curve
+CAP = 1e30  # figures draw larger errors (up to overflow) at this value, so one log axis holds them
+LAM_BINS = (0.5, 0.9, 0.99, 0.999, 0.9999, 1.0)  # upper λ_max quantiles of the bins of tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  label: str  # one line for tables and legends
+  lr: float  # peak learning rate (Adam, linear warm-up, cosine decay to lr/10)
+  warmup: int  # warm-up steps (at most a third of the training steps)
+  clip_norm: float  # global-norm gradient clipping
+  dtype: str = "float64"  # training precision
+  batch_mult: int = 1  # tasks per step = batch_mult × the profile's batch size
+  tail_frac: float = 0.0  # share of each batch whose demonstrations are rescaled (tail-aware)
+  tail_scale: float = 1.0  # their scale s ~ U[1, tail_scale]: X̂ᵀX̂/N's spectrum grows by s²
+  huber: float = 0.0  # > 0: Huber loss with this δ on the query error instead of the squared error
+
+  @property
+  def own_loop(self) -> bool:
+    """True when train.fit cannot express the recipe (a tail-aware batch or loss)."""
+    return self.tail_frac > 0 or self.huber > 0
+
+
+# λ_max of the demonstrations' covariance (d = 10, N = 20) has median 2.43 and 99.99th
+# percentile 4.23 (1.74×): scales up to 1.4 (spectrum × 1.96) put 1/8 of each batch in that tail.
+CANDIDATES = {
+    "f32_lr5e-3_clip1": Candidate("float32, lr 5e-3, warm-up 100, clip 1", 5e-3, 100, 1.0, "float32"),
+    "f32_lr1e-3_clip1": Candidate("float32, lr 1e-3, warm-up 100, clip 1", 1e-3, 100, 1.0, "float32"),
+    "f64_lr5e-3_clip0.1": Candidate("float64, lr 5e-3, warm-up 500, clip 0.1", 5e-3, 500, 0.1),
+    "f64_lr2e-3_clip0.1": Candidate("float64, lr 2e-3, warm-up 500, clip 0.1", 2e-3, 500, 0.1),
+    "f64_batch4x": Candidate("float64, lr 5e-3, warm-up 500, clip 0.1, 4× batch", 5e-3, 500, 0.1, batch_mult=4),
+    "f64_tail": Candidate("float64, lr 5e-3, warm-up 500, clip 0.1, 1/8 of demos × U[1, 1.4]", 5e-3, 500, 0.1,
+                          tail_frac=0.125, tail_scale=1.4),
+    "f64_huber": Candidate("float64, lr 5e-3, warm-up 500, clip 0.1, Huber δ = 1", 5e-3, 500, 0.1, huber=1.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  train: profiles.Profile  # steps, batch size and seeds (the recipes come from CANDIDATES)
+  grid: tuple[tuple[int, tuple[str, ...]], ...]  # (L, the candidate recipes trained at that depth)
+  eval_tasks: int  # fresh tasks per model for every reported error
+  d: int = 10  # input dimension
+  n_context: int = 20  # N
+  fit: references.FitConfig = references.FitConfig()  # how GD++ is fitted
+
+
+_ALL = tuple(CANDIDATES)
+PROFILES = {
+    "tiny": Settings(profiles.Profile(steps=40, batch_size=32, seeds=(0, 1), eval_tasks=4096),
+                     ((2, ("f32_lr5e-3_clip1", "f64_lr5e-3_clip0.1", "f64_tail")),), eval_tasks=4096, d=3,
+                     n_context=8, fit=references.FitConfig(steps=30, batch_size=64)),
+    # 11 models of 2 seeds, 1500 steps: training dominates. About 55 minutes of wall time on 2 CPU
+    # cores under a load of 12-20 (three processes sharing the cache); estimated 10 on idle cores,
+    # more than a `make figures` study's 5: it runs on its own, when the recipes change.
+    "default": Settings(profiles.Profile(steps=1500, batch_size=256, seeds=(0, 1), eval_tasks=100_000),
+                        ((3, ("f32_lr5e-3_clip1", "f64_lr5e-3_clip0.1", "f64_tail")),
+                         (4, ("f32_lr5e-3_clip1", "f64_lr5e-3_clip0.1", "f64_tail")),
+                         (6, ("f64_lr5e-3_clip0.1", "f64_tail")),
+                         (8, ("f32_lr1e-3_clip1", "f64_lr5e-3_clip0.1", "f64_tail"))), eval_tasks=100_000),
+    "full": Settings(profiles.Profile(steps=1500, batch_size=256, seeds=tuple(range(10)), eval_tasks=1_000_000),
+                     tuple((L, _ALL) for L in (3, 4, 6, 8)), eval_tasks=1_000_000),
+}
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def train_config(c: Candidate, prof: profiles.Profile):
+  """The profile with only this candidate's recipe (for run.profiles.trained)."""
+  r = profiles.Recipe(1 << 30, c.lr, c.warmup, 1 / 3, c.clip_norm, c.dtype)
+  return dataclasses.replace(prof, batch_size=prof.batch_size * c.batch_mult, recipes=(r,))
+
+
+def tail_batch(key: jax.Array, task: TaskConfig, n: int, c: Candidate, dtype) -> tasks.Batch:
+  """Fresh tasks where a share c.tail_frac has its demonstrations x_i scaled by s ~ U[1, c.tail_scale]
+  (labels follow, y_i = x_iᵀw + noise); queries keep the test distribution. The same draw as
+  run.train.draw with TrainConfig.tail_frac."""
+  if c.tail_frac == 0:  # the plain batch train.fit draws from the same key
+    return tasks.sample(key, task, n, dtype=dtype)
+  k_b, k_s = jax.random.split(key)
+  return tasks.scale_demonstrations(k_s, tasks.sample(k_b, task, n, dtype=dtype), c.tail_frac, c.tail_scale)
+
+
+def query_loss(c: Candidate):
+  """Mean over tasks of the squared query error, or of its Huber version (quadratic up to δ)."""
+  if c.huber > 0:
+    return lambda r: jnp.mean(optax.huber_loss(r, delta=c.huber) * 2)  # = r² for |r| ≤ δ
+  return lambda r: jnp.mean(r ** 2)
+
+
+def fit_own(task: TaskConfig, model: ModelConfig, c: Candidate, prof: profiles.Profile) -> tuple[dict, np.ndarray]:
+  """Train one model per seed with the candidate's batch and loss → (params [S, ...], losses [S, steps]).
+
+  The optimiser, the initialisation and the data keys are train.fit's (Adam after global-norm
+  clipping, warm-up then cosine decay to lr/10, non-finite steps skipped up to the profile's
+  max_skipped; init from fold_in(seed, 0), data from fold_in(seed, 1)).
+  """
+  dtype = precision.DTYPES[c.dtype]
+  n, B = prof.steps, prof.batch_size * c.batch_mult
+  warmup = min(c.warmup, n // 3)
+  lr = optax.warmup_cosine_decay_schedule(0.0, c.lr, max(warmup, 1), max(n, warmup + 1), end_value=c.lr / 10)
+  tx = optax.chain(optax.clip_by_global_norm(c.clip_norm), optax.adam(lr))
+  if prof.max_skipped:  # as train.fit: a batch that overflows is skipped and counted (a non-finite loss)
+    tx = optax.apply_if_finite(tx, prof.max_skipped)
+  loss_of = query_loss(c)
+
+  def one_seed(seed_key):
+    params = init_params(jax.random.fold_in(seed_key, 0), model, dtype)
+    data = jax.random.fold_in(seed_key, 1)
+
+    def step(carry, i):
+      params, opt = carry
+      b = tail_batch(jax.random.fold_in(data, i), task, B, c, dtype)
+      loss, g = jax.value_and_grad(lambda p: loss_of(forward(p, tasks.batch_tokens(b), model)[0] - b.y_q))(params)
+      upd, opt = tx.update(g, opt, params)
+      return (optax.apply_updates(params, upd), opt), loss
+
+    (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(n))
+    return params, losses
+
+  with precision.for_dtype(c.dtype):
+    keys = jnp.stack([jax.random.key(s) for s in prof.seeds])
+    params, losses = jax.jit(jax.vmap(one_seed))(keys)
+    return jax.tree_util.tree_map(np.asarray, params), np.asarray(losses, np.float64)
+
+
+def cached_own(task, model, c: Candidate, prof: profiles.Profile, cache_dir: str, label: str):
+  """fit_own, once per configuration (runs/cache/deep_recipes/<digest>/); non-finite → RuntimeError."""
+  key = {"task": dataclasses.asdict(task), "model": dataclasses.asdict(model), "candidate": dataclasses.asdict(c),
+         "steps": prof.steps, "batch_size": prof.batch_size, "seeds": list(prof.seeds)}
+  digest = hashlib.sha256(json.dumps(io._jsonable(key), sort_keys=True).encode()).hexdigest()[:16]
+  path = Path(cache_dir) / NAME / digest
+  with io.locked(path.with_suffix(".lock"), f"training {label}"):
+    if (path / "params.npz").exists():
+      with np.load(path / "params.npz") as f:
+        params = {k: f[k] for k in f.files}
+      return params, np.load(path / "losses.npy")
+    engine.Context.log(f"  {label}: training {prof.steps} steps, seeds {prof.seeds} (own loop)")
+    params, losses = fit_own(task, model, c, prof)
+    if not all(np.all(np.isfinite(v)) for v in params.values()):
+      bad = int(np.argmax(~np.all(np.isfinite(losses), axis=0)))
+      raise RuntimeError(f"{label}: non-finite parameters (first non-finite loss at step {bad})")
+    io.write_json(path / "key.json", key)
+    io.write_npz(path / "params.npz", params)
+    np.save(path / "losses.npy", losses)  # read only once params.npz (written atomically) exists
+    return params, losses
+
+
+def train_models(s: Settings, L: int, name: str, cache_dir: str):
+  """(params [S, ...], losses [S, steps], task, model) of one candidate at depth L."""
+  c = CANDIDATES[name]
+  label = f"L={L} {name}"
+  if c.own_loop:
+    task = TaskConfig(d=s.d, n_context=s.n_context)
+    model = ModelConfig(d=s.d, n_layers=L, init_scale=s.train.init_scale)
+    params, losses = cached_own(task, model, c, s.train, cache_dir, label)
+    return params, losses, task, model
+  with precision.x64(c.dtype == "float64"):  # train.fit scopes its own precision; float64 asks for the switch
+    tr = profiles.trained(train_config(c, s.train), d=s.d, n_context=s.n_context, layers=L, cache_dir=cache_dir)
+  return tr.params, tr.losses, tr.task, tr.model
+
+
+# --- where the mean comes from --------------------------------------------------------------
+
+
+def task_features(task: TaskConfig, key: jax.Array, n: int, chunk: int = 8192) -> dict[str, np.ndarray]:
+  """Per task, in evaluate.errors' order (chunk i from fold_in(key, i), the last one cut):
+  λ_max of the demonstrations' covariance X̂ᵀX̂/N and the task norm ‖w‖."""
+  chunk = min(chunk, n)
+
+  @jax.jit
+  def one(i):
+    b = tasks.sample(jax.random.fold_in(key, i), task, chunk, dtype=jnp.float64)
+    cov = jnp.einsum("bni,bnj->bij", b.X, b.X) / b.X.shape[1]
+    return jnp.linalg.eigvalsh(cov)[:, -1], jnp.linalg.norm(b.w, axis=-1)
+
+  with precision.x64():
+    parts = [one(i) for i in range(-(-n // chunk))]
+  return {"lam_max": np.concatenate([np.asarray(p[0]) for p in parts])[:n],
+          "w_norm": np.concatenate([np.asarray(p[1]) for p in parts])[:n]}
+
+
+def attribution(err: np.ndarray, feats: dict[str, np.ndarray]) -> dict[str, float]:
+  """Shares of the summed error: of the worst tasks, and of the tasks with an extreme spectrum or norm;
+  where the single worst task's λ_max ranks among all tasks (1 = the largest)."""
+  e = np.asarray(err, np.float64)
+  total = e.sum()
+  order = np.sort(e)[::-1]
+  out = {}
+  for q in TAIL_FRACS:
+    k = max(1, int(round(q * e.size)))
+    out[f"share_worst_{q:g}"] = float(order[:k].sum() / total) if np.isfinite(total) and total > 0 else 1.0
+  for name, v in feats.items():
+    extreme = v >= np.quantile(v, 1 - EXTREME)
+    out[f"share_{name}_top"] = float(e[extreme].sum() / total) if np.isfinite(total) and total > 0 else float(
+        np.isinf(e[extreme]).any())
+    worst = int(np.argmax(e))
+    out[f"{name}_rank_of_worst"] = float(np.mean(v <= v[worst]))
+  return out
+
+
+def by_spectrum(err: np.ndarray, lam: np.ndarray) -> dict[float, tuple[float, float]]:
+  """Per bin of tasks by the quantile of their λ_max (LAM_BINS): (mean error, share of the summed error)."""
+  e = np.asarray(err, np.float64)
+  edges = np.quantile(lam, (0.0, *LAM_BINS))
+  total = e.sum()
+  out = {}
+  for q, lo, hi in zip(LAM_BINS, edges[:-1], edges[1:]):
+    inside = (lam > lo) & (lam <= hi) if q != LAM_BINS[0] else lam <= hi
+    part = e[inside]
+    out[q] = (float(part.mean()), float(part.sum() / total) if np.isfinite(total) and total > 0 else float("inf"))
+  return out
+
+
+# --- the study ------------------------------------------------------------------------------
+
+
+def curve(losses_S: np.ndarray, windows: int = WINDOWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(window end steps, median and max of the finite training losses per window) → each [S, W] but steps [W]."""
+  S, n = losses_S.shape
+  edges = np.linspace(0, n, min(windows, n) + 1).astype(int)
+  med = np.full((S, len(edges) - 1), np.nan)
+  top = np.full_like(med, np.nan)
+  for j, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+    for i in range(S):
+      w = losses_S[i, a:b]
+      w = w[np.isfinite(w)]
+      if w.size:
+        med[i, j], top[i, j] = np.median(w), w.max()
+  return edges[1:], med, top
+
+
+def run_setting(s: Settings, L: int, name: str, ctx: engine.Context, key, feats) -> None:
+  keys = {"L": L, "recipe": name}
+  c = CANDIDATES[name]
+  try:
+    params, losses, task, model = train_models(s, L, name, ctx.cache_dir)
+  except RuntimeError as e:  # a diverged run is recorded, with the reason, not hidden
+    ctx.fail("train", str(e), **keys)
+    return
+  seeds = s.train.seeds
+  err = evaluate.errors({k: jnp.asarray(v) for k, v in params.items()}, model, task, key, s.eval_tasks,
+                        dtype="float64")
+  for k, seed in enumerate(seeds):
+    ctx.add_many(_summary(err[k]), prefix="model_", seed=seed, n_tasks=s.eval_tasks, **keys)
+    ctx.add_many(attribution(err[k], feats), seed=seed, n_tasks=s.eval_tasks, **keys)
+    _add_bins(ctx, err[k], feats, seed=seed, **keys)
+    ctx.add("skipped_steps", int((~np.isfinite(losses[k])).sum()), seed=seed, **keys)
+  steps, med, top = curve(losses)
+  for j, step in enumerate(steps):
+    for k, seed in enumerate(seeds):
+      if np.isfinite(med[k, j]):
+        ctx.add("train_loss_median", med[k, j], seed=seed, step=int(step), **keys)
+        ctx.add("train_loss_max", top[k, j], seed=seed, step=int(step), **keys)
+  ctx.add_many({"lr": c.lr, "warmup": c.warmup, "clip_norm": c.clip_norm, "float64": c.dtype == "float64",
+                "batch_size": s.train.batch_size * c.batch_mult, "tail_frac": c.tail_frac,
+                "tail_scale": c.tail_scale, "huber": c.huber, "steps": s.train.steps}, prefix="cfg_", **keys)
+  ctx.log(f"L={L} {name}: mean per seed {', '.join(f'{m:.3g}' for m in err.mean(1))}; median "
+          f"{', '.join(f'{m:.3g}' for m in np.median(err, 1))}")
+
+
+def _add_bins(ctx: engine.Context, err, feats, seed=None, **keys) -> None:
+  for q, (mean, share) in by_spectrum(err, feats["lam_max"]).items():
+    ctx.add("bin_mean", mean, seed=seed, n_tasks=err.size, lam_q=q, **keys)
+    if np.isfinite(share):
+      ctx.add("bin_share", share, seed=seed, n_tasks=err.size, lam_q=q, **keys)
+
+
+def _summary(err: np.ndarray) -> dict[str, float]:
+  out = stats.summary(err, n_boot=200)
+  return {k: out[k] for k in ("mean", "median", "p99", "p9999", "max", "frac_gt_10x_median", "n_inf",
+                              "mean_ci_lo", "mean_ci_hi")}
+
+
+def run_reference(s: Settings, L: int, ctx: engine.Context, key, feats) -> None:
+  task = TaskConfig(d=s.d, n_context=s.n_context)
+  f = references.fitted(task, L, s.fit, ctx.cache_dir, kinds=("gd_pp",))["gd_pp"]
+  model = ModelConfig(d=s.d, n_layers=L)
+  with precision.x64():
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], references.construct(f))
+    err = evaluate.errors(params, model, task, key, s.eval_tasks, dtype="float64")[0]
+  keys = {"L": L, "recipe": "gd_pp"}
+  ctx.add_many(_summary(err), prefix="model_", n_tasks=s.eval_tasks, **keys)
+  ctx.add_many(attribution(err, feats), n_tasks=s.eval_tasks, **keys)
+  _add_bins(ctx, err, feats, **keys)
+  ctx.log(f"L={L} GD++: mean {err.mean():.3g}, median {np.median(err):.3g}, max {err.max():.3g}")
+
+
+def run(s: Settings, ctx: engine.Context) -> None:
+  for name in (n for _, names in s.grid for n in names):
+    if name not in CANDIDATES:
+      raise ValueError(f"recipe must be one of {tuple(CANDIDATES)}, got {name!r}")
+  key = jax.random.key(EVAL_KEY)
+  feats = task_features(TaskConfig(d=s.d, n_context=s.n_context), key, s.eval_tasks)
+  for L, names in s.grid:
+    run_reference(s, L, ctx, key, feats)
+    for name in names:
+      run_setting(s, L, name, ctx, key, feats)
+
+
+# --- the decision ---------------------------------------------------------------------------
+
+GDPP_LIKE = 10.0  # a recipe is GD++-like at L when every seed's mean is within this factor of GD++'s
+L8_FACTOR = 2.0  # L = 8 succeeds when its median task error is within this factor of L = 4's
+
+
+def worst_mean(table: engine.Table, L: int, recipe: str) -> float:
+  """The largest mean over seeds (inf when a seed failed to train or overflowed)."""
+  m = table.values("model_mean", L=L, recipe=recipe)
+  return float(m.max()) if m.size == len(table.seeds(measure="model_mean")) and m.size else float("inf")
+
+
+def decide(table: engine.Table) -> dict[int, dict]:
+  """Per depth: the recipe whose worst seed has the smallest mean, its worst mean, GD++'s mean,
+  whether it is GD++-like, and the median task error (median over seeds)."""
+  out = {}
+  for L in table.unique("L", measure="model_mean"):
+    names = [r for r in table.unique("recipe", measure="model_mean", L=L) if r != "gd_pp"]
+    if not names:
+      continue
+    rank = lambda r: (worst_mean(table, L, r), np.median(table.values("model_median", L=L, recipe=r)))
+    best = min(names, key=rank)
+    by_median = min(names, key=lambda r: np.median(table.values("model_median", L=L, recipe=r)))
+    plain = [r for r in names if r in CANDIDATES and not CANDIDATES[r].own_loop]
+    best_plain = min(plain, key=rank) if plain else None
+    ref = table.value("model_mean", L=L, recipe="gd_pp", seed=None)
+    wm = worst_mean(table, L, best)
+    out[L] = {"recipe": best, "worst_mean": wm, "gd_pp_mean": ref, "gd_pp_like": wm <= GDPP_LIKE * ref,
+              "median": float(np.median(table.values("model_median", L=L, recipe=best))),
+              "best_median_recipe": by_median, "best_train_fit_recipe": best_plain,
+              "best_median": float(np.median(table.values("model_median", L=L, recipe=by_median))),
+              "gd_pp_median": table.value("model_median", L=L, recipe="gd_pp", seed=None)}
+  return out
+
+
+# --- figures and report ---------------------------------------------------------------------
+
+
+def _recipes(table: engine.Table, L: int) -> list[str]:
+  return [r for r in table.unique("recipe", measure="model_mean", L=L) if r != "gd_pp"]
+
+
+def plot(table: engine.Table, meta: dict, out) -> list:
+  plt = figures.pyplot()
+  paths = []
+  Ls = table.unique("L", measure="model_mean")
+  fig, axes = plt.subplots(1, len(Ls), figsize=(max(3.3 * len(Ls), 7.5), 3.6), squeeze=False)
+  for ax, L in zip(axes[0], Ls):
+    names = _recipes(table, L)
+    for j, r in enumerate(names):
+      first = j == 0 and L == Ls[0]
+      figures.seed_points(ax, j - 0.2, table.values("model_median", L=L, recipe=r), color="C0",
+                          label="median task error (each seed)" if first else None)
+      for dx, m, c, mk, lab in ((0.05, "model_p9999", "C2", "^", "99.99th percentile"), (0.3, "model_mean", "C3", "x",
+                                                                                         "mean (the expected error)")):
+        v = np.minimum(table.values(m, L=L, recipe=r), CAP)
+        ax.plot(j + dx + np.zeros(v.size), v, mk, color=c, ms=5, label=lab + " (each seed)" if first else None)
+    for m, ls, lab in (("model_mean", "--", "GD++ mean"), ("model_median", ":", "GD++ median")):
+      ax.axhline(table.value(m, L=L, recipe="gd_pp", seed=None), color="k", ls=ls, lw=1,
+                 label=lab if L == Ls[0] else None)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=6)
+    ax.set_title(f"L = {L}: {table.n_tasks('model_mean', L=L, recipe=names[0]):,} tasks per model", fontsize=8)
+  axes[0, 0].set_ylabel(f"exact per-task error / d (log;\nabove {CAP:.0e} drawn at {CAP:.0e})")
+  fig.legend(loc="lower center", ncol=3, fontsize=7, frameon=False)
+  fig.tight_layout(rect=(0, 0.12, 1, 1))
+  paths += figures.save(fig, out, "deep_recipes_errors")
+
+  fig, axes = plt.subplots(1, len(Ls), figsize=(max(3.3 * len(Ls), 7.5), 3.0), squeeze=False)
+  for ax, L in zip(axes[0], Ls):
+    for j, r in enumerate(_recipes(table, L)):
+      for n, seed in enumerate(table.seeds(measure="train_loss_median", L=L, recipe=r)):
+        rows = table.where(measure="train_loss_median", L=L, recipe=r, seed=seed).rows
+        ax.plot([x["step"] for x in rows], [x["value"] for x in rows], color=f"C{j}", lw=0.9, alpha=0.8,
+                label=r if n == 0 else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_title(f"L = {L}", fontsize=8)
+    ax.legend(fontsize=6)
+  axes[0, 0].set_ylabel("training loss (median per window,\nsquared query error, log)")
+  fig.tight_layout()
+  paths += figures.save(fig, out, "deep_recipes_curves")
+
+  fig, axes = plt.subplots(1, len(Ls), figsize=(max(3.3 * len(Ls), 7.5), 3.4), squeeze=False, sharey=True)
+  for ax, L in zip(axes[0], Ls):
+    names = [*_recipes(table, L), "gd_pp"]
+    for j, r in enumerate(names):
+      first = j == 0 and L == Ls[0]
+      for dx, m, c, mk, lab in ((-0.2, "share_worst_0.0001", "C3", "o", "worst 0.01 % of tasks"),
+                                (0.0, "share_lam_max_top", "C1", "s", "λ_max(X̂ᵀX̂/N) in the top 0.1 %"),
+                                (0.2, "share_w_norm_top", "C4", "d", "tasks with ‖w‖ in the top 0.1 %")):
+        v = table.values(m, L=L, recipe=r)
+        ax.plot(j + dx + np.zeros(v.size), v, mk, color=c, ms=4, alpha=0.8, label=lab if first else None)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=6)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"L = {L}", fontsize=8)
+  axes[0, 0].set_ylabel("share of the summed error (each seed)")
+  fig.legend(loc="lower center", ncol=3, fontsize=7, frameon=False)
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
+  paths += figures.save(fig, out, "deep_recipes_tail")
+
+  fig, axes = plt.subplots(1, len(Ls), figsize=(max(3.3 * len(Ls), 7.5), 3.4), squeeze=False)
+  edges = (0.0, *LAM_BINS)
+  ticks = [f"{100 * a:g}–{100 * b:g}" for a, b in zip(edges[:-1], edges[1:])]
+  for ax, L in zip(axes[0], Ls):
+    for j, r in enumerate(_recipes(table, L)):
+      for n, seed in enumerate(table.seeds(measure="bin_mean", L=L, recipe=r)):
+        v = np.minimum([table.value("bin_mean", L=L, recipe=r, seed=seed, lam_q=q) for q in LAM_BINS], CAP)
+        ax.plot(range(len(LAM_BINS)), v, "o-", color=f"C{j}", lw=0.9, ms=2.5, alpha=0.8, label=r if n == 0 else None)
+    ax.plot(range(len(LAM_BINS)), [table.value("bin_mean", L=L, recipe="gd_pp", seed=None, lam_q=q) for q in LAM_BINS],
+            "k-", lw=2, label="GD++")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(LAM_BINS)))
+    ax.set_xticklabels(ticks, rotation=30, ha="right", fontsize=6)
+    ax.set_xlabel("tasks by the percentile of λ_max(X̂ᵀX̂/N)", fontsize=7)
+    ax.set_title(f"L = {L}", fontsize=8)
+    ax.legend(fontsize=6)
+  axes[0, 0].set_ylabel(f"mean error / d in the band (log;\nabove {CAP:.0e} drawn at {CAP:.0e})")
+  fig.tight_layout()
+  paths += figures.save(fig, out, "deep_recipes_spectrum")
+  return paths
+
+
+def _per_seed(table, m, **match) -> str:
+  return ", ".join(text.num(v) for v in table.values(m, **match))
+
+
+def report(table: engine.Table, meta: dict) -> str:
+  head = ["L", "recipe", "mean (each seed)", "median (each seed)", "p99.99 (each seed)", "max",
+          "share > 10× median", "worst 0.01 % carry", "λ_max top 0.1 % carry", "skipped steps"]
+  rows = []
+  for L in table.unique("L", measure="model_mean"):
+    for r in [*_recipes(table, L), "gd_pp"]:
+      m = dict(L=L, recipe=r)
+      rows.append([str(L), "GD++ (fitted)" if r == "gd_pp" else f"`{r}`", _per_seed(table, "model_mean", **m),
+                   _per_seed(table, "model_median", **m), _per_seed(table, "model_p9999", **m),
+                   text.num(table.values("model_max", **m).max()),
+                   text.num(table.values("model_frac_gt_10x_median", **m).max(), 2),
+                   _per_seed(table, "share_worst_0.0001", **m), _per_seed(table, "share_lam_max_top", **m),
+                   "" if r == "gd_pp" else _per_seed(table, "skipped_steps", **m)])
+  dec = decide(table)
+  lines, reasons = [], []
+  for L, d in dec.items():
+    lines.append(f"- L = {L}: `{d['recipe']}` — worst seed's mean {text.num(d['worst_mean'])} against GD++ "
+                 f"{text.num(d['gd_pp_mean'])}: " + ("GD++-like" if d["gd_pp_like"] else
+                                                        f"**not** GD++-like (> {GDPP_LIKE:g}× GD++)")
+                 + f"; median task error {text.num(d['median'])} (GD++ {text.num(d['gd_pp_median'])})."
+                 + (f" train.fit cannot express it yet; the best recipe it can is `{d['best_train_fit_recipe']}` "
+                    f"(worst seed's mean {text.num(worst_mean(table, L, d['best_train_fit_recipe']))})."
+                    if d["recipe"] in CANDIDATES and CANDIDATES[d["recipe"]].own_loop and d["best_train_fit_recipe"]
+                    else ""))
+  for L in dec:
+    for r in _recipes(table, L):
+      ref = table.value("model_mean", L=L, recipe="gd_pp", seed=None)
+      for seed in table.seeds(measure="model_mean", L=L, recipe=r):
+        m = dict(L=L, recipe=r, seed=seed)
+        if table.value("model_mean", **m) <= GDPP_LIKE * ref:
+          continue
+        top = table.value("bin_mean", lam_q=1.0, **m) / table.value("bin_mean", lam_q=LAM_BINS[0], **m)
+        top_ref = (table.value("bin_mean", L=L, recipe="gd_pp", seed=None, lam_q=1.0)
+                   / table.value("bin_mean", L=L, recipe="gd_pp", seed=None, lam_q=LAM_BINS[0]))
+        reasons.append(f"- L = {L} `{r}` seed {seed}: mean {text.num(table.value('model_mean', **m))} "
+                       f"(median {text.num(table.value('model_median', **m))}); the worst 0.01 % of tasks carry "
+                       f"{text.num(100 * table.value('share_worst_0.0001', **m), 3)} % of the summed error, the "
+                       f"top 0.1 % by λ_max carry {text.num(100 * table.value('share_lam_max_top', **m), 3)} % "
+                       f"(by ‖w‖: {text.num(100 * table.value('share_w_norm_top', **m), 3)} %); the worst task's "
+                       f"λ_max is at the {text.num(100 * table.value('lam_max_rank_of_worst', **m), 4)}th "
+                       f"percentile; mean error of the top 0.01 % by λ_max / of the lower half: {text.num(top)} "
+                       f"(GD++: {text.num(top_ref)}).")
+  if 8 in dec and 4 in dec:
+    a, b = dec[8]["median"], dec[4]["median"]
+    ok = a <= L8_FACTOR * b
+    lines.append(f"- L = 8 against L = 4, median task error of the chosen recipes (`{dec[8]['recipe']}`, "
+                 f"`{dec[4]['recipe']}`): {text.num(a)} vs {text.num(b)}, ratio {text.num(a / b)}: "
+                 + ("within" if ok else "**failed**: not within") + f" {L8_FACTOR:g}× (curves below); the best "
+                 f"medians of any recipe: {text.num(dec[8]['best_median'])} (`{dec[8]['best_median_recipe']}`) vs "
+                 f"{text.num(dec[4]['best_median'])} (`{dec[4]['best_median_recipe']}`).")
+  cands = [r for r in table.unique("recipe", measure="cfg_lr") if r in CANDIDATES]
+  legend = "\n".join(f"- `{r}`: {CANDIDATES[r].label}" for r in cands)
+  return ("Per depth and recipe, each seed's exact per-task population error (normalised by d) on "
+          f"{table.n_tasks('model_mean', L=table.unique('L', measure='model_mean')[0], recipe='gd_pp'):,} "
+          "fresh tasks, the same tasks for every model and for the fitted GD++ of that depth. "
+          f"{meta['settings']['train']['steps']} Adam steps of {meta['settings']['train']['batch_size']} fresh "
+          "tasks (× the recipe's batch factor), init 0.1, d = "
+          f"{meta['settings']['d']}, N = {meta['settings']['n_context']}.\n\n" + legend + "\n\n"
+          + text.table(head, rows) +
+          "\n\n'worst 0.01 % carry': the share of the summed error carried by the worst 0.01 % of tasks; "
+          "'λ_max top 0.1 % carry': the share carried by the 0.1 % of tasks whose demonstrations' covariance "
+          "has the largest top eigenvalue. A share near 1 means the mean is a handful of tasks.\n\n"
+          f"Decision (the recipe whose worst seed has the smallest mean; GD++-like means every seed's mean "
+          f"within {GDPP_LIKE:g}× GD++'s):\n\n" + "\n".join(lines) + "\n\n"
+          + ("Where the mean of each model that is not GD++-like comes from:\n\n" + "\n".join(reasons) + "\n\n"
+             if reasons else "")
+          + "![errors](../figures/deep_recipes_errors.png)\n\n*Per recipe, each seed's median task error (dots, "
+          "bar: median over seeds), 99.99th percentile (triangles) and mean (crosses); lines: GD++ of the same "
+          "depth. A cross far above its dot is a mean made by a few tasks.*\n\n"
+          "![curves](../figures/deep_recipes_curves.png)\n\n*Training curves: median training loss per "
+          "window of steps, each seed a line.*\n\n"
+          "![tail](../figures/deep_recipes_tail.png)\n\n*Where the summed error comes from: the worst 0.01 % "
+          "of tasks, and the 0.1 % with the most extreme demonstration spectrum or task norm (each seed).*\n\n"
+          "![spectrum](../figures/deep_recipes_spectrum.png)\n\n*Mean error of the tasks in each band of "
+          "λ_max(X̂ᵀX̂/N) percentiles (each seed a line; GD++ black): how fast the error grows with the "
+          "demonstrations' largest eigenvalue.*\n")
+
+
+def claims(table: engine.Table, meta: dict) -> list:
+  """No claim of the paper rests on this study: it chooses the training recipe (run.profiles.RECIPES)."""
+  return []
