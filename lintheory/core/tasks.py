@@ -33,6 +33,9 @@ class TaskConfig:
   # Mixed context lengths: each task keeps M ~ U{n_context_min, …, N} demonstrations and the others
   # become zero tokens [0; 0], which add nothing to linear attention's sums (its 1/N stays); 0: all N.
   n_context_min: int = 0
+  # In-weights knowledge: with probability w0_prob a task's w is one fixed w₀ (see `w0`), else fresh.
+  w0_prob: float = 0.0  # p ∈ [0, 1], the share of tasks whose w is w₀
+  w0_seed: int = 0  # seeds the one draw of w₀ from the prior N(0, Σ_w)
 
   def __post_init__(self):
     validate(self)
@@ -105,6 +108,10 @@ def validate(cfg: TaskConfig) -> None:
   _check_int("n_context_min", cfg.n_context_min, 0)
   if cfg.n_context_min > cfg.n_context:
     raise ValueError(f"n_context_min must be in [0, n_context = {cfg.n_context}], got {cfg.n_context_min}")
+  p = cfg.w0_prob
+  if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+    raise ValueError(f"w0_prob must be a number in [0, 1], got {p!r}")
+  _check_int("w0_seed", cfg.w0_seed, 0)
 
 
 def x_covariance(cfg: TaskConfig) -> np.ndarray:
@@ -144,6 +151,9 @@ def sample(key: jax.Array, cfg: TaskConfig, batch_size: int, n_context: int | No
   if cfg.w_cov is not None:  # the identity factor is skipped: it returns the same bits
     w = w @ jnp.asarray(_factor(as_cov("w_cov", cfg.w_cov, d, psd=True)), dtype).T
   X, x_q = _inputs(k_x, cfg, (batch_size, N, d), dtype), _inputs(k_q, cfg, (batch_size, d), dtype)
+  if cfg.w0_prob > 0:  # a Python branch: with p = 0 the draws are bit-identical to a config without w₀
+    is_w0 = jax.random.bernoulli(jax.random.fold_in(key, 6), cfg.w0_prob, (batch_size,))
+    w = jnp.where(is_w0[:, None], jnp.asarray(w0(cfg), dtype), w)
   y = jnp.einsum("bnd,bd->bn", X, w)
   if cfg.noise_std > 0:  # σ = 0 adds exact zeros: the draw is skipped, the other keys are unchanged
     y = y + cfg.noise_std * jax.random.normal(k_e, (batch_size, N), dtype)
@@ -151,7 +161,7 @@ def sample(key: jax.Array, cfg: TaskConfig, batch_size: int, n_context: int | No
   if cfg.query_noise and cfg.noise_std > 0:
     y_q = y_q + cfg.noise_std * jax.random.normal(k_eq, (batch_size,), dtype)
   if cfg.n_context_min:
-    X, y = _keep_first(jax.random.fold_in(key, 6), cfg.n_context_min, X, y)
+    X, y = _keep_first(jax.random.fold_in(key, 7), cfg.n_context_min, X, y)
   return Batch(X, y, x_q, y_q, w)
 
 
@@ -163,6 +173,13 @@ def _keep_first(key: jax.Array, m_min: int, X: jax.Array, y: jax.Array) -> tuple
     raise ValueError(f"n_context must be >= n_context_min = {m_min} with mixed lengths, got {N}")
   keep = jnp.arange(N) < jax.random.randint(key, (B, 1), m_min, N + 1)
   return X * keep[..., None], y * keep
+
+
+def w0(cfg: TaskConfig) -> np.ndarray:
+  """The fixed task vector w₀ ~ N(0, Σ_w) → [d] float64, drawn in numpy from w0_seed so that every
+  dtype (training in float32, evaluation in float64) sees the same w₀."""
+  z = np.random.default_rng(cfg.w0_seed).standard_normal(cfg.d)
+  return _factor(as_cov("w_cov", cfg.w_cov, cfg.d, psd=True)) @ z
 
 
 def _inputs(key: jax.Array, cfg: TaskConfig, shape: tuple, dtype) -> jax.Array:

@@ -1,0 +1,322 @@
+"""In-weights vs in-context knowledge: does low-rank pruning trade one for the other (the LASER effect)?
+
+LASER (Sharma, Ash, Misra 2024) reports that truncating late MLP layers of LLMs to low rank improves
+their accuracy on facts. Here a ReLU-MLP transformer is trained on tasks whose w is one fixed w₀
+(drawn once from the prior) with probability p and fresh otherwise (TaskConfig.w0_prob), so it can
+keep w₀ in its weights and must learn every other w in context. Each MLP (W_1 and W_2 together) and
+attention layer is truncated to every rank of a grid; every edit is scored on fresh tasks (in-context
+learning) and on w₀ tasks (in-weights knowledge). Two edits are chosen per seed on one task set — the
+best for fresh tasks ("icl") and the best for w₀ tasks ("facts"); the unpruned model is kept when no
+edit beats it — and both are scored on a disjoint set of each kind. The query is sampled (squared error
+÷ d, docs/theory.md §1, §11), so every mean carries its standard error over tasks; gains are
+error_unpruned − error_pruned on the same tasks (> 0: pruning helps); seeds are the unit of inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from lintheory.core import evaluate, prune, stats
+from lintheory.core.model import ModelConfig
+from lintheory.core.tasks import TaskConfig
+from lintheory.run import cache, profiles
+from lintheory.run.train import TrainConfig
+from lintheory.studies import engine, figures, text
+
+NAME = "in_weights"
+KEYS = ("p", "edit", "module", "layer", "rank", "tasks")
+TASK_SETS = ("fresh", "w0")  # fresh tasks (w from the prior) and w₀ tasks (w = w₀)
+TASK_LABELS = {"fresh": "fresh tasks", "w0": "w₀ tasks"}
+EDITS = ("none", "icl", "facts")  # unpruned; chosen on fresh tasks; chosen on w₀ tasks
+MODULES = ("mlp", "attn")
+SELECT_KEY, CONFIRM_KEY = 5_151, 6_161  # disjoint task streams (training uses the seeds' keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  train: profiles.Profile  # training recipe and seeds
+  probs: tuple[float, ...]  # p, the share of training tasks whose w is w₀
+  ranks: tuple[int, ...]  # ranks each layer's module is truncated to (below min(m, n) = D)
+  select_tasks: int  # tasks of each kind on which the edits are chosen
+  confirm_tasks: int  # disjoint tasks of each kind on which the chosen edits are scored
+  layers: int = 4  # L
+  d: int = 10  # input dimension
+  n_context: int = 20  # N
+  noise_std: float = 0.25  # σ, label noise on the demonstrations
+  w0_seed: int = 0  # seeds the one w₀ every model of every p and seed shares
+  equiv_frac: float = 0.05  # equivalence margin: this share of the headroom
+  chunk: int = 4096  # tasks per compiled evaluation call; at most select_tasks, so one shape serves both sets
+
+
+PROFILES = {
+    "tiny": Settings(profiles.Profile(steps=40, batch_size=32, seeds=(0, 1), eval_tasks=1024), (0.5,),
+                     ranks=(1,), select_tasks=1024, confirm_tasks=1024, layers=2, d=3, n_context=6, chunk=1024),
+    "default": Settings(profiles.Profile(steps=1000, batch_size=256, seeds=(0, 1, 2, 3, 4), eval_tasks=100_000),
+                        (0.0, 0.3, 0.6), ranks=(0, 2, 4, 6, 8), select_tasks=2048, confirm_tasks=16_384, chunk=2048),
+    "full": Settings(profiles.PROFILES["full"], (0.0, 0.3, 0.6), ranks=tuple(range(11)), select_tasks=65_536,
+                     confirm_tasks=1_000_000),
+}
+
+
+def task_config(s: Settings, p: float) -> TaskConfig:
+  return TaskConfig(d=s.d, n_context=s.n_context, noise_std=s.noise_std, w0_prob=p, w0_seed=s.w0_seed)
+
+
+def task_set(task: TaskConfig, kind: str) -> TaskConfig:
+  """The evaluation tasks of one kind: w always fresh, or always w₀."""
+  return dataclasses.replace(task, w0_prob=0.0 if kind == "fresh" else 1.0)
+
+
+def trained(s: Settings, p: float, ctx: engine.Context):
+  """The models of one p from the shared cache, with run.profiles' recipe (profiles.trained has no w₀)."""
+  task = task_config(s, p)
+  model = ModelConfig(d=s.d, n_layers=s.layers, mlp="relu", init_scale=s.train.init_scale)
+  r, n = s.train.recipe(s.layers), s.train.steps
+  train = TrainConfig(steps=n, batch_size=s.train.batch_size, lr=r.lr, warmup=min(r.warmup, int(n * r.warmup_frac)),
+                      clip_norm=r.clip_norm, dtype=r.dtype, chunk=min(250, n), max_skipped=s.train.max_skipped,
+                      tail_frac=r.tail_frac, tail_scale=r.tail_scale)
+  seeds = tuple(s.train.seeds)
+  params, losses = cache.cached_fit(task, model, train, seeds, ctx.cache_dir,
+                                    f"L={s.layers} d={s.d} σ={s.noise_std} linear+relu w0_prob={p}: ")
+  return profiles.Trained(task, model, train, seeds, params, losses)
+
+
+def edit_list(s: Settings) -> list[tuple[str, int, int]]:
+  return [(m, layer, r) for m in MODULES for layer in range(s.layers) for r in s.ranks]
+
+
+def _errors(s: Settings, tr, params, kind: str, key, n: int) -> np.ndarray:
+  """[n] per-task errors of one model on tasks of one kind; one compiled chunk shape for every call."""
+  return evaluate.errors(params, tr.model, task_set(tr.task, kind), key, n, chunk=s.chunk)
+
+
+def _edited(p0, edit) -> dict:
+  return p0 if edit is None else prune.prune(p0, edit[1], edit[0], rank=edit[2])
+
+
+def _mean_se(e_B: np.ndarray) -> tuple[float, float]:
+  return float(e_B.mean()), float(e_B.std(ddof=1) / np.sqrt(e_B.size))
+
+
+def run_setting(s: Settings, p: float, ctx: engine.Context) -> None:
+  keys = {"p": p}
+  try:
+    tr = trained(s, p, ctx)
+  except RuntimeError as e:
+    ctx.fail("train", str(e), **keys)
+    return
+  edits = edit_list(s)
+  D = tr.model.D
+  k_sel, k_conf = jax.random.key(SELECT_KEY), jax.random.key(CONFIRM_KEY)
+  for i, seed in enumerate(tr.seeds):
+    p0 = profiles.seed_params(tr.params, i)
+    chosen = {}
+    for kind in TASK_SETS:
+      err = np.array([_errors(s, tr, _edited(p0, e), kind, k_sel, s.select_tasks).mean() for e in [None] + edits])
+      ctx.add("select_mean", err[0], seed=seed, n_tasks=s.select_tasks, edit="none", tasks=kind, **keys)
+      for (m, layer, r), e in zip(edits, err[1:]):
+        ctx.add("select_mean", e, seed=seed, n_tasks=s.select_tasks, module=m, layer=layer, rank=r, tasks=kind,
+                **keys)
+      best = int(np.argmin(err[1:]))
+      chosen["icl" if kind == "fresh" else "facts"] = edits[best] if err[1 + best] < err[0] else None
+    for name, e in chosen.items():  # an unpruned choice is recorded as module "", layer −1, rank D
+      m, layer, r = e if e is not None else ("", -1, D)
+      ctx.add("chosen_layer", layer, seed=seed, edit=name, module=m, **keys)
+      ctx.add("chosen_rank", r, seed=seed, edit=name, module=m, **keys)
+    n, unpruned = s.confirm_tasks, {}
+    for kind in TASK_SETS:  # every edit on the same tasks: paired gains
+      err = [_errors(s, tr, _edited(p0, chosen.get(name)), kind, k_conf, n) for name in EDITS]
+      unpruned[kind] = err[0].mean()
+      for j, name in enumerate(EDITS):
+        mean, se = _mean_se(err[j])
+        ctx.add("confirm_mean", mean, seed=seed, n_tasks=n, edit=name, tasks=kind, **keys)
+        ctx.add("confirm_se", se, seed=seed, n_tasks=n, edit=name, tasks=kind, **keys)
+        if j:
+          g, g_se = _mean_se(err[0] - err[j])
+          ctx.add("gain", g, seed=seed, n_tasks=n, edit=name, tasks=kind, **keys)
+          ctx.add("gain_se", g_se, seed=seed, n_tasks=n, edit=name, tasks=kind, **keys)
+    ctx.log(f"p={p} seed {seed}: unpruned fresh {unpruned['fresh']:.4g}, w0 {unpruned['w0']:.4g}; "
+            f"icl edit {chosen['icl']}, facts edit {chosen['facts']}")
+  bayes = evaluate.bayes_errors(task_set(tr.task, "fresh"), k_conf, s.confirm_tasks)
+  mean, se = _mean_se(bayes)
+  ctx.add("bayes_mean", mean, n_tasks=s.confirm_tasks, tasks="fresh", **keys)
+  ctx.add("bayes_se", se, n_tasks=s.confirm_tasks, tasks="fresh", **keys)
+
+
+def run(s: Settings, ctx: engine.Context) -> None:
+  for p in s.probs:
+    run_setting(s, p, ctx)
+
+
+# --- what the table says ----------------------------------------------------------------------
+
+
+def headroom(table: engine.Table, p, kind: str) -> np.ndarray:
+  """Per seed: the unpruned error above its floor — the Bayes error on fresh tasks, 0 on w₀ tasks
+  (a model that holds w₀ predicts a noiseless query exactly)."""
+  floor = table.value("bayes_mean", p=p, tasks="fresh", seed=None) if kind == "fresh" else 0.0
+  return table.values("confirm_mean", p=p, edit="none", tasks=kind) - floor
+
+
+def gain_test(table: engine.Table, p, edit: str, kind: str, frac: float) -> dict:
+  """Seed CI of the mean gain and TOST against ±frac × the median headroom."""
+  g = table.values("gain", p=p, edit=edit, tasks=kind)
+  margin = frac * float(np.median(headroom(table, p, kind)))
+  lo, hi = stats.seed_ci(g)
+  eq = stats.equivalence(g, margin)["equivalent"] if margin > 0 else False
+  return {"gain": g, "mean": float(g.mean()), "ci": (lo, hi), "margin": margin, "equivalent": eq}
+
+
+def _decide(t: dict) -> str:
+  lo, hi = t["ci"]
+  if lo > 0:
+    return "helps"
+  if hi < 0:
+    return "hurts"
+  return "no effect (equivalent)" if t["equivalent"] else "inconclusive"
+
+
+def _edit_label(table, p, edit, seed) -> str:
+  rows = table.where(measure="chosen_rank", p=p, edit=edit, seed=seed).rows
+  if not rows or rows[0]["module"] in ("", None):
+    return "none"
+  layer = int(table.value("chosen_layer", p=p, edit=edit, seed=seed))
+  return f"{rows[0]['module']}{layer + 1}@{int(rows[0]['value'])}"
+
+
+# --- figures and report -------------------------------------------------------------------------
+
+
+def _sparse_symlog_ticks(axis, lim, linthresh: float = 1e-3, per_side: int = 4) -> None:
+  """At most per_side decades ±10^k on each side of 0 (gains span 20 decades when a layer is removed)."""
+  ticks = [0.0]
+  for sign, edge in ((-1, lim[0]), (1, lim[1])):
+    if sign * edge > linthresh:
+      k_lo, k_hi = int(np.log10(linthresh)), int(np.floor(np.log10(sign * edge)))
+      step = max(1, -(-(k_hi - k_lo + 1) // per_side)) if k_hi - k_lo >= 3 else k_hi - k_lo + 1  # few decades: one
+      ticks += [sign * 10.0**k for k in range(k_hi, k_lo - 1, -step)]
+  axis.set_ticks(sorted(ticks))
+  axis.set_ticklabels(["0" if t == 0 else f"{'−' if t < 0 else ''}10^{int(round(np.log10(abs(t))))}"
+                       for t in sorted(ticks)], fontsize=6)
+
+
+def plot(table: engine.Table, meta: dict, out) -> list:
+  plt = figures.pyplot()
+  ps = table.unique("p", measure="gain")
+  paths = []
+  fig, axes = plt.subplots(1, len(ps), figsize=(max(3.8 * len(ps), 5.0), 3.8), squeeze=False)
+  for ax, p in zip(axes[0], ps):
+    base = {kind: {sd: table.value("select_mean", p=p, edit="none", tasks=kind, seed=sd)
+                   for sd in table.seeds(measure="gain", p=p)} for kind in TASK_SETS}
+    for m, marker in zip(MODULES, "os"):
+      for layer in table.unique("layer", measure="select_mean", p=p, module=m):
+        pts = []
+        for r in table.unique("rank", measure="select_mean", p=p, module=m, layer=layer):
+          g = {kind: np.median([base[kind][row["seed"]] - row["value"] for row in table.where(
+              measure="select_mean", p=p, module=m, layer=layer, rank=r, tasks=kind).rows]) for kind in TASK_SETS}
+          pts.append((g["fresh"], g["w0"]))
+        x, y = np.asarray(pts).T
+        ax.plot(x, y, marker, ms=3, ls="-", lw=0.5, alpha=0.8, color=f"C{layer}",
+                label=f"{m}, layer {layer + 1}")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.margins(0.15)
+    _sparse_symlog_ticks(ax.xaxis, ax.get_xlim())
+    _sparse_symlog_ticks(ax.yaxis, ax.get_ylim())
+    ax.set_xlabel("gain on fresh tasks (in context)")
+    ax.set_title(f"p = {p}: every (module, layer, rank), median over seeds", fontsize=7)
+  axes[0, 0].set_ylabel("gain on w₀ tasks (in weights)")
+  axes[0, -1].legend(fontsize=5, ncol=2)
+  fig.suptitle("Selection tasks: gain = unpruned − pruned error (> 0: pruning helps)\n"
+               "upper left: w₀ knowledge bought with in-context error", fontsize=8)
+  fig.tight_layout()
+  paths += figures.save(fig, out, "in_weights_tradeoff")
+
+  fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.2), squeeze=False, sharey=True)
+  for ax, edit in zip(axes[0], EDITS[1:]):
+    for c, kind in enumerate(TASK_SETS):
+      for j, p in enumerate(ps):
+        frac = 100 * table.values("gain", p=p, edit=edit, tasks=kind) / headroom(table, p, kind)
+        figures.seed_points(ax, j + (c - 0.5) * 0.35, frac, color=f"C{c}", width=0.2,
+                            label=f"scored on {TASK_LABELS[kind]}" if j == 0 else None)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(ps)))
+    ax.set_xticklabels([f"p = {p}" for p in ps])
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_title(f"edit chosen on {'fresh' if edit == 'icl' else 'w₀'} tasks ({edit!r})", fontsize=8)
+    ax.legend(fontsize=6)
+  axes[0, 0].set_ylabel("confirmation gain, % of headroom\n(unpruned − floor), each dot a seed")
+  fig.tight_layout()
+  paths += figures.save(fig, out, "in_weights_gain")
+  return paths
+
+
+def report(table: engine.Table, meta: dict) -> str:
+  s = meta["settings"]
+  rows = []
+  for p in table.unique("p", measure="gain"):
+    seeds = table.seeds(measure="gain", p=p)
+    for edit in EDITS[1:]:
+      for kind in TASK_SETS:
+        t = gain_test(table, p, edit, kind, s["equiv_frac"])
+        se = np.median(table.values("gain_se", p=p, edit=edit, tasks=kind))
+        rows.append([str(p), edit, kind, text.num(np.median(table.values("confirm_mean", p=p, edit="none", tasks=kind))),
+                     text.num(t["mean"]), text.ci(*t["ci"]), text.num(se), text.num(t["margin"]), _decide(t),
+                     ", ".join(_edit_label(table, p, edit, x) for x in seeds)])
+  bayes = [f"p = {p}: {text.num(table.value('bayes_mean', p=p, tasks='fresh', seed=None))}"
+           for p in table.unique("p", measure="gain")]
+  per_seed = [f"p = {p}: " + ", ".join(text.num(v) for v in table.values("confirm_mean", p=p, edit="none",
+                                                                       tasks="fresh"))
+              for p in table.unique("p", measure="gain")]
+  n = table.n_tasks("gain", p=table.unique("p", measure="gain")[0], edit="icl", tasks="fresh")
+  return (f"ReLU-MLP transformer, L = {s['layers']}, d = {s['d']}, N = {s['n_context']}, σ = {s['noise_std']}, "
+          f"trained with w = w₀ on a share p of tasks. Each of MLP and attention per layer is truncated to ranks "
+          f"{s['ranks']}; the edit is chosen on {s['select_tasks']:,} tasks of each kind and scored on "
+          f"{n:,} others of each kind (sampled queries, squared error ÷ d; 'SE' is the standard error over tasks "
+          f"of one seed's paired gain). Bayes error on fresh tasks: {'; '.join(bayes)}. The equivalence margin is "
+          f"{100 * s['equiv_frac']:g} % of the headroom (unpruned − Bayes on fresh tasks, unpruned − 0 on w₀ "
+          f"tasks). Unpruned mean error on fresh tasks, seed by seed (a seed far above the others has a heavy "
+          f"tail of blown-up tasks, which dominates its means and gains): {'; '.join(per_seed)}.\n\n"
+          + text.table(["p", "edit", "scored on", "unpruned error (median)", "mean gain", "95 % CI over seeds",
+                        "SE over tasks (median)", "margin", "verdict", "chosen edit per seed (module layer@rank)"],
+                       rows)
+          + "\n\n![trade-off](../figures/in_weights_tradeoff.png)\n\n*Each point is one truncation (module, layer, "
+          "rank) on the selection tasks, its gain on fresh tasks against its gain on w₀ tasks (median over seeds; "
+          "symmetric-log axes). Points in the upper left would be LASER's trade: in-weights knowledge bought with "
+          "in-context error; points right of zero would be pruning that helps in-context learning.*\n\n"
+          "![gain](../figures/in_weights_gain.png)\n\n*The chosen edits on the disjoint confirmation tasks, per "
+          "seed, as a share of the headroom. An edit chosen for w₀ tasks that helps them while hurting fresh "
+          "tasks is the trade; zero means the unpruned model was kept or the edit does nothing.*\n")
+
+
+def claims(table: engine.Table, meta: dict) -> list:
+  """The trade holds when, at some p > 0, the edit chosen on w₀ tasks lowers their error (seed CI above 0)
+  while raising the error on fresh tasks (seed CI below 0)."""
+  from lintheory.studies.verdicts import Claim
+  frac = meta["settings"]["equiv_frac"]
+  parts, trades, helps, nulls, seeds = [], [], [], [], 0
+  for p in [p for p in table.unique("p", measure="gain") if p > 0]:
+    t = gain_test(table, p, "facts", "w0", frac)
+    f = gain_test(table, p, "facts", "fresh", frac)
+    icl = gain_test(table, p, "icl", "fresh", frac)
+    parts.append(f"p={p}: on w₀ {text.num(t['mean'])} {text.ci(*t['ci'])}, on fresh {text.num(f['mean'])} "
+                 f"{text.ci(*f['ci'])}; edit chosen on fresh tasks, on fresh {text.num(icl['mean'])} "
+                 f"{text.ci(*icl['ci'])}")
+    helps.append(t["ci"][0] > 0)
+    trades.append(t["ci"][0] > 0 and f["ci"][1] < 0)
+    nulls.append(t["equivalent"])
+    seeds = len(t["gain"])
+  if not parts:
+    return []
+  verdict = ("holds" if any(trades) else "fails: w₀ tasks gain, fresh tasks do not lose" if any(helps)
+             else "fails: equivalent to no gain on w₀ tasks" if all(nulls) else "fails: no gain on w₀ tasks detected")
+  return [Claim("in_weights", verdict, "mean gain (error units) of the edit chosen on w₀ tasks, scored on w₀ and "
+                "on fresh tasks", "; ".join(parts), seeds,
+                f"ReLU-MLP L={meta['settings']['layers']}, σ={meta['settings']['noise_std']}, w = w₀ with prob. p; "
+                f"{table.n_tasks('gain', p=table.unique('p', measure='gain')[-1], edit='facts', tasks='w0'):,} "
+                f"tasks per set; margin {100 * frac:g} % of headroom")]
