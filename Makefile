@@ -25,7 +25,7 @@ test-all: $(BIN)/.installed
 # the report reads results/ and writes docs/report.md. Two chains of studies run side by side
 # (JOBS=1 runs them one after another); a model two studies share is trained once (a file lock in
 # the cache), so the order only balances time.
-STUDIES := one_layer implicit_gd pruning prune_bound paper_protocol positive_control
+STUDIES := one_layer implicit_gd pruning prune_bound paper_protocol positive_control mismatch in_weights
 JOBS ?= 2
 results: $(BIN)/.installed
 	@mkdir -p runs/logs
@@ -36,6 +36,8 @@ study-positive_control: study-implicit_gd
 study-pruning: study-one_layer
 study-prune_bound: study-pruning
 study-paper_protocol: study-prune_bound
+study-mismatch: study-positive_control
+study-in_weights: study-paper_protocol
 study-%: $(BIN)/.installed
 	@echo "== study $* ($(PROFILE)) started; its log: runs/logs/$*.log"
 	@set -o pipefail; $(BIN)/python -u -m lintheory.studies $* --profile $(PROFILE) 2>&1 | tee runs/logs/$*.log \

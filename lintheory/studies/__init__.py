@@ -5,4 +5,5 @@ figure from those files and `python -m lintheory.report` writes docs/report.md f
 """
 
 # In the order the report presents them.
-STUDIES = ("one_layer", "implicit_gd", "pruning", "prune_bound", "paper_protocol", "positive_control", "deep_recipes")
+STUDIES = ("one_layer", "implicit_gd", "pruning", "prune_bound", "paper_protocol", "positive_control", "mismatch",
+           "in_weights", "deep_recipes")
