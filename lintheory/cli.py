@@ -533,7 +533,6 @@ def cmd_prune(args) -> int:
     raise ValueError("--out must differ from the run directory (pruning never overwrites its input)")
   protect_out(out, args.overwrite)
   _in_range("--eval-tasks", args.eval_tasks, 2, INT_MAX)
-  _in_range("--tail-tasks", args.tail_tasks, 2, INT_MAX)
   _in_range("--eval-seed", args.eval_seed, 0, INT_MAX)
   kw = {"xi": args.rate} if args.rate is not None else {"rank": args.rank}
   names = _naming(PRUNE_FLAGS, prune.module_names, run.params, args.module)
