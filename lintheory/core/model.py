@@ -99,9 +99,11 @@ def heads(W: jax.Array) -> jax.Array:
   return W[None] if W.ndim == 2 else W
 
 
-def attention(p: dict[str, Any], Z_BTD: jax.Array, kind: str) -> jax.Array:
-  """One layer's attention output; demonstrations (all tokens but the last) are keys/values."""
-  N = Z_BTD.shape[1] - 1
+def attention(p: dict[str, Any], Z_BTD: jax.Array, kind: str, n_demos: int | None = None) -> jax.Array:
+  """One layer's attention output; the first n_demos tokens (default: all but the last, the query)
+  are keys and values, every token is a query. Queries never act as keys, so several queries
+  appended after the demonstrations are each predicted as if alone."""
+  N = Z_BTD.shape[1] - 1 if n_demos is None else n_demos
   Zs = Z_BTD[:, :N]
   W_Q, W_K, W_V = heads(p["W_Q"]), heads(p["W_K"]), heads(p["W_V"])
   Q = jnp.einsum("btd,hed->bhte", Z_BTD, W_Q)
@@ -118,8 +120,8 @@ def attention(p: dict[str, Any], Z_BTD: jax.Array, kind: str) -> jax.Array:
   return out
 
 
-def block(p: dict[str, Any], Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
-  Z_BTD = Z_BTD + attention(p, Z_BTD, cfg.attention)
+def block(p: dict[str, Any], Z_BTD: jax.Array, cfg: ModelConfig, n_demos: int | None = None) -> jax.Array:
+  Z_BTD = Z_BTD + attention(p, Z_BTD, cfg.attention, n_demos)
   if cfg.mlp is not None:
     hidden = Z_BTD @ p["W_1"].T
     hidden = jax.nn.relu(hidden) if cfg.mlp == "relu" else hidden

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core import edits, evaluate, precision, prune, stats, tasks
-from lintheory.core.model import ModelConfig, Params
+from lintheory.core.model import ModelConfig, Params, block
 from lintheory.run import profiles
 from lintheory.studies import engine, figures, text
 
@@ -83,23 +83,6 @@ PROFILES = {
 # --- a forward pass with many queries per prompt ----------------------------------------------
 
 
-def _attention(p: dict, Z_BTD: jax.Array, n_demos: int, kind: str) -> jax.Array:
-  """core.model.attention with the first n_demos tokens as keys/values and every token a query."""
-  Zs = Z_BTD[:, :n_demos]
-  W_Q, W_K, W_V = (p[n][None] if p[n].ndim == 2 else p[n] for n in ("W_Q", "W_K", "W_V"))
-  Q = jnp.einsum("btd,hed->bhte", Z_BTD, W_Q)
-  K = jnp.einsum("bnd,hed->bhne", Zs, W_K)
-  V = jnp.einsum("bnd,hed->bhne", Zs, W_V)
-  if kind == "linear":
-    out = jnp.einsum("bhte,bhef->btf", Q, jnp.einsum("bhne,bhnf->bhef", K, V)) / n_demos
-  else:
-    A = jax.nn.softmax(jnp.einsum("bhte,bhne->bhtn", Q, K), axis=-1)
-    out = jnp.einsum("bhtn,bhnf->btf", A, V)
-  if "W_O" in p:
-    out = out @ p["W_O"].T
-  return out
-
-
 def forward_queries(params: Params, Zs_BND: jax.Array, Xq_BQd: jax.Array, cfg: ModelConfig) -> jax.Array:
   """ŷ [B, Q] for Q queries per prompt; the queries never act as keys or values, so each ŷ equals
   core.model.forward on the prompt followed by that one query."""
@@ -107,15 +90,7 @@ def forward_queries(params: Params, Zs_BND: jax.Array, Xq_BQd: jax.Array, cfg: M
   query = jnp.concatenate([Xq_BQd, jnp.zeros_like(Xq_BQd[..., :1])], axis=-1)
   Z = jnp.concatenate([Zs_BND, query], axis=1)
 
-  def step(Z, p):
-    Z = Z + _attention(p, Z, N, cfg.attention)
-    if cfg.mlp is not None:
-      hidden = Z @ p["W_1"].T
-      hidden = jax.nn.relu(hidden) if cfg.mlp == "relu" else hidden
-      Z = Z + hidden @ p["W_2"].T
-    return Z, None
-
-  Z, _ = jax.lax.scan(step, Z, params)
+  Z, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg, n_demos=N), None), Z, params)
   return -Z[:, N:, -1]
 
 
