@@ -65,16 +65,23 @@ def run_model(s: Settings, m: Model, ctx: engine.Context) -> None:
   cfg = sweep.SweepConfig(modules=modules, rates=(0.0,), ranks=tuple(r for r in s.ranks if r < tr.model.D),
                           n_eval=s.eval_tasks, n_analysis=64, bounds=False)
   res = sweep.run(tr.params, tr.seeds, tr.model, tr.task, cfg, progress=False)
+
+  def add(measure, value, **kw):  # an overflowed evaluation (NaN) is recorded as a failure, not a number
+    if value is None or np.isnan(value):
+      ctx.fail("evaluate", f"{measure} is NaN (overflow in the pruned model)", **kw)
+    else:
+      ctx.add(measure, value, **kw)
+
   for r in res.rows:
     if r["mode"] == "rate":  # ξ = 0: the unpruned model, one row per (layer, module); keep one
       if r["layer"] == 0 and r["module"] == "attn":
-        ctx.add("median_error", r["icl_error_median"], seed=r["seed"], n_tasks=s.eval_tasks, rank=tr.model.D, **keys)
+        add("median_error", r["icl_error_median"], seed=r["seed"], n_tasks=s.eval_tasks, rank=tr.model.D, **keys)
       continue
     where = dict(layer=r["layer"], module=r["module"], rank=r["rank"], **keys)
-    ctx.add("median_error", r["icl_error_median"], seed=r["seed"], n_tasks=s.eval_tasks, **where)
+    add("median_error", r["icl_error_median"], seed=r["seed"], n_tasks=s.eval_tasks, **where)
     if m.attention == "linear" and m.mlp is None:
       for t in range(r["layer"], m.L):
-        ctx.add("w_hat_rel_change", r[f"w_hat_rel_{t}"], seed=r["seed"], n_tasks=cfg.n_analysis, t=t, **where)
+        add("w_hat_rel_change", r[f"w_hat_rel_{t}"], seed=r["seed"], n_tasks=cfg.n_analysis, t=t, **where)
   for k, seed in enumerate(tr.seeds):
     kappa = prune.condition_numbers(profiles.seed_params(tr.params, k))
     for name, v in kappa.items():
@@ -92,12 +99,16 @@ def run(s: Settings, ctx: engine.Context) -> None:
 
 def damage(table: engine.Table, model: str, L: int, module: str, seed: int) -> np.ndarray:
   """Per layer: mean over DAMAGE_RANKS of log10(median error pruned / unpruned) → [L] (inf: overflow)."""
-  base = table.value("median_error", model=model, L=L, seed=seed, layer=None)
+  base = table.values("median_error", model=model, L=L, seed=seed, layer=None)
+  if base.size != 1:
+    return np.full(L, np.nan)
   ranks = [r for r in DAMAGE_RANKS if table.where(measure="median_error", model=model, L=L, module=module,
                                                   rank=r).rows]
   out = np.zeros(L)
   for layer in range(L):
-    v = [table.value("median_error", model=model, L=L, module=module, rank=r, layer=layer, seed=seed) for r in ranks]
+    # a configuration whose evaluation overflowed was recorded as a failure: infinite damage
+    v = [(lambda a: a[0] if a.size else np.inf)(table.values("median_error", model=model, L=L, module=module,
+                                                             rank=r, layer=layer, seed=seed)) for r in ranks]
     with np.errstate(divide="ignore", over="ignore"):
       out[layer] = np.mean(np.log10(np.asarray(v) / base)) if v else np.nan
   return out
@@ -165,7 +176,7 @@ def report(table: engine.Table, meta: dict) -> str:
   rows = []
   for m, L in _models(table):
     seeds = table.seeds(measure="median_error", model=m, L=L)
-    base = [table.value("median_error", model=m, L=L, seed=x, layer=None) for x in seeds]
+    base = [v for x in seeds for v in table.values("median_error", model=m, L=L, seed=x, layer=None)]
     for module in [x for x in table.unique("module", measure="median_error", model=m, L=L) if x]:
       dms = deep_minus_shallow(table, m, L, module)
       finite = dms[np.isfinite(dms)]
