@@ -23,7 +23,9 @@ def free_port() -> int:
 
 
 def test_two_processes_write_the_single_process_table(tmp_path):
-  """Three seeds on two processes (blocks of 2 and 1): process 0's CSV equals one process's, byte for byte."""
+  """Three seeds on two processes (blocks of 2 and 1): process 0's CSV has the single process's rows in the
+  same order, its numbers equal to float32 round-off. (Byte identity held with the plain attention
+  path; the Gram-matrix training path rounds differently when a vmap holds 2 seeds instead of 3.)"""
   port, out = free_port(), tmp_path / "multi.csv"
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   env.pop("XLA_FLAGS", None)  # one device per process
@@ -45,8 +47,14 @@ def test_two_processes_write_the_single_process_table(tmp_path):
 
   single = tmp_path / "single.csv"
   assert distributed.main(["--seeds", "0-2", "--out", str(single), *JOB]) == 0
-  assert out.read_bytes() == single.read_bytes()
-  lines = out.read_text().splitlines()
+  a, b = out.read_text().splitlines(), single.read_text().splitlines()
+  assert a[0] == b[0] and len(a) == len(b)
+  ka = [l.split(",")[:2] for l in a[1:]]
+  assert ka == [l.split(",")[:2] for l in b[1:]]  # the same seeds and steps, in the same order
+  num = lambda rows: np.array([[float(x) if x else np.nan for x in l.split(",")[2:]] for l in rows[1:]])
+  va, vb = num(a), num(b)
+  np.testing.assert_allclose(va, vb, rtol=1e-5, atol=1e-7, equal_nan=True)
+  lines = a
   assert [l.split(",")[0] for l in lines[1::20]] == ["0", "1", "2"]  # seed order kept
   losses = np.array([float(l.split(",")[2]) for l in lines[1:]]).reshape(3, 20)
   assert len({tuple(r) for r in losses}) == 3  # three different models

@@ -30,9 +30,8 @@ class TaskConfig:
   query_noise: bool = False  # add N(0, σ²) to the query target too
   x_dist: str = "gaussian"  # "gaussian" x ~ N(0, x_cov) or "uniform" x ~ U(−a, a)^d with covariance a²/3·I
   x_scale: float = 1.0  # a, the half-width of "uniform" inputs; stays 1.0 for "gaussian" (use x_cov)
-  # Mixed context lengths: each task keeps M ~ U{n_context_min, …, N} demonstrations and the others
-  # become zero tokens [0; 0], which add nothing to linear attention's sums (its 1/N stays); 0: all N.
-  n_context_min: int = 0
+  n_context_min: int = 0  # mixed context lengths: each task keeps M ~ U{n_context_min, …, N} demonstrations,
+  #                         the others become zero tokens [0; 0] (no term in linear attention's sums); 0: all N
   # In-weights knowledge: with probability w0_prob a task's w is one fixed w₀ (see `w0`), else fresh.
   w0_prob: float = 0.0  # p ∈ [0, 1], the share of tasks whose w is w₀
   w0_seed: int = 0  # seeds the one draw of w₀ from the prior N(0, Σ_w)
