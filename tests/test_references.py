@@ -103,4 +103,4 @@ def test_nested_references_do_not_fit_worse_than_per_step_gd():
   loss = {k: float(jnp.mean((R.iterates(f, b)[1][-1] - b.y_q) ** 2)) for k, f in fs.items()}
   assert loss["gd_pp"] <= loss["gd_step"] * 1.01 and loss["precond"] <= loss["gd_step"] * 1.01, loss
   alone = R.fit(task, 4, "gd_pp", R.FitConfig(steps=300, batch_size=256))  # fits its parent first
-  np.testing.assert_allclose(alone.eta, fs["gd_pp"].eta, rtol=1e-6)
+  np.testing.assert_allclose(alone.eta, fs["gd_pp"].eta, rtol=1e-5)  # float32 fits: joint and alone round differently
