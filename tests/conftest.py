@@ -5,11 +5,15 @@ import os
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests compile hundreds of small programs and run each once: XLA's cheapest CPU pipeline halves
+# compile time, and every assertion is a tolerance or a comparison of two programs compiled alike.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _float64():
-  """Exact identities are stated in float64; code that trains in float32 scopes its own precision."""
+  """Exact identities are stated in float64; code that trains in float32 scopes its own precision.
+  Session-wide, so module-scoped fixtures are built in float64 too."""
   from lintheory.core import precision
   with precision.x64():
     yield

@@ -115,7 +115,7 @@ def test_an_unknown_recipe_is_refused_by_name():
     dr.run(s, engine.Context(dr.KEYS, "unused"))
 
 
-@pytest.mark.slow  # tests/test_studies.py runs the tiny profile of every study in `make test` already
+@pytest.mark.slow  # an end-to-end tiny run, like tests/test_studies.py under `make test-all`
 def test_tiny_profile_end_to_end(tmp_path):
   flags = engine.Flags(profile="tiny", results=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"))
   engine.run_study("deep_recipes", flags)

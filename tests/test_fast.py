@@ -23,7 +23,7 @@ def draw_problem(key, cfg: ModelConfig, B: int, N: int, scale: float):
   return params, Z, y
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(d=st.integers(1, 5), N=st.integers(1, 7), L=st.integers(1, 4), H=st.integers(1, 3),
        W_O=st.booleans(), seed=st.integers(0, 2**16))
 def test_fast_forward_and_gradients_equal_the_reference(d, N, L, H, W_O, seed):

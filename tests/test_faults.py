@@ -187,7 +187,7 @@ FLAG_TABLE = {
         (["--eval-tasks", str(2**31 - 1)], "--eval-tasks"), (["--max-skipped", "-1"], "--max-skipped"),
         (["--chunk", "0"], "--chunk"), (["--x-cov-diag", "1", "2", "3"], "x_cov"),
         (["--x-cov-diag", "-1", "1"], "x_cov"), (["--x-cov-diag", "nan", "1"], "--x-cov"),
-        (["--w-cov", "0", "1"], "--w-cov"),
+        (["--w-cov", "-1", "1"], "--w-cov"),
         (["--dtype", "float16"], "--dtype"), (["--attention", "cosine"], "--attention"), (["--mlp", "gelu"], "--mlp"),
         (["--mlp-hidden", "-1"], "--mlp-hidden"), (["--schedule", "linear"], "--schedule"),
         (["--optimizer", "sgd"], "--optimizer"), (["--weight-decay", "-1"], "weight_decay"),

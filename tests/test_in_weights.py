@@ -50,7 +50,7 @@ def test_bad_w0_options_name_the_argument(field, value):
     TaskConfig(**{field: value})
 
 
-@pytest.mark.slow  # tests/test_studies.py runs the tiny profile of every study in `make test` already
+@pytest.mark.slow  # an end-to-end tiny run, like tests/test_studies.py under `make test-all`
 def test_tiny_study_runs_and_reads_back(tmp_path):
   s = in_weights.PROFILES["tiny"]
   ctx = engine.Context(in_weights.KEYS, str(tmp_path / "cache"))

@@ -123,7 +123,7 @@ def test_edits_match_prune_and_their_neutral_settings_change_nothing():
     mismatch.apply_all(p, [("mask", 0, None)])
 
 
-@pytest.mark.slow  # tests/test_studies.py runs the tiny profile of every study in `make test` already
+@pytest.mark.slow  # an end-to-end tiny run, like tests/test_studies.py under `make test-all`
 def test_tiny_profile_end_to_end(tmp_path):
   s = mismatch.PROFILES["tiny"]
   ctx = engine.Context(mismatch.KEYS, str(tmp_path / "cache"))

@@ -116,7 +116,7 @@ def test_stacked_controls_match_the_svd_edit_matrix_by_matrix():
   assert checked == 3 * 4 * 2 * 4  # controls × matrices (W_Q, W_K, W_V, W_V) × layers × ranks
 
 
-@pytest.mark.slow  # tests/test_studies.py already runs the tiny profile → plot → report in `make test`
+@pytest.mark.slow  # an end-to-end tiny run, like tests/test_studies.py under `make test-all`
 def test_smoke_tiny_run_plot_report_claims(tmp_path):
   t0 = time.perf_counter()
   flags = engine.Flags(profile="tiny", results=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"))

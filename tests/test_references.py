@@ -95,6 +95,7 @@ def test_two_step_references_are_ordered(tmp_path):
   assert loss["gd"] < learners.gd1_loss_star(5, 10)
 
 
+@pytest.mark.slow
 def test_nested_references_do_not_fit_worse_than_per_step_gd():
   """GD++ and preconditioned GD contain per-step GD (γ = 0, P_t = η_t I) and start from its fit."""
   task = TaskConfig(d=5, n_context=10)

@@ -8,19 +8,26 @@ from lintheory import report, studies
 from lintheory.studies import engine
 
 
+# make test runs one study end to end; the rest run under `make test-all` (each takes minutes here).
+FAST = ("one_layer",)
+
+
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-  """Each study run once on the tiny profile, sharing one model cache."""
+  """Studies run on the tiny profile into one results folder, sharing one model cache."""
   root = tmp_path_factory.mktemp("studies")
   flags = engine.Flags(profile="tiny", results=str(root / "results"), cache_dir=str(root / "cache"))
-  for name in studies.STUDIES:
+  for name in FAST:
     engine.run_study(name, flags)
   return root, flags
 
 
-@pytest.mark.parametrize("name", studies.STUDIES)
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in studies.STUDIES])
 def test_study_writes_a_tidy_table_and_draws_it(ran, name):
   root, flags = ran
+  if name not in FAST:
+    engine.run_study(name, flags)
   table, meta = engine.load(flags.results, name)
   assert table.rows, f"{name} wrote no rows"
   assert meta["seeds"] and meta["provenance"]

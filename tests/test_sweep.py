@@ -165,5 +165,6 @@ def test_jitted_sampler_draws_what_the_eager_sampler_draws():
   for i in range(2):
     ref = tasks.sample(keys[i], TASK, 4, n_context=3, dtype=jnp.float64)
     for a, b in zip(got, ref):
-      np.testing.assert_array_equal(a[i], b)
+      # jit may fuse the sampler's arithmetic differently from eager dispatch: equal to round-off
+      np.testing.assert_allclose(a[i], b, rtol=1e-14, atol=1e-15)
   assert got.X.shape == (2, 4, 3, TASK.d)
