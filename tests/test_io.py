@@ -1,5 +1,6 @@
 """Results files and the shared model cache: strict JSON, atomic writes, one training per model."""
 
+import dataclasses
 import fcntl
 import json
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from lintheory.core import precision
 from lintheory.run import cache, io, train
 from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
@@ -24,13 +26,17 @@ def test_write_json_is_strict_json_with_inf_and_nan_marked(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
 
 
-def test_cached_fit_trains_once_then_reads_the_cache(tmp_path, monkeypatch):
-  p1, l1 = cache.cached_fit(TASK, MODEL, CFG, (0, 1), tmp_path)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cached_fit_trains_once_then_reads_the_cache(tmp_path, monkeypatch, dtype):
+  cfg = dataclasses.replace(CFG, dtype=dtype)
+  p1, l1 = cache.cached_fit(TASK, MODEL, cfg, (0, 1), tmp_path)
   monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("retrained a cached model"))
-  p2, l2 = cache.cached_fit(TASK, MODEL, CFG, (0, 1), tmp_path)
+  with precision.x64(False):  # a caller in 32-bit mode reads back the same float64 weights
+    p2, l2 = cache.cached_fit(TASK, MODEL, cfg, (0, 1), tmp_path)
   np.testing.assert_array_equal(l1, l2)
   for k in p1:
-    np.testing.assert_array_equal(np.asarray(p1[k]), np.asarray(p2[k]))
+    assert type(p1[k]) is type(p2[k]) is np.ndarray and p1[k].dtype == p2[k].dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(p1[k], p2[k])
 
 
 def test_lock_excludes_another_process(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lintheory.run import sweep
-from lintheory.core import implicit, tasks
+from lintheory.core import implicit, precision, tasks
 from lintheory.core.model import ModelConfig, forward, init_params
 
 MODEL = ModelConfig(d=3, n_layers=3, init_scale=0.4)
@@ -39,6 +39,14 @@ def test_vectorised_sweep_equals_the_loop(params_S, full):
         np.testing.assert_allclose(v, b[k], rtol=1e-9, atol=1e-12, err_msg=k)
   # distinct kept-rank patterns are evaluated once: ξ = 0.9 and rank 0 coincide on 4×4 matrices
   assert res.evaluated < len(res.rows) // len(SEEDS)
+
+
+def test_a_float64_sweep_called_in_32_bit_mode_runs_in_float64(params_S, full):
+  """The sweep scopes the precision of its weights: the caller's x64 mode changes nothing."""
+  res, _ = full
+  with precision.x64(False):
+    again = sweep.run(params_S, SEEDS, MODEL, TASK, CFG, progress=False)
+  assert again.rows == res.rows
 
 
 def test_unpruned_rows_are_bit_exact_and_earlier_layers_do_not_move(full):

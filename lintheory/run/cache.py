@@ -12,7 +12,6 @@ import io as _io
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from lintheory.core.model import ModelConfig, Params
@@ -28,7 +27,8 @@ def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, see
 
   Studies share trained models through this cache (keyed by every config field and the seeds),
   so a study that needs a model another study trained does not retrain it.
-  Returns (params with a leading seed axis, losses [S, steps]).
+  Returns (params with a leading seed axis, as numpy arrays in the training dtype, losses [S, steps]):
+  the same arrays whether trained now or read back, whatever the caller's x64 mode.
   """
   key = {"task": dataclasses.asdict(task), "model": dataclasses.asdict(model),
          "train": dataclasses.asdict(train_cfg), "seeds": list(seeds)}
@@ -37,7 +37,7 @@ def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, see
   with locked(Path(cache_dir) / f"{digest}.lock", f"training {label or digest}"):
     if (path / "params.npz").exists() and (path / "losses.npy").exists():
       with np.load(path / "params.npz") as f:
-        params = {k: jax.numpy.asarray(f[k]) for k in f.files}
+        params = {k: f[k] for k in f.files}
       return params, np.load(path / "losses.npy")
     res = _train.fit(task, model, train_cfg, seeds, on_chunk=_train.print_progress(train_cfg.steps, label))
     if res.diverged:
@@ -46,5 +46,6 @@ def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, see
     buf = _io.BytesIO()
     np.save(buf, res.losses)
     atomic_write_bytes(path / "losses.npy", buf.getvalue())
-    write_npz(path / "params.npz", res.params)
-    return res.params, res.losses
+    params = {k: np.asarray(v) for k, v in res.params.items()}
+    write_npz(path / "params.npz", params)
+    return params, res.losses

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import implicit, prune, tasks
+from lintheory.core import implicit, precision, prune, tasks
 from lintheory.run import io
 from lintheory.core.model import ModelConfig, Params, block, forward, heads
 from lintheory.core.tasks import TaskConfig
@@ -494,7 +494,13 @@ def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, c
 
   With `out`, rows already in out/sweep.csv are kept and skipped, and the CSV and JSON are
   rewritten atomically after every block; on_block(done, total) runs after each block.
+  The sweep runs in the weights' dtype (core.precision.for_dtype), whatever the caller's x64 mode.
   """
+  with precision.for_dtype(np.dtype(params_S["W_Q"].dtype).name):
+    return _run(params_S, seeds, model_cfg, task_cfg, cfg, out, on_block, progress)
+
+
+def _run(params_S, seeds, model_cfg, task_cfg, cfg, out, on_block, progress) -> SweepResult:
   seeds = tuple(int(s) for s in seeds)
   if params_S["W_Q"].shape[0] != len(seeds):
     raise ValueError(f"params have {params_S['W_Q'].shape[0]} seeds on axis 0 but seeds has {len(seeds)}")

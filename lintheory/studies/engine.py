@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from lintheory.core import precision
 from lintheory.run import compile_cache, io
 from lintheory.run import profiles as run_profiles
 
@@ -189,7 +190,8 @@ def run_study(name: str, flags: Flags) -> Path:
   settings = settings_for(study, flags)
   ctx = Context(study.KEYS, flags.cache_dir)
   t0 = time.perf_counter()
-  study.run(settings, ctx)
+  with precision.x64():  # analysis in float64; training and sweeps scope the precision of their weights
+    study.run(settings, ctx)
   seconds = time.perf_counter() - t0
   table = Table(ctx.rows, study.KEYS)
   out = Path(flags.results)
