@@ -136,6 +136,7 @@ def test_provenance_names_versions_commit_and_device():
   assert p["versions"]["numpy"] == np.__version__ and p["versions"]["jax"]
   assert set(p["git"]) >= {"commit", "dirty"} and p["device"]["device_kind"]
   assert isinstance(p["device"]["x64"], bool) and p["python"].count(".") == 2
+  assert p["cpu_count"] >= 1 and len(p["load_avg"]) == 3 and min(p["load_avg"]) >= 0  # timings need the load
   json.dumps(p)  # plain data
 
 

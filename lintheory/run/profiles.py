@@ -68,7 +68,7 @@ class Profile:
 PROFILES = {
     # Smoke tests: every study end to end in seconds; the numbers mean nothing.
     "tiny": Profile(steps=40, batch_size=32, seeds=(0, 1), eval_tasks=1024),
-    # 2 CPU cores: every study of `make figures` within 10 minutes, 5 seeds per model.
+    # 2 CPU cores, 5 seeds per model; `make figures` takes far longer than 10 minutes (docs/report.md, costs).
     "default": Profile(steps=1500, batch_size=256, seeds=(0, 1, 2, 3, 4), eval_tasks=100_000),
     # An accelerator: converged models, many seeds.
     "full": Profile(steps=20_000, batch_size=2048, seeds=tuple(range(20)), eval_tasks=1_000_000),
