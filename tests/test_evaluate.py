@@ -170,6 +170,25 @@ def test_bayes_predictor_is_ridge_for_an_isotropic_prior():
   np.testing.assert_allclose(evaluate.bayes_predictor(cfg, b.X, b.y), learners.ridge(b.X, b.y, 0.25), rtol=1e-10)
 
 
+@pytest.mark.parametrize("N,w_cov", [(2, None), (6, None), (5, (1.0, 1.0, 0.0, 0.0))])
+def test_noiseless_bayes_predictor_is_the_least_norm_interpolant(N, w_cov):
+  """σ = 0: ŵ = F (X F)⁺ y (docs/theory.md §9). With N < d and Σ_w = I it is numpy's minimum-norm
+  interpolant; once X F has full column rank (N ≥ d, or N ≥ rank Σ_w) it is w itself."""
+  import jax
+  import jax.numpy as jnp
+  from lintheory.core import evaluate, tasks
+  cfg = tasks.TaskConfig(d=4, n_context=N, w_cov=w_cov)
+  b = tasks.sample(jax.random.key(3), cfg, 8, dtype=jnp.float64)
+  w_hat = np.asarray(evaluate.bayes_predictor(cfg, b.X, b.y))
+  np.testing.assert_allclose(np.einsum("bnd,bd->bn", b.X, w_hat), b.y, atol=1e-10)  # it interpolates
+  if N < cfg.d and w_cov is None:
+    ref = np.stack([np.linalg.lstsq(np.asarray(x), np.asarray(y), rcond=None)[0] for x, y in zip(b.X, b.y)])
+    np.testing.assert_allclose(w_hat, ref, rtol=1e-9, atol=1e-12)
+    assert np.abs(w_hat - np.asarray(b.w)).max() > 0.1  # and it is not w: two shots cannot pin four weights
+  else:
+    np.testing.assert_allclose(w_hat, b.w, rtol=1e-9, atol=1e-10)
+
+
 def test_bayes_errors_are_below_every_learner_on_average():
   """No predictor beats the posterior mean in expected error: one GD step at η* on the same tasks."""
   import jax

@@ -128,14 +128,17 @@ def errors(params: Params, cfg: ModelConfig, task_cfg: TaskConfig, key: jax.Arra
 def bayes_predictor(task_cfg: TaskConfig, X_BND: jax.Array, y_BN: jax.Array) -> jax.Array:
   """The posterior mean of w under the task prior N(0, Σ_w) and noise σ² → [B, d] (docs/theory.md §9).
 
-  ŵ = Σ_w Xᵀ(X Σ_w Xᵀ + σ² I)⁻¹ y, which needs no inverse of Σ_w (a low-rank prior is fine); with
-  σ = 0 and an invertible Σ_w it is the least-squares interpolant (XᵀX)⁻¹Xᵀy (N ≥ d). No learner beats
-  it in expected error: it is the floor of every error curve.
+  ŵ = Σ_w Xᵀ(X Σ_w Xᵀ + σ² I)⁻¹ y, which needs no inverse of Σ_w (a low-rank prior is fine). With
+  σ = 0 the labels pin w = F z (F Fᵀ = Σ_w) to y = X F z exactly, and the posterior mean is F (X F)⁺ y:
+  the interpolant of least Σ_w-norm, which is w itself once X F has full column rank, and the
+  minimum-norm interpolant when N < d. No learner beats it in expected error: it is the floor of every
+  error curve.
   """
   Sw = jnp.asarray(tasks.as_cov("w_cov", task_cfg.w_cov, task_cfg.d, psd=True), X_BND.dtype)
   if task_cfg.noise_std == 0.0:
-    G = jnp.einsum("bnd,bne->bde", X_BND, X_BND)
-    return jnp.linalg.solve(G, jnp.einsum("bnd,bn->bd", X_BND, y_BN)[..., None])[..., 0]
+    F = jnp.asarray(tasks.w_factor(task_cfg), X_BND.dtype)
+    z = jnp.einsum("bkn,bn->bk", jnp.linalg.pinv(jnp.einsum("bnd,dk->bnk", X_BND, F)), y_BN)
+    return jnp.einsum("dk,bk->bd", F, z)
   K = jnp.einsum("bnd,de,bme->bnm", X_BND, Sw, X_BND) + task_cfg.noise_std**2 * jnp.eye(X_BND.shape[1], dtype=X_BND.dtype)
   alpha = jnp.linalg.solve(K, y_BN[..., None])[..., 0]
   return jnp.einsum("de,bne,bn->bd", Sw, X_BND, alpha)

@@ -174,11 +174,16 @@ def _keep_first(key: jax.Array, m_min: int, X: jax.Array, y: jax.Array) -> tuple
   return X * keep[..., None], y * keep
 
 
+def w_factor(cfg: TaskConfig) -> np.ndarray:
+  """F [d, d] with F Fᵀ = Σ_w (zero columns where Σ_w is low-rank), so w = F z with z ~ N(0, I_d)."""
+  return _factor(as_cov("w_cov", cfg.w_cov, cfg.d, psd=True))
+
+
 def w0(cfg: TaskConfig) -> np.ndarray:
   """The fixed task vector w₀ ~ N(0, Σ_w) → [d] float64, drawn in numpy from w0_seed so that every
   dtype (training in float32, evaluation in float64) sees the same w₀."""
   z = np.random.default_rng(cfg.w0_seed).standard_normal(cfg.d)
-  return _factor(as_cov("w_cov", cfg.w_cov, cfg.d, psd=True)) @ z
+  return w_factor(cfg) @ z
 
 
 def _inputs(key: jax.Array, cfg: TaskConfig, shape: tuple, dtype) -> jax.Array:
