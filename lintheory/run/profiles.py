@@ -90,20 +90,23 @@ class Trained(NamedTuple):
   losses: np.ndarray  # [S, steps]
 
 
-def trained(prof: Profile, *, d: int = 10, n_context: int = 20, layers: int = 1, noise_std: float = 0.0,
-            x_cov=None, w_cov=None, attention: str = "linear", mlp: str | None = None, steps: int | None = None,
-            pool_size: int = 0, seeds=None, cache_dir: str = "runs/cache") -> Trained:
-  """Models trained with the profile's recipe (cached); steps/seeds override the profile's."""
-  task = TaskConfig(d=d, n_context=n_context, noise_std=noise_std, x_cov=x_cov, w_cov=w_cov)
-  model = ModelConfig(d=d, n_layers=layers, attention=attention, mlp=mlp, init_scale=prof.init_scale)
+def trained(prof: Profile, *, layers: int = 1, attention: str = "linear", mlp: str | None = None,
+            steps: int | None = None, pool_size: int = 0, seeds=None, cache_dir: str = "runs/cache",
+            **task) -> Trained:
+  """Models trained with the profile's recipe (cached). `task` holds TaskConfig fields (d = 10 and
+  N = 20 unless given); steps and seeds override the profile's."""
+  task = TaskConfig(**{"d": 10, "n_context": 20, **task})
+  model = ModelConfig(d=task.d, n_layers=layers, attention=attention, mlp=mlp, init_scale=prof.init_scale)
   n = prof.steps if steps is None else steps
   r = prof.recipe(layers)
   train = TrainConfig(steps=n, batch_size=prof.batch_size, lr=r.lr, warmup=min(r.warmup, int(n * r.warmup_frac)),
                       clip_norm=r.clip_norm, dtype=r.dtype, chunk=min(250, n), max_skipped=prof.max_skipped,
                       pool_size=pool_size, tail_frac=0.0 if pool_size else r.tail_frac, tail_scale=r.tail_scale)
   seeds = tuple(prof.seeds if seeds is None else seeds)
-  label = (f"L={layers} d={d} N={n_context} σ={noise_std} {attention}{'+' + mlp if mlp else ''}"
-           f"{f' pool={pool_size}' if pool_size else ''}: ")
+  extras = [f"mixed from {task.n_context_min}" if task.n_context_min else "",
+            f"w0_prob={task.w0_prob}" if task.w0_prob else "", f"pool={pool_size}" if pool_size else ""]
+  label = f"L={layers} d={task.d} N={task.n_context} σ={task.noise_std} {attention}{'+' + mlp if mlp else ''}" \
+      + "".join(f" {e}" for e in extras if e) + ": "
   params, losses = cache.cached_fit(task, model, train, seeds, cache_dir, label)
   return Trained(task, model, train, seeds, params, losses)
 

@@ -20,10 +20,8 @@ import jax
 import numpy as np
 
 from lintheory.core import evaluate, prune, stats
-from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
-from lintheory.run import cache, profiles
-from lintheory.run.train import TrainConfig
+from lintheory.run import profiles
 from lintheory.studies import engine, figures, text
 
 NAME = "in_weights"
@@ -71,17 +69,8 @@ def task_set(task: TaskConfig, kind: str) -> TaskConfig:
 
 
 def trained(s: Settings, p: float, ctx: engine.Context):
-  """The models of one p from the shared cache, with run.profiles' recipe (profiles.trained has no w₀)."""
-  task = task_config(s, p)
-  model = ModelConfig(d=s.d, n_layers=s.layers, mlp="relu", init_scale=s.train.init_scale)
-  r, n = s.train.recipe(s.layers), s.train.steps
-  train = TrainConfig(steps=n, batch_size=s.train.batch_size, lr=r.lr, warmup=min(r.warmup, int(n * r.warmup_frac)),
-                      clip_norm=r.clip_norm, dtype=r.dtype, chunk=min(250, n), max_skipped=s.train.max_skipped,
-                      tail_frac=r.tail_frac, tail_scale=r.tail_scale)
-  seeds = tuple(s.train.seeds)
-  params, losses = cache.cached_fit(task, model, train, seeds, ctx.cache_dir,
-                                    f"L={s.layers} d={s.d} σ={s.noise_std} linear+relu w0_prob={p}: ")
-  return profiles.Trained(task, model, train, seeds, params, losses)
+  """The models of one p from the shared cache, with run.profiles' recipe."""
+  return engine.trained(s, ctx, layers=s.layers, mlp="relu", **dataclasses.asdict(task_config(s, p)))
 
 
 def edit_list(s: Settings) -> list[tuple[str, int, int]]:

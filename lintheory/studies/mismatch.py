@@ -30,8 +30,7 @@ import numpy as np
 from lintheory.core import evaluate, precision, prune, stats, tasks
 from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
-from lintheory.run import cache, profiles
-from lintheory.run.train import TrainConfig
+from lintheory.run import profiles
 from lintheory.studies import engine, figures, text
 
 NAME = "mismatch"
@@ -78,20 +77,8 @@ PROFILES = {
 
 
 def trained_mixed(s: Settings, ctx: engine.Context, L: int, N: int) -> profiles.Trained:
-  """Models trained on mixed context lengths with the profile's recipe (cached).
-
-  The recipe is profiles.trained's; that function builds its own TaskConfig, so the mixed-length
-  option is passed here until it takes n_context_min itself.
-  """
-  prof = s.train
-  task = TaskConfig(d=s.d, n_context=N, n_context_min=s.mixed_min)
-  model = ModelConfig(d=s.d, n_layers=L, init_scale=prof.init_scale)
-  r, n = prof.recipe(L), prof.steps
-  train = TrainConfig(steps=n, batch_size=prof.batch_size, lr=r.lr, warmup=min(r.warmup, int(n * r.warmup_frac)),
-                      clip_norm=r.clip_norm, dtype=r.dtype, chunk=min(250, n), max_skipped=prof.max_skipped)
-  params, losses = cache.cached_fit(task, model, train, prof.seeds, ctx.cache_dir,
-                                    f"L={L} d={s.d} N={N} mixed from {s.mixed_min}: ")
-  return profiles.Trained(task, model, train, tuple(prof.seeds), params, losses)
+  """Models trained on mixed context lengths with the profile's recipe (cached)."""
+  return engine.trained(s, ctx, d=s.d, n_context=N, n_context_min=s.mixed_min, layers=L)
 
 
 # --- edits ----------------------------------------------------------------------------------
