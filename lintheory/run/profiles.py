@@ -30,23 +30,15 @@ class Recipe:
   tail_scale: float = 1.0  # the largest scale s of those demonstrations
 
 
-# Chosen by the deep_recipes study (python -m lintheory.studies deep_recipes --profile default):
-# d = 10, N = 20, 1500 steps of 256 tasks, seeds 0 and 1, exact per-task errors / d on the same
-# 10^5 fresh tasks as the fitted GD++ of each depth. Mean error per seed (median task error):
-#   L = 3  GD++ 0.016 (0.006)  float32 lr 5e-3 clip 1: 0.27, 0.16    float64 (below): 0.097, 0.034
-#   L = 4  GD++ 0.007 (0.002)  float32 lr 5e-3 clip 1: 1.7e4, 1.5e5  float64: 1.2e5, 0.15
-#   L = 6  GD++ 0.002 (2e-4)                                         float64: 3e18, 2e24
-#   L = 8  GD++ 0.001 (6e-5)   float32 lr 1e-3 clip 1: 5e246, 0.15   float64: overflow, overflow
-#          (medians: float32 0.08, 0.12, a plateau; float64 4e-5, 2e-5, better than L = 4's)
-# Float64 with warm-up 500 and clip 0.1 is the recipe train.fit can express that we take for every
-# L >= 3 (at L = 4 both recipes explode; at L = 8 on the median), but for L >= 4 its mean is not
-# finite in practice: 10 tasks in 10^5 carry 96-100 % of the summed error, and the worst task's
-# demonstrations have their largest covariance eigenvalue in the top 0.2 %. Training with 1/8 of
-# each batch's demonstrations scaled by U[1, 1.4] (the study's f64_tail: the spectrum reaches the
-# test tail) makes every mean GD++-like: L = 3 0.025, 0.031; L = 4 0.011, 0.012; L = 6 0.0033,
-# 0.0004; L = 8 0.0004, 0.00006 (medians about 3x GD++'s at L <= 4, 7x at L = 6, 1.6x at L = 8).
-# TrainConfig.tail_frac / tail_scale express it, so every model of L >= 3 trains that way (pool
-# training excepted: its prompts are fixed). L <= 2 keeps its recipe (not searched here).
+# Chosen by the deep_recipes study (python -m lintheory.studies deep_recipes; its numbers are in
+# docs/report.md): d = 10, N = 20, 1500 steps of 256 tasks, exact per-task errors on 10^5 fresh tasks
+# against the fitted GD++ of each depth. Float32 keeps L <= 2 near GD++. For L >= 3 plain recipes in
+# either precision leave a mean that is not finite in practice: a handful of tasks in 10^5, those whose
+# demonstrations' covariance has its largest eigenvalue in the extreme tail, carry almost all of the
+# summed error. Training in float64 with 1/8 of each batch's demonstrations scaled by U[1, 1.4]
+# (TrainConfig.tail_frac / tail_scale: the training spectrum reaches the test tail) makes the means
+# GD++-like at every depth searched, so every model of L >= 3 trains that way (pool training
+# excepted: its prompts are fixed).
 RECIPES = (Recipe(2, 5e-3, 100, 0.1, 1.0),
            Recipe(1 << 30, 5e-3, 500, 1 / 3, 0.1, "float64", tail_frac=1 / 8, tail_scale=1.4))
 
