@@ -145,3 +145,19 @@ def test_provenance_says_when_git_is_absent(monkeypatch):
     raise FileNotFoundError("git")
   monkeypatch.setattr(subprocess, "run", no_git)
   assert provenance.git_state() == {"commit": None, "dirty": None, "error": "git is not installed"}
+
+
+def test_dirty_means_the_source_changed_not_the_studies_outputs(tmp_path, monkeypatch):
+  git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+  (tmp_path / "results").mkdir()
+  for name in ("pyproject.toml", "code.py", "results/study.csv"):
+    (tmp_path / name).write_text("0\n")
+  git("init", "-q")
+  git("add", ".")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "y")
+  monkeypatch.setattr(provenance, "_ROOT", tmp_path)
+  assert provenance.git_state()["dirty"] is False
+  (tmp_path / "results/study.csv").write_text("1\n")  # a study rewrote its table
+  assert provenance.git_state()["dirty"] is False
+  (tmp_path / "code.py").write_text("1\n")
+  assert provenance.git_state()["dirty"] is True

@@ -29,13 +29,17 @@ def _git(*args: str) -> str:
   return out.stdout.strip()
 
 
+OUTPUTS = ("results", "figures", "docs/report.md")  # written by `make figures`, committed beside the code
+
+
 def git_state() -> dict:
   """{"commit", "dirty"} of the source tree, or {"commit": None, "error": why} without git."""
   if not (_ROOT / "pyproject.toml").exists():  # an installed copy: no source tree to ask
     return {"commit": None, "dirty": None, "error": f"not run from a source checkout ({_ROOT})"}
   try:
     commit = _git("rev-parse", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    # dirty means the source differs from the commit; the studies' own outputs do not count
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{p}" for p in OUTPUTS)))
   except FileNotFoundError:
     return {"commit": None, "dirty": None, "error": "git is not installed"}
   except subprocess.CalledProcessError as e:
