@@ -272,7 +272,7 @@ def report(table: engine.Table, meta: dict) -> str:
           f"tasks). Unpruned mean error on fresh tasks, seed by seed (a seed far above the others has a heavy "
           f"tail of blown-up tasks, which dominates its means and gains): {'; '.join(per_seed)}.\n\n"
           + text.table(["p", "edit", "scored on", "unpruned error (median)", "mean gain", "95 % CI over seeds",
-                        "SE over tasks (median)", "margin", "verdict", "chosen edit per seed (module layer@rank)"],
+                        "SE over tasks (median)", "margin", "verdict", "chosen edit per seed (module, layer counted from 1, @ kept rank)"],
                        rows)
           + "\n\n![trade-off](../figures/in_weights_tradeoff.png)\n\n*Each point is one truncation (module, layer, "
           "rank) on the selection tasks, its gain on fresh tasks against its gain on w₀ tasks (median over seeds; "
