@@ -303,7 +303,8 @@ def claims(table: engine.Table, meta: dict) -> list:
   if not parts:
     return []
   verdict = ("holds" if any(trades) else "fails: w₀ tasks gain, fresh tasks do not lose" if any(helps)
-             else "fails: equivalent to no gain on w₀ tasks" if all(nulls) else "fails: no gain on w₀ tasks detected")
+             else "fails: equivalent to no gain on w₀ tasks" if all(nulls)
+             else "not shown: no gain on w₀ tasks detected, some p inconclusive")
   return [Claim("in_weights", verdict, "mean gain (error units) of the edit chosen on w₀ tasks, scored on w₀ and "
                 "on fresh tasks", "; ".join(parts), seeds,
                 f"ReLU-MLP L={meta['settings']['layers']}, σ={meta['settings']['noise_std']}, w = w₀ with prob. p; "

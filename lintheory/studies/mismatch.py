@@ -382,7 +382,9 @@ def _claim(table: engine.Table, regime: str, full_steps: int):
     verdict += f", and in {len(controls)} in-distribution control(s)" if controls else ", never in distribution"
   else:
     nulls = sum(v["call"] == "null" for _, v in mism)
-    verdict = f"fails: no edit helps ({nulls} of {len(mism)} mismatched conditions equivalent to no gain)"
+    verdict = ("fails: every mismatched condition is equivalent to no gain" if nulls == len(mism) else
+               f"not shown: no mismatched condition gains ({nulls} of {len(mism)} equivalent to no gain, "
+               "the rest inconclusive)")
   k, v = max(mism, key=lambda kv: np.mean(kv[1]["frac"]))
   lo, hi = 100 * v["lo"], 100 * v["hi"]
   calls = "; ".join(f"{describe(k)}, L={k['L']}: {v['call']}" for k, v in vs)
