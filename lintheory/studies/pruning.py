@@ -20,6 +20,7 @@ from lintheory.studies import engine, figures, text
 
 NAME = "pruning"
 KEYS = ("model", "L", "layer", "module", "rank", "t", "matrix")
+MODULE_COLORS = {"attn": 1, "q": 2, "k": 3, "v": 4, "mlp": 5}  # one colour per module in every panel
 DAMAGE_RANKS = (9, 5, 2, 1)  # the paper's rates ξ = 0.1, 0.5, 0.75, 0.9 on 11×11 matrices
 
 
@@ -134,9 +135,10 @@ def plot(table: engine.Table, meta: dict, out) -> list:
   paths = []
   fig, axes = plt.subplots(1, len(models), figsize=(3.3 * len(models), 3.0), squeeze=False)
   for ax, (m, L) in zip(axes[0], models):
-    for c, module in enumerate(table.unique("module", measure="median_error", model=m, L=L)):
+    for module in table.unique("module", measure="median_error", model=m, L=L):
       if module is None:
         continue
+      c = MODULE_COLORS[module]
       for n, seed in enumerate(table.seeds(measure="median_error", model=m, L=L)):
         dmg = damage(table, m, L, module, seed)
         finite = np.isfinite(dmg)
@@ -148,7 +150,8 @@ def plot(table: engine.Table, meta: dict, out) -> list:
     ax.set_xlabel("pruned layer (0 = first)")
     ax.set_xticks(range(L))
   axes[0, 0].set_ylabel("damage: mean log10(median error\npruned / unpruned) over r ∈ {9, 5, 2, 1}")
-  axes[0, 0].legend(fontsize=6, title="module, each seed", title_fontsize=6)
+  for ax in axes[0]:
+    ax.legend(fontsize=6, title="module, each seed", title_fontsize=6)
   fig.tight_layout()
   paths += figures.save(fig, out, "pruning_damage_by_layer")
 
