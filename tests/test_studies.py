@@ -73,3 +73,15 @@ def test_bad_profile_is_one_line_exit_2(capsys):
     engine.main("one_layer", ["--profile", "nope"])
   assert e.value.code == 2
   assert "--profile" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("values", [[-2e3, 0.5, 30.0], [1e-9, 1e12], [0.0]])
+def test_symlog_axis_labels_at_most_max_ticks_and_zero(values):
+  from lintheory.studies import figures
+  plt = figures.pyplot()
+  fig, ax = plt.subplots()
+  figures.symlog(ax, "x", values, max_ticks=7)
+  ticks = list(ax.get_xticks())
+  plt.close(fig)
+  assert 0.0 in ticks and len(ticks) <= 7 and ticks == sorted(ticks)
+  assert max(ticks) >= max(abs(v) for v in values)  # the data stay inside the labelled range

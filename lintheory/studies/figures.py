@@ -38,3 +38,18 @@ def seed_points(ax, x: float, values, color="C0", width=0.25, label=None):
   ax.plot(x + off, v, "o", ms=3.5, alpha=0.75, color=color, label=label)
   if v.size:
     ax.plot([x - width * 0.7, x + width * 0.7], [np.median(v)] * 2, color="k", lw=1.2)
+
+
+def symlog(ax, axis: str, values, linthresh: float = 1e-3, max_ticks: int = 7):
+  """A symmetric-log axis whose labelled ticks (0 and ±10^k) are thinned to at most max_ticks, so
+  that data spanning many decades on both sides of zero keeps readable labels."""
+  v = np.abs(np.asarray(values, float))
+  v = v[np.isfinite(v) & (v > linthresh)]
+  k0, k1 = int(np.floor(np.log10(linthresh))), int(np.ceil(np.log10(v.max()))) if v.size else 0
+  exps = list(range(k0 + 1, max(k1, k0 + 1) + 1))  # ±10^k0 would crowd the label 0
+  step = 1
+  while 2 * len(exps[::step]) + 1 > max_ticks and step < len(exps):
+    step += 1
+  ticks = sorted([0.0] + [s * 10.0 ** k for k in exps[::-1][::step] for s in (-1, 1)])
+  getattr(ax, f"set_{axis}scale")("symlog", linthresh=linthresh)
+  getattr(ax, f"set_{axis}ticks")(ticks)

@@ -118,19 +118,20 @@ def plot(table: engine.Table, meta: dict, out) -> list:
   fig, axes = plt.subplots(len(Ls), len(BOUNDS), figsize=(3.9 * len(BOUNDS), 3.3 * len(Ls)), squeeze=False)
   for row, L in zip(axes, Ls):
     for ax, (bound, label) in zip(row, BOUNDS.items()):
-      lo, hi = np.inf, -np.inf
+      lo, hi, xs, ys = np.inf, -np.inf, [], []
       for c, seed in enumerate(table.seeds(measure=bound, L=L)):
         b, g = _rows(table, L, bound, seed), _rows(table, L, GAPS[bound], seed)
         keys = sorted(set(b) & set(g), key=str)
         x, y = np.array([g[k] for k in keys]), np.array([b[k] for k in keys])
         fin = np.isfinite(y)
         ax.plot(x[fin], y[fin], "o", ms=3, alpha=0.7, color=f"C{c}", label=f"seed {seed}")
+        xs.extend(x[fin]), ys.extend(y[fin])
         if fin.any():
           lo, hi = min(lo, x[fin].min(), y[fin].min()), max(hi, x[fin].max(), y[fin].max())
       if np.isfinite(lo):
         ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, label="bound = gap")
-      ax.set_xscale("symlog", linthresh=1e-3)
-      ax.set_yscale("symlog", linthresh=1e-3)
+      figures.symlog(ax, "x", xs + [lo, hi])
+      figures.symlog(ax, "y", ys + [lo, hi])
       ax.set_xlabel(f"measured gap ({'clipped loss' if bound == 'cmi_bound' else 'squared loss'})")
       ax.set_ylabel(label)
       ax.set_title(f"L = {L}: one point per pruned configuration", fontsize=8)
