@@ -64,10 +64,10 @@ def collect() -> dict:
   """Versions (None = not installed), git commit + dirty flag, Python, platform, device kind, x64."""
   return {"versions": {name: _version(name) for name in PACKAGES}, "git": git_state(),
           "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
-          "cpu_count": os.cpu_count(), "load_avg": _load_avg(), "device": device_info()}
+          "cpu_count": os.cpu_count(), "load_avg": load_avg(), "device": device_info()}
 
 
-def _load_avg() -> list[float] | None:
+def load_avg() -> list[float] | None:
   """The 1-, 5- and 15-minute load averages: timings mean little without the machine's load."""
   try:
     return [round(x, 2) for x in os.getloadavg()]

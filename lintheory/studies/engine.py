@@ -189,6 +189,7 @@ def run_study(name: str, flags: Flags) -> Path:
   study = study_module(name)
   settings = settings_for(study, flags)
   ctx = Context(study.KEYS, flags.cache_dir)
+  prov = provenance.collect()  # the code that runs is the code at the start
   t0 = time.perf_counter()
   with precision.x64():  # analysis in float64; training and sweeps scope the precision of their weights
     study.run(settings, ctx)
@@ -197,7 +198,11 @@ def run_study(name: str, flags: Flags) -> Path:
   out = Path(flags.results)
   meta = {"study": name, "profile": flags.profile, "settings": dataclasses.asdict(settings),
           "seeds": list(settings.train.seeds), "seconds": round(seconds, 1), "failures": ctx.failures,
-          "n_rows": len(ctx.rows), "provenance": provenance.collect()}
+          "n_rows": len(ctx.rows), "provenance": prov}
+  end = provenance.git_state()
+  if end != prov["git"]:  # the tree changed while the study ran: say so rather than pick one
+    meta["git_at_end"] = end
+  prov["load_avg"] = provenance.load_avg()  # the load the study ran under, not the load before it
   io.atomic_write_bytes(out / f"{name}.csv", table.to_csv().encode())
   io.write_json(out / f"{name}.json", meta)
   ctx.log(f"{name}: {len(ctx.rows)} rows, {len(ctx.failures)} failures, {seconds:.1f} s → {out / name}.csv")
