@@ -83,6 +83,11 @@ class Settings:
 
 
 _ALL = tuple(CANDIDATES)
+
+
+def _color(recipe: str) -> str:
+  """One colour per recipe in every panel."""
+  return f"C{_ALL.index(recipe) % 10}" if recipe in _ALL else "C9"
 PROFILES = {
     "tiny": Settings(profiles.Profile(steps=40, batch_size=32, seeds=(0, 1), eval_tasks=4096),
                      ((2, ("f32_lr5e-3_clip1", "f64_lr5e-3_clip0.1", "f64_tail")),), eval_tasks=4096, d=3,
@@ -406,10 +411,10 @@ def plot(table: engine.Table, meta: dict, out) -> list:
 
   fig, axes = plt.subplots(1, len(Ls), figsize=(max(3.3 * len(Ls), 7.5), 3.0), squeeze=False)
   for ax, L in zip(axes[0], Ls):
-    for j, r in enumerate(_recipes(table, L)):
+    for r in _recipes(table, L):
       for n, seed in enumerate(table.seeds(measure="train_loss_median", L=L, recipe=r)):
         rows = table.where(measure="train_loss_median", L=L, recipe=r, seed=seed).rows
-        ax.plot([x["step"] for x in rows], [x["value"] for x in rows], color=f"C{j}", lw=0.9, alpha=0.8,
+        ax.plot([x["step"] for x in rows], [x["value"] for x in rows], color=_color(r), lw=0.9, alpha=0.8,
                 label=r if n == 0 else None)
     ax.set_yscale("log")
     ax.set_xlabel("training step")
@@ -442,10 +447,10 @@ def plot(table: engine.Table, meta: dict, out) -> list:
   edges = (0.0, *LAM_BINS)
   ticks = [f"{100 * a:g}–{100 * b:g}" for a, b in zip(edges[:-1], edges[1:])]
   for ax, L in zip(axes[0], Ls):
-    for j, r in enumerate(_recipes(table, L)):
+    for r in _recipes(table, L):
       for n, seed in enumerate(table.seeds(measure="bin_mean", L=L, recipe=r)):
         v = np.minimum([table.value("bin_mean", L=L, recipe=r, seed=seed, lam_q=q) for q in LAM_BINS], CAP)
-        ax.plot(range(len(LAM_BINS)), v, "o-", color=f"C{j}", lw=0.9, ms=2.5, alpha=0.8, label=r if n == 0 else None)
+        ax.plot(range(len(LAM_BINS)), v, "o-", color=_color(r), lw=0.9, ms=2.5, alpha=0.8, label=r if n == 0 else None)
     ax.plot(range(len(LAM_BINS)), [table.value("bin_mean", L=L, recipe="gd_pp", seed=None, lam_q=q) for q in LAM_BINS],
             "k-", lw=2, label="GD++")
     ax.set_yscale("log")
