@@ -54,7 +54,8 @@ class Candidate:
 
   @property
   def own_loop(self) -> bool:
-    """True when train.fit cannot express the recipe (a tail-aware batch or loss)."""
+    """True for a tail-aware batch or loss: this study trains those with its own loop (train.fit has
+    since gained tail_frac / tail_scale, which profiles.RECIPES uses; the Huber loss it lacks)."""
     return self.tail_frac > 0 or self.huber > 0
 
 
@@ -489,7 +490,7 @@ def report(table: engine.Table, meta: dict) -> str:
                  f"{text.num(d['gd_pp_mean'])}: " + ("GD++-like" if d["gd_pp_like"] else
                                                         f"**not** GD++-like (> {GDPP_LIKE:g}× GD++)")
                  + f"; median task error {text.num(d['median'])} (GD++ {text.num(d['gd_pp_median'])})."
-                 + (f" train.fit cannot express it yet; the best recipe it can is `{d['best_train_fit_recipe']}` "
+                 + (f" Without the tail-aware batch or loss, the best recipe is `{d['best_train_fit_recipe']}` "
                     f"(worst seed's mean {text.num(worst_mean(table, L, d['best_train_fit_recipe']))})."
                     if d["recipe"] in CANDIDATES and CANDIDATES[d["recipe"]].own_loop and d["best_train_fit_recipe"]
                     else ""))
