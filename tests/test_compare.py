@@ -1,4 +1,4 @@
-"""Comparison metrics (issue 3): distances, model cos, the interpolation test, one-model analysis."""
+"""Comparison metrics: distances, model cos, the interpolation test, one-model analysis."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""Fitted explicit references (issue 3): the closed form η* (docs/theory.md §9), caching, errors."""
+"""Fitted explicit references: the closed form η* (docs/theory.md §9), caching, errors."""
 
 import jax
 import jax.numpy as jnp
