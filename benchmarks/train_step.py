@@ -10,7 +10,8 @@ vmapped as in train.fit), as the MEDIAN of --repeats timings, the paths interlea
     the tasks' X, y; layers unrolled; the last layer reads out only the query's y-slot);
   * bound: analytic FLOPs of the reference forward + backward / a measured large-matmul rate.
 Settings: the benchmark's (L=3, d=5, N=20, batch 2048) and the studies' (L=4, d=10, N=20,
-batch 256 and 512), float32.
+batch 256 and 512) in float32, and the studies' in float64 with the tail recipe their L >= 3 models
+train with.
 
   flock /tmp/lintheory-bench.lock python benchmarks/train_step.py [--steps 20] [--repeats 5]
 """
@@ -28,15 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lintheory.core import tasks
+from lintheory.core import precision
 from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
 from lintheory.run import train
 
-SETTINGS = [  # (L, d, N, batch)
-    (3, 5, 20, 2048),
-    (4, 10, 20, 256),
-    (4, 10, 20, 512),
+SETTINGS = [  # (L, d, N, batch, dtype, tail_frac)
+    (3, 5, 20, 2048, "float32", 0.0),  # the benchmark's setting
+    (4, 10, 20, 256, "float32", 0.0),  # the studies' model and batch (default profile)
+    (4, 10, 20, 512, "float32", 0.0),
+    (4, 10, 20, 256, "float64", 1 / 8),  # the default profile's recipe for L >= 3 (profiles.RECIPES)
 ]
 
 
@@ -78,7 +80,7 @@ def optax_chunk(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: train.T
   def one_seed(params, opt_state, key, pool_key, step0):
     def step(carry, i):
       params, opt_state = carry
-      batch = tasks.sample(jax.random.fold_in(key, step0 + i), task_cfg, train_cfg.batch_size)
+      batch = train.draw(jax.random.fold_in(key, step0 + i), task_cfg, train_cfg, None)
       loss, grads = jax.value_and_grad(train.mse)(params, batch, model_cfg)
       updates, opt_state = tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), loss
@@ -89,9 +91,16 @@ def optax_chunk(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: train.T
   return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, 0, 0, None)))
 
 
-def time_setting(L: int, d: int, N: int, B: int, K: int, repeats: int, rate: float) -> list[tuple]:
+def time_setting(L: int, d: int, N: int, B: int, dtype: str, tail_frac: float, K: int, repeats: int,
+                 rate: float) -> list[tuple]:
+  with precision.for_dtype(dtype):
+    return _time_setting(L, d, N, B, dtype, tail_frac, K, repeats, rate)
+
+
+def _time_setting(L, d, N, B, dtype, tail_frac, K, repeats, rate) -> list[tuple]:
   task, model = TaskConfig(d=d, n_context=N), ModelConfig(d=d, n_layers=L)
-  tcfg = train.TrainConfig(steps=10 * K, batch_size=B, chunk=K, dtype="float32")
+  tcfg = train.TrainConfig(steps=10 * K, batch_size=B, chunk=K, dtype=dtype, tail_frac=tail_frac,
+                           tail_scale=1.4 if tail_frac else 1.0)
   state = train.init_state(model, tcfg, (0,))
   keys, pool_keys = train.seed_keys((0,), 1), train.seed_keys((0,), 2)
   chunks = {"optax loop (before NNX), plain": optax_chunk(task, model, tcfg, K),
@@ -106,8 +115,8 @@ def time_setting(L: int, d: int, N: int, B: int, K: int, repeats: int, rate: flo
   plain = t["NNX loop, plain (model.forward)"]
   rows = []
   for name, v in t.items():
-    rows.append((f"L={L} d={d} N={N} B={B}", name, v, f"{plain / v:.2f}×", f"{v / t_bound:.1f}×"))
-  rows.append((f"L={L} d={d} N={N} B={B}", "arithmetic bound (plain FLOPs / matmul rate)", t_bound, "", ""))
+    rows.append((f"L={L} d={d} N={N} B={B} {dtype}", name, v, f"{plain / v:.2f}×", f"{v / t_bound:.1f}×"))
+  rows.append((f"L={L} d={d} N={N} B={B} {dtype}", "arithmetic bound (plain FLOPs / matmul rate)", t_bound, "", ""))
   return rows
 
 
@@ -120,14 +129,14 @@ def main(argv=None) -> int:
     ap.error("--steps must be >= 1 and --repeats >= 5")
   rate = matmul_rate()
   print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs visible, load "
-        f"average {os.getloadavg()[0]:.1f}, JAX {jax.__version__} on {jax.devices()[0].platform}; float32, "
+        f"average {os.getloadavg()[0]:.1f}, JAX {jax.__version__} on {jax.devices()[0].platform}; "
         f"{args.steps} steps per timing, median of {args.repeats}, paths interleaved")
   print(f"matmul rate (2048×2048 float32): {rate / 1e9:.1f} GFLOP/s")
-  print(f"\n| {'setting':<22} | {'path':<46} | {'ms / step':>9} | {'plain / this':>12} | {'this / bound':>12}")
-  print(f"|{'-' * 24}|{'-' * 48}|{'-' * 11}|{'-' * 14}|{'-' * 14}")
+  print(f"\n| {'setting':<30} | {'path':<46} | {'ms / step':>9} | {'plain / this':>12} | {'this / bound':>12}")
+  print(f"|{'-' * 32}|{'-' * 48}|{'-' * 11}|{'-' * 14}|{'-' * 14}")
   for setting in SETTINGS:
     for where, name, t, speedup, bound in time_setting(*setting, args.steps, args.repeats, rate):
-      print(f"| {where:<22} | {name:<46} | {1e3 * t:9.3f} | {speedup:>12} | {bound:>12}", flush=True)
+      print(f"| {where:<30} | {name:<46} | {1e3 * t:9.3f} | {speedup:>12} | {bound:>12}", flush=True)
   print(f"\nload average after: {os.getloadavg()[0]:.1f}")
   return 0
 

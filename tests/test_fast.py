@@ -42,6 +42,46 @@ def test_fast_forward_and_gradients_equal_the_reference(d, N, L, H, W_O, seed):
     assert rel_err(g_fast[k], g_ref[k]) <= 1e-12, k
 
 
+@pytest.mark.parametrize("d,L,H", [(10, 4, 1), (9, 3, 2)], ids=["D=11", "D=10-heads"])
+def test_wide_models_take_the_batched_dot_and_still_equal_the_reference(d, L, H):
+  """Above UNROLL_MAX the per-task products are batched dots: ŷ and gradients still agree (1e-12)."""
+  cfg = ModelConfig(d=d, n_layers=L, n_heads=H)
+  assert cfg.D > fast.UNROLL_MAX
+  params, Z, y = draw_problem(jax.random.key(d), cfg, 4, 12, 0.3)
+  assert rel_err(fast.forward(params, Z, cfg), model.forward(params, Z, cfg)[0]) <= 1e-12
+  loss = lambda f: (lambda p: jnp.mean((f(p) - y) ** 2))
+  g_ref = jax.grad(loss(lambda p: model.forward(p, Z, cfg)[0]))(params)
+  g_fast = jax.grad(loss(lambda p: fast.forward(p, Z, cfg)))(params)
+  for k in params:
+    assert rel_err(g_fast[k], g_ref[k]) <= 1e-12, k
+
+
+@settings(max_examples=6, deadline=None)
+@given(I=st.integers(1, 12), K=st.integers(1, 12), J=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_bmm_and_its_vjp_are_the_per_task_matmul(I, K, J, seed):
+  """bmm = A @ B per task, and its hand-written VJP = autodiff's, on both sides of UNROLL_MAX."""
+  kA, kB, kG = jax.random.split(jax.random.key(seed), 3)
+  A = jax.random.normal(kA, (3, I, K), jnp.float64)
+  B = jax.random.normal(kB, (3, K, J), jnp.float64)
+  G = jax.random.normal(kG, (3, I, J), jnp.float64)
+  out, vjp = jax.vjp(fast.bmm, A, B)
+  ref, vjp_ref = jax.vjp(jnp.matmul, A, B)
+  np.testing.assert_allclose(out, ref, rtol=1e-13, atol=1e-13)
+  for a, b in zip(vjp(G), vjp_ref(G)):
+    np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_the_last_two_layers_read_c_through_vectors_only():
+  """readout_two(p, p_last, C, q) = readout(p_last, layer(p, C, q)): no C update for the last layer."""
+  cfg = ModelConfig(d=4, n_layers=2, n_heads=2, use_W_O=True)
+  params, Z, _ = draw_problem(jax.random.key(4), cfg, 5, 7, 0.5)
+  p, p_last = ({k: v[l] for k, v in params.items()} for l in (0, 1))
+  C, q = fast.gram(Z)
+  expected = fast.readout(p_last, *fast.layer(p, C, q, 7), 7)
+  assert rel_err(fast.readout_two(p, p_last, C, q, 7), expected) <= 1e-13
+  assert rel_err(expected, fast.readout(p_last, C, q, 7)) > 1e-3  # the first layer matters
+
+
 def test_a_layer_maps_every_token_by_one_matrix():
   """states[1] = states[0] (I + M)ᵀ for every token, demonstrations and query (docs/theory.md §2)."""
   cfg = ModelConfig(d=3, n_layers=1, n_heads=2, use_W_O=True)

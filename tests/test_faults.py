@@ -381,7 +381,7 @@ def sweep_reference(base, tmp_path_factory):
   return (tmp / "out" / "sweep.csv").read_bytes()
 
 
-SWEEP_POINTS = 13  # provenance.json, sweep.csv and sweep.json after each of 5 blocks, and once complete
+SWEEP_POINTS = 11  # provenance.json, sweep.csv and sweep.json after each of 4 blocks (2 layers × 2 ranks, one per block), and once complete
 
 
 def test_sweep_write_points_are_counted(base, tmp_path, monkeypatch, sweep_reference):

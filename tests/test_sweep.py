@@ -124,7 +124,8 @@ def test_shared_state_evaluation_is_prune_then_forward_in_float64(name):
   p, _, Z = _pruned(cfg, jnp.float64, 0)
   N = Z.shape[1] - 1
   base = sweep.base_of(p, Z, cfg, analysis=True)
-  shared = jax.jit(lambda q, k: (sweep.predict_from(q, base, k, cfg, N), sweep.trajectory_from(q, base, k, cfg, N)))
+  shared = jax.jit(lambda q, k: (sweep.predict_from(q, base, k, cfg, N), sweep.trajectory_from(q, base, k, cfg, N)),
+                   static_argnums=1)
   plain = jax.jit(lambda q: (forward(q, Z, cfg)[0], implicit.trajectory(q, Z, cfg)))
   base_traj = plain(p)[1]
   for layer in range(cfg.n_layers):
@@ -141,13 +142,13 @@ def test_shared_state_evaluation_is_prune_then_forward_in_float64(name):
 def test_shared_state_evaluation_in_float32_is_round_off(name):
   cfg = VARIANTS[name]
   p, q, Z = _pruned(cfg, jnp.float32, 0, module="v", rank=2)
-  y = sweep.predict_from(q, sweep.base_of(p, Z, cfg), jnp.asarray(0), cfg, Z.shape[1] - 1)
+  y = sweep.predict_from(q, sweep.base_of(p, Z, cfg), 0, cfg, Z.shape[1] - 1)
   y_ref, _ = forward(q, Z, cfg)
   assert y.dtype == jnp.float32
   np.testing.assert_allclose(y, y_ref, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(y_ref))))
 
 
-def test_task_errors_lanes_and_blocks_agree_and_compile_once(params_S):
+def test_task_errors_lanes_and_blocks_agree_and_compile_once_per_layer(params_S):
   p0 = jax.tree_util.tree_map(lambda a: a[0], params_S)
   full = sweep.full_ranks(p0)
   keeps = {n: np.full((7, MODEL.n_layers), k, np.int32) for n, k in full.items()}
@@ -158,8 +159,10 @@ def test_task_errors_lanes_and_blocks_agree_and_compile_once(params_S):
   e4 = sweep.task_errors(params_S, MODEL, keeps, batch_S, block_size=4, lanes=4)  # vmapped: mixed trip counts
   np.testing.assert_allclose(e4, e1, rtol=1e-12, atol=0)
   assert e1.shape == (len(SEEDS), 7, 5)
-  sweep.task_errors(params_S, MODEL, {n: a[:3] for n, a in keeps.items()}, batch_S, block_size=4, lanes=1)
-  assert sweep._errors_fn(MODEL, 1, TASK.n_context)._cache_size() == 1  # a shorter list pads, no new shape
+  sweep._errors_fn.cache_clear()
+  for _ in range(2):  # one program per first pruned layer (0, 1, 2: the unpruned model is k = L − 1)
+    sweep.task_errors(params_S, MODEL, keeps, batch_S, block_size=2, lanes=1)
+  assert [sweep._errors_fn(MODEL, 1, TASK.n_context, k)._cache_size() for k in range(3)] == [1, 1, 1]
   for s in range(len(SEEDS)):
     p = jax.tree_util.tree_map(lambda a: a[s], params_S)
     b = jax.tree_util.tree_map(lambda a: a[s], batch_S)

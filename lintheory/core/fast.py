@@ -8,14 +8,16 @@ the same map, hence C ← (I + M) C (I + M)ᵀ, and the query q ← (I + M) q. T
 C [B, D, D] and q [B, D]: O(B D³) per layer instead of O(B T D²) for the T = N + 1 tokens, and no
 [B, T, D] activations to keep for the backward pass.
 
-Two things keep XLA:CPU busy with large ops rather than many tiny ones: the layers are unrolled in
-Python (L is small; a scan body keeps its per-iteration slicing and blocks fusion across layers), and
-the last layer moves only the query's y-slot, the one entry ŷ reads: its row of M costs O(B D²) and
-its C update is skipped. Training builds C from the tasks (X, y) directly (`gram_tasks`), never
-forming the [B, T, D] tokens.
-
-`model.forward` stays the reference (and the one the analysis uses, since it exposes every token);
-this form is for training.
+XLA:CPU runs a batched product of tiny matrices one task at a time (~0.5 µs each whatever its
+size), so the form is arranged to need few of them:
+  * the last two layers need C only through matrix-vector products: ŷ reads the y-row of the last
+    layer's M, u C_{L-1} with u a parameter row, and u C_{L-1} = ((u A) C_{L-2}) Aᵀ for the previous
+    layer's A = I + M. A model of L layers updates C L − 2 times (2 per-task products each);
+  * a per-task product of matrices up to UNROLL_MAX wide runs as a sum of outer products (one fused
+    elementwise loop over the batch), with a hand-written VJP of the same form: 8× faster than the
+    batched dot at D = 6, slower at D = 11 (benchmarks/train_step.py);
+  * the layers are unrolled in Python (L is small; a scan body blocks fusion across layers).
+Training builds C from the tasks (X, y) directly (`gram_tasks`), never forming the [B, T, D] tokens.
 """
 
 from __future__ import annotations
@@ -61,12 +63,50 @@ def layer_map(p: dict[str, jax.Array], C_BDD: jax.Array, N: int) -> jax.Array:
   return jnp.einsum("hij,bjk,hkl->bil", W_V, C_BDD, G_HDD)
 
 
+UNROLL_MAX = 8  # per-task products of matrices up to this wide run as fused sums of outer products
+
+
+def _outer_sum(A_BIK: jax.Array, B_BKJ: jax.Array) -> jax.Array:
+  """A @ B per task as Σ_k A[:, :, k] ⊗ B[:, k, :]: one elementwise fusion, no batched dot."""
+  out = A_BIK[..., :, 0, None] * B_BKJ[..., None, 0, :]
+  for k in range(1, A_BIK.shape[-1]):
+    out = out + A_BIK[..., :, k, None] * B_BKJ[..., None, k, :]
+  return out
+
+
+def _product(A, B):
+  return _outer_sum(A, B) if A.shape[-1] <= UNROLL_MAX else A @ B
+
+
+@jax.custom_vjp
+def bmm(A_BIK: jax.Array, B_BKJ: jax.Array) -> jax.Array:
+  """Per-task product A @ B [B, I, J] whose forward and backward both take the faster form."""
+  return _product(A_BIK, B_BKJ)
+
+
+def _bmm_fwd(A, B):
+  return _product(A, B), (A, B)
+
+
+def _bmm_bwd(res, g):
+  A, B = res
+  return _product(g, jnp.swapaxes(B, -1, -2)), _product(jnp.swapaxes(A, -1, -2), g)
+
+
+bmm.defvjp(_bmm_fwd, _bmm_bwd)
+
+
+def _mv(A_BIJ: jax.Array, v_BJ: jax.Array) -> jax.Array:
+  """A v per task [B, I]."""
+  return jnp.einsum("bij,bj->bi", A_BIJ, v_BJ)
+
+
 def layer(p: dict[str, jax.Array], C_BDD: jax.Array, q_BD: jax.Array, N: int):
   """One layer on (C, q): C ← (I + M) C (I + M)ᵀ, q ← (I + M) q."""
   M = layer_map(p, C_BDD, N)
   A = M + jnp.eye(C_BDD.shape[-1], dtype=C_BDD.dtype)
-  C_BDD = A @ C_BDD @ jnp.swapaxes(A, -1, -2)
-  return C_BDD, q_BD + jnp.einsum("bij,bj->bi", M, q_BD)
+  C_BDD = bmm(bmm(A, C_BDD), jnp.swapaxes(A, -1, -2))
+  return C_BDD, q_BD + _mv(M, q_BD)
 
 
 def readout(p: dict[str, jax.Array], C_BDD: jax.Array, q_BD: jax.Array, N: int) -> jax.Array:
@@ -76,12 +116,30 @@ def readout(p: dict[str, jax.Array], C_BDD: jax.Array, q_BD: jax.Array, N: int) 
   return -(q_BD[:, -1] + jnp.einsum("bj,bj->b", m_BD, q_BD))
 
 
+def readout_two(p: dict[str, jax.Array], p_last: dict[str, jax.Array], C_BDD: jax.Array, q_BD: jax.Array,
+                N: int) -> jax.Array:
+  """`readout(p_last, *layer(p, C, q, N), N)` through matrix-vector products only: the last layer
+  reads C' = A C Aᵀ (A = I + M of layer p) as u C' = ((u A) C) Aᵀ for its rows u = (W_O W_V)[y-row]."""
+  M = layer_map(p, C_BDD, N)
+  q_BD = q_BD + _mv(M, q_BD)
+  W_V, G_HDD = _value_maps(p_last, N)
+  u_HD = W_V[:, -1]
+  uA_BHD = u_HD + jnp.einsum("hj,bjk->bhk", u_HD, M)
+  uAC_BHD = jnp.einsum("bhj,bjk->bhk", uA_BHD, C_BDD)
+  r_BHD = uAC_BHD + jnp.einsum("bhk,bik->bhi", uAC_BHD, M)  # (u A C) Aᵀ
+  m_BD = jnp.einsum("bhk,hkl->bl", r_BHD, G_HDD)
+  return -(q_BD[:, -1] + jnp.einsum("bj,bj->b", m_BD, q_BD))
+
+
 def forward_gram(params: Params, C_BDD: jax.Array, q_BD: jax.Array, N: int) -> jax.Array:
   """ŷ [B] from the demonstrations' Gram matrix C and the query q (N demonstrations), layers unrolled."""
   L = params["W_Q"].shape[0]
-  for l in range(L - 1):
-    C_BDD, q_BD = layer({k: v[l] for k, v in params.items()}, C_BDD, q_BD, N)
-  return readout({k: v[L - 1] for k, v in params.items()}, C_BDD, q_BD, N)
+  at = lambda l: {k: v[l] for k, v in params.items()}
+  if L == 1:
+    return readout(at(0), C_BDD, q_BD, N)
+  for l in range(L - 2):
+    C_BDD, q_BD = layer(at(l), C_BDD, q_BD, N)
+  return readout_two(at(L - 2), at(L - 1), C_BDD, q_BD, N)
 
 
 def forward(params: Params, Z_BTD: jax.Array, cfg: ModelConfig | None = None) -> jax.Array:

@@ -8,9 +8,11 @@ Work is shared across configurations: the unpruned model's inputs to each layer 
 per seed (`base_of`), a configuration pruned at layer k starts from them at layer k, runs layers
 k … L−2, and the last layer only for the query's y-slot. For linear attention without an MLP the
 state is not the tokens but the demonstrations' Gram matrix C and the query row z (a layer maps
-Z ↦ Z(I + E) with E = ΔW_tᵀ, so C ↦ (I + E)ᵀ C (I + E)), and the trajectory before layer k is the
-base model's. One jitted function (fixed block shape, the last block padded) maps over the
-configurations of a block, ordered by pruned layer; results equal prune-then-forward to round-off.
+Z ↦ Z(I + E) with E = ΔW_tᵀ, so C ↦ (I + E)ᵀ C (I + E)), carried by core/fast.py, and the
+trajectory before layer k is the base model's. Configurations are grouped by pruned layer k, which
+is static in the compiled program (one program per k: only layers k … L−1 are in it); within a
+group one jitted function maps over blocks of equal width (the last padded); results equal
+prune-then-forward to round-off.
 
 Per configuration × seed (one CSV row): the ICL error on held-out tasks (normalised squared
 error, docs/theory.md §1: mean, standard error, median), for every layer t (from 0, like `layer`;
@@ -39,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import implicit, precision, prune, tasks
+from lintheory.core import fast, implicit, precision, prune, tasks
 from lintheory.run import io
 from lintheory.core.model import ModelConfig, Params, block, forward, heads
 from lintheory.core.tasks import TaskConfig
@@ -208,37 +210,28 @@ def base_of(p: Params, Z_BTD: jax.Array, cfg: ModelConfig, analysis: bool = Fals
   return out
 
 
-def _at(a: jax.Array, j: jax.Array) -> jax.Array:
-  return jax.lax.dynamic_index_in_dim(a, j, keepdims=False)
-
-
-def predict_from(p: Params, base: dict, k: jax.Array, cfg: ModelConfig, N: int) -> jax.Array:
+def predict_from(p: Params, base: dict, k: int, cfg: ModelConfig, N: int) -> jax.Array:
   """ŷ [B] of params p that equal the base model's in layers < k, from base_of's shared inputs.
 
-  Layers k … L−2 run in full, the last one only for the query's y-slot. k = L − 1 for the
-  unpruned model. Equals model.forward of p to round-off.
+  k is static (a Python int): the program holds layers k … L−1 only. Layers k … L−2 run in full,
+  the last one only for the query's y-slot (for linear attention core/fast.py's Gram form, whose
+  last two layers need no per-task matrix product). k = L − 1 for the unpruned model. Equals
+  model.forward of p to round-off.
   """
+  k = int(k)
   if not cfg.is_linear:
     L = base["Z"].shape[0]
-    Z = jax.lax.fori_loop(k, L - 1, lambda j, Z: block(layer_of(p, j), Z, cfg), _at(base["Z"], k))
+    Z = base["Z"][k]
+    for j in range(k, L - 1):
+      Z = block(layer_of(p, j), Z, cfg)
     return query_prediction(layer_of(p, L - 1), Z, cfg)
-  L, D = base["C"].shape[0], cfg.D
-  eye = jnp.eye(D, dtype=base["C"].dtype)
-
-  def step(j, Cz):
-    C, z = Cz
-    P = eye + linear_E(layer_of(p, j), C, N)
-    return jnp.einsum("bdi,bde,bej->bij", P, C, P), jnp.einsum("bd,bde->be", z, P)
-
-  C, z = jax.lax.fori_loop(k, L - 1, step, (_at(base["C"], k), _at(base["z"], k)))
-  A, B = value_out(layer_of(p, L - 1))
-  u = jnp.einsum("bef,hf->bhe", C, B[:, :, -1])  # C times the y-column of B, per head
-  return -(z[:, -1] + jnp.einsum("bd,hde,bhe->b", z, A, u) / N)
+  return fast.forward_gram({n: v[k:] for n, v in p.items()}, base["C"][k], base["z"][k], N)
 
 
-def trajectory_from(p: Params, base: dict, k: jax.Array, cfg: ModelConfig, N: int):
+def trajectory_from(p: Params, base: dict, k: int, cfg: ModelConfig, N: int):
   """(ΔW_t, G_t, ŵ_t) for every layer (docs/theory.md §5), as implicit.trajectory: the base
-  model's for t < k (bit-exact), recomputed from layer k on."""
+  model's for t < k (bit-exact), recomputed from layer k on (k static, as in predict_from)."""
+  k = int(k)
   D = cfg.D
   eye = jnp.eye(D, dtype=base["dW"].dtype)
   L = base["dW"].shape[0]
@@ -264,8 +257,8 @@ def trajectory_from(p: Params, base: dict, k: jax.Array, cfg: ModelConfig, N: in
     C = jnp.einsum("bdi,bde,bej->bij", P, C, P)
     return C, W_prev + G_j, dW.at[j].set(dW_j), G.at[j].set(G_j), W.at[j].set(W_prev + G_j)
 
-  W_prev = jnp.where(k > 0, _at(base["W"], jnp.maximum(k - 1, 0)), 0)
-  init = (_at(base["C"], k), W_prev, base["dW"], base["G"], base["W"])
+  W_prev = base["W"][k - 1] if k > 0 else jnp.zeros_like(base["W"][0])
+  init = (base["C"][k], W_prev, base["dW"], base["G"], base["W"])
   _, _, dW, G, W = jax.lax.fori_loop(k, L, step, init)
   return dW, G, -W[..., D - 1, : D - 1]
 
@@ -308,7 +301,7 @@ def _compare(m: dict, w_hat0: jax.Array) -> dict:
 
 def lanes_for(lanes: int, block_size: int) -> int:
   """Configurations vmapped together: 1 on CPU (a sequential lax.map is fastest there: the tiny
-  per-task matmuls do not batch, and each configuration runs only its own layers), the block elsewhere."""
+  per-task matmuls do not batch), the block elsewhere."""
   if lanes:
     return lanes
   return 1 if jax.default_backend() == "cpu" else block_size
@@ -318,40 +311,54 @@ def _over_configs(f, xs, lanes: int):
   return jax.lax.map(f, xs, batch_size=lanes if lanes > 1 else None)
 
 
-@functools.lru_cache(maxsize=16)  # a second sweep of the same shapes in one process does not recompile
-def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: bool, lanes: int) -> Callable:
-  """jit(vmap over seeds of a map over configurations, `lanes` of them vmapped at a time).
+def block_width(group_sizes, most: int, lanes: int = 0) -> int:
+  """One width for every block of a call: the largest group split evenly into the fewest blocks of
+  at most `most`, rounded up to a multiple of lanes (lanes = 0: no rounding)."""
+  n = max(group_sizes, default=1) or 1
+  w = math.ceil(n / math.ceil(n / most))
+  return min(most, math.ceil(w / lanes) * lanes) if lanes else w
 
-  Arguments: params, svd (seed axis), keeps (name → [C, L]), k_C (first pruned layer), base_of the
-  held-out tasks, their y_q, base_of the analysis tasks (with analysis=True), the analysis tasks.
+
+def chunks(items: list, width: int) -> list[list]:
+  """items in blocks of `width`, the last padded with copies of its last item (one compiled shape)."""
+  out = [items[i:i + width] for i in range(0, len(items), width)]
+  return [c + [c[-1]] * (width - len(c)) for c in out]
+
+
+@functools.lru_cache(maxsize=64)  # a second sweep of the same shapes in one process does not recompile
+def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: bool, lanes: int, k: int) -> Callable:
+  """jit(vmap over seeds of a map over configurations first pruned at layer k, `lanes` vmapped at
+  a time).
+
+  Arguments: params, svd (seed axis), keeps (name → [C, L]), base_of the held-out tasks, their y_q,
+  base_of the analysis tasks (with analysis=True), the analysis tasks.
   Configuration 0 must be the unpruned one: it is the reference of ŵ_t.
   """
   N = task_cfg.n_context
 
-  def one(params, svd, keep, k, eval_base, y_q, ana_base, ana_b):
+  def one(params, svd, keep, eval_base, y_q, ana_base, ana_b):
     p = masked_params(params, svd, keep)
     err = tasks.normalised_error((predict_from(p, eval_base, k, model_cfg, N) - y_q) ** 2, task_cfg.d)
     traj = trajectory_from(p, ana_base, k, model_cfg, N)
     return _summary(p, err, traj, ana_b, model_cfg, task_cfg, with_bounds)
 
-  def block_fn(params, svd, keeps, k_C, eval_base, y_q, ana_base, ana_b):
-    m = _over_configs(lambda kk: one(params, svd, kk[0], kk[1], eval_base, y_q, ana_base, ana_b),
-                      (keeps, k_C), lanes)
+  def block_fn(params, svd, keeps, eval_base, y_q, ana_base, ana_b):
+    m = _over_configs(lambda kp: one(params, svd, kp, eval_base, y_q, ana_base, ana_b), keeps, lanes)
     # The reference is configuration 0 of the same program, so layers before the pruned one
     # compare bit-exactly (the same inputs through the same compiled ops).
     return jax.vmap(_compare, in_axes=(0, None))(m, m["w_hat"][0])
 
-  return jax.jit(jax.vmap(block_fn, in_axes=(0, 0, None, None, 0, 0, 0, 0)))
+  return jax.jit(jax.vmap(block_fn, in_axes=(0, 0, None, 0, 0, 0, 0)))
 
 
-@functools.lru_cache(maxsize=16)
-def _errors_fn(model_cfg: ModelConfig, lanes: int, N: int) -> Callable:
-  def per_seed(params, svd, keeps, k_C, base, y_q):
-    def one(kk):
-      y_hat = predict_from(masked_params(params, svd, kk[0]), base, kk[1], model_cfg, N)
+@functools.lru_cache(maxsize=64)
+def _errors_fn(model_cfg: ModelConfig, lanes: int, N: int, k: int) -> Callable:
+  def per_seed(params, svd, keeps, base, y_q):
+    def one(kp):
+      y_hat = predict_from(masked_params(params, svd, kp), base, k, model_cfg, N)
       return tasks.normalised_error((y_hat - y_q) ** 2, model_cfg.d)
-    return _over_configs(one, (keeps, k_C), lanes)
-  return jax.jit(jax.vmap(per_seed, in_axes=(0, 0, None, None, 0, 0)))
+    return _over_configs(one, keeps, lanes)
+  return jax.jit(jax.vmap(per_seed, in_axes=(0, 0, None, 0, 0)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -369,7 +376,8 @@ def task_errors(params_S: Params, model_cfg: ModelConfig, keeps: dict, batch_S: 
   """Per-task normalised squared errors of C configurations → [S, C, B] (float64 numpy).
 
   keeps: name → int [C, L], the kept rank of every matrix in every layer (a full rank keeps the
-  matrix bit-exact). Each configuration reuses the base model's state at its first pruned layer.
+  matrix bit-exact). Each configuration reuses the base model's state at its first pruned layer;
+  configurations are evaluated in groups of one first pruned layer, blocks of at most block_size.
   """
   names = sorted(keeps)
   p0 = jax.tree_util.tree_map(lambda a: a[0], params_S)
@@ -377,16 +385,19 @@ def task_errors(params_S: Params, model_cfg: ModelConfig, keeps: dict, batch_S: 
   keeps = {n: np.asarray(keeps[n], np.int32) for n in names}
   C = keeps[names[0]].shape[0]
   k_C = np.asarray([first_pruned_layer({n: keeps[n][c] for n in names}, full, L) for c in range(C)], np.int32)
+  groups = {k: list(np.flatnonzero(k_C == k)) for k in sorted(set(k_C.tolist()))}
+  lanes = lanes_for(lanes, block_size)
+  width = block_width([len(g) for g in groups.values()], block_size, lanes if lanes > 1 else 0)
   svd = svd_of(params_S, names)
   base = base_states(params_S, batch_S, model_cfg)
-  fn = _errors_fn(model_cfg, lanes_for(lanes, block_size), batch_S.X.shape[-2])
-  out = []
-  for start in range(0, C, block_size):
-    idx = np.arange(start, start + block_size).clip(max=C - 1)  # pad the last block: one compilation
-    kp = {n: jnp.asarray(keeps[n][idx]) for n in names}
-    e = fn(params_S, svd, kp, jnp.asarray(k_C[idx]), base, batch_S.y_q)
-    out.append(np.asarray(e, np.float64)[:, : min(block_size, C - start)])
-  return np.concatenate(out, axis=1)
+  out = np.empty((params_S["W_Q"].shape[0], C, batch_S.y_q.shape[-1]), np.float64)
+  for k, idx in groups.items():
+    fn = _errors_fn(model_cfg, lanes, batch_S.X.shape[-2], k)
+    for block in chunks(idx, width):
+      e = np.asarray(fn(params_S, svd, {n: jnp.asarray(keeps[n][block]) for n in names}, base, batch_S.y_q),
+                     np.float64)
+      out[:, block] = e  # a padded copy writes its configuration's row again
+  return out
 
 
 # --- tasks ---------------------------------------------------------------------------------
@@ -545,15 +556,22 @@ def _run(params_S, seeds, model_cfg, task_cfg, cfg, out, on_block, progress) -> 
   names = sorted({n for m in cfg.modules for n in prune.module_names(p0, m)})
   ranks = full_ranks(p0)
   first = lambda pat: first_pruned_layer({n: ks for n, ks in pat if n in names}, ranks, L)
-  # Ordered by the first pruned layer: a block then shares one base state (and, vmapped, one trip count).
-  unique = sorted(dict.fromkeys(patterns[c] for c in todo if patterns[c] != full), key=first)
-  if any(patterns[c] == full for c in todo):
-    unique = [full] + unique  # the unpruned model evaluated as a configuration of its own
+  # Grouped by the first pruned layer k (static in each compiled program); the unpruned model is
+  # configuration 0 of every block, the reference its ŵ_t are compared with.
+  groups: dict[int, list] = {}
+  for pat in dict.fromkeys(patterns[c] for c in todo if patterns[c] != full):
+    groups.setdefault(first(pat), []).append(pat)
+  if not groups and any(patterns[c] == full for c in todo):
+    groups = {L - 1: []}  # only the unpruned model is left to evaluate
+  lanes = lanes_for(cfg.lanes, cfg.block)
+  width = block_width([len(g) for g in groups.values()], cfg.block - 1)
+  if lanes > 1:  # the block (unpruned lane included) must be a multiple of the lanes
+    width = math.ceil((width + 1) / lanes) * lanes - 1
+  plan = [(k, chunk) for k in sorted(groups) for chunk in (chunks(groups[k], width) if groups[k] else [[]])]
+  n_blocks = len(plan)
+  n_unique = sum(len(g) for g in groups.values()) + (full in {patterns[c] for c in todo})
   svd = svd_of(params_S, names)
-  fn = make_block_fn(model_cfg, task_cfg, with_bounds, lanes_for(cfg.lanes, cfg.block))
   eval_base, ana_base = base_states(params_S, eval_b, model_cfg), base_states(params_S, ana_b, model_cfg, True)
-  per_block = cfg.block - 1
-  n_blocks = math.ceil(len(unique) / per_block) if unique else 0
   results: dict[tuple, dict] = {}
   t0 = time.perf_counter()
 
@@ -576,13 +594,12 @@ def _run(params_S, seeds, model_cfg, task_cfg, cfg, out, on_block, progress) -> 
     bad = sum(1 for r in rows if not all(math.isfinite(r[c]) for c in cols[6:] if r[c] is not None))
     io.write_json(json_path, {**meta, "rows": len(rows), "complete": complete, "nonfinite_rows": bad})
 
-  for b in range(n_blocks):
-    chunk = unique[b * per_block:(b + 1) * per_block]
-    pats = [full] + chunk + [chunk[-1]] * (per_block - len(chunk))  # pad: one compilation
+  for b, (k, chunk) in enumerate(plan):
+    pats = [full] + chunk
     keeps = {name: jnp.asarray([dict(p)[name] for p in pats], jnp.int32) for name in names}
-    k_C = jnp.asarray([first(p) for p in pats], jnp.int32)
-    m = jax.device_get(fn(params_S, svd, keeps, k_C, eval_base, eval_b.y_q, ana_base, ana_b))
-    for j, pat in enumerate(pats[:1 + len(chunk)]):
+    fn = make_block_fn(model_cfg, task_cfg, with_bounds, lanes, k)
+    m = jax.device_get(fn(params_S, svd, keeps, eval_base, eval_b.y_q, ana_base, ana_b))
+    for j, pat in enumerate(pats):
       results.setdefault(pat, jax.tree_util.tree_map(lambda a: a[:, j], m))
     for c in todo:
       if patterns[c] in results:
@@ -591,14 +608,14 @@ def _run(params_S, seeds, model_cfg, task_cfg, cfg, out, on_block, progress) -> 
           done.setdefault(row_key(r), r)
     flush(complete=False)
     if progress:
-      io.progress(f"  sweep block {b + 1}/{n_blocks} ({len(unique)} distinct configurations × {len(seeds)} seeds, "
+      io.progress(f"  sweep block {b + 1}/{n_blocks} ({n_unique} distinct configurations × {len(seeds)} seeds, "
                   f"{time.perf_counter() - t0:.1f} s)", final=b + 1 == n_blocks)
     if on_block is not None:
       on_block(b + 1, n_blocks)
   rows = sorted(done.values(), key=lambda r: want[row_key(r)][0] * len(seeds) + seeds.index(r["seed"]))
   flush(complete=True)
   meta = {**meta, "rows": len(rows), "complete": True}
-  return SweepResult(rows, meta, len(unique), time.perf_counter() - t0)
+  return SweepResult(rows, meta, n_unique, time.perf_counter() - t0)
 
 
 # --- the straightforward loop (reference for tests and the benchmark) ----------------------
