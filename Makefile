@@ -37,7 +37,7 @@ study-pruning: study-one_layer
 study-prune_bound: study-pruning
 study-paper_protocol: study-prune_bound
 study-mismatch: study-positive_control
-study-in_weights: study-paper_protocol
+study-in_weights: study-mismatch
 study-%: $(BIN)/.installed
 	@echo "== study $* ($(PROFILE)) started; its log: runs/logs/$*.log"
 	@set -o pipefail; $(BIN)/python -u -m lintheory.studies $* --profile $(PROFILE) 2>&1 | tee runs/logs/$*.log \

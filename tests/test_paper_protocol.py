@@ -62,6 +62,40 @@ def test_validation_errors_are_nested_means_with_scaled_noise():
   np.testing.assert_allclose(val[:, 0, 1], jnp.mean((y_hat[:, :2] - y[:, :2]) ** 2, 1), rtol=1e-12)
 
 
+def test_exact_validation_errors_are_the_sampled_ones_in_closed_form():
+  """The linear path's quadratic form in ŵ − w equals the mean over the validation queries of the
+  squared error of ŷ = forward on each query (every V, every noise level)."""
+  cfg, p, task = linear_setup()
+  data = pp.sample_data(jax.random.key(5), task, 4, 8, 0, jnp.float64)
+  val, _ = ERRORS(p, data, cfg, 6, (3, 8), (0.0, 0.5), jnp.eye(3))
+  Zs = jnp.concatenate([data["X"], data["y"][..., None]], axis=-1)
+  y_hat = pp.forward_queries(p, Zs, data["Xv"], cfg)
+  for iz, sigma in enumerate((0.0, 0.5)):
+    y = jnp.einsum("bvd,bd->bv", data["Xv"], data["w"]) + sigma * data["eps"]
+    for iv, V in enumerate((3, 8)):
+      np.testing.assert_allclose(val[:, iv, iz], jnp.mean((y_hat[:, :V] - y[:, :V]) ** 2, 1), rtol=1e-11)
+
+
+def test_candidates_started_from_the_shared_prefix_equal_the_full_evaluation():
+  """evaluate_exact (each edited layer's candidates start from the unpruned state there) gives
+  evaluate_all's numbers to round-off, for every candidate, seed and task."""
+  cfg = ModelConfig(d=3, n_layers=3)
+  p_S = jax.tree_util.tree_map(lambda a: jnp.stack([a, 1.5 * a]), params_for(cfg, scale=0.4))
+  s = dataclasses.replace(pp.PROFILES["tiny"], layers=3, Vs=(2, 5), modules=("attn", "v"))
+  cands = pp.candidates(p_S, s)
+  p_CS = pp.edited_params(p_S, cands, s)
+  data = pp.sample_data(jax.random.key(6), tasks.TaskConfig(d=3, n_context=6), 7, 5, 0, jnp.float64)
+  layer = np.array([2 if c.layer < 0 else c.layer for c in cands])
+  groups = {l: (np.flatnonzero(layer == l), {n: v[np.flatnonzero(layer == l)] for n, v in p_CS.items()})
+            for l in sorted(set(layer.tolist()))}
+  assert sorted(groups) == [0, 1, 2] and all(len(g[0]) > 2 for g in groups.values())
+  val, test = pp.evaluate_exact(groups, p_S, data, jnp.eye(3), 6, s, len(cands))
+  val_ref, test_ref = pp.evaluate_all(p_CS, data, jnp.eye(3), cfg, 6, (2, 5), tuple(s.val_noise), 4)
+  np.testing.assert_allclose(test, test_ref, rtol=1e-11)
+  np.testing.assert_allclose(val, val_ref, rtol=1e-11)
+  assert len(np.unique(test[:, 0, 0].round(10))) > 5  # the candidates differ
+
+
 def test_select_takes_the_validation_best_with_ties_to_the_smaller_xi():
   xi = np.array([0.0, 0.5, 0.1, 0.1, 0.0])
   val = np.array([[3.0, 3.0, 2.0, 5.0],
@@ -92,6 +126,19 @@ def test_candidates_deduplicate_ranks_and_match_across_families():
     assert [(c.module, c.layer, c.xi, c.ranks) for c in per_kind[k]] == \
            [(c.module, c.layer, c.xi, c.ranks) for c in per_kind["svd"]]
   assert pp.layer_set(2) == (0, 1) and pp.layer_set(6) == (0, 1, 4, 5)
+
+
+def test_candidates_cover_the_paper_layers_whatever_the_number_of_seeds():
+  """With S = 3 seeds of an L = 4 model: layers {0, 1, 2, 3} (not a count of seeds), and every
+  candidate but the unpruned one changes its layer's weights (no edit falls outside the model)."""
+  cfg = ModelConfig(d=3, n_layers=4)
+  p_S = jax.tree_util.tree_map(lambda a: jnp.stack([a, 1.5 * a, 2 * a]), params_for(cfg))
+  s = dataclasses.replace(pp.PROFILES["tiny"], modules=("v",), kinds=("svd",), layers=4)
+  cands = pp.candidates(p_S, s)
+  assert sorted({c.layer for c in cands[1:]}) == [0, 1, 2, 3]
+  stacked = pp.edited_params(p_S, cands, s)
+  for i, c in enumerate(cands[1:], start=1):
+    assert float(jnp.max(jnp.abs(stacked["W_V"][i][:, c.layer] - p_S["W_V"][:, c.layer]))) > 1e-3, c
 
 
 def test_stacked_controls_match_the_svd_edit_matrix_by_matrix():

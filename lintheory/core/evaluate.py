@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import implicit, precision, tasks
+from lintheory.core import fast, implicit, precision, tasks
 from lintheory.core.model import ModelConfig, Params, forward, heads, param_shapes
 from lintheory.core.tasks import Batch, TaskConfig
 
@@ -47,10 +47,12 @@ def per_task_error(params: Params, cfg: ModelConfig, batch: Batch, task_cfg: Tas
                    normalise: bool = True) -> jax.Array:
   """[B] per-task error: exact population error for linear attention, else the sampled query's.
 
-  Normalised by d unless normalise=False (see the module docstring).
+  Normalised by d unless normalise=False (see the module docstring). ŵ comes from core/fast.py's
+  Gram form, equal to `implicit_predictor` to round-off and a few times cheaper.
   """
   if cfg.is_linear:
-    dw = implicit_predictor(params, cfg, batch.X, batch.y) - batch.w
+    C_BDD, _ = fast.gram_tasks(batch.X, batch.y, batch.x_q)
+    dw = fast.w_hat(params, C_BDD, batch.X.shape[1]) - batch.w
     Sigma = jnp.asarray(tasks.x_covariance(task_cfg), dw.dtype)
     err = jnp.einsum("bd,de,be->b", dw, Sigma, dw)
     if task_cfg.query_noise:
@@ -59,6 +61,19 @@ def per_task_error(params: Params, cfg: ModelConfig, batch: Batch, task_cfg: Tas
     y_hat, _ = forward(params, tasks.batch_tokens(batch), cfg)
     err = (y_hat - batch.y_q) ** 2
   return tasks.normalised_error(err, task_cfg.d) if normalise else err
+
+
+SUB_BATCH = 2048  # tasks per evaluation pass: larger [B, D, D] intermediates fall out of cache on a CPU
+
+
+def in_sub_batches(f, batch: Batch) -> jax.Array:
+  """f(batch) → [..., B] computed SUB_BATCH tasks at a time (lax.map), the same numbers as f(batch)."""
+  B = batch.X.shape[0]
+  if B <= SUB_BATCH or B % SUB_BATCH:
+    return f(batch)
+  parts = jax.tree.map(lambda a: a.reshape((B // SUB_BATCH, SUB_BATCH) + a.shape[1:]), batch)
+  out = jax.lax.map(f, parts)  # [n, ..., SUB_BATCH]
+  return jnp.moveaxis(out, 0, -2).reshape(out.shape[1:-1] + (B,))
 
 
 def _check_int(name, value, lo):
@@ -86,18 +101,18 @@ def chunk_fn(cfg: ModelConfig, task_cfg: TaskConfig, chunk: int, dtype_name: str
   """The one jitted, fixed-shape function (params, key, i) → errors [chunk] or [S, chunk]."""
   dtype = precision.DTYPES[dtype_name]
 
-  def one(params, key):
-    batch = tasks.sample(key, task_cfg, chunk, dtype=dtype)
-    return per_task_error(params, cfg, batch, task_cfg, normalise)
-
   def fn(params, key, i):
     key = jax.random.fold_in(key, i)
+    error = lambda p, b: per_task_error(p, cfg, b, task_cfg, normalise)
     if not seeds:
-      return one(params, key)
+      return in_sub_batches(lambda b: error(params, b), tasks.sample(key, task_cfg, chunk, dtype=dtype))
+    if paired_seeds:  # one draw of the tasks, every seed's model on it
+      batch = tasks.sample(key, task_cfg, chunk, dtype=dtype)
+      return in_sub_batches(lambda b: jax.vmap(error, in_axes=(0, None))(params, b), batch)
     S = jax.tree.leaves(params)[0].shape[0]
-    keys = jnp.stack([key] * S) if paired_seeds else jax.vmap(lambda s: jax.random.fold_in(key, s))(
-        jnp.arange(S) + 1)
-    return jax.vmap(one)(params, keys)
+    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(S) + 1)
+    batches = jax.vmap(lambda k: tasks.sample(k, task_cfg, chunk, dtype=dtype))(keys)
+    return jax.vmap(lambda p, b: in_sub_batches(lambda c: error(p, c), b))(params, batches)
 
   return jax.jit(fn)
 

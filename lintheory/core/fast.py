@@ -33,17 +33,20 @@ def applies(cfg: ModelConfig) -> bool:
   return cfg.attention == "linear" and cfg.mlp is None
 
 
+def gram_of(Zs_BND: jax.Array) -> jax.Array:
+  """The demonstrations' Gram matrix C = Z_sᵀ Z_s [B, D, D] from their tokens [B, N, D]."""
+  return jnp.einsum("bni,bnj->bij", Zs_BND, Zs_BND)
+
+
 def gram(Z_BTD: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Tokens [B, T, D] → (C = Z_sᵀ Z_s [B, D, D] over the demonstrations, the query q [B, D])."""
-  Zs = Z_BTD[:, :-1]
-  return jnp.einsum("bni,bnj->bij", Zs, Zs), Z_BTD[:, -1]
+  return gram_of(Z_BTD[:, :-1]), Z_BTD[:, -1]
 
 
 def gram_tasks(X_BND: jax.Array, y_BN: jax.Array, x_q_BD: jax.Array) -> tuple[jax.Array, jax.Array]:
   """`gram` of `tasks.tokens(X, y, x_q)` without the query token: C [B, d+1, d+1], q = [x_q; 0]."""
-  Zs = jnp.concatenate([X_BND, y_BN[..., None]], axis=-1)
   q = jnp.concatenate([x_q_BD, jnp.zeros_like(x_q_BD[:, :1])], axis=-1)
-  return jnp.einsum("bni,bnj->bij", Zs, Zs), q
+  return gram_of(jnp.concatenate([X_BND, y_BN[..., None]], axis=-1)), q
 
 
 def _value_maps(p: dict[str, jax.Array], N: int) -> tuple[jax.Array, jax.Array]:
@@ -140,6 +143,59 @@ def forward_gram(params: Params, C_BDD: jax.Array, q_BD: jax.Array, N: int) -> j
   for l in range(L - 2):
     C_BDD, q_BD = layer(at(l), C_BDD, q_BD, N)
   return readout_two(at(L - 2), at(L - 1), C_BDD, q_BD, N)
+
+
+def readout_row(params: Params, C_BDD: jax.Array, N: int) -> jax.Array:
+  """r [B, D] with ŷ = −r·q for the input query q of these layers (the model is linear in q).
+
+  ŷ = −(e_y + m)ᵀ A_{L−2} ⋯ A_0 q, with m the y-row of the last layer's M: r is the row vector
+  e_y + m carried back through the layers' A = I + M, a matrix-vector product per layer.
+  """
+  L, D = params["W_Q"].shape[0], C_BDD.shape[-1]
+  at = lambda l: {k: v[l] for k, v in params.items()}
+  eye = jnp.eye(D, dtype=C_BDD.dtype)
+  As = []
+  for l in range(L - 2):
+    A = layer_map(at(l), C_BDD, N) + eye
+    C_BDD = bmm(bmm(A, C_BDD), jnp.swapaxes(A, -1, -2))
+    As.append(A)
+  W_V, G_HDD = _value_maps(at(L - 1), N)
+  u_HD = W_V[:, -1]
+  if L == 1:
+    m_BD = jnp.einsum("hj,bjk,hkl->bl", u_HD, C_BDD, G_HDD)
+  else:
+    M = layer_map(at(L - 2), C_BDD, N)
+    uA_BHD = u_HD + jnp.einsum("hj,bjk->bhk", u_HD, M)
+    uAC_BHD = jnp.einsum("bhj,bjk->bhk", uA_BHD, C_BDD)
+    r_BHD = uAC_BHD + jnp.einsum("bhk,bik->bhi", uAC_BHD, M)  # (u A C) Aᵀ
+    m_BD = jnp.einsum("bhk,hkl->bl", r_BHD, G_HDD)
+    As.append(M + eye)
+  r_BD = m_BD + eye[-1]
+  for A in reversed(As):
+    r_BD = jnp.einsum("bi,bij->bj", r_BD, A)
+  return r_BD
+
+
+def w_hat(params: Params, C_BDD: jax.Array, N: int) -> jax.Array:
+  """The implicit predictor ŵ [B, d] (ŷ = ŵ·x_q, docs/theory.md §5) from the Gram matrix alone."""
+  return -readout_row(params, C_BDD, N)[:, :-1]
+
+
+def prefix(params: Params, C_BDD: jax.Array, N: int, l: int) -> tuple[jax.Array, jax.Array]:
+  """(C_l, P_l): the Gram matrix entering layer l and the map P_l = A_{l−1} ⋯ A_0 [B, D, D] of the
+  first l layers, so that a model equal to these params before layer l has
+  ŵ = −(readout_row(its layers l…, C_l) P_l)[:d]: models that differ from layer l on share them."""
+  P_BDD = jnp.broadcast_to(jnp.eye(C_BDD.shape[-1], dtype=C_BDD.dtype), C_BDD.shape)
+  for j in range(l):
+    A = layer_map({k: v[j] for k, v in params.items()}, C_BDD, N) + jnp.eye(C_BDD.shape[-1], dtype=C_BDD.dtype)
+    C_BDD, P_BDD = bmm(bmm(A, C_BDD), jnp.swapaxes(A, -1, -2)), bmm(A, P_BDD)
+  return C_BDD, P_BDD
+
+
+def w_hat_from(params_from_l: Params, C_l: jax.Array, P_l: jax.Array, N: int) -> jax.Array:
+  """ŵ [B, d] of a model whose layers from l on are params_from_l and whose first l layers are
+  those `prefix` ran (C_l, P_l)."""
+  return -jnp.einsum("bi,bij->bj", readout_row(params_from_l, C_l, N), P_l[:, :, :-1])
 
 
 def forward(params: Params, Z_BTD: jax.Array, cfg: ModelConfig | None = None) -> jax.Array:

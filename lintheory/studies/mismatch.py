@@ -165,7 +165,8 @@ def _paired_fn(cfg: ModelConfig, task: TaskConfig, chunk: int):
 
   def fn(params_P, key, i):
     batch = tasks.sample(jax.random.fold_in(key, i), task, chunk, dtype=jnp.float64)
-    return jax.vmap(lambda p: evaluate.per_task_error(p, cfg, batch, task))(params_P)
+    return evaluate.in_sub_batches(lambda b: jax.vmap(lambda p: evaluate.per_task_error(p, cfg, b, task))(params_P),
+                                   batch)
 
   return jax.jit(fn)
 

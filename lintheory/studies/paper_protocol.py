@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import edits, evaluate, precision, prune, stats, tasks
+from lintheory.core import edits, evaluate, fast, precision, prune, stats, tasks
 from lintheory.core.model import ModelConfig, Params, block
 from lintheory.run import profiles
 from lintheory.studies import engine, figures, text
@@ -35,6 +35,7 @@ KEYS = ("model", "shots", "edit", "layers", "V", "val_noise")
 EVAL_KEY = 27_182  # held-out tasks, disjoint from the training streams
 EDIT_KEY = 16_180  # the random edits; each candidate folds in its own hash
 GROUPS = ("all", "deep", "shallow")  # layer sets searched: {0, 1, L−2, L−1}, {L−2, L−1}, {0, 1}
+TASK_CHUNK = 2000  # tasks evaluated together (the candidates' errors on them are held in memory)
 SESOI = 0.05  # smallest effect of interest: 5 % of the headroom (unpruned − Bayes error)
 QUANTILES = {"p01": 0.01, "p10": 0.10, "median": 0.5, "p90": 0.90, "p99": 0.99}
 
@@ -67,7 +68,7 @@ class Settings:
   candidate_chunk: int = 16  # candidate models evaluated per step (memory)
 
 
-LINEAR = Arch("linear", "linear", None, 500, 0, (20, 10))
+LINEAR = Arch("linear", "linear", None, 100_000, 0, (20, 10))
 PROFILES = {
     "tiny": Settings(profiles.PROFILES["tiny"], (dataclasses.replace(LINEAR, n_tasks=20, shots=(8, 4)),
                                                  Arch("softmax", "softmax", None, 20, 16, (8,))),
@@ -75,7 +76,7 @@ PROFILES = {
     "default": Settings(profiles.PROFILES["default"], (
         LINEAR, Arch("softmax", "softmax", None, 200, 64, (20,)), Arch("linear+relu_mlp", "linear", "relu", 200, 64, (20,)))),
     "full": Settings(profiles.PROFILES["full"], (
-        dataclasses.replace(LINEAR, n_tasks=4000), Arch("softmax", "softmax", None, 2000, 256, (20, 10)),
+        dataclasses.replace(LINEAR, n_tasks=1_000_000), Arch("softmax", "softmax", None, 2000, 256, (20, 10)),
         Arch("linear+relu_mlp", "linear", "relu", 2000, 256, (20, 10)))),
 }
 
@@ -123,7 +124,7 @@ def candidates(params: Params, s: Settings) -> list[Candidate]:
 
   The exact truncation and the controls skip ξ = 0 (the unpruned model itself); the randomized SVD
   keeps it, since there it changes the weights (by round-off)."""
-  L = params["W_Q"].shape[0]
+  L = params["W_Q"].shape[-3]  # params may carry a leading seed axis
   out = [UNPRUNED]
   for kind in s.kinds:
     for module in s.modules:
@@ -221,20 +222,37 @@ def sample_data(key: jax.Array, task: tasks.TaskConfig, n_tasks: int, V: int, n_
           "Xt": inputs(k_q, n_test)}
 
 
+@functools.partial(jax.jit, static_argnames=("Vs",))
+def val_moments(data: dict, Vs) -> dict:
+  """Per task and V, the validation queries' moments Σ x xᵀ [B, nV, d, d], Σ x ε [B, nV, d] and Σ ε²
+  [B, nV] over the first V queries: for ŷ = ŵ·x the validation error is a quadratic form in ŵ − w."""
+  Xv, eps = data["Xv"], data["eps"]
+  return {"XX": jnp.stack([jnp.einsum("bvd,bve->bde", Xv[:, :V], Xv[:, :V]) for V in Vs], axis=1),
+          "Xe": jnp.stack([jnp.einsum("bvd,bv->bd", Xv[:, :V], eps[:, :V]) for V in Vs], axis=1),
+          "ee": jnp.stack([jnp.sum(eps[:, :V] ** 2, axis=1) for V in Vs], axis=1)}
+
+
+def exact_errors(w_hat: jax.Array, data: dict, moments: dict, Vs, val_noise, Sigma):
+  """Validation errors [B, nV, nNoise] and the exact test error [B] of ŷ = ŵ·x: with δ = ŵ − w,
+  mean over v < V of (x_v·δ − σ ε_v)² = (δᵀ XX_V δ − 2σ δᵀ Xe_V + σ² ee_V) / V."""
+  delta = w_hat - data["w"]
+  quad = jnp.einsum("bd,bvde,be->bv", delta, moments["XX"], delta)
+  cross = jnp.einsum("bd,bvd->bv", delta, moments["Xe"])
+  V = jnp.asarray(Vs, delta.dtype)
+  val = jnp.stack([(quad - 2 * sigma * cross + sigma**2 * moments["ee"]) / V for sigma in val_noise], axis=-1)
+  return val, jnp.einsum("bd,de,be->b", delta, Sigma, delta)
+
+
 def task_errors(params: Params, data: dict, cfg: ModelConfig, shots: int, Vs, val_noise, Sigma):
   """One model → validation errors [B, nV, nNoise] and the test error [B] on every task."""
   Zs = jnp.concatenate([data["X"][:, :shots], data["y"][:, :shots, None]], axis=-1)
-  B, d = data["w"].shape
   Vmax = data["Xv"].shape[1]
-  if data["Xt"].shape[1] == 0:  # linear attention: ŷ = ŵ·x_q, ŵ read off with the basis queries
-    w_hat = forward_queries(params, Zs, jnp.broadcast_to(jnp.eye(d, dtype=Zs.dtype), (B, d, d)), cfg)
-    y_val = jnp.einsum("bvd,bd->bv", data["Xv"], w_hat)
-    delta = w_hat - data["w"]
-    test = jnp.einsum("bd,de,be->b", delta, Sigma, delta)
-  else:
-    y_hat = forward_queries(params, Zs, jnp.concatenate([data["Xv"], data["Xt"]], axis=1), cfg)
-    y_val = y_hat[:, :Vmax]
-    test = jnp.mean((y_hat[:, Vmax:] - jnp.einsum("bqd,bd->bq", data["Xt"], data["w"])) ** 2, axis=-1)
+  if data["Xt"].shape[1] == 0:  # linear attention: ŷ = ŵ·x_q, ŵ from the prompt's Gram matrix
+    return exact_errors(fast.w_hat(params, fast.gram_of(Zs), shots), data, val_moments(data, Vs), Vs,
+                        val_noise, Sigma)
+  y_hat = forward_queries(params, Zs, jnp.concatenate([data["Xv"], data["Xt"]], axis=1), cfg)
+  y_val = y_hat[:, :Vmax]
+  test = jnp.mean((y_hat[:, Vmax:] - jnp.einsum("bqd,bd->bq", data["Xt"], data["w"])) ** 2, axis=-1)
   clean = jnp.einsum("bvd,bd->bv", data["Xv"], data["w"])
   sq = jnp.stack([(y_val - clean - sigma * data["eps"]) ** 2 for sigma in val_noise], axis=-1)  # [B, V, nN]
   csum = jnp.cumsum(sq, axis=1)
@@ -247,6 +265,39 @@ def evaluate_all(params_CS: Params, data: dict, Sigma, cfg: ModelConfig, shots: 
   """Every candidate × seed → (validation errors [C, S, B, nV, nNoise], test errors [C, S, B])."""
   per_seed = jax.vmap(lambda p: task_errors(p, data, cfg, shots, Vs, val_noise, Sigma))
   return jax.lax.map(per_seed, params_CS, batch_size=chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("layers", "shots"))
+def prefixes(params_S: Params, data: dict, layers, shots: int) -> dict:
+  """For each layer l: every seed's unpruned (C_l, P_l) (core.fast.prefix) on the tasks' prompts."""
+  C0 = fast.gram_of(jnp.concatenate([data["X"][:, :shots], data["y"][:, :shots, None]], axis=-1))
+  return {l: jax.vmap(lambda p: fast.prefix(p, C0, shots, l))(params_S) for l in layers}
+
+
+@functools.partial(jax.jit, static_argnames=("l", "shots", "Vs", "val_noise", "chunk"))
+def evaluate_from(params_CS: Params, state_S, data: dict, moments: dict, Sigma, l: int, shots: int, Vs,
+                  val_noise, chunk: int):
+  """`evaluate_all` (linear attention) for candidates equal to the unpruned model before layer l:
+  they start from its state at layer l, computed once (prefixes)."""
+  def per_seed(p, C, P):
+    w = fast.w_hat_from({n: v[l:] for n, v in p.items()}, C, P, shots)
+    return exact_errors(w, data, moments, Vs, val_noise, Sigma)
+  return jax.lax.map(lambda p: jax.vmap(per_seed)(p, *state_S), params_CS, batch_size=chunk)
+
+
+def evaluate_exact(groups: dict, params_S: Params, data: dict, Sigma, shots: int, s: "Settings", n_cands: int):
+  """`evaluate_all` for linear attention, candidates grouped by edited layer (groups: l → (indices,
+  their stacked params)) → numpy (validation [C, S, B, nV, nN], test [C, S, B])."""
+  moments = val_moments(data, tuple(s.Vs))
+  state = prefixes(params_S, data, tuple(sorted(groups)), shots)
+  S, B = params_S["W_Q"].shape[0], data["w"].shape[0]
+  val = np.empty((n_cands, S, B, len(s.Vs), len(s.val_noise)))
+  test = np.empty((n_cands, S, B))
+  for l, (idx, params_cS) in groups.items():
+    v, t = evaluate_from(params_cS, state[l], data, moments, Sigma, l, shots, tuple(s.Vs), tuple(s.val_noise),
+                         s.candidate_chunk)
+    val[idx], test[idx] = np.asarray(v, np.float64), np.asarray(t, np.float64)
+  return val, test
 
 
 def bayes_errors(data: dict, task: tasks.TaskConfig, shots: int) -> np.ndarray:
@@ -308,47 +359,77 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
   except RuntimeError as e:  # a diverged run is recorded, not hidden
     ctx.fail("train", str(e), model=arch.name)
     return
-  if arch.test_queries == 0 and not tr.model.is_linear:
+  exact = arch.test_queries == 0
+  if exact and not tr.model.is_linear:
     raise ValueError(f"arch {arch.name}: test_queries must be >= 1 for a model that is not linear attention")
   L = s.layers
   t0 = time.perf_counter()
   # Exact errors (linear attention) in float64; sampled ones in float32, twice as fast on a CPU.
-  dtype = jnp.float64 if arch.test_queries == 0 else jnp.float32
+  dtype = jnp.float64 if exact else jnp.float32
   with precision.x64():
     params_S = {n: jnp.asarray(v, dtype) for n, v in tr.params.items()}
     cands = candidates(params_S, s)
     params_CS = edited_params(params_S, cands, s)
+    if exact:  # by edited layer; the unpruned model goes with the last layer's edits
+      layer_of = np.array([L - 1 if c.layer < 0 else c.layer for c in cands])
+      groups = {l: (np.flatnonzero(layer_of == l), {n: v[np.flatnonzero(layer_of == l)] for n, v in params_CS.items()})
+                for l in sorted(set(layer_of.tolist()))}
     xi = np.array([c.xi for c in cands])
-    data = sample_data(jax.random.key(EVAL_KEY), tr.task, arch.n_tasks, max(s.Vs), arch.test_queries, dtype)
     Sigma = jnp.asarray(tasks.x_covariance(tr.task), dtype)
+    chunk = min(arch.n_tasks, TASK_CHUNK)
+    acc = {shots: {"base": [], "bayes": [], "chosen": {}, "rand0": []} for shots in arch.shots}
+    for i in range(-(-arch.n_tasks // chunk)):  # the tasks in chunks; chunk i from fold_in(EVAL_KEY, i)
+      data = sample_data(jax.random.fold_in(jax.random.key(EVAL_KEY), i), tr.task, chunk, max(s.Vs),
+                         arch.test_queries, dtype)
+      keep = min(chunk, arch.n_tasks - i * chunk)
+      for shots in arch.shots:
+        if exact:
+          val, test = evaluate_exact(groups, params_S, data, Sigma, shots, s, len(cands))
+        else:
+          val, test = (np.asarray(a, np.float64) for a in evaluate_all(
+              params_CS, data, Sigma, tr.model, shots, tuple(s.Vs), tuple(s.val_noise), s.candidate_chunk))
+        val, test = val[:, :, :keep], np.asarray(tasks.normalised_error(test[:, :, :keep], s.d), np.float64)
+        _select_chunk(acc[shots], val, test, bayes_errors(data, tr.task, shots)[:keep], cands, xi, s, L)
     for shots in arch.shots:
-      val, test = evaluate_all(params_CS, data, Sigma, tr.model, shots, tuple(s.Vs), tuple(s.val_noise),
-                               s.candidate_chunk)
-      val = np.asarray(val, np.float64)  # [C, S, B, nV, nN]
-      test = np.asarray(tasks.normalised_error(test, s.d), np.float64)  # [C, S, B], errors ÷ d
-      bayes = bayes_errors(data, tr.task, shots)
-      base = test[0]
-      ctx.add("bayes_mean", bayes.mean(), n_tasks=bayes.size, model=arch.name, shots=shots)
-      ctx.add("n_candidates", len(cands), model=arch.name, shots=shots)
-      for kind in s.kinds:
-        ctx.add("n_candidates", len(family(cands, kind, "all", L)) - 1, model=arch.name, shots=shots, edit=kind)
-        for group in GROUPS:
-          idx = family(cands, kind, group, L)
-          for iv, V in enumerate(s.Vs):
-            for iz, sigma in enumerate(s.val_noise):
-              v = val[idx][..., iv, iz]  # [c, S, B]
-              pick = np.stack([select(v[:, k], xi[idx]) for k in range(v.shape[1])])  # [S, B]
-              chosen = np.take_along_axis(test[idx], pick[None], axis=0)[0]
-              _gain_rows(ctx, base, chosen, bayes, tr.seeds, s,
-                         dict(model=arch.name, shots=shots, edit=kind, layers=group, V=V, val_noise=sigma))
-      if "svd_rand" in s.kinds:  # the randomized SVD at rate 0 is the identity only to round-off
-        i0 = [i for i, c in enumerate(cands) if c.kind == "svd_rand" and c.xi == 0.0]
-        for k, seed in enumerate(tr.seeds):
-          ctx.add("rand_xi0_max_rel_change", np.max(np.abs(test[i0, k] - base[k]) / base[k]), seed=seed,
-                  n_tasks=base.shape[1], model=arch.name, shots=shots, edit="svd_rand")
+      _record(ctx, acc[shots], cands, tr.seeds, s, arch.name, shots, L)
+      base = np.concatenate(acc[shots]["base"], axis=1)
       ctx.log(f"{arch.name} N={shots}: {len(cands)} candidates × {len(tr.seeds)} seeds × {arch.n_tasks} tasks; "
               f"unpruned mean {base.mean():.4g}, median {np.median(base):.4g}; "
               f"{time.perf_counter() - t0:.1f} s since the models were loaded")
+
+
+def _select_chunk(acc: dict, val, test, bayes, cands, xi, s: Settings, L: int) -> None:
+  """One chunk of tasks: each family's per-task choice for every layer group, V and noise level."""
+  acc["base"].append(test[0])
+  acc["bayes"].append(bayes)
+  for kind in s.kinds:
+    for group in GROUPS:
+      idx = family(cands, kind, group, L)
+      for iv, V in enumerate(s.Vs):
+        for iz, sigma in enumerate(s.val_noise):
+          v = val[idx][..., iv, iz]  # [c, S, B]
+          pick = np.stack([select(v[:, k], xi[idx]) for k in range(v.shape[1])])  # [S, B]
+          acc["chosen"].setdefault((kind, group, V, sigma), []).append(
+              np.take_along_axis(test[idx], pick[None], axis=0)[0])
+  if "svd_rand" in s.kinds:  # the randomized SVD at rate 0 is the identity only to round-off
+    i0 = [i for i, c in enumerate(cands) if c.kind == "svd_rand" and c.xi == 0.0]
+    acc["rand0"].append(np.max(np.abs(test[i0] - test[0]) / test[0], axis=(0, 2)))
+
+
+def _record(ctx, acc: dict, cands, seeds, s: Settings, name: str, shots: int, L: int) -> None:
+  base, bayes = np.concatenate(acc["base"], axis=1), np.concatenate(acc["bayes"])
+  ctx.add("bayes_mean", bayes.mean(), n_tasks=bayes.size, model=name, shots=shots)
+  ctx.add("n_candidates", len(cands), model=name, shots=shots)
+  for kind in s.kinds:
+    ctx.add("n_candidates", len(family(cands, kind, "all", L)) - 1, model=name, shots=shots, edit=kind)
+  for (kind, group, V, sigma), parts in acc["chosen"].items():
+    _gain_rows(ctx, base, np.concatenate(parts, axis=1), bayes, seeds, s,
+               dict(model=name, shots=shots, edit=kind, layers=group, V=V, val_noise=sigma))
+  if acc["rand0"]:
+    worst = np.max(np.stack(acc["rand0"]), axis=0)
+    for k, seed in enumerate(seeds):
+      ctx.add("rand_xi0_max_rel_change", worst[k], seed=seed, n_tasks=base.shape[1], model=name, shots=shots,
+              edit="svd_rand")
 
 
 def run(s: Settings, ctx: engine.Context) -> None:
