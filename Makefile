@@ -22,14 +22,17 @@ test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m ''
 
 # Studies write results/ (python -m lintheory.studies NAME), plots read results/ and write figures/,
-# the report reads results/ and writes docs/report.md. Two chains of studies run side by side
+# the report reads results/ and writes docs/report.md; results/make_results.json records the wall
+# time of the whole run, which the report shows. Two chains of studies run side by side
 # (JOBS=1 runs them one after another); a model two studies share is trained once (a file lock in
 # the cache), so the order only balances time.
 STUDIES := one_layer implicit_gd pruning prune_bound paper_protocol positive_control mismatch in_weights
 JOBS ?= 2
 results: $(BIN)/.installed
 	@mkdir -p runs/logs
-	@$(MAKE) --no-print-directory -j$(JOBS) $(addprefix study-,$(STUDIES))
+	@start=$$(date +%s); cached=$$(ls runs/cache/*/params.npz 2>/dev/null | wc -l); \
+	  $(MAKE) --no-print-directory -j$(JOBS) $(addprefix study-,$(STUDIES)) && \
+	  $(BIN)/python -m lintheory.studies --record-wall $$start --profile $(PROFILE) --jobs $(JOBS) --cached-models $$cached
 	@grep -h "rows, .* failures" runs/logs/*.log
 
 study-positive_control: study-implicit_gd

@@ -85,3 +85,22 @@ def test_symlog_axis_labels_at_most_max_ticks_and_zero(values):
   plt.close(fig)
   assert 0.0 in ticks and len(ticks) <= 7 and ticks == sorted(ticks)
   assert max(ticks) >= max(abs(v) for v in values)  # the data stay inside the labelled range
+
+
+def test_the_wall_time_of_a_run_is_recorded_and_reported(ran, capsys):
+  import time
+  from pathlib import Path
+  from lintheory.studies import __main__ as studies_main
+  root, flags = ran
+  results = Path(flags.results)
+  assert studies_main.main(["--record-wall", str(time.time() - 150), "--profile", "tiny", "--jobs", "2",
+                            "--cached-models", "0", "--results", str(results)]) == 0
+  md = report.build(results)
+  import re
+  minutes = float(re.search(r"took (\d+\.\d) minutes of wall time", md).group(1))
+  assert "The last `make results` (profile `tiny`, 2 chains" in md and 2.5 <= minutes <= 2.7
+  assert "from an empty model cache" in md
+  (results / "make_results.json").unlink()
+  assert studies_main.main(["--record-wall", "5", "--profile", "tiny", "--jobs", "2", "--cached-models", "0",
+                            "--results", str(results)]) == 2
+  assert "--record-wall" in capsys.readouterr().err and not (results / "make_results.json").exists()

@@ -1,13 +1,55 @@
-"""python -m lintheory.studies NAME [--profile P] [--seeds S] [--results DIR] [--cache-dir DIR]"""
+"""python -m lintheory.studies NAME [--profile P] [--seeds S] [--results DIR] [--cache-dir DIR]
+   python -m lintheory.studies --record-wall START [--end END] --profile P --jobs J --cached-models K [--results DIR]
 
+The second form writes DIR/make_results.json: the wall time of a `make results` that ran from START
+to END (seconds since the epoch; END defaults to now), with its profile, parallel chains, the trained models it found in
+the cache, the commits the studies it wrote ran (from their results files), CPU count and load.
+"""
+
+import argparse
 import sys
+import time
+from pathlib import Path
 
 from lintheory import studies
+from lintheory.run import io, provenance
 from lintheory.studies import engine
+
+
+def record_wall(argv) -> int:
+  ap = argparse.ArgumentParser(prog="python -m lintheory.studies --record-wall")
+  ap.add_argument("--record-wall", type=float, required=True, help="start of the run, seconds since the epoch")
+  ap.add_argument("--profile", required=True)
+  ap.add_argument("--jobs", type=int, required=True, help="studies run side by side")
+  ap.add_argument("--end", type=float, default=None, help="end of the run, seconds since the epoch (default: now)")
+  ap.add_argument("--cached-models", type=int, required=True, help="trained models in runs/cache at the start")
+  ap.add_argument("--results", default="results")
+  args = ap.parse_args(argv)
+  wall = (time.time() if args.end is None else args.end) - args.record_wall
+  if not 0 < wall < 30 * 86400 or args.jobs < 1 or args.cached_models < 0:
+    print(f"--record-wall must be a start time in the last 30 days, --jobs >= 1 and --cached-models >= 0, got "
+          f"{args.record_wall!r}, {args.jobs!r}, {args.cached_models!r}", file=sys.stderr)
+    return 2
+  # The commits are the studies' own (each results file records the code it ran), not this process's.
+  gits = []
+  for name in studies.STUDIES:
+    path = Path(args.results) / f"{name}.json"
+    if path.exists() and path.stat().st_mtime >= args.record_wall:
+      git = io.read_json(path).get("provenance", {}).get("git")
+      if git not in gits:
+        gits.append(git)
+  prov = provenance.collect()
+  io.write_json(f"{args.results}/make_results.json",
+                {"profile": args.profile, "jobs": args.jobs, "wall_seconds": wall, "cached_models": args.cached_models,
+                 "cpu_count": prov.get("cpu_count"), "load_avg": provenance.load_avg(), "git": gits,
+                 "machine": prov.get("machine")})
+  return 0
 
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
+  if argv and argv[0] == "--record-wall":
+    return record_wall(argv)
   if not argv or argv[0] not in studies.STUDIES:
     print(f"usage: python -m lintheory.studies {{{','.join(studies.STUDIES)}}} [--help]", file=sys.stderr)
     return 2

@@ -27,7 +27,7 @@ import numpy as np
 
 from lintheory.core import edits, evaluate, fast, precision, prune, stats, tasks
 from lintheory.core.model import ModelConfig, Params, block
-from lintheory.run import profiles
+from lintheory.run import io, profiles
 from lintheory.studies import engine, figures, text
 
 NAME = "paper_protocol"
@@ -390,6 +390,10 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
               params_CS, data, Sigma, tr.model, shots, tuple(s.Vs), tuple(s.val_noise), s.candidate_chunk))
         val, test = val[:, :, :keep], np.asarray(tasks.normalised_error(test[:, :, :keep], s.d), np.float64)
         _select_chunk(acc[shots], val, test, bayes_errors(data, tr.task, shots)[:keep], cands, xi, s, L)
+      done = min(arch.n_tasks, (i + 1) * chunk)
+      if (i + 1) % 10 == 0 or done == arch.n_tasks:
+        io.progress(f"  {arch.name}: {done:,}/{arch.n_tasks:,} tasks, {time.perf_counter() - t0:.0f} s",
+                    final=done == arch.n_tasks)
     for shots in arch.shots:
       _record(ctx, acc[shots], cands, tr.seeds, s, arch.name, shots, L)
       base = np.concatenate(acc[shots]["base"], axis=1)
