@@ -71,15 +71,19 @@ def test_bmm_and_its_vjp_are_the_per_task_matmul(I, K, J, seed):
     np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
 
 
-def test_the_last_two_layers_read_c_through_vectors_only():
-  """readout_two(p, p_last, C, q) = readout(p_last, layer(p, C, q)): no C update for the last layer."""
-  cfg = ModelConfig(d=4, n_layers=2, n_heads=2, use_W_O=True)
+@pytest.mark.parametrize("L", [1, 2, 3])
+def test_the_readout_row_is_the_forward_pass_run_forwards(L):
+  """forward_gram (−r·q, r carried back through the layers, no C update for the last two) equals
+  `layer` applied L − 1 times to (C, q), then `readout`."""
+  cfg = ModelConfig(d=4, n_layers=L, n_heads=2, use_W_O=True)
   params, Z, _ = draw_problem(jax.random.key(4), cfg, 5, 7, 0.5)
-  p, p_last = ({k: v[l] for k, v in params.items()} for l in (0, 1))
   C, q = fast.gram(Z)
-  expected = fast.readout(p_last, *fast.layer(p, C, q, 7), 7)
-  assert rel_err(fast.readout_two(p, p_last, C, q, 7), expected) <= 1e-13
-  assert rel_err(expected, fast.readout(p_last, C, q, 7)) > 1e-3  # the first layer matters
+  for l in range(L - 1):
+    C, q = fast.layer({k: v[l] for k, v in params.items()}, C, q, 7)
+  expected = fast.readout({k: v[L - 1] for k, v in params.items()}, C, q, 7)
+  assert rel_err(fast.forward_gram(params, *fast.gram(Z), 7), expected) <= 1e-13
+  if L > 1:  # the earlier layers matter
+    assert rel_err(expected, fast.readout({k: v[L - 1] for k, v in params.items()}, *fast.gram(Z), 7)) > 1e-3
 
 
 def test_a_layer_maps_every_token_by_one_matrix():
