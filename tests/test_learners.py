@@ -62,9 +62,13 @@ def _model_and_gd_predictions(etas, b):
   return model.layer_predictions(states), checks.gd_reference(etas)(b)
 
 
+# XLA flushes subnormals to zero, so an η near 1e-308 makes predictions whose relative round-off
+# means nothing; such η count as 0 here.
+ETA = st.floats(-1.5, 1.5).map(lambda e: 0.0 if abs(e) < 1e-100 else e)
+
+
 @settings(max_examples=15, deadline=None)
-@given(etas=st.lists(st.floats(-1.5, 1.5), min_size=6, max_size=6), seed=st.integers(0, 2**16),
-       scale=st.floats(0.1, 3.0))
+@given(etas=st.lists(ETA, min_size=6, max_size=6), seed=st.integers(0, 2**16), scale=st.floats(0.1, 3.0))
 def test_construction_is_gd_hypothesis(etas, seed, scale):
   """Any per-step η (negative too) and any data scale. One shape, compiled once (shapes vary above)."""
   b = batch64(4, 7, B=4, seed=seed, noise_std=0.3)
