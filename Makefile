@@ -35,11 +35,11 @@ results: $(BIN)/.installed
 	  $(BIN)/python -m lintheory.studies --record-wall $$start --profile $(PROFILE) --jobs $(JOBS) --cached-models $$cached
 	@grep -h "rows, .* failures" runs/logs/*.log
 
-study-positive_control: study-implicit_gd
 study-pruning: study-one_layer
 study-prune_bound: study-pruning
 study-paper_protocol: study-prune_bound
-study-mismatch: study-positive_control
+study-positive_control: study-paper_protocol
+study-mismatch: study-implicit_gd
 study-in_weights: study-mismatch
 study-%: $(BIN)/.installed
 	@echo "== study $* ($(PROFILE)) started; its log: runs/logs/$*.log"

@@ -125,3 +125,18 @@ def test_block_bootstrap_of_the_mean_matches_the_task_level_one(monkeypatch):
   w_b, w_t = blocks["ci_hi"] - blocks["ci_lo"], tasks_level["ci_hi"] - tasks_level["ci_lo"]
   assert abs(w_b / w_t - 1) < 0.1, (w_b, w_t)
   assert abs((blocks["ci_hi"] + blocks["ci_lo"]) - (tasks_level["ci_hi"] + tasks_level["ci_lo"])) < 0.2 * w_t
+
+
+def test_block_bootstrap_of_one_sample_matches_the_task_level_one(monkeypatch):
+  """summary's interval for the mean: block sums above MEAN_UNITS tasks, within 10 % of the task-level
+  interval, and the same point estimate and quantiles."""
+  x = np.random.default_rng(4).exponential(1.0, 20_000)
+  monkeypatch.setattr(stats, "MEAN_UNITS", 500)
+  blocks = stats.summary(x, n_boot=2000)
+  monkeypatch.setattr(stats, "MEAN_UNITS", 10**9)
+  tasks_level = stats.summary(x, n_boot=2000)
+  assert {k: v for k, v in blocks.items() if not k.startswith("mean_ci")} == \
+      {k: v for k, v in tasks_level.items() if not k.startswith("mean_ci")}
+  w_b, w_t = blocks["mean_ci_hi"] - blocks["mean_ci_lo"], tasks_level["mean_ci_hi"] - tasks_level["mean_ci_lo"]
+  assert abs(w_b / w_t - 1) < 0.1, (w_b, w_t)
+  assert abs((blocks["mean_ci_hi"] + blocks["mean_ci_lo"]) - (tasks_level["mean_ci_hi"] + tasks_level["mean_ci_lo"])) < 0.2 * w_t

@@ -104,3 +104,13 @@ def test_the_wall_time_of_a_run_is_recorded_and_reported(ran, capsys):
   assert studies_main.main(["--record-wall", "5", "--profile", "tiny", "--jobs", "2", "--cached-models", "0",
                             "--results", str(results)]) == 2
   assert "--record-wall" in capsys.readouterr().err and not (results / "make_results.json").exists()
+
+
+@pytest.mark.parametrize("name", [n for n in studies.STUDIES if n != "deep_recipes"])
+def test_every_study_has_the_four_profiles_and_enough_seeds(name):
+  """`make figures` runs every study at `default` (or PROFILE=long / full): each must define it, with
+  at least 5 seeds per model on 2 CPU cores and 20 on an accelerator."""
+  p = engine.study_module(name).PROFILES
+  assert {"tiny", "default", "long", "full"} <= set(p)
+  assert len(p["default"].train.seeds) >= 5 and len(p["long"].train.seeds) >= 5
+  assert len(p["full"].train.seeds) >= 20

@@ -47,11 +47,25 @@ def _interval(stats_boot: np.ndarray, level: float) -> tuple[float, float]:
   return float(lo), float(hi)
 
 
+def _block_sums(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """x [..., B] → its sums over MEAN_UNITS contiguous blocks of the last axis [..., MEAN_UNITS] and the
+  block sizes [MEAN_UNITS]. The tasks are iid, so the blocks are too: resampling the block sums gives the
+  mean the task-level resample's expectation and variance at B / MEAN_UNITS the cost (docs/theory.md §14)."""
+  B = x.shape[-1]
+  starts = np.linspace(0, B, MEAN_UNITS + 1).astype(np.int64)
+  return np.add.reduceat(x, starts[:-1], axis=-1), np.diff(starts).astype(np.float64)
+
+
 def bootstrap_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-  """Means of n_boot resamples (with replacement) of the 1-D sample x → [n_boot]."""
-  n = x.size
+  """Means of n_boot resamples (with replacement) of the 1-D sample x → [n_boot]; above MEAN_UNITS
+  tasks, resamples of its block sums."""
+  sums, sizes = _block_sums(x) if x.size > MEAN_UNITS else (x, np.ones(x.size))
+  n = sums.size
   per = max(1, _BLOCK // n)
-  out = [x[rng.integers(0, n, (min(per, n_boot - i), n))].mean(axis=1) for i in range(0, n_boot, per)]
+  out = []
+  for i in range(0, n_boot, per):
+    idx = rng.integers(0, n, (min(per, n_boot - i), n))
+    out.append(sums[idx].sum(axis=1) / sizes[idx].sum(axis=1))
   return np.concatenate(out)
 
 
@@ -88,11 +102,7 @@ def seed_bootstrap(err_SB, stat: Callable[[np.ndarray], float] = np.mean, n_boot
   rng = np.random.default_rng(seed)
   boot = np.empty(n_boot)
   if stat is np.mean and inner and B > MEAN_UNITS:
-    # The tasks are iid, so contiguous blocks are too: resampling MEAN_UNITS block sums per seed gives
-    # the mean the task-level resample's expectation and variance, at B / MEAN_UNITS the cost.
-    parts = np.array_split(np.arange(B), MEAN_UNITS)
-    sums = np.stack([x[:, p].sum(axis=1) for p in parts], axis=1)  # [S, MEAN_UNITS]
-    sizes = np.array([len(p) for p in parts], np.float64)
+    sums, sizes = _block_sums(x)  # [S, MEAN_UNITS], [MEAN_UNITS]
     for i in range(n_boot):
       rows, cols = rng.integers(0, S, S), rng.integers(0, MEAN_UNITS, (S, MEAN_UNITS))
       boot[i] = sums[rows[:, None], cols].sum() / sizes[cols].sum()

@@ -2,7 +2,7 @@
 
 A study is a module of lintheory.studies with
   NAME: str
-  Settings: a frozen dataclass (a comment per field), and PROFILES: {"tiny" | "default" | "full": Settings}
+  Settings: a frozen dataclass (a comment per field), and PROFILES: {"tiny" | "default" | "long" | "full": Settings}
   run(settings, ctx: Context) -> None      adds rows to ctx (never draws)
   plot(table, meta, figures: Path) -> list[Path]   reads only the table (never trains)
   report(table, meta) -> str                 Markdown; every number comes from the table
@@ -156,7 +156,7 @@ class Context:
 
 @dataclasses.dataclass(frozen=True)
 class Flags:
-  profile: str = "default"  # which of the study's PROFILES: tiny (tests), default (2 CPU cores), full (GPU)
+  profile: str = "default"  # the study's PROFILES: tiny (tests), default and long (2 CPU cores), full (GPU)
   seeds: int = 0  # train seeds 0..S-1 instead of the profile's (0 keeps the profile's)
   results: str = "results"  # directory for <study>.csv and <study>.json
   cache_dir: str = "runs/cache"  # trained models and fitted references, shared by the studies

@@ -41,15 +41,13 @@ class Settings:
 PROFILES = {
     "tiny": Settings(profiles.PROFILES["tiny"], ((0.0, (1, 2)),), eval_tasks=4096, trajectory_tasks=256,
                      Ms=(10, 20), d=3, n_context=8, fit=references.FitConfig(steps=30, batch_size=64)),
-    "default": Settings(profiles.PROFILES["default"], ((0.0, (1, 2, 3, 4, 6)), (0.5, (1, 2, 4))),
-                        eval_tasks=100_000, trajectory_tasks=4096, Ms=(5, 10, 20, 40, 80)),
+    "default": Settings(profiles.PROFILES["default"], ((0.0, (1, 2, 3, 4, 6)), (0.5, (1, 4))),
+                        eval_tasks=100_000, trajectory_tasks=4096, Ms=(5, 10, 20, 40, 80), d=5),
+    "long": Settings(profiles.PROFILES["long"], ((0.0, (1, 2, 3, 4, 6)), (0.5, (1, 2, 4))),
+                     eval_tasks=100_000, trajectory_tasks=4096, Ms=(5, 10, 20, 40, 80)),
     "full": Settings(profiles.PROFILES["full"], ((0.0, (1, 2, 3, 4, 6, 8)), (0.5, (1, 2, 3, 4, 6, 8))),
                      eval_tasks=1_000_000, trajectory_tasks=16_384, Ms=(5, 10, 15, 20, 30, 40, 80, 160)),
 }
-
-
-def _stack(params):
-  return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], params)
 
 
 def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context) -> None:
@@ -63,13 +61,20 @@ def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context) -> None:
   key = jax.random.key(EVAL_KEY)
   n = s.eval_tasks
   with precision.x64():
-    err = evaluate.errors(tr.params, tr.model, tr.task, key, n, dtype="float64")  # [S, n]
-    for kind, f in refs.items():
-      e = evaluate.errors(_stack(references.construct(f)), tr.model, tr.task, key, n, dtype="float64")[0]
+    # The seeds' models and the references on the same tasks, in one evaluation: [S + K, n].
+    models = [profiles.seed_params(tr.params, k) for k in range(len(tr.seeds))]
+    models += [references.construct(f) for f in refs.values()]
+    both = evaluate.errors(jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(x, jnp.float64) for x in a]),
+                                                  *models), tr.model, tr.task, key, n, dtype="float64")
+    err = both[:len(tr.seeds)]  # [S, n]
+    for kind, e in zip(refs, both[len(tr.seeds):]):
       ctx.add_many(stats.summary(e), prefix="ref_", n_tasks=n, reference=kind, **keys)
     ridge = evaluate.bayes_errors(tr.task, key, n)
     ctx.add_many(stats.summary(ridge), prefix="ref_", n_tasks=n, reference="ridge", **keys)
     batch = tasks.sample(jax.random.fold_in(key, 1), tr.task, s.trajectory_tasks, dtype=jnp.float64)
+    context = {M: evaluate.errors(tr.params, tr.model, dataclasses.replace(tr.task, n_context=M),
+                                  jax.random.fold_in(key, M), s.eval_tasks // 4, dtype="float64")
+               for M in (s.Ms if sigma == 0.0 else ())}  # [S, n] per M, every seed on the same tasks
     for k, seed in enumerate(tr.seeds):
       ctx.add_many(stats.summary(err[k]), prefix="model_", seed=seed, n_tasks=n, **keys)
       params = {name: jnp.asarray(v, jnp.float64) for name, v in profiles.seed_params(tr.params, k).items()}
@@ -84,9 +89,7 @@ def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context) -> None:
                 **keys)
       if sigma == 0.0:
         for M in s.Ms:
-          task_M = dataclasses.replace(tr.task, n_context=M)
-          e = evaluate.errors(_stack(params), tr.model, task_M, jax.random.fold_in(key, M), s.eval_tasks // 4,
-                              dtype="float64")[0]
+          e = context[M][k]
           ctx.add_many({"mean": e.mean(), "median": np.median(e)}, prefix="context_", seed=seed,
                        n_tasks=e.size, M=M, **keys)
   for M in s.Ms if sigma == 0.0 else ():

@@ -53,7 +53,10 @@ PROFILES = {
     "tiny": Settings(profiles.Profile(steps=40, batch_size=32, seeds=(0, 1), eval_tasks=1024), (0.5,),
                      ranks=(1,), select_tasks=1024, confirm_tasks=1024, layers=2, d=3, n_context=6, chunk=1024),
     "default": Settings(profiles.Profile(steps=1000, batch_size=256, seeds=(0, 1, 2, 3, 4), eval_tasks=100_000),
-                        (0.0, 0.3, 0.6), ranks=(0, 2, 4, 6, 8), select_tasks=2048, confirm_tasks=100_000, chunk=2048),
+                        (0.0, 0.3, 0.6), ranks=(0, 1, 2, 3, 4), select_tasks=2048, confirm_tasks=100_000, chunk=2048,
+                        layers=2, d=5),
+    "long": Settings(profiles.Profile(steps=1000, batch_size=256, seeds=(0, 1, 2, 3, 4), eval_tasks=100_000),
+                     (0.0, 0.3, 0.6), ranks=(0, 2, 4, 6, 8), select_tasks=2048, confirm_tasks=100_000, chunk=2048),
     "full": Settings(profiles.PROFILES["full"], (0.0, 0.3, 0.6), ranks=tuple(range(11)), select_tasks=65_536,
                      confirm_tasks=1_000_000),
 }

@@ -47,7 +47,8 @@ class Settings:
 
 PROFILES = {
     "tiny": Settings(profiles.PROFILES["tiny"], eval_tasks=2048, curve_points=10, cases=CASES[1:2]),
-    "default": Settings(profiles.PROFILES["default"], eval_tasks=100_000),
+    "default": Settings(profiles.PROFILES["default"], eval_tasks=100_000, cases=CASES[1:]),
+    "long": Settings(profiles.PROFILES["long"], eval_tasks=100_000),
     "full": Settings(profiles.PROFILES["full"], eval_tasks=1_000_000),
 }
 

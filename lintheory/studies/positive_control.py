@@ -45,7 +45,9 @@ PROFILES = {
     "tiny": Settings(profiles.PROFILES["tiny"], (1,), (20, INF_POOL), select_tasks=512, confirm_tasks=1024,
                      d=4, k=1, n_context=8),
     "default": Settings(profiles.PROFILES["default"], (1, 2), (50, 200, 1000, INF_POOL), select_tasks=8192,
-                        confirm_tasks=100_000),
+                        confirm_tasks=100_000, d=5, k=2),
+    "long": Settings(profiles.PROFILES["long"], (1, 2), (50, 200, 1000, INF_POOL), select_tasks=8192,
+                     confirm_tasks=100_000),
     "full": Settings(profiles.PROFILES["full"], (1, 2, 4), (50, 100, 200, 1000, INF_POOL), select_tasks=16_384,
                      confirm_tasks=1_000_000),
 }
@@ -55,8 +57,9 @@ def w_cov(s: Settings) -> tuple[float, ...]:
   return (1.0,) * s.k + (s.eps,) * (s.d - s.k)
 
 
-def _stack(p):
-  return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], p)
+def _stack_all(ps: list) -> dict:
+  """Models [P] → their parameters stacked on a leading axis (evaluate.errors's seed axis)."""
+  return jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *ps)
 
 
 def run_setting(s: Settings, L: int, pool: int, ctx: engine.Context) -> None:
@@ -68,27 +71,30 @@ def run_setting(s: Settings, L: int, pool: int, ctx: engine.Context) -> None:
     ctx.fail("train", str(e), **keys)
     return
   k_sel, k_conf = jax.random.key(4242), jax.random.key(4343)
-  D = tr.model.D
+  D, S = tr.model.D, len(tr.seeds)
   edits = [(layer, r) for layer in range(L) for r in range(D)]
+  # Every seed's unpruned model, then every edit of every seed: one paired evaluation on the same tasks.
+  seeds_p = [profiles.seed_params(tr.params, i) for i in range(S)]
+  models = seeds_p + [prune.prune(p0, layer, "attn", rank=r) for layer, r in edits for p0 in seeds_p]
+  sel = evaluate.errors(_stack_all(models), tr.model, tr.task, k_sel, s.select_tasks).mean(-1).reshape(1 + len(edits), S)
+  chosen = []  # per seed: the index of the chosen edit, or None (ties keep the unpruned model)
   for i, seed in enumerate(tr.seeds):
-    p0 = profiles.seed_params(tr.params, i)
-    base_sel = evaluate.errors(_stack(p0), tr.model, tr.task, k_sel, s.select_tasks)[0].mean()
-    sel = np.array([evaluate.errors(_stack(prune.prune(p0, layer, "attn", rank=r)), tr.model, tr.task, k_sel,
-                                    s.select_tasks)[0].mean() for layer, r in edits])
-    for (layer, r), e in zip(edits, sel):
+    for (layer, r), e in zip(edits, sel[1:, i]):
       ctx.add("select_mean", e, seed=seed, n_tasks=s.select_tasks, layer=layer, rank=r, **keys)
-    best = int(np.argmin(sel))
-    layer, r = edits[best]
-    chosen = base_sel <= sel[best]  # ties keep the unpruned model
-    e0 = evaluate.errors(_stack(p0), tr.model, tr.task, k_conf, s.confirm_tasks)[0]
-    e1 = e0 if chosen else evaluate.errors(_stack(prune.prune(p0, layer, "attn", rank=r)), tr.model, tr.task,
-                                           k_conf, s.confirm_tasks)[0]
-    n = s.confirm_tasks
+    best = int(np.argmin(sel[1:, i]))
+    chosen.append(None if sel[0, i] <= sel[1 + best, i] else best)
+  picked = [seeds_p[i] if b is None else models[(1 + b) * S + i] for i, b in enumerate(chosen)]
+  err = evaluate.errors(_stack_all(seeds_p + picked), tr.model, tr.task, k_conf, s.confirm_tasks)
+  n = s.confirm_tasks
+  for i, seed in enumerate(tr.seeds):
+    e0 = err[i]
+    e1 = e0 if chosen[i] is None else err[S + i]  # a kept model's gain is exactly 0
     ctx.add_many(stats.summary(e0), prefix="unpruned_", seed=seed, n_tasks=n, **keys)
     ctx.add_many(stats.summary(e1), prefix="pruned_", seed=seed, n_tasks=n, **keys)
     ctx.add("gain", e0.mean() - e1.mean(), seed=seed, n_tasks=n, **keys)
-    ctx.add("chosen_layer", -1 if chosen else layer, seed=seed, **keys)
-    ctx.add("chosen_rank", D if chosen else r, seed=seed, **keys)
+    layer, r = (-1, D) if chosen[i] is None else edits[chosen[i]]
+    ctx.add("chosen_layer", layer, seed=seed, **keys)
+    ctx.add("chosen_rank", r, seed=seed, **keys)
   bayes = evaluate.bayes_errors(tr.task, k_conf, s.confirm_tasks)
   ctx.add_many(stats.summary(bayes), prefix="bayes_", n_tasks=s.confirm_tasks, **keys)
 

@@ -45,8 +45,10 @@ class Settings:
 
 PROFILES = {
     "tiny": Settings(profiles.PROFILES["tiny"], (2,), ("v",), ranks=(0, 2), analysis_tasks=32, d=2, n_context=8),
-    "default": Settings(profiles.PROFILES["default"], (4,), ("attn", "v"), ranks=(0, 1, 2, 3, 4),
+    "default": Settings(profiles.PROFILES["default"], (4,), ("attn",), ranks=(0, 1, 2, 3, 4),
                         analysis_tasks=2048, d=4),
+    "long": Settings(profiles.PROFILES["long"], (4,), ("attn", "v"), ranks=(0, 1, 2, 3, 4),
+                     analysis_tasks=2048, d=4),
     "full": Settings(profiles.PROFILES["full"], (4, 8), ("attn", "q", "k", "v"), ranks=(0, 1, 2, 3, 4),
                      analysis_tasks=2048, d=4),
 }
