@@ -10,6 +10,7 @@ import dataclasses
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lintheory.run import cache
@@ -109,3 +110,9 @@ def trained(prof: Profile, *, layers: int = 1, attention: str = "linear", mlp: s
 
 def seed_params(params: Params, i: int) -> Params:
   return jax.tree_util.tree_map(lambda a: a[i], params)
+
+
+def stack_params(models: list[Params]) -> Params:
+  """Models → their parameters on a leading axis [P, ...] (the inverse of seed_params), for one
+  paired evaluation of them all."""
+  return jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *models)

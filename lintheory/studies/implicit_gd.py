@@ -64,8 +64,7 @@ def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context) -> None:
     # The seeds' models and the references on the same tasks, in one evaluation: [S + K, n].
     models = [profiles.seed_params(tr.params, k) for k in range(len(tr.seeds))]
     models += [references.construct(f) for f in refs.values()]
-    both = evaluate.errors(jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(x, jnp.float64) for x in a]),
-                                                  *models), tr.model, tr.task, key, n, dtype="float64")
+    both = evaluate.errors(profiles.stack_params(models), tr.model, tr.task, key, n, dtype="float64")
     err = both[:len(tr.seeds)]  # [S, n]
     for kind, e in zip(refs, both[len(tr.seeds):]):
       ctx.add_many(stats.summary(e), prefix="ref_", n_tasks=n, reference=kind, **keys)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core import evaluate, prune, stats
@@ -57,11 +56,6 @@ def w_cov(s: Settings) -> tuple[float, ...]:
   return (1.0,) * s.k + (s.eps,) * (s.d - s.k)
 
 
-def _stack_all(ps: list) -> dict:
-  """Models [P] → their parameters stacked on a leading axis (evaluate.errors's seed axis)."""
-  return jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *ps)
-
-
 def run_setting(s: Settings, L: int, pool: int, ctx: engine.Context) -> None:
   keys = {"L": L, "pool": pool}
   try:
@@ -76,7 +70,7 @@ def run_setting(s: Settings, L: int, pool: int, ctx: engine.Context) -> None:
   # Every seed's unpruned model, then every edit of every seed: one paired evaluation on the same tasks.
   seeds_p = [profiles.seed_params(tr.params, i) for i in range(S)]
   models = seeds_p + [prune.prune(p0, layer, "attn", rank=r) for layer, r in edits for p0 in seeds_p]
-  sel = evaluate.errors(_stack_all(models), tr.model, tr.task, k_sel, s.select_tasks).mean(-1).reshape(1 + len(edits), S)
+  sel = evaluate.errors(profiles.stack_params(models), tr.model, tr.task, k_sel, s.select_tasks).mean(-1).reshape(1 + len(edits), S)
   chosen = []  # per seed: the index of the chosen edit, or None (ties keep the unpruned model)
   for i, seed in enumerate(tr.seeds):
     for (layer, r), e in zip(edits, sel[1:, i]):
@@ -84,7 +78,7 @@ def run_setting(s: Settings, L: int, pool: int, ctx: engine.Context) -> None:
     best = int(np.argmin(sel[1:, i]))
     chosen.append(None if sel[0, i] <= sel[1 + best, i] else best)
   picked = [seeds_p[i] if b is None else models[(1 + b) * S + i] for i, b in enumerate(chosen)]
-  err = evaluate.errors(_stack_all(seeds_p + picked), tr.model, tr.task, k_conf, s.confirm_tasks)
+  err = evaluate.errors(profiles.stack_params(seeds_p + picked), tr.model, tr.task, k_conf, s.confirm_tasks)
   n = s.confirm_tasks
   for i, seed in enumerate(tr.seeds):
     e0 = err[i]
