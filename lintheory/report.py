@@ -53,21 +53,22 @@ def timings(loaded: dict, results: Path) -> str:
     rows.append([f"`{name}`", meta["profile"], str(len(meta["seeds"])), f"{meta['seconds']:.0f}",
                  str(prov.get("cpu_count") or "not recorded"),
                  " / ".join(f"{x:.1f}" for x in load) if load else "not recorded"])
-  total = sum(meta["seconds"] for _, meta in loaded.values())
-  out = (text.table(["study", "profile", "seeds", "seconds", "CPUs", "load at the end (1 / 5 / 15 min)"], rows)
-         + f"\n\nThe studies above took {total / 60:.0f} minutes together, one after another; `make figures` runs two "
-         "chains side by side, and a study that finds its models in the cache does not pay for training them.")
+  out = text.table(["study", "profile", "seeds", "seconds", "CPUs", "load at the end (1 / 5 / 15 min)"], rows)
   run = results / "make_results.json"
   if run.exists():
     r = io.read_json(run)
+    ran = [n for n in r.get("studies") or loaded if n in loaded]
+    total = sum(loaded[n][1]["seconds"] for n in ran)
     load = " / ".join(f"{x:.1f}" for x in r["load_avg"]) if r.get("load_avg") else "not recorded"
     commits = ", ".join(((g or {}).get("commit") or "unrecorded")[:12] + (" (dirty)" if (g or {}).get("dirty") else "")
                         for g in r.get("git") or []) or "not recorded"
-    out += (f" The last `make results` (profile `{r['profile']}`, {r['jobs']} chains, commit {commits}) took "
+    out += (f"\n\nThe last `make results` (profile `{r['profile']}`, commit {commits}) ran {len(ran)} studies, "
+            f"{r['jobs']} at a time, whose own wall times (above) add up to {total / 60:.1f} minutes. It took "
             f"{r['wall_seconds'] / 60:.1f} minutes of wall time on {r['cpu_count']} CPUs ({r['machine']}; load at "
             f"the end {load}), "
             + ("from an empty model cache: every model trained in it." if r.get("cached_models") == 0 else
-               f"starting with {r.get('cached_models')} trained models in the cache."))
+               f"starting with {r.get('cached_models')} trained models in the cache.")
+            + " A study that finds its models in the cache does not pay for training them.")
   return out
 
 

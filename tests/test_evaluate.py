@@ -1,5 +1,7 @@
 """Exact per-task population errors and the chunked evaluator (docs/theory.md §5, §9, §11)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,6 +128,37 @@ def test_errors_chunks_seeds_and_one_compilation():
   np.testing.assert_allclose(eS[1], evaluate.errors(other, cfg, task, jax.random.key(0), 250, 100), rtol=1e-12)
   indep = evaluate.errors(stacked, cfg, task, jax.random.key(0), n_tasks=250, chunk=100, paired_seeds=False)
   assert not np.allclose(indep[0], eS[0])
+
+
+def test_context_errors_are_the_first_M_demonstrations_of_one_draw():
+  params, cfg = random_model(12, d=2, n_layers=2)
+  other, _ = random_model(13, d=2, n_layers=2)
+  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), params, other)
+  task = TaskConfig(d=2, n_context=3, noise_std=0.3)
+  key, Ms = jax.random.key(4), (2, 5, 7)
+  out = evaluate.context_errors(stacked, cfg, task, key, Ms, n_tasks=150, chunk=100)
+  assert sorted(out) == list(Ms) and all(e.shape == (2, 150) for e in out.values())
+  # the largest M is an ordinary evaluation at that context size
+  full = dataclasses.replace(task, n_context=7)
+  np.testing.assert_allclose(out[7], evaluate.errors(stacked, cfg, full, key, 150, 100), rtol=1e-12)
+  # a smaller M is the same model on the first M demonstrations of the same tasks (chunk 1, tasks 0-49)
+  b = sample(jax.random.fold_in(key, 1), full, 100, dtype=F64)
+  first = b._replace(X=b.X[:, :2], y=b.y[:, :2])
+  np.testing.assert_allclose(out[2][1, 100:], per_task_error(other, cfg, first, task)[:50], rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(contexts=()), "contexts"), (dict(contexts=(0, 3)), "contexts"), (dict(n_tasks=0), "n_tasks"),
+    (dict(task=TaskConfig(d=2, n_context=4, n_context_min=2)), "n_context_min"),
+    (dict(seed_axis=False), "seed axis"),
+])
+def test_invalid_context_errors_arguments(kwargs, match):
+  params, cfg = random_model(0, d=2)
+  stacked = params if kwargs.pop("seed_axis", True) is False else jax.tree.map(lambda a: a[None], params)
+  args = dict(task=TaskConfig(d=2, n_context=4), contexts=(2, 4), n_tasks=10)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    evaluate.context_errors(stacked, cfg, args["task"], jax.random.key(0), args["contexts"], args["n_tasks"])
 
 
 @pytest.mark.slow

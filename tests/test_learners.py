@@ -81,6 +81,29 @@ def test_construction_is_gd_hypothesis(etas, seed, scale):
 # --- explicit learners ----------------------------------------------------------------------
 
 
+_from_moments = jax.jit(lambda b, eta, gamma, P: (
+    learners.gd_from_moments(*learners.moments(b.X, b.y), eta),
+    learners.gd_from_moments(*learners.moments(b.X, b.y), jnp.ones_like(eta), P=P),
+    learners.gd_plus_plus_from_moments(*learners.moments(b.X, b.y), eta, gamma)))
+_from_data = jax.jit(lambda b, eta, gamma, P: (
+    learners.gd(b.X, b.y, eta), learners.gd(b.X, b.y, jnp.ones_like(eta), P=P),
+    learners.gd_plus_plus(b.X, b.y, b.x_q, eta, gamma)[0]))
+
+
+@settings(max_examples=15, deadline=None)
+@given(etas=st.lists(ETA, min_size=4, max_size=4), gammas=st.lists(ETA, min_size=4, max_size=4),
+       seed=st.integers(0, 2**16))
+def test_learners_from_moments_are_the_learners(etas, gammas, seed):
+  """GD, preconditioned GD and GD++ see the demonstrations only through Σ̂ and Xᵀy/N: the moment
+  forms give every iterate of the data forms to round-off, for any η_t, γ_t and P_t."""
+  b = batch64(3, 6, B=8, seed=seed, noise_std=0.3)
+  P = jnp.asarray(np.random.default_rng(seed).normal(size=(4, 3, 3)))
+  args = (b, jnp.asarray(etas), jnp.asarray(gammas), P)
+  for fast, plain in zip(_from_moments(*args), _from_data(*args)):
+    scale = np.maximum(np.max(np.abs(plain), axis=-1, keepdims=True), 1.0)
+    np.testing.assert_array_less(np.abs(fast - plain) / scale, 1e-10)
+
+
 def test_one_gd_step_formula():
   b = batch64(4, 9)
   w1 = learners.gd(b.X, b.y, 0.3, n_steps=1)[0]

@@ -98,7 +98,8 @@ def test_the_wall_time_of_a_run_is_recorded_and_reported(ran, capsys):
   md = report.build(results)
   import re
   minutes = float(re.search(r"took (\d+\.\d) minutes of wall time", md).group(1))
-  assert "The last `make results` (profile `tiny`, 2 chains" in md and 2.5 <= minutes <= 2.7
+  assert "The last `make results` (profile `tiny`, commit" in md and "studies, 2 at a time" in md
+  assert 2.5 <= minutes <= 2.7
   assert "from an empty model cache" in md
   (results / "make_results.json").unlink()
   assert studies_main.main(["--record-wall", "5", "--profile", "tiny", "--jobs", "2", "--cached-models", "0",

@@ -97,13 +97,18 @@ def has_seed_axis(params: Params, cfg: ModelConfig) -> bool:
 
 @functools.lru_cache(maxsize=32)
 def chunk_fn(cfg: ModelConfig, task_cfg: TaskConfig, chunk: int, dtype_name: str, seeds: bool,
-             paired_seeds: bool, normalise: bool):
-  """The one jitted, fixed-shape function (params, key, i) → errors [chunk] or [S, chunk]."""
+             paired_seeds: bool, normalise: bool, contexts: tuple[int, ...] | None = None):
+  """The one jitted, fixed-shape function (params, key, i) → errors [chunk] or [S, chunk]; with
+  contexts, [len(contexts), S, chunk]: the first M demonstrations of one draw of max(contexts)."""
   dtype = precision.DTYPES[dtype_name]
 
   def fn(params, key, i):
     key = jax.random.fold_in(key, i)
     error = lambda p, b: per_task_error(p, cfg, b, task_cfg, normalise)
+    if contexts is not None:  # one draw, nested prompts: every M in one program and on the same tasks
+      batch = tasks.sample(key, task_cfg, chunk, n_context=max(contexts), dtype=dtype)
+      return jnp.stack([in_sub_batches(lambda b: jax.vmap(error, in_axes=(0, None))(params, b),
+                                       batch._replace(X=batch.X[:, :M], y=batch.y[:, :M])) for M in contexts])
     if not seeds:
       return in_sub_batches(lambda b: error(params, b), tasks.sample(key, task_cfg, chunk, dtype=dtype))
     if paired_seeds:  # one draw of the tasks, every seed's model on it
@@ -138,6 +143,33 @@ def errors(params: Params, cfg: ModelConfig, task_cfg: TaskConfig, key: jax.Arra
     parts = [fn(p, key, i) for i in range(-(-n_tasks // chunk))]
     out = np.concatenate([np.asarray(e, np.float64) for e in parts], axis=-1)
   return out[..., :n_tasks]
+
+
+def context_errors(params: Params, cfg: ModelConfig, task_cfg: TaskConfig, key: jax.Array, contexts,
+                   n_tasks: int = 100_000, chunk: int = 8192, dtype: str = "float64") -> dict[int, np.ndarray]:
+  """Per-task errors at test-time context sizes M ≠ N → {M: numpy float64 [S, n_tasks]} for params
+  with a leading seed axis, every seed on the same tasks.
+
+  Each task is drawn once with max(contexts) demonstrations and given its first M, so the sizes are
+  compared on the same tasks (nested prompts) and one compiled program serves them all; chunk i uses
+  fold_in(key, i), as in `errors`.
+  """
+  _check_int("n_tasks", n_tasks, 1)
+  _check_int("chunk", chunk, 1)
+  contexts = tuple(int(M) for M in contexts)
+  if not contexts or min(contexts) < 1:
+    raise ValueError(f"contexts must be a non-empty list of sizes >= 1, got {contexts!r}")
+  if task_cfg.n_context_min:
+    raise ValueError("context_errors needs fixed-length prompts (n_context_min = 0): the first M "
+                     "demonstrations of a zero-padded prompt are not a prompt of M")
+  if not has_seed_axis(params, cfg):
+    raise ValueError("context_errors needs params with a leading seed axis")
+  chunk = min(chunk, n_tasks)
+  with precision.for_dtype(dtype):
+    fn = chunk_fn(cfg, task_cfg, chunk, dtype, True, True, True, contexts)
+    p = jax.tree.map(lambda a: jnp.asarray(a, precision.DTYPES[dtype]), params)
+    out = np.concatenate([np.asarray(fn(p, key, i), np.float64) for i in range(-(-n_tasks // chunk))], axis=-1)
+  return {M: out[j, :, :n_tasks] for j, M in enumerate(contexts)}
 
 
 def bayes_predictor(task_cfg: TaskConfig, X_BND: jax.Array, y_BN: jax.Array) -> jax.Array:

@@ -73,6 +73,59 @@ def gd_plus_plus(X, y, x_q, eta, gamma, n_steps: int | None = None):
   return ws, jnp.einsum("sbd,bd->sb", ws, x_q)
 
 
+# --- the same learners from the demonstrations' moments (docs/theory.md §3) -----------------------
+# GD and GD++ touch the demonstrations only through Σ̂ = XᵀX/N and b = Xᵀy/N, so their iterates follow
+# from (Σ̂, b) in O(d²) per task and step instead of O(N d). Per-task products are written as
+# broadcast sums: XLA:CPU runs a batched dot of d×d matrices one task at a time.
+
+
+def moments(X: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(Σ̂ = XᵀX/N [B, d, d], b = Xᵀy/N [B, d]) of demonstrations X [B, N, d], y [B, N]."""
+  N = X.shape[-2]
+  return (X[..., :, None] * X[..., None, :]).sum(-3) / N, (X * y[..., None]).sum(-2) / N
+
+
+def _mv(A_BIJ: jax.Array, v_BJ: jax.Array) -> jax.Array:
+  return (A_BIJ * v_BJ[..., None, :]).sum(-1)
+
+
+def gd_from_moments(Sigma_hat: jax.Array, b: jax.Array, eta, n_steps: int | None = None,
+                    P: jax.Array | None = None) -> jax.Array:
+  """`gd` from (Σ̂, b): w_t = w_{t-1} + η_t P_t (b − Σ̂ w_{t-1}) → w_t [S, B, d]."""
+  etas = _steps(eta, n_steps if P is None or P.ndim == 2 else P.shape[0])
+  S, d = etas.shape[0], b.shape[-1]
+  Ps = jnp.broadcast_to(jnp.eye(d, dtype=b.dtype) if P is None else P, (S, d, d))
+  ws, w = [], jnp.zeros_like(b)
+  for t in range(S):  # S is small: unrolled, so the per-task products fuse across steps
+    grad = b - _mv(Sigma_hat, w)
+    w = w + etas[t] * (grad @ Ps[t].T)
+    ws.append(w)
+  return jnp.stack(ws)
+
+
+def gd_plus_plus_from_moments(Sigma_hat: jax.Array, b: jax.Array, eta, gamma, n_steps: int | None = None) -> jax.Array:
+  """`gd_plus_plus` from (Σ̂, b) → ŵ_t [S, B, d].
+
+  With B_t = I − γ_t Σ̂_t the inputs move as X_{t+1} = X_t B_t, so Σ̂_{t+1} = B_t Σ̂_t B_t, the
+  gradient g_t = X_tᵀ r_t / N follows g_{t+1} = B_t (g_t − η_t Σ̂_t g_t), and the query map
+  A_{t+1} = B_t A_t; ŵ_{t+1} = ŵ_t + η_t A_tᵀ g_t.
+  """
+  etas = _steps(eta, n_steps)
+  gammas = _steps(gamma, etas.shape[0])
+  d = b.shape[-1]
+  eye = jnp.eye(d, dtype=b.dtype)
+  A, g, G, w, ws = jnp.broadcast_to(eye, Sigma_hat.shape), b, Sigma_hat, jnp.zeros_like(b), []
+  for t in range(etas.shape[0]):
+    w = w + etas[t] * (A * g[..., :, None]).sum(-2)  # Aᵀ g
+    Bt = eye - gammas[t] * G
+    g = _mv(Bt, g - etas[t] * _mv(G, g))
+    BG = (Bt[..., :, :, None] * G[..., None, :, :]).sum(-2)
+    A = (Bt[..., :, :, None] * A[..., None, :, :]).sum(-2)
+    G = (BG[..., :, :, None] * Bt[..., None, :, :]).sum(-2)
+    ws.append(w)
+  return jnp.stack(ws)
+
+
 def ridge(X: jax.Array, y: jax.Array, lam: float) -> jax.Array:
   """(XᵀX + λI)⁻¹ Xᵀy → [B, d]; λ = σ² is the Bayes posterior mean for w ~ N(0, I)."""
   d = X.shape[-1]

@@ -2,7 +2,7 @@
    python -m lintheory.studies --record-wall START [--end END] --profile P --jobs J --cached-models K [--results DIR]
 
 The second form writes DIR/make_results.json: the wall time of a `make results` that ran from START
-to END (seconds since the epoch; END defaults to now), with its profile, parallel chains, the trained models it found in
+to END (seconds since the epoch; END defaults to now), with its profile, the studies run side by side, the studies it ran, the trained models it found in
 the cache, the commits the studies it wrote ran (from their results files), CPU count and load.
 """
 
@@ -31,17 +31,18 @@ def record_wall(argv) -> int:
           f"{args.record_wall!r}, {args.jobs!r}, {args.cached_models!r}", file=sys.stderr)
     return 2
   # The commits are the studies' own (each results file records the code it ran), not this process's.
-  gits = []
+  gits, ran = [], []
   for name in studies.STUDIES:
     path = Path(args.results) / f"{name}.json"
     if path.exists() and path.stat().st_mtime >= args.record_wall:
+      ran.append(name)
       git = io.read_json(path).get("provenance", {}).get("git")
       if git not in gits:
         gits.append(git)
   prov = provenance.collect()
   io.write_json(f"{args.results}/make_results.json",
                 {"profile": args.profile, "jobs": args.jobs, "wall_seconds": wall, "cached_models": args.cached_models,
-                 "cpu_count": prov.get("cpu_count"), "load_avg": provenance.load_avg(), "git": gits,
+                 "studies": ran, "cpu_count": prov.get("cpu_count"), "load_avg": provenance.load_avg(), "git": gits,
                  "machine": prov.get("machine")})
   return 0
 

@@ -24,6 +24,7 @@ NAME = "implicit_gd"
 KEYS = ("sigma", "L", "reference", "layer", "M")
 KINDS = references.KINDS
 EVAL_KEY = 31_415  # held-out tasks (the training streams use the seeds' keys)
+CONTEXT_KEY = 31_416  # the tasks of the test-time context sizes M
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +72,8 @@ def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context) -> None:
     ridge = evaluate.bayes_errors(tr.task, key, n)
     ctx.add_many(stats.summary(ridge), prefix="ref_", n_tasks=n, reference="ridge", **keys)
     batch = tasks.sample(jax.random.fold_in(key, 1), tr.task, s.trajectory_tasks, dtype=jnp.float64)
-    context = {M: evaluate.errors(tr.params, tr.model, dataclasses.replace(tr.task, n_context=M),
-                                  jax.random.fold_in(key, M), s.eval_tasks // 4, dtype="float64")
-               for M in (s.Ms if sigma == 0.0 else ())}  # [S, n] per M, every seed on the same tasks
+    context = evaluate.context_errors(tr.params, tr.model, tr.task, jax.random.key(CONTEXT_KEY), s.Ms,
+                                      s.eval_tasks // 4) if sigma == 0.0 else {}  # {M: [S, n]}
     for k, seed in enumerate(tr.seeds):
       ctx.add_many(stats.summary(err[k]), prefix="model_", seed=seed, n_tasks=n, **keys)
       params = {name: jnp.asarray(v, jnp.float64) for name, v in profiles.seed_params(tr.params, k).items()}
