@@ -81,8 +81,7 @@ def edit_list(s: Settings) -> list[tuple[str, int, int]]:
 
 
 def _errors(s: Settings, tr, params, kind: str, key, n: int) -> np.ndarray:
-  """[P, n] per-task errors of P stacked models on the same tasks of one kind (paired); one compiled
-  chunk shape for every call of the same P."""
+  """[n] per-task errors of one model on tasks of one kind; one compiled chunk shape for every call."""
   return evaluate.errors(params, tr.model, task_set(tr.task, kind), key, n, chunk=s.chunk)
 
 
@@ -104,34 +103,24 @@ def run_setting(s: Settings, p: float, ctx: engine.Context) -> None:
   edits = edit_list(s)
   D = tr.model.D
   k_sel, k_conf = jax.random.key(SELECT_KEY), jax.random.key(CONFIRM_KEY)
-  S, n = len(tr.seeds), s.confirm_tasks
-  seeds_p = [profiles.seed_params(tr.params, i) for i in range(S)]
-  # Per seed, its unpruned model and every edit in one paired evaluation: [1 + edits] means per kind.
-  select = {kind: [_errors(s, tr, profiles.stack_params([_edited(p0, e) for e in [None] + edits]), kind, k_sel,
-                           s.select_tasks).mean(-1) for p0 in seeds_p] for kind in TASK_SETS}
-  chosen = []  # per seed: {"icl" | "facts": the chosen edit or None}
   for i, seed in enumerate(tr.seeds):
-    chosen.append({})
+    p0 = profiles.seed_params(tr.params, i)
+    chosen = {}
     for kind in TASK_SETS:
-      err = select[kind][i]
+      err = np.array([_errors(s, tr, _edited(p0, e), kind, k_sel, s.select_tasks).mean() for e in [None] + edits])
       ctx.add("select_mean", err[0], seed=seed, n_tasks=s.select_tasks, edit="none", tasks=kind, **keys)
       for (m, layer, r), e in zip(edits, err[1:]):
         ctx.add("select_mean", e, seed=seed, n_tasks=s.select_tasks, module=m, layer=layer, rank=r, tasks=kind,
                 **keys)
       best = int(np.argmin(err[1:]))
-      chosen[i]["icl" if kind == "fresh" else "facts"] = edits[best] if err[1 + best] < err[0] else None
-    for name, e in chosen[i].items():  # an unpruned choice is recorded as module "", layer −1, rank D
+      chosen["icl" if kind == "fresh" else "facts"] = edits[best] if err[1 + best] < err[0] else None
+    for name, e in chosen.items():  # an unpruned choice is recorded as module "", layer −1, rank D
       m, layer, r = e if e is not None else ("", -1, D)
       ctx.add("chosen_layer", layer, seed=seed, edit=name, module=m, **keys)
       ctx.add("chosen_rank", r, seed=seed, edit=name, module=m, **keys)
-  # Every edit of every seed on the same tasks: paired gains, one evaluation per kind [EDITS × S, n].
-  confirm = {kind: _errors(s, tr, profiles.stack_params([_edited(p0, chosen[i].get(name)) for name in EDITS
-                                                         for i, p0 in enumerate(seeds_p)]), kind, k_conf, n)
-             for kind in TASK_SETS}
-  for i, seed in enumerate(tr.seeds):
-    unpruned = {}
-    for kind in TASK_SETS:
-      err = [confirm[kind][j * S + i] for j in range(len(EDITS))]
+    n, unpruned = s.confirm_tasks, {}
+    for kind in TASK_SETS:  # every edit on the same tasks: paired gains
+      err = [_errors(s, tr, _edited(p0, chosen.get(name)), kind, k_conf, n) for name in EDITS]
       unpruned[kind] = err[0].mean()
       for j, name in enumerate(EDITS):
         mean, se = _mean_se(err[j])
@@ -142,7 +131,7 @@ def run_setting(s: Settings, p: float, ctx: engine.Context) -> None:
           ctx.add("gain", g, seed=seed, n_tasks=n, edit=name, tasks=kind, **keys)
           ctx.add("gain_se", g_se, seed=seed, n_tasks=n, edit=name, tasks=kind, **keys)
     ctx.log(f"p={p} seed {seed}: unpruned fresh {unpruned['fresh']:.4g}, w0 {unpruned['w0']:.4g}; "
-            f"icl edit {chosen[i]['icl']}, facts edit {chosen[i]['facts']}")
+            f"icl edit {chosen['icl']}, facts edit {chosen['facts']}")
   bayes = evaluate.bayes_errors(task_set(tr.task, "fresh"), k_conf, s.confirm_tasks)
   mean, se = _mean_se(bayes)
   ctx.add("bayes_mean", mean, n_tasks=s.confirm_tasks, tasks="fresh", **keys)
