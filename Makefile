@@ -58,6 +58,7 @@ figures: results plots report
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/sweep.py
+	$(BIN)/python benchmarks/fits.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -116,7 +116,7 @@ def test_errors_chunks_seeds_and_one_compilation():
   evaluate.chunk_fn.cache_clear()
   e = evaluate.errors(params, cfg, task, jax.random.key(0), n_tasks=250, chunk=100)
   assert e.shape == (250,) and e.dtype == np.float64
-  (fn,) = [evaluate.chunk_fn(cfg, task, 100, "float64", False, True, True)]
+  (fn,) = [evaluate.chunk_fn(cfg, task, 100, "float64", False, True, True, None, "error")]
   assert fn._cache_size() == 1  # three chunks (the last padded), one compiled shape
   longer = evaluate.errors(params, cfg, task, jax.random.key(0), n_tasks=300, chunk=100)
   np.testing.assert_array_equal(longer[:250], e)  # the padded last chunk is the next chunk's start
@@ -128,6 +128,28 @@ def test_errors_chunks_seeds_and_one_compilation():
   np.testing.assert_allclose(eS[1], evaluate.errors(other, cfg, task, jax.random.key(0), 250, 100), rtol=1e-12)
   indep = evaluate.errors(stacked, cfg, task, jax.random.key(0), n_tasks=250, chunk=100, paired_seeds=False)
   assert not np.allclose(indep[0], eS[0])
+
+
+def test_gap_is_the_bounds_gap_of_the_implicit_predictor():
+  """per_task_gap = population loss − demonstration loss of Theorem 1's ŵ_L (core.bounds.gap), and
+  errors(measure="gap") gives it chunk by chunk."""
+  from lintheory.core import bounds
+  params, cfg = random_model(14, d=3, n_layers=3)
+  task = TaskConfig(d=3, n_context=6, noise_std=0.4)
+  key = jax.random.key(5)
+  b = sample(jax.random.fold_in(key, 0), task, 64, dtype=F64)
+  w_hat = trajectory(params, tasks.batch_tokens(b), cfg).w_hat[-1]
+  expect = bounds.gap(w_hat, b, jnp.eye(3, dtype=F64), 0.4)
+  np.testing.assert_allclose(evaluate.per_task_gap(params, cfg, b, task), expect, rtol=1e-10, atol=1e-12)
+  g = evaluate.errors(params, cfg, task, key, n_tasks=64, chunk=64, normalise=False, measure="gap")
+  np.testing.assert_allclose(g, expect, rtol=1e-10, atol=1e-12)
+  with pytest.raises(ValueError, match="normalise"):
+    evaluate.errors(params, cfg, task, key, n_tasks=64, measure="gap")
+  with pytest.raises(ValueError, match="measure"):
+    evaluate.errors(params, cfg, task, key, n_tasks=64, measure="loss")
+  soft, soft_cfg = random_model(15, d=3, attention="softmax")
+  with pytest.raises(ValueError, match="linear attention"):
+    evaluate.per_task_gap(soft, soft_cfg, b, task)
 
 
 def test_context_errors_are_the_first_M_demonstrations_of_one_draw():

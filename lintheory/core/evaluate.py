@@ -63,6 +63,23 @@ def per_task_error(params: Params, cfg: ModelConfig, batch: Batch, task_cfg: Tas
   return tasks.normalised_error(err, task_cfg.d) if normalise else err
 
 
+def per_task_gap(params: Params, cfg: ModelConfig, batch: Batch, task_cfg: TaskConfig) -> jax.Array:
+  """[B] per-task generalisation gap of the implicit predictor ŵ (linear attention, docs/theory.md §15):
+  its exact population loss (ŵ − w)ᵀΣ(ŵ − w) + σ² minus its loss on the task's own demonstrations
+  (unnormalised, as in the Theorem-2 bounds)."""
+  if not cfg.is_linear:
+    raise ValueError(f"the gap needs the implicit predictor of linear attention without MLP, got {cfg}")
+  C_BDD, _ = fast.gram_tasks(batch.X, batch.y, batch.x_q)
+  w_hat = fast.w_hat(params, C_BDD, batch.X.shape[1])
+  dw = w_hat - batch.w
+  population = jnp.einsum("bd,de,be->b", dw, jnp.asarray(tasks.x_covariance(task_cfg), dw.dtype), dw)
+  demos = jnp.mean((jnp.einsum("bnd,bd->bn", batch.X, w_hat) - batch.y) ** 2, axis=-1)
+  return population + task_cfg.noise_std**2 - demos
+
+
+MEASURES = ("error", "gap")  # what `errors` computes per task: per_task_error or per_task_gap
+
+
 SUB_BATCH = 2048  # tasks per evaluation pass: larger [B, D, D] intermediates fall out of cache on a CPU
 
 
@@ -97,14 +114,15 @@ def has_seed_axis(params: Params, cfg: ModelConfig) -> bool:
 
 @functools.lru_cache(maxsize=32)
 def chunk_fn(cfg: ModelConfig, task_cfg: TaskConfig, chunk: int, dtype_name: str, seeds: bool,
-             paired_seeds: bool, normalise: bool, contexts: tuple[int, ...] | None = None):
+             paired_seeds: bool, normalise: bool, contexts: tuple[int, ...] | None = None, measure: str = "error"):
   """The one jitted, fixed-shape function (params, key, i) → errors [chunk] or [S, chunk]; with
   contexts, [len(contexts), S, chunk]: the first M demonstrations of one draw of max(contexts)."""
   dtype = precision.DTYPES[dtype_name]
 
   def fn(params, key, i):
     key = jax.random.fold_in(key, i)
-    error = lambda p, b: per_task_error(p, cfg, b, task_cfg, normalise)
+    error = (lambda p, b: per_task_error(p, cfg, b, task_cfg, normalise)) if measure == "error" else \
+        (lambda p, b: per_task_gap(p, cfg, b, task_cfg))
     if contexts is not None:  # one draw, nested prompts: every M in one program and on the same tasks
       batch = tasks.sample(key, task_cfg, chunk, n_context=max(contexts), dtype=dtype)
       return jnp.stack([in_sub_batches(lambda b: jax.vmap(error, in_axes=(0, None))(params, b),
@@ -124,21 +142,26 @@ def chunk_fn(cfg: ModelConfig, task_cfg: TaskConfig, chunk: int, dtype_name: str
 
 def errors(params: Params, cfg: ModelConfig, task_cfg: TaskConfig, key: jax.Array, n_tasks: int = 100_000,
            chunk: int = 8192, dtype: str = "float64", normalise: bool = True,
-           paired_seeds: bool = True) -> np.ndarray:
+           paired_seeds: bool = True, measure: str = "error") -> np.ndarray:
   """Per-task errors on n_tasks fresh tasks → numpy float64 [n_tasks], or [S, n_tasks] for params with
   a leading seed axis (vmapped).
 
   Chunks of `chunk` tasks run through one compiled function (the last is padded, then cut);
   chunk i uses tasks from fold_in(key, i). With paired_seeds every seed sees the same tasks (paired
   comparisons, common random numbers); otherwise each seed draws its own. dtype "float64" (default)
-  keeps blow-ups of 10⁴⁰ finite; in "float32" they may overflow to inf.
+  keeps blow-ups of 10⁴⁰ finite; in "float32" they may overflow to inf. measure "gap" gives
+  per_task_gap instead of the error (linear attention, unnormalised: normalise must be False).
   """
   _check_int("n_tasks", n_tasks, 1)
   _check_int("chunk", chunk, 1)
+  if measure not in MEASURES:
+    raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+  if measure == "gap" and normalise:
+    raise ValueError("measure 'gap' is unnormalised: pass normalise=False")
   seeds = has_seed_axis(params, cfg)
   chunk = min(chunk, n_tasks)
   with precision.for_dtype(dtype):
-    fn = chunk_fn(cfg, task_cfg, chunk, dtype, seeds, paired_seeds, normalise)
+    fn = chunk_fn(cfg, task_cfg, chunk, dtype, seeds, paired_seeds, normalise, None, measure)
     p = jax.tree.map(lambda a: jnp.asarray(a, precision.DTYPES[dtype]), params)
     parts = [fn(p, key, i) for i in range(-(-n_tasks // chunk))]
     out = np.concatenate([np.asarray(e, np.float64) for e in parts], axis=-1)
