@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import fast, implicit, precision, tasks
+from lintheory.core import bounds, fast, implicit, precision, tasks
 from lintheory.core.model import ModelConfig, Params, forward, heads, param_shapes
 from lintheory.core.tasks import Batch, TaskConfig
 
@@ -71,10 +71,7 @@ def per_task_gap(params: Params, cfg: ModelConfig, batch: Batch, task_cfg: TaskC
     raise ValueError(f"the gap needs the implicit predictor of linear attention without MLP, got {cfg}")
   C_BDD, _ = fast.gram_tasks(batch.X, batch.y, batch.x_q)
   w_hat = fast.w_hat(params, C_BDD, batch.X.shape[1])
-  dw = w_hat - batch.w
-  population = jnp.einsum("bd,de,be->b", dw, jnp.asarray(tasks.x_covariance(task_cfg), dw.dtype), dw)
-  demos = jnp.mean((jnp.einsum("bnd,bd->bn", batch.X, w_hat) - batch.y) ** 2, axis=-1)
-  return population + task_cfg.noise_std**2 - demos
+  return bounds.gap(w_hat, batch, jnp.asarray(tasks.x_covariance(task_cfg), w_hat.dtype), task_cfg.noise_std)
 
 
 MEASURES = ("error", "gap")  # what `errors` computes per task: per_task_error or per_task_gap
