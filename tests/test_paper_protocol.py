@@ -219,3 +219,22 @@ def test_tail_check_error_is_the_exact_error_at_its_query():
     w_hat = fast.w_hat(jax.tree_util.tree_map(lambda a: a[k], params_S), fast.gram_of(Zs), 6)
     want = jnp.einsum("bd,bd->b", w_hat - data["w"], data["Xt"][:, 0]) ** 2
     np.testing.assert_allclose(err[k], want, rtol=1e-10, atol=1e-14)
+
+
+def test_a_sampled_model_whose_rare_tasks_carry_its_error_is_left_out_of_the_means():
+  """Means over n tasks stand only where tasks rarer than 1 in n carry < RARE_SHARE_MAX of the error on
+  the tail check's tasks, in every seed (docs/theory.md §11)."""
+  from lintheory.studies import engine
+  rows = []
+  for model, shares in (("exact", None), ("light", (0.05, 0.06)), ("heavy", (0.04, 0.3))):
+    for seed in (0, 1):
+      rows.append({"model": model, "shots": 8, "edit": "svd", "layers": "all", "V": 4, "val_noise": 0.0,
+                   "seed": seed, "measure": "gain_mean", "value": 0.1, "n_tasks": 200})
+      if shares:
+        rows.append({"model": model, "shots": 8, "seed": seed, "measure": "tail_rare_share", "value": shares[seed],
+                     "n_tasks": 100_000})
+  table = engine.Table(rows, pp.KEYS)
+  assert [pp.means_stand(table, m) for m in ("exact", "light", "heavy")] == [True, True, False]
+  assert [r["model"] for r in pp.regimes(table)] == ["exact", "light"]
+  assert [r["model"] for r in pp.regimes(table, tailed=True)] == ["exact", "light", "heavy"]
+  assert pp._left_out(table).startswith("heavy (its means rest on 200 tasks per seed") and "30 %" in pp._left_out(table)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from lintheory.core import stats
 
@@ -29,6 +30,33 @@ def test_summary_keeps_overflowed_errors_as_inf_and_refuses_nan():
     stats.summary(np.ones(3), n_boot=0)
   with pytest.raises(ValueError, match="level"):
     stats.summary(np.ones(3), level=1.0)
+
+
+def test_rare_share_of_chi2_1_matches_its_closed_form():
+  """For X ~ χ²₁, E[X·1{X > q}] = P(χ²₃ > q) (docs/theory.md §11): 4.857 % above the 99.5 % quantile."""
+  x = np.random.default_rng(1).chisquare(1, 2_000_000)
+  assert stats.rare_share(x, 200) == pytest.approx(0.04857, abs=0.0015)
+  heavy = np.random.default_rng(2).pareto(1.2, 100_000)  # infinite variance: the rare tasks carry much more
+  assert stats.rare_share(heavy, 200) > 0.2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 1e6), min_size=1, max_size=300), st.integers(1, 1000),
+       st.floats(1e-3, 1e3))
+def test_rare_share_is_a_scale_free_share(values, n, c):
+  x = np.asarray(values)
+  share = stats.rare_share(x, n)
+  assert 0.0 <= share <= 1.0
+  assert stats.rare_share(c * x, n) == pytest.approx(share, abs=1e-9)
+  assert stats.rare_share(np.full(7, 3.0), n) == 0.0  # nothing lies above a constant's quantile
+
+
+def test_rare_share_refuses_bad_input():
+  assert stats.rare_share(np.r_[np.ones(9), np.inf], 5) == 1.0
+  with pytest.raises(ValueError, match="n must be an integer >= 1"):
+    stats.rare_share(np.ones(3), 0)
+  with pytest.raises(ValueError, match="err contains 1 NaN"):
+    stats.rare_share(np.r_[1.0, np.nan], 2)
 
 
 def test_mean_interval_covers_the_true_mean_at_its_level():

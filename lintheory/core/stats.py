@@ -85,6 +85,20 @@ def summary(err, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict
           "n_inf": int(np.isinf(x).sum()), "mean_ci_lo": lo, "mean_ci_hi": hi}
 
 
+def rare_share(err, n: int) -> float:
+  """The share of sum(err) carried by the tasks above the (1 − 1/n) quantile of err [B]: what a mean
+  over n tasks usually has not seen (docs/theory.md §11). 0 when every error is 0."""
+  x = _errors("err", err)
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    raise ValueError(f"n must be an integer >= 1, got {n!r}")
+  total = x.sum()
+  if total == 0:
+    return 0.0
+  if np.isinf(total):
+    return 1.0
+  return float(x[x > quantile(x, 1 - 1 / n)].sum() / total)
+
+
 def seed_bootstrap(err_SB, stat: Callable[[np.ndarray], float] = np.mean, n_boot: int = 1000, seed: int = 0,
                    level: float = 0.95, inner: bool = True) -> dict:
   """Hierarchical bootstrap over [S, B] errors: resample seeds, then tasks within each chosen seed.

@@ -73,7 +73,7 @@ def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context) -> None:
     ctx.add_many(stats.summary(ridge), prefix="ref_", n_tasks=n, reference="ridge", **keys)
     batch = tasks.sample(jax.random.fold_in(key, 1), tr.task, s.trajectory_tasks, dtype=jnp.float64)
     context = evaluate.context_errors(tr.params, tr.model, tr.task, jax.random.key(CONTEXT_KEY), s.Ms,
-                                      s.eval_tasks // 4) if sigma == 0.0 else {}  # {M: [S, n]}
+                                      n) if sigma == 0.0 else {}  # {M: [S, n]}
     for k, seed in enumerate(tr.seeds):
       ctx.add_many(stats.summary(err[k]), prefix="model_", seed=seed, n_tasks=n, **keys)
       params = {name: jnp.asarray(v, jnp.float64) for name, v in profiles.seed_params(tr.params, k).items()}

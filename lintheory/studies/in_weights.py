@@ -221,7 +221,8 @@ def plot(table: engine.Table, meta: dict, out) -> list:
     _sparse_symlog_ticks(ax.xaxis, ax.get_xlim())
     _sparse_symlog_ticks(ax.yaxis, ax.get_ylim())
     ax.set_xlabel("gain on fresh tasks (in context)")
-    ax.set_title(f"p = {p}: every (module, layer, rank), median over seeds", fontsize=7)
+    ax.set_title(f"p = {p}: every (module, layer, rank), median over seeds\n"
+                 f"of the mean on {table.n_tasks('select_mean', p=p):,} selection tasks per seed", fontsize=7)
   axes[0, 0].set_ylabel("gain on w₀ tasks (in weights)")
   axes[0, -1].legend(fontsize=5, ncol=2)
   fig.suptitle("Selection tasks: gain = unpruned − pruned error (> 0: pruning helps)\n"

@@ -37,6 +37,8 @@ EDIT_KEY = 16_180  # the random edits; each candidate folds in its own hash
 GROUPS = ("all", "deep", "shallow")  # layer sets searched: {0, 1, L−2, L−1}, {L−2, L−1}, {0, 1}
 TASK_CHUNK = 2000  # tasks evaluated together (the candidates' errors on them are held in memory)
 SESOI = 0.05  # smallest effect of interest: 5 % of the headroom (unpruned − Bayes error)
+RARE_SHARE_MAX = 0.10  # a sampled model's protocol means stand only if tasks rarer than 1 in n_tasks carry
+#                        less than this share of its error on the tail check's tasks (docs/theory.md §11)
 QUANTILES = {"p01": 0.01, "p10": 0.10, "median": 0.5, "p90": 0.90, "p99": 0.99}
 
 
@@ -399,7 +401,7 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
         io.progress(f"  {arch.name}: {done:,}/{arch.n_tasks:,} tasks, {time.perf_counter() - t0:.0f} s",
                     final=done == arch.n_tasks)
     if not exact:
-      tail_check(ctx, tr, params_S, s, arch.name, dtype)
+      tail_check(ctx, tr, params_S, s, arch, dtype)
     for shots in arch.shots:
       _record(ctx, acc[shots], cands, tr.seeds, s, arch.name, shots, L)
       base = np.concatenate(acc[shots]["base"], axis=1)
@@ -419,9 +421,11 @@ def _one_query_errors(params_S: Params, data: dict, cfg: ModelConfig) -> jax.Arr
   return (y[..., 0] - jnp.einsum("bd,bd->b", data["Xt"][:, 0], data["w"])) ** 2
 
 
-def tail_check(ctx, tr, params_S: Params, s: "Settings", name: str, dtype) -> None:
+def tail_check(ctx, tr, params_S: Params, s: "Settings", arch: Arch, dtype) -> None:
   """A model whose errors are sampled is searched on few tasks; its unpruned tail is seen here, on
-  s.tail_tasks fresh tasks with one query each (an unbiased per-task estimate of the error ÷ d)."""
+  s.tail_tasks fresh tasks with one query each (an unbiased per-task estimate of the error ÷ d), with
+  the share of the error that tasks rarer than 1 in arch.n_tasks carry (stats.rare_share)."""
+  name = arch.name
   n, chunk = s.tail_tasks, min(s.tail_tasks, 8192)
   parts = [np.asarray(_one_query_errors(params_S, sample_data(jax.random.fold_in(jax.random.key(TAIL_KEY), i),
                                                                tr.task, chunk, 0, 1, dtype), tr.model), np.float64)
@@ -429,6 +433,8 @@ def tail_check(ctx, tr, params_S: Params, s: "Settings", name: str, dtype) -> No
   err = tasks.normalised_error(np.concatenate(parts, axis=1)[:, :n], s.d)
   for k, seed in enumerate(tr.seeds):
     ctx.add_many(stats.summary(err[k]), prefix="tail_", seed=seed, n_tasks=n, model=name, shots=s.n_context)
+    ctx.add("tail_rare_share", stats.rare_share(err[k], arch.n_tasks), seed=seed, n_tasks=n, model=name,
+            shots=s.n_context)
 
 
 def _select_chunk(acc: dict, val, test, bayes, cands, xi, s: Settings, L: int) -> None:
@@ -491,10 +497,25 @@ def _per_seed(table, measure, **match) -> np.ndarray:
   return table.values(measure, **match)
 
 
-def regimes(table: engine.Table) -> list[dict]:
-  """Every (model, shots, V, val_noise) with results, for the claims and the report."""
+def rare_share(table: engine.Table, model: str) -> float:
+  """The largest share over seeds of a sampled model's error carried by tasks rarer than 1 in its
+  protocol's task count (0 for a model searched on exact errors of enough tasks: no tail check)."""
+  v = table.values("tail_rare_share", model=model)
+  return float(v.max()) if v.size else 0.0
+
+
+def means_stand(table: engine.Table, model: str) -> bool:
+  """Whether the model's protocol means (over its n_tasks) may be reported as means (docs/theory.md §11)."""
+  return rare_share(table, model) < RARE_SHARE_MAX
+
+
+def regimes(table: engine.Table, tailed: bool = False) -> list[dict]:
+  """Every (model, shots, V, val_noise) with results, for the claims and the report; a model whose
+  protocol misses its tail (means_stand False) only with tailed=True."""
   out = []
   for model in table.unique("model", measure="gain_mean"):
+    if not tailed and not means_stand(table, model):
+      continue
     for shots in table.unique("shots", measure="gain_mean", model=model):
       for V in table.unique("V", measure="gain_mean", model=model, shots=shots):
         for z in table.unique("val_noise", measure="gain_mean", model=model, shots=shots, V=V):
@@ -536,6 +557,7 @@ def claims(table: engine.Table, meta: dict) -> list:
   if not regs:
     return []
   seeds = len(table.seeds(measure="gain_mean"))
+  left_out = _left_out(table)
   enh, alg = {}, {}
   for reg in regs:
     c = compare(table, reg)
@@ -573,8 +595,16 @@ def claims(table: engine.Table, meta: dict) -> list:
       detail = (f"exact SVD, per-task choice; 'holds' where the gain's CI is above 0 and its mean above "
                 f"{SESOI:.0%} of the headroom, 'fails' where it is negative or equivalent (TOST) to 0 within "
                 f"±{SESOI:.0%} of the headroom (a significant but smaller gain counts as equivalent)")
-    out.append(Claim(cid, verdict, effect, ci, seeds, detail))
+    out.append(Claim(cid, verdict, effect, ci, seeds, detail + (f"; not counted: {left_out}" if left_out else "")))
   return out
+
+
+def _left_out(table: engine.Table) -> str:
+  """The models whose protocol means do not stand, with the share of their error the protocol misses."""
+  n = {m: table.n_tasks("gain_mean", model=m) for m in table.unique("model", measure="gain_mean")}
+  return "; ".join(f"{m} (its means rest on {n[m]} tasks per seed, and tasks rarer than 1 in {n[m]} carry up to "
+                   f"{100 * rare_share(table, m):.0f} % of its error on {table.n_tasks('tail_rare_share', model=m):,} "
+                   f"tasks)" for m in n if not means_stand(table, m))
 
 
 # --- figures and report ----------------------------------------------------------------------
@@ -584,14 +614,14 @@ LABELS = {"svd": "SVD (exact)", "svd_rand": "SVD (randomized, q = r)", "null_dir
           "null_gauss": "null: Gaussian ΔW", "null_shrink": "null: shrink (1 − α)W"}
 
 
-def _panels(table):
-  return [(m, n) for m in table.unique("model", measure="gain_mean")
+def _panels(table, tailed: bool = True):
+  return [(m, n) for m in table.unique("model", measure="gain_mean") if tailed or means_stand(table, m)
           for n in table.unique("shots", measure="gain_mean", model=m)]
 
 
 def plot(table: engine.Table, meta: dict, out) -> list:
   plt = figures.pyplot()
-  panels = _panels(table)
+  panels = _panels(table, tailed=False)  # the gain figure shows means: only where they stand
   kinds = table.unique("edit", measure="rel_gain_mean")
   paths = []
   fig, axes = plt.subplots(len(GROUPS), len(panels), figsize=(max(3.4 * len(panels), 8.0), 2.5 * len(GROUPS)),
@@ -626,6 +656,7 @@ def plot(table: engine.Table, meta: dict, out) -> list:
                    f"hollow triangles: {noise.split(', ')[0]}", title_fontsize=7)
   paths += figures.save(fig, out, "paper_protocol_gain")
 
+  panels = _panels(table)  # fractions of tasks need no tail: every model
   fig, axes = plt.subplots(1, len(panels), figsize=(max(3.4 * len(panels), 8.0), 2.9), squeeze=False, sharey=True,
                            layout="constrained")
   z = max(table.unique("val_noise", measure="gain_mean"))
@@ -662,7 +693,7 @@ def _pct(v) -> str:
 
 def report(table: engine.Table, meta: dict) -> str:
   s = meta["settings"]
-  regs = regimes(table)
+  regs = regimes(table, tailed=True)
   kinds = table.unique("edit", measure="rel_gain_mean")
   z = max(table.unique("val_noise", measure="gain_mean"))
   head = ["model", "N", "V", "SVD gain [CI over seeds]", *(LABELS[k] for k in kinds if k != "svd"),
@@ -673,10 +704,12 @@ def report(table: engine.Table, meta: dict) -> str:
     lo, hi = c["svd_ci"]
     f = [table.values(f"frac_{m}", edit="svd", layers="all", **reg).mean() for m in ("improved", "unchanged", "worsened")]
     deep, shallow = (table.values("rel_gain_mean", edit="svd", layers=g, **reg) for g in ("deep", "shallow"))
+    stand = means_stand(table, reg["model"])
+    unseen = "tail not seen"
     rows.append([reg["model"], str(reg["shots"]), str(reg["V"]),
-                 f"{_pct(c['svd'])} {text.ci(100 * lo, 100 * hi, 2)}",
-                 *(_pct(c["rel"][k]) for k in kinds if k != "svd"),
-                 " / ".join(f"{100 * x:.0f} %" for x in f), f"{_pct(deep)} vs {_pct(shallow)}",
+                 f"{_pct(c['svd'])} {text.ci(100 * lo, 100 * hi, 2)}" if stand else unseen,
+                 *(_pct(c["rel"][k]) if stand else unseen for k in kinds if k != "svd"),
+                 " / ".join(f"{100 * x:.0f} %" for x in f), f"{_pct(deep)} vs {_pct(shallow)}" if stand else unseen,
                  _pct(np.median(table.values("task_rel_gain_median", edit="svd", layers="all", **reg)))])
   archs = ", ".join(f"{a['name']} ({a['n_tasks']} tasks per seed, "
                     f"{'exact errors' if a['test_queries'] == 0 else str(a['test_queries']) + ' test queries per task'})"
@@ -689,10 +722,13 @@ def report(table: engine.Table, meta: dict) -> str:
     t = {q: table.values(f"tail_{q}", model=m) for q in ("mean", "median", "p9999", "max")}
     few = table.values("unpruned_mean", model=m, shots=s["n_context"], edit="svd", layers="all", V=s["Vs"][0],
                        val_noise=s["val_noise"][0])
+    share = table.values("tail_rare_share", model=m)
     tails.append(f"{m}: mean {text.num(np.median(t['mean']), 3)} (median over seeds; seeds "
                  f"{text.num(t['mean'].min(), 3)} to {text.num(t['mean'].max(), 3)}), median {text.num(np.median(t['median']), 3)}, "
                  f"99.99th percentile {text.num(np.median(t['p9999']), 3)}, max {text.num(t['max'].max(), 3)}"
-                 + (f"; on the protocol's tasks its mean was {text.num(np.median(few), 3)}" if len(few) else ""))
+                 + (f"; on the protocol's tasks its mean was {text.num(np.median(few), 3)}" if len(few) else "")
+                 + f"; tasks rarer than 1 in {table.n_tasks('gain_mean', model=m)} carry {100 * share.min():.0f} to "
+                 f"{100 * share.max():.0f} % of its error")
   n_tail = table.n_tasks("tail_mean") if tails else 0
   return (f"The paper's protocol per task (docs/theory.md §8, §12), profile `{meta['profile']}`, "
           f"{len(meta['seeds'])} seeds, L = {s['layers']}, d = {s['d']}, trained at N = {s['n_context']}. Models: "
@@ -711,8 +747,11 @@ def report(table: engine.Table, meta: dict) -> str:
           f"unpruned model blows up can carry them; the last column (median over tasks, then over seeds, "
           f"of each task's gain ÷ its unpruned error) cannot be carried that way.\n\n" + text.table(head, rows) +
           (f"\n\nTails of the models whose errors are sampled: on {n_tail:,} fresh tasks per seed (one query "
-           f"each; the error ÷ d), the unpruned " + "; ".join(tails) + ". Where the protocol's few tasks give "
-           "a mean near this one, they have not missed a tail the unpruned model has." if tails else "") +
+           f"each; the error ÷ d), the unpruned " + "; ".join(tails) + f". A model's protocol means stand only "
+           f"where that share stays below {RARE_SHARE_MAX:.0%} in every seed (a pure χ²₁ query noise gives "
+           f"4.9 %, docs/theory.md §11); elsewhere the table says 'tail not seen', the gain figure leaves the "
+           f"model out and the verdicts do not count it"
+           + (f": {_left_out(table)}" if _left_out(table) else "") + "." if tails else "") +
           (f"\n\nThe randomized SVD at ξ = 0 changes a task's error by at most {text.num(rand0.max(), 2)} "
            f"(relative, float64): a no-op only to round-off." if rand0.size else "") +
           "\n\n![gain](../figures/paper_protocol_gain.png)\n\n*Per-seed mean gain (% of headroom, symlog) of "
