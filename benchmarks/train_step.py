@@ -3,15 +3,18 @@
 Every row times train.make_chunk, the real training loop (the NNX model and optimiser in one jitted
 lax.scan over a chunk of steps, fresh tasks sampled inside every step, Adam + clipping, one seed
 vmapped as in train.fit), as the MEDIAN of --repeats timings, the paths interleaved:
-  * optax loop: the loop before the NNX model (a plain parameter dict, optax directly), the
-    reference forward; the NNX loop on the same forward must not be slower;
-  * plain: make_chunk(use_fast=False), the reference forward (model.forward);
-  * fast: make_chunk(), the Gram-matrix forward train.fit and `lintheory train` use (C built from
-    the tasks' X, y; layers unrolled; the last layer reads out only the query's y-slot);
-  * bound: analytic FLOPs of the reference forward + backward / a measured large-matmul rate.
+  * plain: the loop before the NNX model (a plain parameter dict, optax directly) on the reference
+    forward (model.forward, every token through every layer): the baseline of the ratios;
+  * query-only: make_chunk(use_fast=False), the reference layers with the last one run for the query
+    token only (model.forward_query), which softmax and MLP models train with;
+  * fast: make_chunk(), the Gram-matrix forward train.fit and `lintheory train` use for linear
+    attention (C built from the tasks' X, y; layers unrolled; the last layer reads out only the
+    query's y-slot);
+  * bound: analytic FLOPs of the reference forward + backward / a measured large-matmul rate
+    (linear attention).
 Settings: the benchmark's (L=3, d=5, N=20, batch 2048) and the studies' (L=4, d=10, N=20,
 batch 256 and 512) in float32, and the studies' in float64 with the tail recipe their L >= 3 models
-train with.
+train with; then the softmax and ReLU-MLP models of the default profile (d=5, batch 256, 5 seeds).
 
   flock /tmp/lintheory-bench.lock python benchmarks/train_step.py [--steps 20] [--repeats 5]
 """
@@ -34,12 +37,16 @@ from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
 from lintheory.run import train
 
-SETTINGS = [  # (L, d, N, batch, dtype, tail_frac)
-    (3, 5, 20, 2048, "float32", 0.0),  # the benchmark's setting
-    (4, 10, 20, 256, "float32", 0.0),  # the studies' model and batch (default profile)
-    (4, 10, 20, 512, "float32", 0.0),
-    (4, 10, 20, 256, "float64", 1 / 8),  # the default profile's recipe for L >= 3 (profiles.RECIPES)
+SETTINGS = [  # (L, d, N, batch, dtype, tail_frac, attention, mlp, seeds)
+    (3, 5, 20, 2048, "float32", 0.0, "linear", None, 1),  # the benchmark's setting
+    (4, 10, 20, 256, "float32", 0.0, "linear", None, 1),  # the studies' model and batch (default profile)
+    (4, 10, 20, 512, "float32", 0.0, "linear", None, 1),
+    (4, 10, 20, 256, "float64", 1 / 8, "linear", None, 1),  # the recipe for L >= 3 (profiles.RECIPES)
+    (4, 5, 20, 256, "float64", 1 / 8, "softmax", None, 5),  # the default profile's general-path models
+    (4, 5, 20, 256, "float64", 1 / 8, "linear", "relu", 5),
+    (2, 5, 20, 256, "float32", 0.0, "linear", "relu", 5),
 ]
+PLAIN = "plain: optax loop, model.forward"
 
 
 def medians(fns: dict, repeats: int) -> dict[str, float]:
@@ -91,32 +98,35 @@ def optax_chunk(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: train.T
   return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, 0, 0, None)))
 
 
-def time_setting(L: int, d: int, N: int, B: int, dtype: str, tail_frac: float, K: int, repeats: int,
-                 rate: float) -> list[tuple]:
+def time_setting(L: int, d: int, N: int, B: int, dtype: str, tail_frac: float, attention: str, mlp, S: int,
+                 K: int, repeats: int, rate: float) -> list[tuple]:
   with precision.for_dtype(dtype):
-    return _time_setting(L, d, N, B, dtype, tail_frac, K, repeats, rate)
+    return _time_setting(L, d, N, B, dtype, tail_frac, attention, mlp, S, K, repeats, rate)
 
 
-def _time_setting(L, d, N, B, dtype, tail_frac, K, repeats, rate) -> list[tuple]:
-  task, model = TaskConfig(d=d, n_context=N), ModelConfig(d=d, n_layers=L)
+def _time_setting(L, d, N, B, dtype, tail_frac, attention, mlp, S, K, repeats, rate) -> list[tuple]:
+  task, model = TaskConfig(d=d, n_context=N), ModelConfig(d=d, n_layers=L, attention=attention, mlp=mlp)
   tcfg = train.TrainConfig(steps=10 * K, batch_size=B, chunk=K, dtype=dtype, tail_frac=tail_frac,
                            tail_scale=1.4 if tail_frac else 1.0)
-  state = train.init_state(model, tcfg, (0,))
-  keys, pool_keys = train.seed_keys((0,), 1), train.seed_keys((0,), 2)
-  chunks = {"optax loop (before NNX), plain": optax_chunk(task, model, tcfg, K),
-            "NNX loop, plain (model.forward)": train.make_chunk(task, model, tcfg, K, use_fast=False),
-            "NNX loop, fast (core/fast.py)": train.make_chunk(task, model, tcfg, K)}
+  seeds = tuple(range(S))
+  state = train.init_state(model, tcfg, seeds)
+  keys, pool_keys = train.seed_keys(seeds, 1), train.seed_keys(seeds, 2)
+  chunks = {PLAIN: optax_chunk(task, model, tcfg, K),
+            "query-only: NNX loop, model.forward_query": train.make_chunk(task, model, tcfg, K, use_fast=False)}
+  if model.is_linear:
+    chunks["fast: NNX loop, core/fast.py"] = train.make_chunk(task, model, tcfg, K)
   run = {name: (lambda c=c: jax.block_until_ready(c(state.params, state.opt_state, keys, pool_keys, 0)))
          for name, c in chunks.items()}
   for fn in run.values():
     fn()  # compile
   t = {name: v / K for name, v in medians(run, repeats).items()}
   t_bound = flops_per_step(d, N, L, B)["step"] / rate
-  plain = t["NNX loop, plain (model.forward)"]
-  rows = []
-  for name, v in t.items():
-    rows.append((f"L={L} d={d} N={N} B={B} {dtype}", name, v, f"{plain / v:.2f}×", f"{v / t_bound:.1f}×"))
-  rows.append((f"L={L} d={d} N={N} B={B} {dtype}", "arithmetic bound (plain FLOPs / matmul rate)", t_bound, "", ""))
+  where = f"L={L} d={d} N={N} B={B} {dtype}" + ("" if model.is_linear else f" {attention}{'+' + mlp if mlp else ''}") \
+      + (f" S={S}" if S > 1 else "")
+  rows = [(where, name, v, f"{t[PLAIN] / v:.2f}×", f"{v / t_bound:.1f}×" if model.is_linear else "")
+          for name, v in t.items()]
+  if model.is_linear:
+    rows.append((where, "bound: plain FLOPs / matmul rate", t_bound, "", ""))
   return rows
 
 
@@ -132,11 +142,11 @@ def main(argv=None) -> int:
         f"average {os.getloadavg()[0]:.1f}, JAX {jax.__version__} on {jax.devices()[0].platform}; "
         f"{args.steps} steps per timing, median of {args.repeats}, paths interleaved")
   print(f"matmul rate (2048×2048 float32): {rate / 1e9:.1f} GFLOP/s")
-  print(f"\n| {'setting':<30} | {'path':<46} | {'ms / step':>9} | {'plain / this':>12} | {'this / bound':>12}")
-  print(f"|{'-' * 32}|{'-' * 48}|{'-' * 11}|{'-' * 14}|{'-' * 14}")
+  print(f"\n| {'setting':<44} | {'path':<42} | {'ms / step':>9} | {'plain / this':>12} | {'this / bound':>12}")
+  print(f"|{'-' * 46}|{'-' * 44}|{'-' * 11}|{'-' * 14}|{'-' * 14}")
   for setting in SETTINGS:
     for where, name, t, speedup, bound in time_setting(*setting, args.steps, args.repeats, rate):
-      print(f"| {where:<30} | {name:<46} | {1e3 * t:9.3f} | {speedup:>12} | {bound:>12}", flush=True)
+      print(f"| {where:<44} | {name:<42} | {1e3 * t:9.3f} | {speedup:>12} | {bound:>12}", flush=True)
   print(f"\nload average after: {os.getloadavg()[0]:.1f}")
   return 0
 

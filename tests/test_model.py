@@ -66,6 +66,17 @@ def test_forward_matches_column_form(cfg):
   np.testing.assert_array_equal(model.layer_predictions(states)[-1], y_hat)
 
 
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"L{c.n_layers}H{c.n_heads}O{int(c.use_W_O)}"
+                         f"{c.mlp}{c.attention}")
+def test_forward_query_is_the_literal_forward_with_a_query_only_last_layer(cfg):
+  """Training's forward (the last layer for the query token only) against the column form, float64."""
+  key_p, key_z = jax.random.split(jax.random.key(1))
+  params = {k: v * 15 for k, v in model.init_params(key_p, cfg, jnp.float64).items()}
+  Z = jax.random.normal(key_z, (5, 7, cfg.D), jnp.float64).at[:, -1, -1].set(0.0)
+  y_hat = jax.jit(model.forward_query, static_argnums=2)(params, Z, cfg)
+  np.testing.assert_allclose(y_hat, reference_forward(params, Z, cfg), rtol=1e-10, atol=1e-12)
+
+
 def test_query_is_not_a_key_or_value():
   cfg = ModelConfig(d=3, n_layers=3)
   params = {k: v * 20 for k, v in model.init_params(jax.random.key(1), cfg, jnp.float64).items()}

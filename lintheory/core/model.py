@@ -104,7 +104,13 @@ def attention(p: dict[str, Any], Z_BTD: jax.Array, kind: str, n_demos: int | Non
   are keys and values, every token is a query. Queries never act as keys, so several queries
   appended after the demonstrations are each predicted as if alone."""
   N = Z_BTD.shape[1] - 1 if n_demos is None else n_demos
-  Zs = Z_BTD[:, :N]
+  return attend(p, Z_BTD, Z_BTD[:, :N], kind)
+
+
+def attend(p: dict[str, Any], Z_BTD: jax.Array, Zs: jax.Array, kind: str) -> jax.Array:
+  """The attention output [B, T, D] of the tokens Z_BTD (queries) over the demonstrations Zs [B, N, D]
+  (keys and values)."""
+  N = Zs.shape[1]
   W_Q, W_K, W_V = heads(p["W_Q"]), heads(p["W_K"]), heads(p["W_V"])
   Q = jnp.einsum("btd,hed->bhte", Z_BTD, W_Q)
   K = jnp.einsum("bnd,hed->bhne", Zs, W_K)
@@ -121,7 +127,13 @@ def attention(p: dict[str, Any], Z_BTD: jax.Array, kind: str, n_demos: int | Non
 
 
 def block(p: dict[str, Any], Z_BTD: jax.Array, cfg: ModelConfig, n_demos: int | None = None) -> jax.Array:
-  Z_BTD = Z_BTD + attention(p, Z_BTD, cfg.attention, n_demos)
+  N = Z_BTD.shape[1] - 1 if n_demos is None else n_demos
+  return block_over(p, Z_BTD, Z_BTD[:, :N], cfg)
+
+
+def block_over(p: dict[str, Any], Z_BTD: jax.Array, Zs: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """One layer (attention over the demonstrations Zs [B, N, D], then the MLP) applied to the tokens Z_BTD."""
+  Z_BTD = Z_BTD + attend(p, Z_BTD, Zs, cfg.attention)
   if cfg.mlp is not None:
     hidden = Z_BTD @ p["W_1"].T
     hidden = jax.nn.relu(hidden) if cfg.mlp == "relu" else hidden
@@ -141,6 +153,16 @@ def forward(params: Params, Z_BTD: jax.Array, cfg: ModelConfig | None = None):
 
   Z_L, states = jax.lax.scan(step, Z_BTD, params)
   return predict(Z_L), jnp.concatenate([Z_BTD[None], states], axis=0)
+
+
+def forward_query(params: Params, Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """ŷ [B] of `forward`, with the last layer run for the query token only: nothing else of it reaches
+  ŷ, and training reads nothing but ŷ (a quarter of the work at L = 4, half at L = 2)."""
+  N = Z_BTD.shape[1] - 1
+  first = {k: v[:-1] for k, v in params.items()}
+  Z_BTD, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg), None), Z_BTD, first)
+  last = {k: v[-1] for k, v in params.items()}
+  return predict(block_over(last, Z_BTD[:, N:], Z_BTD[:, :N], cfg))
 
 
 def predict(Z_BTD: jax.Array) -> jax.Array:

@@ -4,7 +4,8 @@ One `LinearTransformer` and one `nnx.Optimizer` per seed. The inner loop is one 
 over a chunk of steps, vmapped over seeds, carrying the split NNX state (merge/split happen at trace
 time only); Python only runs between chunks (progress, divergence check). At the boundary the
 parameters are a plain dict with a leading seed axis and the optimiser state is optax's.
-Linear attention without MLP trains through the Gram-matrix forward of core/fast.py.
+Linear attention without MLP trains through the Gram-matrix forward of core/fast.py, other models
+through model.forward_query (the reference layers, the last one for the query token only).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from flax import nnx
 
 from lintheory.core import fast, learners, precision, tasks
 from lintheory.run import io
-from lintheory.core.model import LinearTransformer, ModelConfig, Params, forward, params_of
+from lintheory.core.model import LinearTransformer, ModelConfig, Params, forward, forward_query, params_of
 from lintheory.core.tasks import TaskConfig
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
@@ -112,8 +113,8 @@ def loss_fn(model_cfg: ModelConfig, use_fast: bool | None = None) -> Callable:
     if use_fast:  # the Gram matrix straight from the tasks: no [B, T, D] tokens
       C_BDD, q_BD = fast.gram_tasks(batch.X, batch.y, batch.x_q)
       y_hat = fast.forward_gram(params_of(model), C_BDD, q_BD, batch.X.shape[1])
-    else:
-      y_hat = model(tasks.batch_tokens(batch))
+    else:  # the reference layers, the last one for the query only
+      y_hat = forward_query(params_of(model), tasks.batch_tokens(batch), model_cfg)
     return jnp.mean((y_hat - batch.y_q) ** 2)
 
   return loss
