@@ -165,3 +165,25 @@ def test_skipped_identity_factors_and_zero_noise_change_no_bit():
   a, b = tasks.sample(jax.random.key(3), explicit, 32), tasks.sample(jax.random.key(3), implicit_, 32)
   for x, y in zip(a, b):
     assert (np.asarray(x) == np.asarray(y)).all()
+
+
+def test_float32_draws_widened_keep_labels_exact_in_float64():
+  """draw_dtype=float32 with dtype=float64: the inputs, task vector and noise are the float32 draws
+  widened, and the labels are computed from them in float64 (a noiseless y is X w to the last bit)."""
+  from lintheory.core import precision
+  from lintheory.run import train
+  cfg = tasks.TaskConfig(d=3, n_context=5, noise_std=0.0, x_cov=(1.0, 2.0, 0.5))
+  with precision.x64():
+    key = jax.random.key(4)
+    b32 = tasks.sample(key, cfg, 7, dtype=jnp.float32)
+    b = tasks.sample(key, cfg, 7, dtype=jnp.float64, draw_dtype=jnp.float32)
+    assert b.X.dtype == jnp.float64
+    z = jax.random.normal(jax.random.split(key, 5)[1], (7, 5, 3), jnp.float32).astype(jnp.float64)
+    L = jnp.asarray(np.linalg.cholesky(np.diag([1.0, 2.0, 0.5])), jnp.float64)
+    np.testing.assert_array_equal(b.X, z @ L.T)
+    np.testing.assert_array_equal(b.y, jnp.einsum("bnd,bd->bn", b.X, b.w))
+    np.testing.assert_allclose(b.X, b32.X, rtol=1e-6)  # the same tasks up to float32 resolution
+    same = tasks.sample(key, cfg, 7, dtype=jnp.float64)
+    np.testing.assert_array_equal(tasks.sample(key, cfg, 7, dtype=jnp.float64, draw_dtype=jnp.float64).X, same.X)
+    tcfg = train.TrainConfig(batch_size=7, dtype="float64")
+    np.testing.assert_array_equal(train.draw(key, cfg, tcfg, None).X, b.X)  # training draws in float32

@@ -139,26 +139,33 @@ def _factor(cov: np.ndarray) -> np.ndarray:
 
 
 def sample(key: jax.Array, cfg: TaskConfig, batch_size: int, n_context: int | None = None,
-           dtype=jnp.float32) -> Batch:
-  """A batch of tasks; n_context overrides cfg.n_context (test-time M ≠ N)."""
+           dtype=jnp.float32, draw_dtype=None) -> Batch:
+  """A batch of tasks; n_context overrides cfg.n_context (test-time M ≠ N).
+
+  draw_dtype (default: dtype): the precision of the random draws, widened to dtype before any
+  arithmetic, so labels are exact functions of the inputs in dtype. Training a float64 model on
+  float32 draws costs half the random bits; the tasks differ only below float32 resolution.
+  """
   _check_int("batch_size", batch_size, 1)
   N = cfg.n_context if n_context is None else n_context
   _check_int("n_context", N, 1)
   d = cfg.d
+  draw = dtype if draw_dtype is None else draw_dtype
+  normal = lambda k, shape: jax.random.normal(k, shape, draw).astype(dtype)
   k_w, k_x, k_q, k_e, k_eq = jax.random.split(key, 5)
-  w = jax.random.normal(k_w, (batch_size, d), dtype)
+  w = normal(k_w, (batch_size, d))
   if cfg.w_cov is not None:  # the identity factor is skipped: it returns the same bits
     w = w @ jnp.asarray(_factor(as_cov("w_cov", cfg.w_cov, d, psd=True)), dtype).T
-  X, x_q = _inputs(k_x, cfg, (batch_size, N, d), dtype), _inputs(k_q, cfg, (batch_size, d), dtype)
+  X, x_q = _inputs(k_x, cfg, (batch_size, N, d), dtype, draw), _inputs(k_q, cfg, (batch_size, d), dtype, draw)
   if cfg.w0_prob > 0:  # a Python branch: with p = 0 the draws are bit-identical to a config without w₀
     is_w0 = jax.random.bernoulli(jax.random.fold_in(key, 6), cfg.w0_prob, (batch_size,))
     w = jnp.where(is_w0[:, None], jnp.asarray(w0(cfg), dtype), w)
   y = jnp.einsum("bnd,bd->bn", X, w)
   if cfg.noise_std > 0:  # σ = 0 adds exact zeros: the draw is skipped, the other keys are unchanged
-    y = y + cfg.noise_std * jax.random.normal(k_e, (batch_size, N), dtype)
+    y = y + cfg.noise_std * normal(k_e, (batch_size, N))
   y_q = jnp.einsum("bd,bd->b", x_q, w)
   if cfg.query_noise and cfg.noise_std > 0:
-    y_q = y_q + cfg.noise_std * jax.random.normal(k_eq, (batch_size,), dtype)
+    y_q = y_q + cfg.noise_std * normal(k_eq, (batch_size,))
   if cfg.n_context_min:
     X, y = _keep_first(jax.random.fold_in(key, 7), cfg.n_context_min, X, y)
   return Batch(X, y, x_q, y_q, w)
@@ -186,10 +193,10 @@ def w0(cfg: TaskConfig) -> np.ndarray:
   return w_factor(cfg) @ z
 
 
-def _inputs(key: jax.Array, cfg: TaskConfig, shape: tuple, dtype) -> jax.Array:
+def _inputs(key: jax.Array, cfg: TaskConfig, shape: tuple, dtype, draw_dtype) -> jax.Array:
   if cfg.x_dist == "uniform":
-    return jax.random.uniform(key, shape, dtype, -cfg.x_scale, cfg.x_scale)
-  z = jax.random.normal(key, shape, dtype)
+    return jax.random.uniform(key, shape, draw_dtype, -cfg.x_scale, cfg.x_scale).astype(dtype)
+  z = jax.random.normal(key, shape, draw_dtype).astype(dtype)
   if cfg.x_cov is None:  # Σ = I: the product with the identity would return z bit for bit, at a cost
     return z
   return z @ jnp.asarray(np.linalg.cholesky(as_cov("x_cov", cfg.x_cov, cfg.d)), dtype).T

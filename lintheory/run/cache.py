@@ -1,7 +1,7 @@
 """The cache of trained models that studies share (runs/cache/<digest>/).
 
-Keyed by every field of the task, model and training configurations and the seeds; a file lock
-makes a model that two parallel studies need get trained once.
+Keyed by every field of the task, model and training configurations, the seeds and the trainer's
+revision (train.TRAINER); a file lock makes a model that two parallel studies need get trained once.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, see
   the same arrays whether trained now or read back, whatever the caller's x64 mode.
   """
   key = {"task": dataclasses.asdict(task), "model": dataclasses.asdict(model),
-         "train": dataclasses.asdict(train_cfg), "seeds": list(seeds)}
+         "train": dataclasses.asdict(train_cfg), "seeds": list(seeds), "trainer": _train.TRAINER}
   digest = hashlib.sha256(json.dumps(_jsonable(key), sort_keys=True).encode()).hexdigest()[:16]
   path = Path(cache_dir) / digest
   with locked(Path(cache_dir) / f"{digest}.lock", f"training {label or digest}"):

@@ -27,6 +27,11 @@ from lintheory.core.model import LinearTransformer, ModelConfig, Params, forward
 from lintheory.core.tasks import TaskConfig
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+DRAW_DTYPE = jnp.float32  # training tasks are drawn in float32 and widened to the training dtype (tasks.sample)
+# The trainer's revision: part of the model cache's key (run.cache), raised whenever one configuration
+# starts to train different weights (here: float32 draws; softmax and MLP models through
+# forward_query), so a cache never hands back models of an older trainer.
+TRAINER = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,17 +137,17 @@ def modules(model_cfg: ModelConfig, tx: optax.GradientTransformation, params: Pa
 
 def task_pool(key: jax.Array, task_cfg: TaskConfig, train_cfg: TrainConfig) -> tasks.Batch:
   """The fixed pool of train_cfg.pool_size prompts of one seed (pool_size > 0)."""
-  return tasks.sample(key, task_cfg, train_cfg.pool_size, dtype=DTYPES[train_cfg.dtype])
+  return tasks.sample(key, task_cfg, train_cfg.pool_size, dtype=DTYPES[train_cfg.dtype], draw_dtype=DRAW_DTYPE)
 
 
 def draw(key: jax.Array, task_cfg: TaskConfig, train_cfg: TrainConfig, pool: tasks.Batch | None) -> tasks.Batch:
   """One step's batch: fresh tasks, or batch_size prompts drawn with replacement from the pool."""
   if pool is None and train_cfg.tail_frac > 0:
     k_b, k_s = jax.random.split(key)
-    b = tasks.sample(k_b, task_cfg, train_cfg.batch_size, dtype=DTYPES[train_cfg.dtype])
+    b = tasks.sample(k_b, task_cfg, train_cfg.batch_size, dtype=DTYPES[train_cfg.dtype], draw_dtype=DRAW_DTYPE)
     return tasks.scale_demonstrations(k_s, b, train_cfg.tail_frac, train_cfg.tail_scale)
   if pool is None:
-    return tasks.sample(key, task_cfg, train_cfg.batch_size, dtype=DTYPES[train_cfg.dtype])
+    return tasks.sample(key, task_cfg, train_cfg.batch_size, dtype=DTYPES[train_cfg.dtype], draw_dtype=DRAW_DTYPE)
   idx = jax.random.randint(key, (train_cfg.batch_size,), 0, train_cfg.pool_size)
   return jax.tree.map(lambda a: a[idx], pool)
 
