@@ -99,17 +99,10 @@ def heads(W: jax.Array) -> jax.Array:
   return W[None] if W.ndim == 2 else W
 
 
-def attention(p: dict[str, Any], Z_BTD: jax.Array, kind: str, n_demos: int | None = None) -> jax.Array:
-  """One layer's attention output; the first n_demos tokens (default: all but the last, the query)
-  are keys and values, every token is a query. Queries never act as keys, so several queries
+def attention(p: dict[str, Any], Z_BTD: jax.Array, Zs: jax.Array, kind: str) -> jax.Array:
+  """One layer's attention output [B, T, D] for the tokens Z_BTD (every one a query) over the
+  demonstrations Zs [B, N, D] (the keys and values). Queries never act as keys, so several queries
   appended after the demonstrations are each predicted as if alone."""
-  N = Z_BTD.shape[1] - 1 if n_demos is None else n_demos
-  return attend(p, Z_BTD, Z_BTD[:, :N], kind)
-
-
-def attend(p: dict[str, Any], Z_BTD: jax.Array, Zs: jax.Array, kind: str) -> jax.Array:
-  """The attention output [B, T, D] of the tokens Z_BTD (queries) over the demonstrations Zs [B, N, D]
-  (keys and values)."""
   N = Zs.shape[1]
   W_Q, W_K, W_V = heads(p["W_Q"]), heads(p["W_K"]), heads(p["W_V"])
   Q = jnp.einsum("btd,hed->bhte", Z_BTD, W_Q)
@@ -127,13 +120,15 @@ def attend(p: dict[str, Any], Z_BTD: jax.Array, Zs: jax.Array, kind: str) -> jax
 
 
 def block(p: dict[str, Any], Z_BTD: jax.Array, cfg: ModelConfig, n_demos: int | None = None) -> jax.Array:
+  """One layer over all tokens; the first n_demos (default: all but the last, the query) are the
+  demonstrations."""
   N = Z_BTD.shape[1] - 1 if n_demos is None else n_demos
   return block_over(p, Z_BTD, Z_BTD[:, :N], cfg)
 
 
 def block_over(p: dict[str, Any], Z_BTD: jax.Array, Zs: jax.Array, cfg: ModelConfig) -> jax.Array:
   """One layer (attention over the demonstrations Zs [B, N, D], then the MLP) applied to the tokens Z_BTD."""
-  Z_BTD = Z_BTD + attend(p, Z_BTD, Zs, cfg.attention)
+  Z_BTD = Z_BTD + attention(p, Z_BTD, Zs, cfg.attention)
   if cfg.mlp is not None:
     hidden = Z_BTD @ p["W_1"].T
     hidden = jax.nn.relu(hidden) if cfg.mlp == "relu" else hidden
