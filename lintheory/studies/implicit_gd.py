@@ -51,7 +51,8 @@ PROFILES = {
 }
 
 
-def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context) -> None:
+def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context, bayes: dict) -> None:
+  """One (σ, L); bayes holds the Bayes errors per task distribution (they do not depend on L)."""
   keys = {"sigma": sigma, "L": L}
   try:
     tr = engine.trained(s, ctx, d=s.d, n_context=s.n_context, layers=L, noise_std=sigma)
@@ -69,7 +70,9 @@ def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context) -> None:
     err = both[:len(tr.seeds)]  # [S, n]
     for kind, e in zip(refs, both[len(tr.seeds):]):
       ctx.add_many(stats.summary(e), prefix="ref_", n_tasks=n, reference=kind, **keys)
-    ridge = evaluate.bayes_errors(tr.task, key, n)
+    if tr.task not in bayes:
+      bayes[tr.task] = evaluate.bayes_errors(tr.task, key, n)
+    ridge = bayes[tr.task]
     ctx.add_many(stats.summary(ridge), prefix="ref_", n_tasks=n, reference="ridge", **keys)
     batch = tasks.sample(jax.random.fold_in(key, 1), tr.task, s.trajectory_tasks, dtype=jnp.float64)
     context = evaluate.context_errors(tr.params, tr.model, tr.task, jax.random.key(CONTEXT_KEY), s.Ms,
@@ -99,9 +102,10 @@ def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context) -> None:
 
 
 def run(s: Settings, ctx: engine.Context) -> None:
+  bayes = {}
   for sigma, Ls in s.depths:
     for L in Ls:
-      run_setting(s, sigma, L, ctx)
+      run_setting(s, sigma, L, ctx, bayes)
 
 
 # --- figures and report ---------------------------------------------------------------------
