@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core import bounds, fast, implicit, precision, tasks
-from lintheory.core.model import ModelConfig, Params, forward, heads, param_shapes
+from lintheory.core.model import ModelConfig, Params, forward_query, heads, param_shapes
 from lintheory.core.tasks import Batch, TaskConfig
 
 
@@ -58,8 +58,7 @@ def per_task_error(params: Params, cfg: ModelConfig, batch: Batch, task_cfg: Tas
     if task_cfg.query_noise:
       err = err + task_cfg.noise_std**2
   else:
-    y_hat, _ = forward(params, tasks.batch_tokens(batch), cfg)
-    err = (y_hat - batch.y_q) ** 2
+    err = (forward_query(params, tasks.batch_tokens(batch), cfg) - batch.y_q) ** 2
   return tasks.normalised_error(err, task_cfg.d) if normalise else err
 
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core import edits, evaluate, fast, precision, prune, stats, tasks
-from lintheory.core.model import ModelConfig, Params, block
+from lintheory.core.model import ModelConfig, Params, block, block_over
 from lintheory.run import io, profiles
 from lintheory.studies import engine, figures, text
 
@@ -96,9 +96,9 @@ def forward_queries(params: Params, Zs_BND: jax.Array, Xq_BQd: jax.Array, cfg: M
   N = Zs_BND.shape[1]
   query = jnp.concatenate([Xq_BQd, jnp.zeros_like(Xq_BQd[..., :1])], axis=-1)
   Z = jnp.concatenate([Zs_BND, query], axis=1)
-
-  Z, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg, n_demos=N), None), Z, params)
-  return -Z[:, N:, -1]
+  first, last = ({n: v[:-1] for n, v in params.items()}, {n: v[-1] for n, v in params.items()})
+  Z, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg, n_demos=N), None), Z, first)
+  return -block_over(last, Z[:, N:], Z[:, :N], cfg)[..., -1]  # the last layer for the queries only
 
 
 # --- candidates ------------------------------------------------------------------------------
