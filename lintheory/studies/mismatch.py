@@ -184,7 +184,8 @@ def _errors(params_P: dict, c: Condition, key: jax.Array, n: int, chunk: int) ->
   return np.concatenate(parts, axis=-1)[:, :n]
 
 
-def run_condition(s: Settings, c: Condition, ctx: engine.Context) -> None:
+def run_condition(s: Settings, c: Condition, ctx: engine.Context, bayes_of: dict) -> None:
+  """One condition; bayes_of holds the Bayes errors per test distribution (shared by conditions)."""
   keys = c.keys()
   tr = c.tr
   S, L = len(tr.seeds), tr.model.n_layers
@@ -199,7 +200,9 @@ def run_condition(s: Settings, c: Condition, ctx: engine.Context) -> None:
     p1 = {k: np.concatenate([p0[k], v[row]]) for k, v in both.items()}  # unpruned, then each seed's choice
     key = jax.random.key(CONFIRM_KEY)
     err = _errors(p1, c, key, s.confirm_tasks, BAYES_CHUNK)
-    bayes = evaluate.bayes_errors(c.test, key, s.confirm_tasks, chunk=BAYES_CHUNK)
+    if c.test not in bayes_of:
+      bayes_of[c.test] = evaluate.bayes_errors(c.test, key, s.confirm_tasks, chunk=BAYES_CHUNK)
+    bayes = bayes_of[c.test]
   n = s.confirm_tasks
   for i, seed in enumerate(tr.seeds):
     kept = sel[1 + best[i], i] >= sel[0, i]
@@ -245,6 +248,7 @@ def conditions(s: Settings, L: int, ctx: engine.Context):
 
 
 def run(s: Settings, ctx: engine.Context) -> None:
+  bayes_of = {}
   for L in s.depths:
     for build in conditions(s, L, ctx):
       t0 = time.perf_counter()
@@ -256,7 +260,7 @@ def run(s: Settings, ctx: engine.Context) -> None:
       ctx.log(f"models ready in {time.perf_counter() - t0:.1f} s (training or the cache)")
       for c in conds:
         t0 = time.perf_counter()
-        run_condition(s, c, ctx)
+        run_condition(s, c, ctx, bayes_of)
         ctx.log(f"evaluated in {time.perf_counter() - t0:.1f} s")
 
 
