@@ -27,7 +27,7 @@ test-all: $(BIN)/.installed
 # (JOBS=1 runs them one after another); a model two studies share is trained once (a file lock in
 # the cache), so the order only balances time. (Starting every study as soon as a slot freed,
 # longest first, took longer on 2 cores: it put the two heaviest trainers side by side.)
-STUDIES := pruning prune_bound paper_protocol positive_control implicit_gd one_layer mismatch in_weights
+STUDIES := pruning prune_bound paper_protocol implicit_gd one_layer mismatch in_weights positive_control
 JOBS ?= 2
 results: $(BIN)/.installed
 	@mkdir -p runs/logs
@@ -38,10 +38,10 @@ results: $(BIN)/.installed
 
 study-prune_bound: study-pruning
 study-paper_protocol: study-prune_bound
-study-positive_control: study-paper_protocol
 study-one_layer: study-implicit_gd
 study-mismatch: study-one_layer
 study-in_weights: study-mismatch
+study-positive_control: study-in_weights
 study-%: $(BIN)/.installed
 	@echo "== study $* ($(PROFILE)) started; its log: runs/logs/$*.log"
 	@set -o pipefail; $(BIN)/python -u -m lintheory.studies $* --profile $(PROFILE) 2>&1 | tee runs/logs/$*.log \
