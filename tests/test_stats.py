@@ -36,6 +36,11 @@ def test_rare_share_of_chi2_1_matches_its_closed_form():
   """For X ~ χ²₁, E[X·1{X > q}] = P(χ²₃ > q) (docs/theory.md §11): 4.857 % above the 99.5 % quantile."""
   x = np.random.default_rng(1).chisquare(1, 2_000_000)
   assert stats.rare_share(x, 200) == pytest.approx(0.04857, abs=0.0015)
+  assert stats.chi2_rare_share(1, 200) == pytest.approx(0.04857, abs=1e-4)
+  x16 = np.random.default_rng(3).chisquare(16, 2_000_000) / 16
+  assert stats.rare_share(x16, 200) == pytest.approx(stats.chi2_rare_share(16, 200), abs=0.001)
+  with pytest.raises(ValueError, match="q must be an integer >= 1"):
+    stats.chi2_rare_share(0, 200)
   heavy = np.random.default_rng(2).pareto(1.2, 100_000)  # infinite variance: the rare tasks carry much more
   assert stats.rare_share(heavy, 200) > 0.2
 

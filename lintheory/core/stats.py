@@ -99,6 +99,16 @@ def rare_share(err, n: int) -> float:
   return float(x[x > quantile(x, 1 - 1 / n)].sum() / total)
 
 
+def chi2_rare_share(q: int, n: int) -> float:
+  """rare_share of an error that is pure query noise, χ²_q / q (the mean of q squared Gaussian query
+  errors), in the limit of many tasks: P(χ²_{q+2} > the (1 − 1/n) quantile of χ²_q) (docs/theory.md §11)."""
+  from scipy import stats as st
+  for name, v in (("q", q), ("n", n)):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+      raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+  return float(st.chi2.sf(st.chi2.ppf(1 - 1 / n, q), q + 2))
+
+
 def seed_bootstrap(err_SB, stat: Callable[[np.ndarray], float] = np.mean, n_boot: int = 1000, seed: int = 0,
                    level: float = 0.95, inner: bool = True) -> dict:
   """Hierarchical bootstrap over [S, B] errors: resample seeds, then tasks within each chosen seed.
