@@ -200,7 +200,7 @@ def report(table: engine.Table, meta: dict) -> str:
       rho = ps["rho"][np.isfinite(ps["rho"])]
       lo, hi = stats.seed_ci(rho) if rho.size > 1 else (np.nan, np.nan)
       rows.append([str(L), label, str(len(ps["rho"])), text.num(np.median(ps["finite"]), 2),
-                   text.num(np.median(ps["holds"]), 2), text.num(np.mean(rho)) if rho.size else "n/a",
+                   _median_finite(ps["holds"]), text.num(np.mean(rho)) if rho.size else "n/a",
                    text.ci(lo, hi)])
   dim = table.values("dimV_max")
   L0 = table.unique("L", measure="gap")[0]
@@ -222,6 +222,13 @@ def report(table: engine.Table, meta: dict) -> str:
           "pruning would also rise and fall with the gap (a positive ρ in every seed).*\n")
 
 
+def _median_finite(share_S: np.ndarray) -> str:
+  """The median over the seeds with a finite bound in some row (a seed whose bound is +∞ in every row
+  has no share), and how many seeds that is."""
+  v = share_S[np.isfinite(share_S)]
+  return f"{text.num(np.median(v), 2)} ({v.size} of {share_S.size} seeds)" if v.size else "n/a (no finite row)"
+
+
 def _tail_text(table) -> str:
   out = []
   for L in table.unique("L", measure="gap"):
@@ -234,7 +241,7 @@ def _tail_text(table) -> str:
     out.append(f"L = {L}: the gap on the bounds' own {n:,} tasks ÷ the gap on the fresh tasks is "
                f"{text.num(np.median(t['ratio']), 3)} (median over {t['ratio'].size} rows; range "
                f"{text.num(t['ratio'].min(), 3)} to {text.num(t['ratio'].max(), 3)}). Compared with that gap "
-               f"instead, the subspace bound would be ≥ the gap in {text.num(np.median(t['holds']), 2)} of the "
+               f"instead, the subspace bound would be ≥ the gap in {_median_finite(t['holds'])} of the "
                f"rows (median over seeds) and ρ(bound, gap) {text.num(rho.mean(), 2) if rho.size else 'n/a'} "
                f"{text.ci(lo, hi)} (mean over {rho.size} seeds, 95 % CI).")
   share = table.values("terms_rare_share")
