@@ -24,7 +24,7 @@ def test_tail_batch_rescales_demonstrations_consistently():
   c = dataclasses.replace(dr.CANDIDATES["f64_tail"], tail_frac=0.5, tail_scale=1.4)
   key = jax.random.key(3)
   b = dr.tail_batch(key, task, 512, c, jnp.float64)
-  plain = tasks.sample(jax.random.split(key, 3)[0], task, 512, dtype=jnp.float64)
+  plain = tasks.sample(jax.random.split(key, 3)[0], task, 512, dtype=jnp.float64, draw_dtype=train.DRAW_DTYPE)
   np.testing.assert_allclose(b.y, jnp.einsum("bnd,bd->bn", b.X, b.w), rtol=1e-12, atol=1e-12)
   np.testing.assert_array_equal(b.x_q, plain.x_q)
   np.testing.assert_array_equal(b.y_q, plain.y_q)
@@ -33,7 +33,7 @@ def test_tail_batch_rescales_demonstrations_consistently():
   assert 0.4 < np.mean(s > 1 + 1e-12) < 0.6
   off = dataclasses.replace(c, tail_frac=0.0)
   np.testing.assert_array_equal(dr.tail_batch(key, task, 512, off, jnp.float64).X,
-                                tasks.sample(key, task, 512, dtype=jnp.float64).X)  # train.fit's batch
+                                tasks.sample(key, task, 512, dtype=jnp.float64, draw_dtype=train.DRAW_DTYPE).X)
 
 
 def test_huber_loss_is_the_squared_error_below_delta_and_linear_above():

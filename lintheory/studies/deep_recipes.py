@@ -27,7 +27,7 @@ import optax
 from lintheory.core import evaluate, precision, stats, tasks
 from lintheory.core.model import ModelConfig, forward, init_params
 from lintheory.core.tasks import TaskConfig
-from lintheory.run import io, profiles, references
+from lintheory.run import io, profiles, references, train
 from lintheory.studies import engine, figures, text
 
 NAME = "deep_recipes"
@@ -117,11 +117,12 @@ def train_config(c: Candidate, prof: profiles.Profile):
 def tail_batch(key: jax.Array, task: TaskConfig, n: int, c: Candidate, dtype) -> tasks.Batch:
   """Fresh tasks where a share c.tail_frac has its demonstrations x_i scaled by s ~ U[1, c.tail_scale]
   (labels follow, y_i = x_iᵀw + noise); queries keep the test distribution. The same draw as
-  run.train.draw with TrainConfig.tail_frac."""
+  run.train.draw with TrainConfig.tail_frac (float32 draws, train.DRAW_DTYPE)."""
+  sample = lambda k: tasks.sample(k, task, n, dtype=dtype, draw_dtype=train.DRAW_DTYPE)
   if c.tail_frac == 0:  # the plain batch train.fit draws from the same key
-    return tasks.sample(key, task, n, dtype=dtype)
+    return sample(key)
   k_b, k_s = jax.random.split(key)
-  return tasks.scale_demonstrations(k_s, tasks.sample(k_b, task, n, dtype=dtype), c.tail_frac, c.tail_scale)
+  return tasks.scale_demonstrations(k_s, sample(k_b), c.tail_frac, c.tail_scale)
 
 
 def query_loss(c: Candidate):
@@ -170,7 +171,7 @@ def fit_own(task: TaskConfig, model: ModelConfig, c: Candidate, prof: profiles.P
 def cached_own(task, model, c: Candidate, prof: profiles.Profile, cache_dir: str, label: str):
   """fit_own, once per configuration (runs/cache/deep_recipes/<digest>/); non-finite → RuntimeError."""
   key = {"task": dataclasses.asdict(task), "model": dataclasses.asdict(model), "candidate": dataclasses.asdict(c),
-         "steps": prof.steps, "batch_size": prof.batch_size, "seeds": list(prof.seeds)}
+         "steps": prof.steps, "batch_size": prof.batch_size, "seeds": list(prof.seeds), "trainer": train.TRAINER}
   digest = hashlib.sha256(json.dumps(io._jsonable(key), sort_keys=True).encode()).hexdigest()[:16]
   path = Path(cache_dir) / NAME / digest
   with io.locked(path.with_suffix(".lock"), f"training {label}"):
