@@ -22,8 +22,8 @@ test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m ''
 
 # Studies write results/ (python -m lintheory.studies NAME), plots read results/ and write figures/,
-# the report reads results/ and writes docs/report.md; results/make_results.json records the wall
-# time of the whole run, which the report shows. Two chains of studies run side by side
+# the report reads results/ and writes docs/report.md and the README's per-profile time table;
+# results/make_results.json and results/profiles/PROFILE.json record the wall time of the whole run. Two chains of studies run side by side
 # (JOBS=1 runs them one after another); a model two studies share is trained once (a file lock in
 # the cache), so the order only balances time. (Starting every study as soon as a slot freed,
 # longest first, took longer on 2 cores: it put the two heaviest trainers side by side.)
@@ -51,7 +51,7 @@ plots: $(BIN)/.installed
 	$(BIN)/python -m lintheory.plots --results results --figures figures
 
 report: $(BIN)/.installed
-	$(BIN)/python -m lintheory.report --results results --out docs/report.md
+	$(BIN)/python -m lintheory.report --results results --out docs/report.md --readme README.md
 
 figures: results plots report
 

@@ -107,11 +107,75 @@ def test_the_wall_time_of_a_run_is_recorded_and_reported(ran, capsys):
   assert "--record-wall" in capsys.readouterr().err and not (results / "make_results.json").exists()
 
 
+def test_each_profile_keeps_its_own_time_record_and_the_readme_shows_it(ran, tmp_path, capsys):
+  import time
+  from pathlib import Path
+  from lintheory.run import io
+  from lintheory.studies import __main__ as studies_main
+  root, flags = ran
+  results = Path(flags.results)
+  start = min(f.stat().st_mtime for f in results.glob("*.json")) - 1
+  assert studies_main.main(["--record-wall", str(start), "--end", str(start + 84), "--profile", "tiny",
+                            "--jobs", "1", "--cached-models", "3", "--results", str(results)]) == 0
+  record = io.read_json(results / "profiles" / "tiny.json")
+  assert record == io.read_json(results / "make_results.json")
+  metas = {n: io.read_json(results / f"{n}.json") for n in record["studies"]}
+  assert set(FAST) <= set(metas)
+  assert record["study_seconds"] == {n: m["seconds"] for n, m in metas.items()}
+  assert record["seeds"] == {n: len(m["seeds"]) for n, m in metas.items()}
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# x\n\nbefore\n{report.README_BEGIN}\nstale text\n{report.README_END}\nafter\n")
+  out = tmp_path / "report.md"
+  assert report.main(["--results", str(results), "--out", str(out), "--readme", str(readme)]) == 0
+  text = readme.read_text()
+  assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{report.README_END}\nafter\n")
+  assert "stale text" not in text
+  row = next(line for line in text.splitlines() if line.startswith("| `tiny` |"))
+  assert row.split(" | ")[1] == "1.4" and f"{len(record['studies'])}, 1 at a time" in row and "3 models" in row
+  assert "Not measured (no record in `results/profiles/`): `default`, `long`, `full`." in text
+  assert "## What each profile cost" in out.read_text() and row in out.read_text()
+  # A second run leaves the README as it was: the block is replaced, not appended to.
+  assert report.main(["--results", str(results), "--out", str(out), "--readme", str(readme)]) == 0
+  assert readme.read_text() == text
+
+
+def test_profile_records_refuse_bad_input_in_one_line(ran, tmp_path, capsys):
+  import shutil
+  import time
+  from pathlib import Path
+  from lintheory.run import io
+  from lintheory.studies import __main__ as studies_main
+  root, flags = ran
+  results = tmp_path / "results"
+  shutil.copytree(flags.results, results, copy_function=shutil.copy)  # new files: written by "the run" below
+  args = ["--record-wall", str(time.time() - 60), "--jobs", "1", "--cached-models", "0", "--results", str(results)]
+  assert studies_main.main(args + ["--profile", "huge"]) == 2
+  assert "--profile must be one of tiny, default, long, full" in capsys.readouterr().err
+  assert studies_main.main(args + ["--profile", "default"]) == 2  # the results files are tiny's
+  err = capsys.readouterr().err
+  assert "holds profile 'tiny', not --profile 'default'" in err and len(err.strip().splitlines()) == 1
+  assert not (results / "profiles" / "default.json").exists()
+  assert studies_main.main(["--record-wall", str(time.time() + 1), "--end", str(time.time() + 9), "--profile", "tiny",
+                            "--jobs", "1", "--cached-models", "0", "--results", str(results)]) == 2
+  assert "no results file in" in capsys.readouterr().err
+  readme = tmp_path / "README.md"
+  readme.write_text("# no block here\n")
+  assert report.main(["--results", str(results), "--out", str(tmp_path / "r.md"), "--readme", str(readme)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"report: error: {readme} lacks the lines") and len(err.strip().splitlines()) == 1
+  assert readme.read_text() == "# no block here\n" and not (tmp_path / "r.md").exists()
+  io.write_json(results / "profiles" / "long.json", {"profile": "long", "wall_seconds": 5.0})
+  readme.write_text(f"{report.README_BEGIN}\n{report.README_END}\n")
+  assert report.main(["--results", str(results), "--out", str(tmp_path / "r.md"), "--readme", str(readme)]) == 2
+  err = capsys.readouterr().err
+  assert "long.json is not a record of `--record-wall`" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("name", [n for n in studies.STUDIES if n != "deep_recipes"])
 def test_every_study_has_the_four_profiles_and_enough_seeds(name):
   """`make figures` runs every study at `default` (or PROFILE=long / full): each must define it, with
   at least 5 seeds per model on 2 CPU cores and 20 on an accelerator."""
   p = engine.study_module(name).PROFILES
-  assert {"tiny", "default", "long", "full"} <= set(p)
+  assert set(engine.PROFILE_NAMES) <= set(p)
   assert len(p["default"].train.seeds) >= 5 and len(p["long"].train.seeds) >= 5
   assert len(p["full"].train.seeds) >= 20

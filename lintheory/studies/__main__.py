@@ -2,8 +2,11 @@
    python -m lintheory.studies --record-wall START [--end END] --profile P --jobs J --cached-models K [--results DIR]
 
 The second form writes DIR/make_results.json: the wall time of a `make results` that ran from START
-to END (seconds since the epoch; END defaults to now), with its profile, the studies run side by side, the studies it ran, the trained models it found in
-the cache, the commits the studies it wrote ran (from their results files), CPU count and load.
+to END (seconds since the epoch; END defaults to now), with its profile, the studies run side by side,
+the studies it ran and each one's own seconds and seeds, the trained models it found in the cache, the
+commits the studies it wrote ran (from their results files), CPU count and load. The same record goes
+to DIR/profiles/PROFILE.json, which a run of another profile leaves alone: the report and the README
+give each profile's last measured time from those files.
 """
 
 import argparse
@@ -30,20 +33,33 @@ def record_wall(argv) -> int:
     print(f"--record-wall must be a start time in the last 30 days, --jobs >= 1 and --cached-models >= 0, got "
           f"{args.record_wall!r}, {args.jobs!r}, {args.cached_models!r}", file=sys.stderr)
     return 2
+  if args.profile not in engine.PROFILE_NAMES:
+    print(f"--profile must be one of {', '.join(engine.PROFILE_NAMES)}, got {args.profile!r}", file=sys.stderr)
+    return 2
   # The commits are the studies' own (each results file records the code it ran), not this process's.
-  gits, ran = [], []
+  gits, ran, seconds, seeds = [], [], {}, {}
   for name in studies.STUDIES:
     path = Path(args.results) / f"{name}.json"
     if path.exists() and path.stat().st_mtime >= args.record_wall:
+      meta = io.read_json(path)
+      if meta.get("profile") != args.profile:
+        print(f"{path} holds profile {meta.get('profile')!r}, not --profile {args.profile!r}", file=sys.stderr)
+        return 2
       ran.append(name)
-      git = io.read_json(path).get("provenance", {}).get("git")
+      seconds[name], seeds[name] = meta["seconds"], len(meta["seeds"])
+      git = meta.get("provenance", {}).get("git")
       if git not in gits:
         gits.append(git)
+  if not ran:
+    print(f"--record-wall: no results file in {args.results} was written after {args.record_wall!r}", file=sys.stderr)
+    return 2
   prov = provenance.collect()
-  io.write_json(f"{args.results}/make_results.json",
-                {"profile": args.profile, "jobs": args.jobs, "wall_seconds": wall, "cached_models": args.cached_models,
-                 "studies": ran, "cpu_count": prov.get("cpu_count"), "load_avg": provenance.load_avg(), "git": gits,
-                 "machine": prov.get("machine")})
+  record = {"profile": args.profile, "jobs": args.jobs, "wall_seconds": wall, "cached_models": args.cached_models,
+            "studies": ran, "study_seconds": seconds, "seeds": seeds, "cpu_count": prov.get("cpu_count"),
+            "load_avg": provenance.load_avg(), "git": gits, "machine": prov.get("machine"),
+            "finished": time.strftime("%Y-%m-%d", time.gmtime(time.time() if args.end is None else args.end))}
+  io.write_json(f"{args.results}/make_results.json", record)
+  io.write_json(f"{args.results}/profiles/{args.profile}.json", record)
   return 0
 
 

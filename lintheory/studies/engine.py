@@ -153,6 +153,9 @@ class Context:
 
 # --- the runner -----------------------------------------------------------------------------
 
+# Every study's PROFILES has these keys: tiny (tests), default and long (2 CPU cores), full (GPU).
+PROFILE_NAMES = ("tiny", "default", "long", "full")
+
 
 @dataclasses.dataclass(frozen=True)
 class Flags:
