@@ -22,7 +22,8 @@ test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m ''
 
 # Studies write results/ (python -m lintheory.studies NAME), plots read results/ and write figures/,
-# the report reads results/ and writes docs/report.md and the README's per-profile time table;
+# the report reads results/ and writes docs/report.md and the generated blocks of README.md and
+# docs/scale-out.md;
 # results/make_results.json and results/profiles/PROFILE.json record the wall time of the whole run. Two chains of studies run side by side
 # (JOBS=1 runs them one after another); a model two studies share is trained once (a file lock in
 # the cache), so the order only balances time. (Starting every study as soon as a slot freed,
@@ -51,7 +52,7 @@ plots: $(BIN)/.installed
 	$(BIN)/python -m lintheory.plots --results results --figures figures
 
 report: $(BIN)/.installed
-	$(BIN)/python -m lintheory.report --results results --out docs/report.md --readme README.md
+	$(BIN)/python -m lintheory.report --results results --out docs/report.md --docs README.md docs/scale-out.md
 
 figures: results plots report
 
@@ -59,6 +60,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/sweep.py
 	$(BIN)/python benchmarks/fits.py
+	$(BIN)/python -m lintheory.run.device_check --out results/device_check.json
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,9 +1,9 @@
 """docs/report.md, generated from results/: every number in it is computed from a results file.
 
-  python -m lintheory.report --results results --out docs/report.md [--readme README.md]
+  python -m lintheory.report --results results --out docs/report.md [--docs README.md docs/scale-out.md]
 The verdict table comes first (lintheory.studies.verdicts), then what each study and each profile
-cost, then one section per study with its figures and what to look at in each. With --readme, the
-README's block between README_BEGIN and README_END is replaced by the per-profile time table.
+cost, then one section per study with its figures and what to look at in each. --docs rewrites the
+generated blocks (BLOCKS) of hand-written documents, so their numbers also come from results/.
 """
 
 from __future__ import annotations
@@ -108,32 +108,88 @@ def _profile_row(r: dict) -> list[str]:
           "empty" if r["cached_models"] == 0 else f"{r['cached_models']} models", commits, r["finished"]]
 
 
-README_BEGIN = "<!-- per-profile times: written by `make report` from results/profiles/; do not edit -->"
-README_END = "<!-- end of per-profile times -->"
+def device_check_table(results: Path) -> str:
+  """The 1-device against K-device numbers of `python -m lintheory.run.device_check`
+  (results/device_check.json), as a table per dtype."""
+  path = results / "device_check.json"
+  if not path.exists():
+    return "Not measured here (no `results/device_check.json`): run `python -m lintheory.run.device_check`."
+  try:
+    r = io.read_json(path)
+    c, k, prov = r["compare"], r["devices"], r["provenance"]
+    rows = [[q] + [f(c[dt]) for dt in ("float64", "float32")] for q, f in _DEVICE_ROWS]
+    cpu = r["cpu"]
+    machine = (f"{cpu['model'] or prov['machine']}" + (", AVX-512" if cpu["avx512"] else "")
+               + f"; jax {prov['versions']['jax']}, jaxlib {prov['versions']['jaxlib']}")
+    tol = r["tolerance"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path} is not a record of `lintheory.run.device_check` ({type(e).__name__}: {e})") from None
+  return (f"{r['seeds']} seeds and {r['configurations']} configurations on 1 device against {k} forced host "
+          f"devices ({machine}):\n\n" + text.table(["quantity", "float64", "float32"], rows)
+          + f"\n\nThe tests hold these to {tol['ulps']} ulp (losses, sweep metrics) and to "
+          f"{text.num(tol['params_rel']['float64'])} (float64) and {text.num(tol['params_rel']['float32'])} (float32) "
+          "relative (parameters); within them here: " + ("yes" if r["within_tolerance"] else "**no**") + ".")
 
 
-def with_profile_costs(readme: str, results: Path, where: str = "the README") -> str:
-  """The README with its per-profile time block replaced."""
-  head, sep, rest = readme.partition(README_BEGIN)
-  _, sep2, tail = rest.partition(README_END)
-  if not sep or not sep2:
-    raise ValueError(f"{where} lacks the lines {README_BEGIN!r} and {README_END!r}")
-  return f"{head}{README_BEGIN}\n{profile_costs(results)}\n{README_END}{tail}"
+def _ulp_text(u: float, n: int | None = None, differ: int | None = None) -> str:
+  if u == 0:
+    return "bit-identical"
+  return (f"{differ} of {n} differ, " if n is not None else "") + f"by ≤ {u:.0f} ulp"
+
+
+_DEVICE_ROWS = [
+    ("training losses", lambda c: _ulp_text(c["losses"]["max_ulps"], c["losses"]["n"], c["losses"]["differ"])),
+    ("trained W_Q, W_K, W_V after 20 steps",
+     lambda c: "bit-identical" if c["params"]["max_rel"] == 0 else
+     f"≤ {text.num(c['params']['max_rel'])} relative ({min(c['params']['share_differ']):.0%}–"
+     f"{max(c['params']['share_differ']):.0%} of entries differ)"),
+    ("sweep: ICL error per configuration", lambda c: _ulp_text(c["sweep"]["icl_error"])),
+    ("sweep: ‖ΔW_t‖_F per configuration and layer", lambda c: _ulp_text(c["sweep"]["dW_norm"])),
+    ("for scale: two seeds' weights apart by", lambda c: f"{text.num(c['misplaced']['params_rel'], 2)} relative"),
+    ("for scale: two configurations' ICL errors apart by",
+     lambda c: f"{text.num(c['misplaced']['icl_error_rel'])} relative"),
+]
+
+# Blocks of hand-written documents that `make report` writes: NAME → what renders it from results/.
+BLOCKS = {"per-profile times": profile_costs, "device counts": device_check_table}
+
+
+def begin_marker(name: str) -> str:
+  return f"<!-- {name}: written by `make report` from results/; do not edit -->"
+
+
+def end_marker(name: str) -> str:
+  return f"<!-- end of {name} -->"
+
+
+def with_blocks(doc: str, results: Path, where: str) -> str:
+  """The document with every generated block it holds rewritten; one without any is refused."""
+  found = 0
+  for name, render in BLOCKS.items():
+    head, sep, rest = doc.partition(begin_marker(name))
+    if not sep:
+      continue
+    _, sep2, tail = rest.partition(end_marker(name))
+    if not sep2:
+      raise ValueError(f"{where} opens the block {name!r} but lacks its end line {end_marker(name)!r}")
+    doc, found = f"{head}{begin_marker(name)}\n{render(results)}\n{end_marker(name)}{tail}", found + 1
+  if not found:
+    raise ValueError(f"{where} holds no generated block (lines like {begin_marker('NAME')!r})")
+  return doc
 
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--results", default="results", help="directory of the studies' results files")
   ap.add_argument("--out", default="docs/report.md", help="the Markdown file to write")
-  ap.add_argument("--readme", default=None, help="also rewrite this README's per-profile time block")
+  ap.add_argument("--docs", nargs="*", default=[], help="also rewrite the generated blocks of these documents")
   args = ap.parse_args(argv)
   try:
     md = build(Path(args.results))
-    readme = (with_profile_costs(Path(args.readme).read_text(), Path(args.results), args.readme)
-              if args.readme else None)
+    docs = {d: with_blocks(Path(d).read_text(), Path(args.results), d) for d in args.docs}
     io.atomic_write_bytes(args.out, md.encode())
-    if readme is not None:
-      io.atomic_write_bytes(args.readme, readme.encode())
+    for d, doc in docs.items():
+      io.atomic_write_bytes(d, doc.encode())
   except (ValueError, OSError) as e:
     print(f"report: error: {e}", file=sys.stderr)
     return 2

@@ -124,18 +124,19 @@ def test_each_profile_keeps_its_own_time_record_and_the_readme_shows_it(ran, tmp
   assert record["study_seconds"] == {n: m["seconds"] for n, m in metas.items()}
   assert record["seeds"] == {n: len(m["seeds"]) for n, m in metas.items()}
   readme = tmp_path / "README.md"
-  readme.write_text(f"# x\n\nbefore\n{report.README_BEGIN}\nstale text\n{report.README_END}\nafter\n")
+  begin, end = report.begin_marker("per-profile times"), report.end_marker("per-profile times")
+  readme.write_text(f"# x\n\nbefore\n{begin}\nstale text\n{end}\nafter\n")
   out = tmp_path / "report.md"
-  assert report.main(["--results", str(results), "--out", str(out), "--readme", str(readme)]) == 0
+  assert report.main(["--results", str(results), "--out", str(out), "--docs", str(readme)]) == 0
   text = readme.read_text()
-  assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{report.README_END}\nafter\n")
+  assert text.startswith(f"# x\n\nbefore\n{begin}\n") and text.endswith(f"{end}\nafter\n")
   assert "stale text" not in text
   row = next(line for line in text.splitlines() if line.startswith("| `tiny` |"))
   assert row.split(" | ")[1] == "1.4" and f"{len(record['studies'])}, 1 at a time" in row and "3 models" in row
   assert "Not measured (no record in `results/profiles/`): `default`, `long`, `full`." in text
   assert "## What each profile cost" in out.read_text() and row in out.read_text()
   # A second run leaves the README as it was: the block is replaced, not appended to.
-  assert report.main(["--results", str(results), "--out", str(out), "--readme", str(readme)]) == 0
+  assert report.main(["--results", str(results), "--out", str(out), "--docs", str(readme)]) == 0
   assert readme.read_text() == text
 
 
@@ -160,13 +161,17 @@ def test_profile_records_refuse_bad_input_in_one_line(ran, tmp_path, capsys):
   assert "no results file in" in capsys.readouterr().err
   readme = tmp_path / "README.md"
   readme.write_text("# no block here\n")
-  assert report.main(["--results", str(results), "--out", str(tmp_path / "r.md"), "--readme", str(readme)]) == 2
+  args = ["--results", str(results), "--out", str(tmp_path / "r.md"), "--docs", str(readme)]
+  assert report.main(args) == 2
   err = capsys.readouterr().err
-  assert err.startswith(f"report: error: {readme} lacks the lines") and len(err.strip().splitlines()) == 1
+  assert err.startswith(f"report: error: {readme} holds no generated block") and len(err.strip().splitlines()) == 1
   assert readme.read_text() == "# no block here\n" and not (tmp_path / "r.md").exists()
+  readme.write_text(f"{report.begin_marker('device counts')}\nno end line\n")
+  assert report.main(args) == 2
+  assert "lacks its end line" in capsys.readouterr().err
   io.write_json(results / "profiles" / "long.json", {"profile": "long", "wall_seconds": 5.0})
-  readme.write_text(f"{report.README_BEGIN}\n{report.README_END}\n")
-  assert report.main(["--results", str(results), "--out", str(tmp_path / "r.md"), "--readme", str(readme)]) == 2
+  readme.write_text(f"{report.begin_marker('per-profile times')}\n{report.end_marker('per-profile times')}\n")
+  assert report.main(args) == 2
   err = capsys.readouterr().err
   assert "long.json is not a record of `--record-wall`" in err and len(err.strip().splitlines()) == 1
 

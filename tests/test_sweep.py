@@ -58,8 +58,24 @@ def test_unpruned_rows_are_bit_exact_and_earlier_layers_do_not_move(full):
     assert r["icl_error"] == next(b for b in base if b["seed"] == r["seed"])["icl_error"]
   for r in res.rows:
     assert all(r[f"w_hat_maxabs_{t}"] == 0.0 for t in range(r["layer"]))  # exactly, t < k
+    assert all(r[f"w_hat_rel_{t}"] == 0.0 for t in range(r["layer"]))  # 0, not 0/0
     if r["mode"] == "rank" and r["rank"] == 0:
       assert r[f"G_norm_{r['layer']}"] == 0.0 and r[f"w_hat_maxabs_{r['layer']}"] > 0
+      assert r[f"w_hat_rel_{r['layer']}"] > 0
+
+
+def test_the_trajectory_change_is_the_median_over_tasks_of_each_task_relative_change():
+  """A median, so one task whose ŵ blows up moves it by at most one rank."""
+  rng = np.random.default_rng(0)
+  w0 = rng.standard_normal((3, 7, 4))  # [L, B, d]
+  w = w0 + 0.1 * rng.standard_normal((3, 7, 4))
+  w[1, 2] *= 1e12  # one task blows up at layer 1
+  w[0] = w0[0]  # layer 0 unchanged
+  m = sweep._compare({"w_hat": w}, w0)
+  per_task = np.linalg.norm(w - w0, axis=-1) / np.linalg.norm(w0, axis=-1)
+  np.testing.assert_allclose(m["w_hat_rel"], np.median(per_task, axis=1), rtol=1e-12)
+  assert m["w_hat_rel"][0] == 0.0 and m["w_hat_rel"][1] < 1
+  assert m["w_hat_maxabs"][0] == 0.0 and m["w_hat_maxabs"][1] > 1e9
 
 
 def test_interrupted_sweep_resumes_to_the_same_csv(params_S, full, tmp_path):

@@ -7,8 +7,7 @@ and one process fills every local GPU. The batches, seeds and row order stay as 
 Round-off: a partitioned program goes through XLA's SPMD pipeline, whose algebraic simplifier
 rewrites 1/sqrt(x) as rsqrt(x) (optax.clip_by_global_norm has one) and fuses some reductions
 differently. Results on 1 and on several devices therefore agree to round-off, not bit for bit
-(measured in docs/scale-out.md: float64 parameters after 20 steps within 3e-14 relative, float32
-within 1e-5; evaluation metrics within 1 ulp). One device compiles no partitioned program: the
+(lintheory.run.device_check measures how far; docs/scale-out.md shows what it measured). One device compiles no partitioned program: the
 same bits as no sharding at all.
 """
 
