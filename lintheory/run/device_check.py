@@ -105,13 +105,14 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def compare(one: dict, many: dict) -> dict:
   """Per dtype: how far the many-device numbers are from the 1-device ones, and, for scale, how far
-  apart two different seeds' models (or two configurations' metrics) are, which is what a seed or
-  configuration out of place would show."""
+  apart two different seeds' models are and the two closest configurations' ICL errors, which is
+  what a seed or configuration out of place would show."""
   out = {}
   for dt in DTYPES:
     tr = lambda n, d: d[f"{dt}/train/{n}"]  # noqa: E731
     sw = lambda n, d: d[f"{dt}/sweep/{n}"]  # noqa: E731
     losses = tr("losses", one), tr("losses", many)
+    e = np.sort(sw("icl_error", one))
     W = {n: (tr(n, one), tr(n, many)) for n in ("W_Q", "W_K", "W_V")}
     out[dt] = {
         "losses": {"n": int(losses[0].size), "differ": int(np.sum(losses[0] != losses[1])),
@@ -120,8 +121,7 @@ def compare(one: dict, many: dict) -> dict:
                    "share_differ": [float(np.mean(a != b)) for a, b in W.values()]},
         "sweep": {n: ulps(sw(n, one), sw(n, many)) for n in ("icl_error", "dW_norm")},
         "misplaced": {"params_rel": min(_rel(a, np.roll(a, 1, axis=0)) for a, _ in W.values()),
-                      "icl_error_rel": float(np.min(np.abs(np.diff(np.sort(sw("icl_error", one))))
-                                                    / np.max(np.abs(sw("icl_error", one)))))},
+                      "icl_error_ulps": min(ulps(x, y) for x, y in zip(e[:-1], e[1:]))},
         "sharded": bool(tr("sharded", many)) and bool(sw("sharded", many)),
     }
   return out
