@@ -147,7 +147,7 @@ _DEVICE_ROWS = [
     ("sweep: ‖ΔW_t‖_F per configuration and layer", lambda c: _ulp_text(c["sweep"]["dW_norm"])),
     ("for scale: two seeds' weights apart by", lambda c: f"{text.num(c['misplaced']['params_rel'], 2)} relative"),
     ("for scale: the two closest configurations' ICL errors apart by",
-     lambda c: f"{c['misplaced']['icl_error_ulps']:,.0f} ulp"),
+     lambda c: f"{text.num(c['misplaced']['icl_error_ulps'])} ulp"),
 ]
 
 # Blocks of hand-written documents that `make report` writes: NAME → what renders it from results/.
