@@ -71,10 +71,12 @@ def test_the_trajectory_change_is_the_median_over_tasks_of_each_task_relative_ch
   w = w0 + 0.1 * rng.standard_normal((3, 7, 4))
   w[1, 2] *= 1e12  # one task blows up at layer 1
   w[0] = w0[0]  # layer 0 unchanged
+  w[2, 4] = np.nan  # one task overflows at layer 2: an infinite change, not a NaN median
   m = sweep._compare({"w_hat": w}, w0)
   per_task = np.linalg.norm(w - w0, axis=-1) / np.linalg.norm(w0, axis=-1)
+  per_task[2, 4] = np.inf
   np.testing.assert_allclose(m["w_hat_rel"], np.median(per_task, axis=1), rtol=1e-12)
-  assert m["w_hat_rel"][0] == 0.0 and m["w_hat_rel"][1] < 1
+  assert m["w_hat_rel"][0] == 0.0 and m["w_hat_rel"][1] < 1 and np.isfinite(m["w_hat_rel"][2])
   assert m["w_hat_maxabs"][0] == 0.0 and m["w_hat_maxabs"][1] > 1e9
 
 

@@ -291,14 +291,15 @@ def _summary(p, err_B, traj, ana_b, model_cfg, task_cfg, with_bounds) -> dict:
 
 def _compare(m: dict, w_hat0: jax.Array) -> dict:
   """Replace ŵ_t [L, B, d] by its change against the unpruned ŵ_t⁰: the median over tasks of
-  ‖ŵ_t − ŵ_t⁰‖ / ‖ŵ_t⁰‖ (a median, because a few tasks' ŵ blow up and the analysis tasks are few)
-  and the largest |ŵ_t − ŵ_t⁰| (exactly 0 for t before the pruned layer)."""
+  ‖ŵ_t − ŵ_t⁰‖ / ‖ŵ_t⁰‖ (a median, because a few tasks' ŵ blow up and the analysis tasks are few;
+  a task whose ŵ_t overflowed counts as an infinite change) and the largest |ŵ_t − ŵ_t⁰| (exactly 0
+  for t before the pruned layer)."""
   m = dict(m)
   w = m.pop("w_hat")
   diff = w - w_hat0
   change = jnp.sqrt(jnp.sum(diff**2, -1))
   rel = jnp.where(change == 0, 0.0, change / jnp.sqrt(jnp.sum(w_hat0**2, -1)))  # 0, not 0/0, where unchanged
-  m["w_hat_rel"] = jnp.median(rel, axis=1)
+  m["w_hat_rel"] = jnp.median(jnp.where(jnp.isnan(rel), jnp.inf, rel), axis=1)
   m["w_hat_maxabs"] = jnp.max(jnp.abs(diff), (1, 2))
   return m
 

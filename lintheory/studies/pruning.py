@@ -164,10 +164,15 @@ def plot(table: engine.Table, meta: dict, out) -> list:
     for ax, (m, L) in zip(axes[0], linear):
       rank = min(r for r in table.unique("rank", measure="w_hat_rel_change", model=m, L=L))
       for layer in range(L):
-        ys = [table.values("w_hat_rel_change", model=m, L=L, module="attn", rank=rank, layer=layer, t=t)
-              for t in range(layer, L)]
-        med = [np.median(y) for y in ys]
-        ax.plot(range(layer, L), med, "o-", color=f"C{layer % 10}", ms=3, label=f"layer {layer} pruned")
+        med, n = _trajectory_change(table, m, L, rank, layer)
+        if n == 0:
+          continue
+        t, finite = np.arange(layer, L), np.isfinite(med)
+        label = f"layer {layer} pruned" + (f" ({n} seeds)" if n < len(table.seeds(model=m, L=L)) else "")
+        ax.plot(t[finite], med[finite], "o-", color=f"C{layer % 10}", ms=3, label=label)
+        if not finite.all():  # infinite: a triangle on the top edge
+          ax.plot(t[~finite], np.full((~finite).sum(), 1.0), "^", color=f"C{layer % 10}", ms=6,
+                  transform=ax.get_xaxis_transform(), clip_on=False)
       ax.set_yscale("log")
       ax.set_title(f"{m}, L = {L}: attn pruned to rank {rank}", fontsize=8)
       ax.set_xlabel("layer t")
@@ -177,6 +182,19 @@ def plot(table: engine.Table, meta: dict, out) -> list:
     fig.tight_layout()
     paths += figures.save(fig, out, "pruning_trajectory")
   return paths
+
+
+def _trajectory_change(table: engine.Table, m: str, L: int, rank: int, layer: int) -> tuple[np.ndarray, int]:
+  """Median over seeds of ŵ_t's change for t = layer..L−1 (attn pruned to `rank` at `layer`), from
+  the seeds with a value at every t, so each curve follows the same seeds; and their count."""
+  rows = {}
+  for t in range(layer, L):
+    for r in table.where(measure="w_hat_rel_change", model=m, L=L, module="attn", rank=rank, layer=layer, t=t).rows:
+      rows.setdefault(r["seed"], {})[t] = r["value"]
+  complete = [v for v in rows.values() if len(v) == L - layer]
+  if not complete:
+    return np.full(L - layer, np.nan), 0
+  return np.median([[v[t] for t in range(layer, L)] for v in complete], axis=0), len(complete)
 
 
 def _analysis_tasks(table: engine.Table) -> str:
@@ -209,8 +227,9 @@ def report(table: engine.Table, meta: dict) -> str:
           "as Remark 5 predicts.*\n\n![trajectory](../figures/pruning_trajectory.png)\n\n*How far each later "
           "implicit predictor ŵ_t moves when one layer's attention is truncated (per task, relative to the "
           f"unpruned ŵ_t; median over {_analysis_tasks(table)} tasks, then over seeds). Pruning layer k leaves "
-          "ŵ_t for t < k exactly unchanged (Theorem 1; not drawn on the log scale). Look at whether the "
-          "change grows or shrinks on its way to the output.*\n")
+          "ŵ_t for t < k exactly unchanged (Theorem 1; not drawn on the log scale); a triangle on the top "
+          "edge: the median change is infinite (ŵ_t overflowed). Look at whether the change grows or shrinks on its way to the "
+          "output.*\n")
 
 
 def claims(table: engine.Table, meta: dict) -> list:
