@@ -51,19 +51,15 @@ def timings(loaded: dict, results: Path) -> str:
   rows = []
   for name, (_, meta) in loaded.items():
     prov = meta.get("provenance", {})
-    load = prov.get("load_avg")
     rows.append([f"`{name}`", meta["profile"], str(len(meta["seeds"])), f"{meta['seconds']:.0f}",
-                 str(prov.get("cpu_count") or "not recorded"),
-                 " / ".join(f"{x:.1f}" for x in load) if load else "not recorded"])
+                 str(prov.get("cpu_count") or "not recorded"), _load_text(prov.get("load_avg"))])
   out = text.table(["study", "profile", "seeds", "seconds", "CPUs", "load at the end (1 / 5 / 15 min)"], rows)
   run = results / "make_results.json"
   if run.exists():
     r = io.read_json(run)
     ran = [n for n in r.get("studies") or loaded if n in loaded]
     total = sum(loaded[n][1]["seconds"] for n in ran)
-    load = " / ".join(f"{x:.1f}" for x in r["load_avg"]) if r.get("load_avg") else "not recorded"
-    commits = ", ".join(((g or {}).get("commit") or "unrecorded")[:12] + (" (dirty)" if (g or {}).get("dirty") else "")
-                        for g in r.get("git") or []) or "not recorded"
+    load, commits = _load_text(r.get("load_avg")), _commits_text(r.get("git"))
     out += (f"\n\nThe last `make results` (profile `{r['profile']}`, commit {commits}) ran {len(ran)} studies, "
             f"{r['jobs']} at a time, whose own wall times (above) add up to {total / 60:.1f} minutes. It took "
             f"{r['wall_seconds'] / 60:.1f} minutes of wall time on {r['cpu_count']} CPUs ({r['machine']}; load at "
@@ -99,13 +95,20 @@ def profile_costs(results: Path) -> str:
 
 def _profile_row(r: dict) -> list[str]:
   seeds = sorted(set(r["seeds"].values()))
-  load = " / ".join(f"{x:.1f}" for x in r["load_avg"]) if r.get("load_avg") else "not recorded"
-  commits = ", ".join(((g or {}).get("commit") or "unrecorded")[:12] + (" (dirty)" if (g or {}).get("dirty") else "")
-                      for g in r.get("git") or []) or "not recorded"
   return [f"{r['wall_seconds'] / 60:.1f}", f"{len(r['studies'])}, {r['jobs']} at a time",
           f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]),
-          f"{sum(r['study_seconds'].values()) / 60:.1f}", f"{r['cpu_count']} ({r['machine']})", load,
-          "empty" if r["cached_models"] == 0 else f"{r['cached_models']} models", commits, r["finished"]]
+          f"{sum(r['study_seconds'].values()) / 60:.1f}", f"{r['cpu_count']} ({r['machine']})",
+          _load_text(r.get("load_avg")), "empty" if r["cached_models"] == 0 else f"{r['cached_models']} models",
+          _commits_text(r.get("git")), r["finished"]]
+
+
+def _load_text(load: list | None) -> str:
+  return " / ".join(f"{x:.1f}" for x in load) if load else "not recorded"
+
+
+def _commits_text(gits: list | None) -> str:
+  return ", ".join(((g or {}).get("commit") or "unrecorded")[:12] + (" (dirty)" if (g or {}).get("dirty") else "")
+                   for g in gits or []) or "not recorded"
 
 
 def device_check_table(results: Path) -> str:
@@ -122,13 +125,13 @@ def device_check_table(results: Path) -> str:
     machine = (f"{cpu['model'] or prov['machine']}" + (", AVX-512" if cpu["avx512"] else "")
                + f"; jax {prov['versions']['jax']}, jaxlib {prov['versions']['jaxlib']}")
     tol = r["tolerance"]
+    return (f"{r['seeds']} seeds and {r['configurations']} configurations on 1 device against {k} forced host "
+            f"devices ({machine}):\n\n" + text.table(["quantity", "float64", "float32"], rows)
+            + f"\n\nThe tests hold these to {tol['ulps']} ulp (losses, sweep metrics) and to "
+            f"{text.num(tol['params_rel']['float64'])} (float64) and {text.num(tol['params_rel']['float32'])} "
+            "(float32) relative (parameters); within them here: " + ("yes" if r["within_tolerance"] else "**no**") + ".")
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(f"{path} is not a record of `lintheory.run.device_check` ({type(e).__name__}: {e})") from None
-  return (f"{r['seeds']} seeds and {r['configurations']} configurations on 1 device against {k} forced host "
-          f"devices ({machine}):\n\n" + text.table(["quantity", "float64", "float32"], rows)
-          + f"\n\nThe tests hold these to {tol['ulps']} ulp (losses, sweep metrics) and to "
-          f"{text.num(tol['params_rel']['float64'])} (float64) and {text.num(tol['params_rel']['float32'])} (float32) "
-          "relative (parameters); within them here: " + ("yes" if r["within_tolerance"] else "**no**") + ".")
 
 
 def _ulp_text(u: float, n: int | None = None, differ: int | None = None) -> str:

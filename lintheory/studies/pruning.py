@@ -224,12 +224,17 @@ def report(table: engine.Table, meta: dict) -> str:
                         "(median over seeds)", "95 % CI over seeds", "seeds with deep < shallow"], rows)
           + "\n\n![damage](../figures/pruning_damage_by_layer.png)\n\n*Damage of pruning each layer, per module "
           "and seed (triangles on the zero line: overflow). Look at whether the curves fall from left to right, "
-          "as Remark 5 predicts.*\n\n![trajectory](../figures/pruning_trajectory.png)\n\n*How far each later "
-          "implicit predictor ŵ_t moves when one layer's attention is truncated (per task, relative to the "
-          f"unpruned ŵ_t; median over {_analysis_tasks(table)} tasks, then over seeds). Pruning layer k leaves "
-          "ŵ_t for t < k exactly unchanged (Theorem 1; not drawn on the log scale); a triangle on the top "
-          "edge: the median change is infinite (ŵ_t overflowed). Look at whether the change grows or shrinks on its way to the "
-          "output.*\n")
+          "as Remark 5 predicts.*\n" + _trajectory_caption(table))
+
+
+def _trajectory_caption(table: engine.Table) -> str:
+  if not table.where(measure="w_hat_rel_change").rows:  # only linear attention has an implicit trajectory
+    return ""
+  return ("\n![trajectory](../figures/pruning_trajectory.png)\n\n*How far each later implicit predictor ŵ_t "
+          "moves when one layer's attention is truncated (per task, relative to the unpruned ŵ_t; median over "
+          f"{_analysis_tasks(table)} tasks, then over seeds). Pruning layer k leaves ŵ_t for t < k exactly "
+          "unchanged (Theorem 1; not drawn on the log scale); a triangle on the top edge: the median change is "
+          "infinite (ŵ_t overflowed). Look at whether the change grows or shrinks on its way to the output.*\n")
 
 
 def claims(table: engine.Table, meta: dict) -> list:
