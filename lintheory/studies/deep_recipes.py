@@ -549,6 +549,15 @@ def report(table: engine.Table, meta: dict) -> str:
           "demonstrations' largest eigenvalue.*\n")
 
 
+def summary(table: engine.Table) -> str:
+  """Per depth, the recipe whose worst seed has the smallest mean error, against GD++, with the median task error."""
+  seeds = len(table.seeds(measure="model_mean"))
+  parts = [f"L={L} {d['recipe']}: worst seed's mean {text.num(d['worst_mean'])} (GD++ {text.num(d['gd_pp_mean'])}), "
+           f"median task error {text.num(d['median'])}" for L, d in decide(table).items()]
+  return (f"best recipe per depth over {seeds} seeds, {table.n_tasks('model_mean'):,} tasks per model: "
+          + "; ".join(parts))
+
+
 def claims(table: engine.Table, meta: dict) -> list:
   """No claim of the paper rests on this study: it chooses the training recipe (run.profiles.RECIPES)."""
   return []

@@ -201,6 +201,20 @@ def report(table: engine.Table, meta: dict) -> str:
           "the model follows is the lowest curve at every layer, not only at the last.*\n")
 
 
+def summary(table: engine.Table) -> str:
+  """Per depth at σ = 0, the closest reference's final relative distance, with its 95 % CI over seeds."""
+  parts = []
+  for L in table.unique("L", measure="w_rel_dist", sigma=0.0):
+    s = table.seeds(measure="w_rel_dist", sigma=0.0, L=L)
+    final = {k: table.values("w_rel_dist", sigma=0.0, L=L, reference=k, layer=L) for k in KINDS}
+    best = min(KINDS, key=lambda k: np.median(final[k]))
+    parts.append(f"L={L} {best} {text.num(final[best].mean(), 2)} {_ci_over_seeds(final[best])}")
+  L0 = table.unique("L", measure="model_mean")[0]
+  return (f"identity error ≤ {text.num(table.values('identity_max_abs_err').max(), 2)}; final ‖ŵ − w_ref‖/‖w_ref‖ "
+          f"to the closest reference, 95 % CI over {len(s)} seeds ({table.n_tasks('w_rel_dist', L=L0):,} tasks): "
+          + "; ".join(parts))
+
+
 def claims(table: engine.Table, meta: dict) -> list:
   """The identity is exact; the trajectory claim holds at a depth when the closest reference (by the
   final ŵ distance, median over seeds) is a GD variant within 10 % relative distance, CI over seeds."""

@@ -287,6 +287,17 @@ def report(table: engine.Table, meta: dict) -> str:
           "tasks is the trade; zero means the unpruned model was kept or the edit does nothing.*\n")
 
 
+def summary(table: engine.Table) -> str:
+  """Per p > 0, the mean gain of the edit chosen on w₀ tasks, on w₀ and on fresh tasks, with 95 % CIs."""
+  parts = []
+  for p in [p for p in table.unique("p", measure="gain") if p > 0]:
+    w0, fresh = (table.values("gain", p=p, edit="facts", tasks=k) for k in ("w0", "fresh"))
+    parts.append(f"p={p}: on w₀ {text.num(w0.mean())} {text.ci(*stats.seed_ci(w0))}, on fresh "
+                 f"{text.num(fresh.mean())} {text.ci(*stats.seed_ci(fresh))} ({w0.size} seeds, "
+                 f"{table.n_tasks('gain', p=p, edit='facts', tasks='w0'):,} tasks per set)")
+  return "gain (error units) of the edit chosen on w₀ tasks, 95 % CI over seeds: " + "; ".join(parts)
+
+
 def claims(table: engine.Table, meta: dict) -> list:
   """The trade holds when, at some p > 0, the edit chosen on w₀ tasks lowers their error (seed CI above 0)
   while raising the error on fresh tasks (seed CI below 0)."""

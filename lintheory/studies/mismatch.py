@@ -400,6 +400,19 @@ def _claim(table: engine.Table, regime: str, full_steps: int):
                f"L={k['L']}, the largest)", f"{text.ci(lo, hi, 2)} %", len(v["frac"]), calls)
 
 
+def summary(table: engine.Table) -> str:
+  """Per regime, the mismatched condition with the largest mean gain (% of headroom), with its 95 % CI."""
+  parts = []
+  for regime in REGIMES:
+    vs = [(k, verdict_of(table, k)) for k in condition_keys(table, regime)]
+    if vs:
+      k, v = max(vs, key=lambda kv: np.mean(kv[1]["frac"]))
+      parts.append(f"{regime}: {describe(k)}, L={k['L']} {text.num(100 * np.mean(v['frac']), 2)} % "
+                   f"{text.ci(100 * v['lo'], 100 * v['hi'], 2)} % ({len(v['frac'])} seeds, "
+                   f"{table.n_tasks('gain', **k):,} tasks)")
+  return "largest gain of the chosen edit, % of the headroom, 95 % CI over seeds: " + "; ".join(parts)
+
+
 def claims(table: engine.Table, meta: dict) -> list:
   """One verdict per regime: does the chosen edit lower the error (95 % t-interval over seeds above 0)
   where training and test differ? The in-distribution controls (mixed lengths, matched noise, full

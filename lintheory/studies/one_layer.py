@@ -189,6 +189,18 @@ def report(table: engine.Table, meta: dict) -> str:
           "matches, and for the anisotropic case a diagonal that follows Γ*, not η* I.*\n")
 
 
+def summary(table: engine.Table) -> str:
+  """Per case, the seeds' mean excess of the learned Γ_eff's exact error over the optimum, with its 95 % CI."""
+  parts = []
+  for case in table.unique("case"):
+    s = table.seeds(case=case, measure="Gamma_eff_exact_loss")
+    closed = table.value("closed_form", case=case, seed=None)
+    excess = 100 * (table.values("Gamma_eff_exact_loss", case=case) / closed - 1)
+    parts.append(f"{case} {text.num(excess.mean(), 2)} % {text.ci(*stats.seed_ci(excess), 2)} ({len(s)} seeds, "
+                 f"{table.n_tasks('model_mean', case=case, seed=s[0]):,} held-out tasks per seed)")
+  return "excess error of the learned step over the optimum (exact), 95 % CI over seeds: " + "; ".join(parts)
+
+
 def claims(table: engine.Table, meta: dict) -> list:
   """Holds when, in every case, the seeds' mean excess of the learned Γ_eff's exact error over the
   optimum has a 95 % CI below NEAR; depends when only some cases do."""

@@ -555,6 +555,22 @@ def _label(reg: dict) -> str:
   return f"{reg['model']} N={reg['shots']} V={reg['V']} σ_val={text.num(reg['val_noise'], 2)}"
 
 
+def summary(table: engine.Table) -> str:
+  """In the regime most favourable to SVD: its gain over the strongest null control, and Algorithm 1's gain
+  over the unpruned model, in % of the headroom with 95 % CIs over seeds."""
+  regs = regimes(table)
+  if not regs:
+    return "no regime whose means stand"
+  cs = {_label(r): (r, compare(table, r)) for r in regs}
+  best = max(cs, key=lambda k: np.min([v["diff"].mean() for v in cs[k][1]["vs"].values()]))
+  reg, c = cs[best]
+  ctl = min(c["vs"], key=lambda k: c["vs"][k]["diff"].mean())
+  return (f"{best}: SVD − {ctl} {text.num(100 * c['vs'][ctl]['diff'].mean(), 2)} % "
+          f"{text.ci(*(100 * x for x in c['vs'][ctl]['ci']), 2)} %, chosen vs unpruned "
+          f"{text.num(100 * c['svd'].mean(), 2)} % {text.ci(*(100 * x for x in c['svd_ci']), 2)} % of the headroom "
+          f"({c['svd'].size} seeds, {table.n_tasks('gain_mean', model=reg['model']):,} tasks per seed)")
+
+
 def claims(table: engine.Table, meta: dict) -> list:
   from lintheory.studies.verdicts import Claim
   regs = regimes(table)

@@ -163,6 +163,17 @@ def report(table: engine.Table, meta: dict) -> str:
           "elsewhere to mean anything.*\n")
 
 
+def summary(table: engine.Table) -> str:
+  """Per depth at the smallest pool, the chosen truncation's mean gain, with its 95 % CI over seeds."""
+  parts = []
+  for L in table.unique("L", measure="gain"):
+    p = _pools(table, L)[0]
+    g = table.values("gain", L=L, pool=p)
+    parts.append(f"L={L} P={_label(p)} {text.num(g.mean())} {text.ci(*stats.seed_ci(g))} ({g.size} seeds, "
+                 f"{table.n_tasks('gain', L=L, pool=p):,} tasks)")
+  return "gain of the chosen truncation (error units) at the smallest pool, 95 % CI over seeds: " + "; ".join(parts)
+
+
 def claims(table: engine.Table, meta: dict) -> list:
   """Holds when at the smallest pool the seeds' mean gain has a CI above 0 for some depth."""
   from lintheory.studies.verdicts import Claim

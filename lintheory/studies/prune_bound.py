@@ -253,6 +253,18 @@ def _tail_text(table) -> str:
   return ("\n\nWhat the bounds' tasks alone would have said about the gap: " + " ".join(out)) if out else ""
 
 
+def summary(table: engine.Table) -> str:
+  """Per depth and finite bound, the Spearman ρ between bound and measured gap, with its 95 % CI over seeds."""
+  parts = []
+  for L in table.unique("L", measure="gap"):
+    for bound, label in BOUNDS.items():
+      rho = per_seed(table, L, bound)["rho"]
+      rho = rho[np.isfinite(rho)]
+      ci = text.ci(*stats.seed_ci(rho), 2) if rho.size > 1 else "(no CI)"
+      parts.append(f"L={L} {label} {text.num(rho.mean(), 2) if rho.size else 'undefined'} {ci} ({rho.size} seeds)")
+  return "Spearman ρ(bound, gap) over pruned configurations, 95 % CI over seeds: " + "; ".join(parts)
+
+
 def claims(table: engine.Table, meta: dict) -> list:
   """Theorem 2 'explains' pruning when a finite valid version tracks the gap: ρ's CI over seeds above 0."""
   from lintheory.studies.verdicts import Claim

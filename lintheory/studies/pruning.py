@@ -237,6 +237,22 @@ def _trajectory_caption(table: engine.Table) -> str:
           "infinite (ŵ_t overflowed). Look at whether the change grows or shrinks on its way to the output.*\n")
 
 
+def summary(table: engine.Table) -> str:
+  """Per depth of the linear models, deep − shallow log10 damage of pruning attention, with its 95 % CI."""
+  table = engine.Table(table.where(measure="median_error").rows, table.keys)  # the only measure damage reads
+  parts = []
+  for m, L in _models(table):
+    if m != "linear":
+      continue
+    dms = deep_minus_shallow(table, m, L, "attn")
+    finite = dms[np.isfinite(dms)]
+    ci = text.ci(*stats.seed_ci(finite), 2) if finite.size > 1 else "(no CI)"
+    mean = text.num(finite.mean(), 2) if finite.size else "n/a"
+    parts.append(f"L={L} {mean} {ci} ({finite.size} of {dms.size} seeds finite)")
+  return ("deep − shallow log10 damage of pruning attention (< 0: deep layers more stable), 95 % CI over seeds, "
+          f"median task errors on {table.n_tasks('median_error'):,} tasks: " + "; ".join(parts))
+
+
 def claims(table: engine.Table, meta: dict) -> list:
   """Remark 5 holds for a module when the deep-minus-shallow damage has a CI over seeds below 0."""
   from lintheory.studies.verdicts import Claim
