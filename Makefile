@@ -4,6 +4,7 @@ SHELL := bash
 VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= default
+CACHE ?= runs
 export MPLBACKEND := Agg
 
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -23,7 +24,9 @@ test-all: $(BIN)/.installed
 
 # Studies write results/ (python -m lintheory.studies NAME), plots read results/ and write figures/,
 # the report reads results/ and writes docs/report.md and the generated blocks of README.md and
-# docs/scale-out.md;
+# docs/scale-out.md; a profile other than default uses results/PROFILE/, figures/PROFILE/ and
+# docs/report-PROFILE.md instead (each command derives them from --profile: lintheory.studies.engine.results_dir).
+# Every cache lives under CACHE (models and references in CACHE/cache, compiled programs in CACHE/jax_cache).
 # results/make_results.json and results/profiles/PROFILE.json record the wall time of the whole run. Two chains of studies run side by side
 # (JOBS=1 runs them one after another); a model two studies share is trained once (a file lock in
 # the cache), so the order only balances time. (Starting every study as soon as a slot freed,
@@ -32,10 +35,10 @@ STUDIES := pruning prune_bound paper_protocol implicit_gd one_layer mismatch in_
 JOBS ?= 2
 results: $(BIN)/.installed
 	@mkdir -p runs/logs
-	@start=$$(date +%s); cached=$$(ls runs/cache/*/params.npz 2>/dev/null | wc -l); \
+	@start=$$(date +%s); cached=$$(ls $(CACHE)/cache/*/params.npz 2>/dev/null | wc -l); \
 	  $(MAKE) --no-print-directory -j$(JOBS) $(addprefix study-,$(STUDIES)) && \
 	  $(BIN)/python -m lintheory.studies --record-wall $$start --profile $(PROFILE) --jobs $(JOBS) --cached-models $$cached
-	@grep -h "rows, .* failures" runs/logs/*.log
+	@grep -h -A1 "rows, .* failures" $(addprefix runs/logs/,$(addsuffix .log,$(STUDIES)))
 
 study-prune_bound: study-pruning
 study-paper_protocol: study-prune_bound
@@ -45,14 +48,14 @@ study-in_weights: study-mismatch
 study-positive_control: study-in_weights
 study-%: $(BIN)/.installed
 	@echo "== study $* ($(PROFILE)) started; its log: runs/logs/$*.log"
-	@set -o pipefail; $(BIN)/python -u -m lintheory.studies $* --profile $(PROFILE) 2>&1 | tee runs/logs/$*.log \
+	@set -o pipefail; $(BIN)/python -u -m lintheory.studies $* --profile $(PROFILE) --cache-dir $(CACHE) 2>&1 | tee runs/logs/$*.log \
 	  | sed -u "s/^/[$*] /"
 
 plots: $(BIN)/.installed
-	$(BIN)/python -m lintheory.plots --results results --figures figures
+	$(BIN)/python -m lintheory.plots --profile $(PROFILE)
 
 report: $(BIN)/.installed
-	$(BIN)/python -m lintheory.report --results results --out docs/report.md --docs README.md docs/scale-out.md
+	$(BIN)/python -m lintheory.report --profile $(PROFILE) --docs README.md docs/scale-out.md
 
 figures: results plots report
 

@@ -1,7 +1,8 @@
 """Figures from results files: results/<study>.csv → figures/<name>.png and .pdf.
 
 Plotting never trains: every number drawn was written by a study. Redrawing gives the same bytes.
-  python -m lintheory.plots --results results --figures figures [STUDY ...]
+  python -m lintheory.plots [--profile P] [--results DIR] [--figures DIR] [STUDY ...]
+A profile other than `default` reads results/P/ and draws into figures/P/.
 """
 
 from __future__ import annotations
@@ -16,24 +17,33 @@ from lintheory.studies import engine
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--results", default="results", help="directory of the studies' results files")
-  ap.add_argument("--figures", default="figures", help="output directory for PNG and PDF files")
+  ap.add_argument("--profile", choices=engine.PROFILE_NAMES, default=None,
+                  help="the profile whose results to draw (default: default, or the one --results holds)")
+  ap.add_argument("--results", default=None, help="directory of the studies' results files (default: the profile's, "
+                  "results/ or results/PROFILE/)")
+  ap.add_argument("--figures", default=None, help="output directory for PNG and PDF files (default: figures/ for the "
+                  "default profile, figures/PROFILE/ otherwise)")
   ap.add_argument("names", nargs="*", help=f"studies to draw (default: every one with results): {', '.join(studies.STUDIES)}")
   args = ap.parse_args(argv)
   unknown = [n for n in args.names if n not in studies.STUDIES]
   if unknown:
     ap.error(f"unknown studies {unknown}; choose from {', '.join(studies.STUDIES)}")
-  names = args.names or [n for n in studies.STUDIES if (Path(args.results) / f"{n}.csv").exists()]
+  results = Path(args.results) if args.results else engine.results_dir(args.profile or "default")
+  names = args.names or [n for n in studies.STUDIES if (results / f"{n}.csv").exists()]
   if not names:
-    print(f"plots: error: no results files in {args.results}", file=sys.stderr)
+    print(f"plots: error: no results files in {results}", file=sys.stderr)
     return 2
-  for name in names:
-    try:
-      table, meta = engine.load(args.results, name)
-    except ValueError as e:
-      print(f"plots: error: {e}", file=sys.stderr)
-      return 2
-    for p in engine.study_module(name).plot(table, meta, Path(args.figures)):
+  try:
+    loaded = {name: engine.load(results, name) for name in names}
+    held = engine.profile_of(loaded, results)
+    if args.profile and held != args.profile:
+      raise ValueError(f"{results} holds profile {held!r}'s results, not --profile {args.profile!r}'s")
+  except ValueError as e:
+    print(f"plots: error: {e}", file=sys.stderr)
+    return 2
+  figures = Path(args.figures) if args.figures else engine.figures_dir(held)
+  for name, (table, meta) in loaded.items():
+    for p in engine.study_module(name).plot(table, meta, figures):
       print(p)
   return 0
 

@@ -184,3 +184,115 @@ def test_every_study_has_the_four_profiles_and_enough_seeds(name):
   assert set(engine.PROFILE_NAMES) <= set(p)
   assert len(p["default"].train.seeds) >= 5 and len(p["long"].train.seeds) >= 5
   assert len(p["full"].train.seeds) >= 20
+
+
+# --- where outputs go: a profile's own directories, one cache root, smoke reports, summaries --------
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_each_profile_has_its_own_results_dir_under_one_root():
+  from pathlib import Path
+  assert engine.results_dir("default") == Path("results")  # the committed results
+  assert engine.figures_dir("default") == Path("figures") and engine.report_path("default") == Path("docs/report.md")
+  for p in ("tiny", "long", "full"):
+    assert engine.results_dir(p) == Path("results") / p and engine.figures_dir(p) == Path("figures") / p
+    assert engine.report_path(p) == Path(f"docs/report-{p}.md")
+  for p in engine.PROFILE_NAMES:
+    assert engine.results_root(engine.results_dir(p, "/x/r"), p) == Path("/x/r")
+  assert engine.cache_dirs("runs") == (Path("runs/cache"), Path("runs/jax_cache"))  # the paths of today's caches
+
+
+def test_a_tiny_run_writes_results_tiny_under_one_cache_root_and_refuses_default_files(ran, tmp_path, monkeypatch,
+                                                                                      capsys):
+  import shutil
+  from lintheory.run import compile_cache
+  root, flags = ran
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "results").mkdir()
+  for ext in ("csv", "json"):  # the committed default results, as in a fresh clone
+    shutil.copy(REPO / "results" / f"one_layer.{ext}", tmp_path / "results")
+  committed = {p.name: p.read_bytes() for p in (tmp_path / "results").iterdir()}
+  cache_root = root / "cache"  # the fixture's models: this run only evaluates them
+  before = compile_cache.directory()
+  try:
+    assert engine.main("one_layer", ["--profile", "tiny", "--cache-dir", str(cache_root)]) == 0
+  finally:
+    compile_cache.enable(before) if before else compile_cache.disable()
+  err = capsys.readouterr().err
+  assert (tmp_path / "results" / "tiny" / "one_layer.csv").exists()
+  assert engine.load(tmp_path / "results" / "tiny", "one_layer")[1]["profile"] == "tiny"
+  assert {p.name: p.read_bytes() for p in (tmp_path / "results").glob("one_layer.*")} == committed
+  assert not (tmp_path / "runs").exists()  # every cache went under --cache-dir
+  assert (cache_root / "jax_cache").is_dir() and any((cache_root / "cache").glob("*/params.npz"))
+  summary = next(line for line in err.splitlines() if line.startswith("one_layer: excess error"))
+  assert any(c.isdigit() for c in summary)
+  # Asked to write over the default profile's file, a tiny run refuses before it trains.
+  assert engine.main("one_layer", ["--profile", "tiny", "--results", "results", "--cache-dir", str(cache_root),
+                                   "--no-compile-cache"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "holds profile 'default'" in err and "--results results/tiny" in err
+  assert {p.name: p.read_bytes() for p in (tmp_path / "results").glob("one_layer.*")} == committed
+
+
+def test_a_profiles_plots_report_and_time_record_go_to_its_own_paths(ran, tmp_path, monkeypatch):
+  import shutil
+  import time
+  from lintheory import plots
+  from lintheory.studies import __main__ as studies_main
+  root, flags = ran
+  monkeypatch.chdir(tmp_path)
+  shutil.copytree(flags.results, tmp_path / "results" / "tiny", copy_function=shutil.copy)
+  shutil.copy(REPO / "results" / "one_layer.json", tmp_path / "results" / "one_layer.json")
+  default_meta = (tmp_path / "results" / "one_layer.json").read_bytes()
+  for stale in ("make_results.json", "profiles"):  # the other tests' records in the shared folder
+    p = tmp_path / "results" / "tiny" / stale
+    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+  assert studies_main.main(["--record-wall", str(time.time() - 60), "--profile", "tiny", "--jobs", "1",
+                            "--cached-models", "0"]) == 0
+  assert (tmp_path / "results" / "tiny" / "make_results.json").exists()
+  assert (tmp_path / "results" / "profiles" / "tiny.json").exists()  # beside the other profiles' records
+  assert plots.main(["--profile", "tiny", "one_layer"]) == 0
+  assert (tmp_path / "figures" / "tiny" / "one_layer_loss.png").exists()
+  assert not list((tmp_path / "figures").glob("*.png"))
+  readme = tmp_path / "README.md"
+  readme.write_text(f"{report.begin_marker('per-profile times')}\n{report.end_marker('per-profile times')}\n")
+  assert report.main(["--profile", "tiny", "--docs", str(readme)]) == 0
+  md = (tmp_path / "docs" / "report-tiny.md").read_text()
+  assert "](../figures/tiny/one_layer_loss.png)" in md and "](../figures/one_layer" not in md
+  assert "`results/tiny/one_layer.csv`" in md and "| `tiny` |" in readme.read_text()
+  assert not (tmp_path / "docs" / "report.md").exists()
+  assert (tmp_path / "results" / "one_layer.json").read_bytes() == default_meta
+  assert report.main(["--profile", "default", "--results", "results/tiny"]) == 2  # not the profile asked for
+
+
+def test_the_report_of_a_tiny_run_is_a_smoke_test_that_decides_nothing(ran):
+  from pathlib import Path
+  from lintheory.studies import verdicts
+  root, flags = ran
+  md = report.build(Path(flags.results))
+  assert md.startswith("# lintheory smoke test (profile `tiny`): decides nothing\n")
+  table = md.split("## Verdicts on the paper's claims")[1].split("## What each study cost")[0]
+  rows = [line.split(" | ") for line in table.strip().splitlines()[2:]]
+  assert len(rows) == len(verdicts.CLAIMS) and all(r[1] == verdicts.SMOKE for r in rows)
+  assert not [w for w in ("holds", "fails", "depends", "**") if w in table]
+
+
+def test_a_report_of_mixed_profiles_is_refused(ran, tmp_path, capsys):
+  import shutil
+  root, flags = ran
+  shutil.copytree(flags.results, tmp_path / "r", copy_function=shutil.copy)
+  for ext in ("csv", "json"):  # a default study beside tiny's one_layer
+    shutil.copy(REPO / "results" / f"implicit_gd.{ext}", tmp_path / "r")
+  assert report.main(["--results", str(tmp_path / "r"), "--out", str(tmp_path / "r.md")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "holds results of 2 profiles (default, tiny)" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", studies.STUDIES)
+def test_each_study_summarises_the_committed_results_in_one_line_with_a_number(name):
+  table, _ = engine.load(REPO / "results", name)
+  line = engine.study_module(name).summary(table)
+  assert "\n" not in line and any(c.isdigit() for c in line)
+  assert "[" in line or name == "deep_recipes"  # a CI, except where the study reports seeds' extremes

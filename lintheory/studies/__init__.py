@@ -1,7 +1,8 @@
 """One module per study; `python -m lintheory.studies NAME --profile default` runs one.
 
-Each writes results/NAME.csv (tidy) and results/NAME.json; `python -m lintheory.plots` draws every
-figure from those files and `python -m lintheory.report` writes docs/report.md from them.
+Each writes results/NAME.csv (tidy) and results/NAME.json (results/PROFILE/ for a profile other than
+default: engine.results_dir); `python -m lintheory.plots` draws every figure from those files and
+`python -m lintheory.report` writes docs/report.md from them.
 """
 
 # In the order the report presents them.

@@ -26,8 +26,9 @@ def record_wall(argv) -> int:
   ap.add_argument("--jobs", type=int, required=True, help="studies run side by side")
   ap.add_argument("--end", type=float, default=None, help="end of the run, seconds since the epoch (default: now)")
   ap.add_argument("--cached-models", type=int, required=True, help="trained models in runs/cache at the start")
-  ap.add_argument("--results", default="results")
+  ap.add_argument("--results", default=None, help="the studies' results directory (default: the profile's)")
   args = ap.parse_args(argv)
+  args.results = args.results or str(engine.results_dir(args.profile))
   wall = (time.time() if args.end is None else args.end) - args.record_wall
   if not 0 < wall < 30 * 86400 or args.jobs < 1 or args.cached_models < 0:
     print(f"--record-wall must be a start time in the last 30 days, --jobs >= 1 and --cached-models >= 0, got "
@@ -59,7 +60,7 @@ def record_wall(argv) -> int:
             "load_avg": provenance.load_avg(), "git": gits, "machine": prov.get("machine"),
             "finished": time.strftime("%Y-%m-%d", time.gmtime(time.time() if args.end is None else args.end))}
   io.write_json(f"{args.results}/make_results.json", record)
-  io.write_json(f"{args.results}/profiles/{args.profile}.json", record)
+  io.write_json(engine.results_root(args.results, args.profile) / "profiles" / f"{args.profile}.json", record)
   return 0
 
 

@@ -6,10 +6,14 @@ A study is a module of lintheory.studies with
   run(settings, ctx: Context) -> None      adds rows to ctx (never draws)
   plot(table, meta, figures: Path) -> list[Path]   reads only the table (never trains)
   report(table, meta) -> str                 Markdown; every number comes from the table
+  summary(table) -> str                      one line: the main number with its CI and seed/task counts
 
-Results are one tidy table per study, results/<NAME>.csv, one row per setting × seed × measure:
+Results are one tidy table per study, RESULTS/<NAME>.csv, one row per setting × seed × measure:
   the study's key columns, then seed ("" for a row that is not per seed), measure, value, n_tasks
-and results/<NAME>.json with the settings, provenance, seconds and the failure record.
+and RESULTS/<NAME>.json with the profile, settings, provenance, seconds and the failure record.
+RESULTS is results/ for the default profile (the committed results) and results/PROFILE/ otherwise
+(results_dir); a run never overwrites another profile's file. Every cache lives under one root
+(--cache-dir, default runs/): ROOT/cache and ROOT/jax_cache (cache_dirs).
 """
 
 from __future__ import annotations
@@ -157,13 +161,49 @@ class Context:
 PROFILE_NAMES = ("tiny", "default", "long", "full")
 
 
+SMOKE_PROFILES = ("tiny",)  # too few training steps and seeds to decide anything: the report says so
+RESULTS_ROOT, FIGURES_ROOT = "results", "figures"
+
+
+def results_dir(profile: str, root=RESULTS_ROOT) -> Path:
+  """Where a profile's results files go: root itself for `default` (the committed results), root/PROFILE
+  otherwise, so that no other profile's run lands on the committed files."""
+  return Path(root) if profile == "default" else Path(root) / profile
+
+
+def results_root(results, profile: str) -> Path:
+  """The root a profile's results directory hangs from (results_dir's inverse); its profiles/ holds every
+  profile's time record and its device_check.json the device check."""
+  results = Path(results)
+  return results.parent if profile != "default" and results.name == profile else results
+
+
+def figures_dir(profile: str, root=FIGURES_ROOT) -> Path:
+  """Where a profile's figures go (as results_dir)."""
+  return results_dir(profile, root)
+
+
+def report_path(profile: str) -> Path:
+  """docs/report.md for `default`, docs/report-PROFILE.md otherwise."""
+  return Path("docs/report.md" if profile == "default" else f"docs/report-{profile}.md")
+
+
+def cache_dirs(root) -> tuple[Path, Path]:
+  """Under one cache root: the models and fitted references (ROOT/cache), compiled XLA programs (ROOT/jax_cache)."""
+  return Path(root) / "cache", Path(root) / "jax_cache"
+
+
 @dataclasses.dataclass(frozen=True)
 class Flags:
   profile: str = "default"  # the study's PROFILES: tiny (tests), default and long (2 CPU cores), full (GPU)
   seeds: int = 0  # train seeds 0..S-1 instead of the profile's (0 keeps the profile's)
-  results: str = "results"  # directory for <study>.csv and <study>.json
-  cache_dir: str = "runs/cache"  # trained models and fitted references, shared by the studies
-  compile_cache: str = "runs/jax_cache"  # persistent XLA compilation cache ("" turns it off)
+  results: str = ""  # directory for <study>.csv and <study>.json (default: results/ for the default profile, results/PROFILE/ for another)
+  cache_dir: str = "runs"  # root of every cache: trained models and fitted references in ROOT/cache, XLA programs in ROOT/jax_cache
+  compile_cache: bool = True  # keep compiled XLA programs in CACHE_DIR/jax_cache across processes
+
+  @property
+  def results_path(self) -> Path:
+    return Path(self.results) if self.results else results_dir(self.profile)
 
 
 def study_module(name: str):
@@ -191,14 +231,15 @@ def run_study(name: str, flags: Flags) -> Path:
   from lintheory.run import provenance
   study = study_module(name)
   settings = settings_for(study, flags)
-  ctx = Context(study.KEYS, flags.cache_dir)
+  out = flags.results_path
+  refuse_other_profile(out / f"{name}.json", flags.profile)
+  ctx = Context(study.KEYS, str(cache_dirs(flags.cache_dir)[0]))
   prov = provenance.collect()  # the code that runs is the code at the start
   t0 = time.perf_counter()
   with precision.x64():  # analysis in float64; training and sweeps scope the precision of their weights
     study.run(settings, ctx)
   seconds = time.perf_counter() - t0
   table = Table(ctx.rows, study.KEYS)
-  out = Path(flags.results)
   meta = {"study": name, "profile": flags.profile, "settings": dataclasses.asdict(settings),
           "seeds": list(settings.train.seeds), "seconds": round(seconds, 1), "failures": ctx.failures,
           "n_rows": len(ctx.rows), "provenance": prov}
@@ -209,7 +250,30 @@ def run_study(name: str, flags: Flags) -> Path:
   io.atomic_write_bytes(out / f"{name}.csv", table.to_csv().encode())
   io.write_json(out / f"{name}.json", meta)
   ctx.log(f"{name}: {len(ctx.rows)} rows, {len(ctx.failures)} failures, {seconds:.1f} s → {out / name}.csv")
+  smoke = f" (profile {flags.profile}: a smoke test, it decides nothing)" if flags.profile in SMOKE_PROFILES else ""
+  ctx.log(f"{name}: {summary_line(study, table)}{smoke}")
   return out / f"{name}.csv"
+
+
+def summary_line(study, table: Table) -> str:
+  """The study's main number (its summary(table)); a table it cannot summarise says why, in the same line."""
+  try:
+    return study.summary(table)
+  except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as e:  # the results are written already
+    return f"no summary ({type(e).__name__}: {e})"
+
+
+def refuse_other_profile(meta_path: Path, profile: str) -> None:
+  """A results file of another profile is never overwritten (the committed default results above all)."""
+  if not meta_path.exists():
+    return
+  try:
+    held = io.read_json(meta_path).get("profile")
+  except (OSError, ValueError, AttributeError) as e:
+    raise ValueError(f"{meta_path} is not a study's results file ({e}); move it or pass another --results") from None
+  if held != profile:
+    raise ValueError(f"{meta_path} holds profile {held!r}'s results, not --profile {profile!r}'s; "
+                     f"pass --results {results_dir(profile)} (the default for {profile!r}) or another directory")
 
 
 def load(results: str | Path, name: str) -> tuple[Table, dict]:
@@ -222,6 +286,21 @@ def load(results: str | Path, name: str) -> tuple[Table, dict]:
     return Table.from_csv(text, study.KEYS), meta
   except (OSError, ValueError) as e:
     raise ValueError(f"{results / name}.csv/.json: {e}") from None
+
+
+def load_all(results: str | Path) -> dict[str, tuple[Table, dict]]:
+  """Every study with a results file in the directory, in the report's order."""
+  from lintheory import studies
+  return {name: load(results, name) for name in studies.STUDIES if (Path(results) / f"{name}.csv").exists()}
+
+
+def profile_of(loaded: dict[str, tuple[Table, dict]], where) -> str:
+  """The one profile the loaded results were run at; a directory that mixes profiles is refused."""
+  held = sorted({meta.get("profile") for _, meta in loaded.values()}, key=str)
+  if len(held) != 1:
+    raise ValueError(f"{where} holds results of {len(held)} profiles ({', '.join(map(str, held)) or 'none'}); "
+                     "a report or a set of figures is of one profile")
+  return held[0]
 
 
 # --- the command line, generated from Flags -------------------------------------------------
@@ -248,7 +327,8 @@ def add_dataclass_flags(ap: argparse.ArgumentParser, cls) -> None:
     if kind is bool:
       ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name))
     else:
-      ap.add_argument(flag, type=kind, default=f.default, help=f"{helps.get(f.name, '')} (default {f.default})")
+      shown = f" (default {f.default})" if f.default != "" else ""  # an empty default's comment says what it means
+      ap.add_argument(flag, type=kind, default=f.default, help=helps.get(f.name, "") + shown)
 
 
 def parse_flags(name: str, argv: Iterable[str] | None) -> Flags:
@@ -270,7 +350,7 @@ def main(name: str, argv: Iterable[str] | None = None) -> int:
   flags, debug = parse_flags(name, argv)
   try:
     if flags.compile_cache:
-      compile_cache.enable(flags.compile_cache)
+      compile_cache.enable(cache_dirs(flags.cache_dir)[1])
     run_study(name, flags)
   except (ValueError, OSError, RuntimeError) as e:
     if debug:

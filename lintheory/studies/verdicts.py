@@ -2,6 +2,8 @@
 
 Every study may define `claims(table, meta) -> list[Claim]`; the claims below are listed in this
 order, and a claim no loaded study decides is listed as "not decided" with the study that would.
+A study run at a smoke profile (engine.SMOKE_PROFILES) decides nothing: its claims keep their numbers
+but read SMOKE, without a verdict or the rule that would have made one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ CLAIMS = {  # claim id → (the paper's claim, the study that decides it)
 }
 
 
+SMOKE = "smoke test: not decided"
+
+
 class Claim(NamedTuple):
   id: str  # a key of CLAIMS
   verdict: str  # "holds", "fails", "depends: …"
@@ -37,16 +42,19 @@ class Claim(NamedTuple):
 
 
 def table(loaded: dict[str, tuple[engine.Table, dict]]) -> str:
-  found: dict[str, Claim] = {}
+  found: dict[str, tuple[Claim, str]] = {}
   for name, (tab, meta) in loaded.items():
     claims = getattr(engine.study_module(name), "claims", None)
     for c in claims(tab, meta) if claims else ():
-      found[c.id] = c
+      found[c.id] = c, meta["profile"]
+  smoke = bool(loaded) and all(meta["profile"] in engine.SMOKE_PROFILES for _, meta in loaded.values())
   rows = []
   for cid, (claim, study) in CLAIMS.items():
-    c = found.get(cid)
+    c, profile = found.get(cid, (None, None))
     if c is None:
-      rows.append([claim, "not decided", "", "", "", f"`{study}` has no results"])
+      rows.append([claim, SMOKE if smoke else "not decided", "", "", "", f"`{study}` has no results"])
+    elif profile in engine.SMOKE_PROFILES:
+      rows.append([claim, SMOKE, c.effect, c.ci, str(c.seeds), f"`{study}` at profile `{profile}`"])
     else:
       rows.append([claim, f"**{c.verdict}**", c.effect, c.ci, str(c.seeds), f"`{study}`: {c.detail}"])
   return text.table(["claim", "verdict", "effect", "95 % CI", "seeds", "study and regime"], rows)
