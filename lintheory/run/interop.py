@@ -18,6 +18,7 @@ from __future__ import annotations
 import io as _io
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -164,7 +165,8 @@ def _ahn_tensor(path: Path) -> tuple[np.ndarray, str]:
     if isinstance(state, dict) and "allparam" in state:
       return _as_numpy(state["allparam"]), "key 'allparam'"
     if isinstance(state, dict) and isinstance(state.get("hist_list"), (list, tuple)) and state["hist_list"]:
-      return _as_numpy(state["hist_list"][-1]), "the last entry of 'hist_list'"
+      # their train notebook appends a snapshot before each step: the last is one step before the end
+      return _as_numpy(state["hist_list"][-1]), "the last entry of 'hist_list' (taken before the last step)"
     if hasattr(state, "detach"):
       return _as_numpy(state), "the tensor"
     keys = sorted(state) if isinstance(state, dict) else type(state).__name__
@@ -287,7 +289,7 @@ def _vo_flat(path: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
     return _read_npz(path)
   if suffix in PICKLES:
     tree = _read_pickle(path, allow_pickle)
-    if not isinstance(tree, dict) or not all(isinstance(v, dict) for v in tree.values()):
+    if not isinstance(tree, Mapping) or not all(isinstance(v, Mapping) for v in tree.values()):
       raise _fail(path, "expected a Haiku parameter dict {module path: {param name: array}}")
     return {f"{m}/{p}": _as_numpy(a) for m, ps in tree.items() for p, a in ps.items()}
   raise _fail(path, f"has suffix {suffix!r}; format von-oswald reads .npz of '<module>/<param>' keys "
@@ -349,7 +351,8 @@ def _vo_layers(path: Path, modules: dict, n_layers) -> tuple[list[dict], str, bo
 
 
 def _vo_layer(path: Path, layer: dict, H: int, N: int) -> tuple[np.ndarray, ...]:
-  """One layer's Haiku projections → W_Q, W_K, W_V [H, D, D] and the per-head output blocks Wo [H, V, D]."""
+  """One layer's Haiku projections → W_Q, W_K [H, D, D], N·Wvᵀ [H, V, D] (W_V when W_O is kept), and the
+  per-head value and output blocks Wv [H, D, V], Wo [H, V, D] (docs/theory.md §16.2)."""
   q, k, v, o = (layer[p] for p in VO_PROJECTIONS)
   D = q.shape[0] if q.ndim == 2 else 0
   if q.ndim != 2 or D < 2 or k.shape != q.shape or v.ndim != 2 or v.shape[0] != D:
