@@ -407,7 +407,9 @@ def _load_von_oswald(path: Path, n_context, n_layers, n_heads, allow_pickle) -> 
                                           if deq else f"{len(layers)} per-layer attention modules (deq=False)"),
            f"{H} head(s); " + ("key_size = D: W_Q, W_K = query w, key w transposed per head; "
                                if K == D else "key_size != D: W_K = I, W_Q = key w · query wᵀ per head; ")
-           + f"W_V = N·(value w · linear w)ᵀ with N = {n_context} (their attention has no 1/N)",
+           + ("W_V = N·value wᵀ, W_O = linear wᵀ (one output block for all heads)" if keep_W_O
+              else "W_V = N·(value w · linear w)ᵀ per head")
+           + f", N = {n_context} (their attention has no 1/N)",
            "assumes their defaults the weights cannot show: include_query=False, y_update=False, "
            "dampening=1, no positional encoding, linear attention (use_softmax=False, sum_norm=False)"]
   return params, notes
