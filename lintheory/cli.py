@@ -1,4 +1,4 @@
-"""Command line: `lintheory train | analyze | prune | sweep`.
+"""Command line: `lintheory train | analyze | prune | sweep | import | export`.
 
 `train`'s flags are generated from the fields of TaskConfig, ModelConfig and TrainConfig (name, type,
 default and the field's comment), so a new field appears here by itself; ALIASES keeps older names.
@@ -689,12 +689,76 @@ def _sweep(args, run, out, cfg, modules) -> int:
 # --- entry point ---------------------------------------------------------------------------
 
 
+# --- import / export: other codebases' weights (docs/theory.md §16) ------------------------------
+
+
+def add_import(sub, common) -> None:
+  from lintheory.run.interop import FORMATS
+  p = sub.add_parser("import", parents=[common],
+                     help="convert another codebase's weights (Ahn et al., von Oswald et al., npz) into a run directory")
+  p.add_argument("--from", dest="fmt", required=True, choices=FORMATS, help="the file's format")
+  p.add_argument("path", help="the weights file")
+  p.add_argument("--out", required=True, help="run directory to write")
+  p.add_argument("--n-context", type=int_arg, default=None,
+                 help="N, demonstrations per prompt (von-oswald: required, their config.dataset_size; else default 20)")
+  p.add_argument("--layers", type=int_arg, default=None,
+                 help="von-oswald shared (deq) module: how often it is applied (their config.num_layers; default 1)")
+  p.add_argument("--heads", type=int_arg, default=None, help="von-oswald: their config.num_heads (default 1)")
+  p.add_argument("--allow-pickle", action="store_true",
+                 help="read a pickled Haiku dict (unpickling can run code: only files you trust)")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing run directory at --out")
+  p.set_defaults(func=cmd_import)
+
+
+def cmd_import(args) -> int:
+  from lintheory.run import interop, rundir
+  out = out_dir(args.out)
+  protect_out(out, args.overwrite)
+  for flag, value in (("--n-context", args.n_context), ("--layers", args.layers), ("--heads", args.heads)):
+    if value is not None:
+      _in_range(flag, value, 1, INT_MAX)
+  got = interop.load(args.fmt, args.path, n_context=args.n_context, n_layers=args.layers, n_heads=args.heads,
+                     allow_pickle=args.allow_pickle)
+  rundir.save_run(out, got.task, got.model, None, 0, got.params, {}, extra={"source": got.source},
+                  provenance=_provenance())
+  m = got.model
+  print(f"{out}: imported {args.fmt} {args.path} (sha256 {got.source['sha256'][:12]}): d={m.d}, "
+        f"{m.n_layers} layer(s), {m.n_heads} head(s){', W_O' if m.use_W_O else ''}, N={got.task.n_context}")
+  return 0
+
+
+def add_export(sub, common) -> None:
+  from lintheory.run.interop import FORMATS
+  p = sub.add_parser("export", parents=[common], help="write a run's weights in another codebase's format")
+  p.add_argument("--to", dest="fmt", required=True, choices=FORMATS, help="the format to write")
+  p.add_argument("run", help="run directory")
+  p.add_argument("path", help="the file to write (its suffix picks the container: .npy/.npz/.pt, .npz/.pkl)")
+  p.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                 help="dtype of the written arrays (default: the run's)")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing file at PATH")
+  p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+  from lintheory.run import interop, io, rundir
+  run = rundir.load_run(args.run)
+  path = Path(args.path)
+  if path.is_dir():
+    raise ValueError(f"PATH {path} is a directory; expected a file name")
+  if path.exists() and not args.overwrite:
+    raise ValueError(f"PATH {path} already exists; pass --overwrite to replace it")
+  io.check_writable_dir(path.parent, f"PATH {path}: its parent")
+  interop.export(args.fmt, run.params, run.model, path, n_context=run.task.n_context, dtype=args.dtype)
+  print(f"{path}: {args.fmt} weights of {run.path}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   common = Parser(add_help=False)
   common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
   parser = Parser(prog="lintheory", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
-  for add in (add_train, add_analyze, add_prune, add_sweep):
+  for add in (add_train, add_analyze, add_prune, add_sweep, add_import, add_export):
     add(sub, common)
   return parser
 
