@@ -16,11 +16,14 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 .PHONY: setup test test-all figures results plots report bench clean $(addprefix study-,$(STUDIES))
 setup: $(BIN)/.installed
 
+# The suite keeps one core busy (compiling small programs, mostly): two workers, one test file each at a
+# time (module fixtures are built once), use both cores of the 2-core machine. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-all: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m ''
 
 # Studies write results/ (python -m lintheory.studies NAME), plots read results/ and write figures/,
 # the report reads results/ and writes docs/report.md and the generated blocks of README.md and
