@@ -304,6 +304,17 @@ def test_uniform_per_query_loss_variance():
   assert_within_se(c, expected, k=5.0)
 
 
+def test_query_noise_share_of_a_sampled_error():
+  """Pure query noise, the mean of n_q squared errors (χ²_{n_q}/n_q): the share of the mean beyond the
+  (1 − 1/n) quantile is P(χ²_{n_q+2} > c_n), 4.9 % for n_q = 1 and 1.2 % for n_q = 16 at n = 200."""
+  from scipy.stats import chi2
+  from lintheory.core import stats
+  for n_q, pct in ((1, 0.049), (16, 0.012)):
+    closed = chi2.sf(chi2.ppf(1 - 1 / 200, n_q), n_q + 2)
+    assert closed == pytest.approx(pct, abs=5e-4)
+    assert stats.chi2_rare_share(n_q, 200) == pytest.approx(closed, rel=1e-9)
+
+
 # --- §7, §8: the kept rank -------------------------------------------------------------------------
 
 
