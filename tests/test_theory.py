@@ -15,6 +15,32 @@ def assert_within_se(errors, expected, k=4.0):
   assert abs(mean - expected) < k * se, f"Monte Carlo {mean:.5f} ± {se:.5f} vs closed form {expected:.5f}"
 
 
+# --- §5: the degree of the prediction ---------------------------------------------------------------
+
+
+def test_prediction_is_a_polynomial_of_degree_3_to_the_L_in_the_prompt():
+  """Scaling every token of the prompt by c, ŷ(c) of an L-layer linear-attention model is a polynomial
+  in c of degree 3^L (L = 2: 9), with a nonzero leading coefficient for generic weights."""
+  rng = np.random.default_rng(17)
+  d, N, L = 2, 4, 2
+  D = d + 1
+  W = [[rng.standard_normal((D, D)) * 0.5 for _ in range(3)] for _ in range(L)]
+  H0 = np.concatenate([rng.standard_normal((d, N + 1)), np.append(rng.standard_normal(N), 0.0)[None]], 0)
+
+  def y_hat(c):
+    H = c * H0
+    for W_Q, W_K, W_V in W:
+      Hs = H[:, :N]
+      H = H + W_V @ Hs @ Hs.T @ W_K.T @ W_Q @ H / N
+    return -H[-1, -1]
+
+  cs = np.cos(np.pi * (np.arange(24) + 0.5) / 24)  # Chebyshev nodes: a well-conditioned fit
+  coef = np.polynomial.chebyshev.chebfit(cs, [y_hat(c) for c in cs], 13)
+  scale = np.abs(coef).max()
+  assert np.abs(coef[10:]).max() < 1e-10 * scale
+  assert abs(coef[9]) > 1e-6 * scale
+
+
 # --- §6: the max-entropy step puts the expectation inside the log ------------------------------------
 
 
