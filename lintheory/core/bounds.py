@@ -24,7 +24,8 @@ Versions (docs/theory.md §6, §10):
 
 1. `paper_as_written`: d' = D² and −tr log C_t over all of R^{D×D}. C_t has rank ≤ N − 1 and, for
    linear attention, ≤ D(D+1)/2 < D² whatever N, so this is +∞: reported, never clipped.
-2. `bound_subspace` (a theorem): every g_{t,i} lies in the data-independent subspace
+2. `bound_subspace` (a theorem in its log-of-the-mean form, docs/theory.md §6; computed as below in
+   the per-prompt form, which is not an upper bound): every g_{t,i} lies in the data-independent subspace
      V_t = {Σ_h W_V^h X W_K^hᵀ W_Q^h (I + W_{t−1}) : X symmetric D×D}
    (proof: h_i h_iᵀ is symmetric, and the map is linear in X). V_t depends on the weights and on
    the previous iterate W_{t−1} only, on which the chain rule I(W; S) ≤ Σ_t I(W_t; S | W_{t−1})
@@ -566,7 +567,8 @@ def sweep_metrics(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg
   fixed across configurations. clip_M defaults to `default_clip_M(task_cfg)`. The CMI estimate draws
   its own cmi_tasks supersampled tasks from task_cfg with key(cmi_seed), the same for every
   configuration (cmi_seed=None drops the cmi_* columns). Keys:
-    bound_subspace     theorem, sqrt((R²/N) Σ_t E term_t) inside V_t (+inf: see subspace_inf_*)
+    bound_subspace     sqrt((R²/N) Σ_t E term_t) inside V_t, E over per-prompt terms (the paper's placement,
+                       not an upper bound: docs/theory.md §6) (+inf: see subspace_inf_*)
     bound_subspace_clipped   the same at R = M/2: a theorem for the clipped loss min(ℓ, M)
     subspace_sum       Σ_t E term_t (R-free)
     subspace_nonfinite, subspace_inf_frac, subspace_inf_reason (max REASONS code over layers, tasks)

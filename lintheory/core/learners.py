@@ -161,7 +161,8 @@ def gd1_loss_star(d: int, N: int, noise_std: float = 0.0) -> float:
 
 
 def gd1_loss_at(d: int, N_train: int, M_test: int) -> float:
-  """Noiseless one-step GD at η*(N_train) tested with M demonstrations: d[1 − 2/c_N + c_M/c_N²].
+  """Noiseless one-step GD at η*(N_train) tested with N′ = M_test demonstrations: d[1 − 2/c(N) + c(N′)/c(N)²]
+  with c(n) = (n + d + 1)/n (docs/theory.md §9).
 
   x, w ~ N(0, I) only.
   """
