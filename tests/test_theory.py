@@ -403,8 +403,8 @@ def test_rank_of_a_product_falls_when_an_end_factor_is_truncated_not_when_a_midd
 
 
 def test_dim_V_formula_and_the_W_K_example():
-  """dim V_t = r_V·r_Ω − k(k − 1)/2, k = dim(row W_V ∩ col Ω), on random low-rank cases; and the D = 3
-  example where truncating W_K raises dim V_t from 3 to 4."""
+  """dim V_t = r_V·r_Ω − k(k − 1)/2, k = dim(row W_V ∩ col Ω), on random low-rank cases; the D = 3
+  example where truncating W_K raises dim V_t from 3 to 4; the values d (GD) and d(d + 3)/2 (GD++)."""
   rng = np.random.default_rng(14)
   D = 5
   for _ in range(60):
@@ -423,6 +423,10 @@ def test_dim_V_formula_and_the_W_K_example():
   W_V = np.array([[3.0, 0, 1], [0, 2, 1], [0, 0, 0]])
   assert _dim_V(W_V, W_K.T @ W_Q) == 3
   assert _dim_V(W_V, _truncate(W_K, 2).T @ W_Q) == 4
+  for d in (2, 3, 5):  # GD++ at t = 1: W_V = diag(−γI_d, −η), Ω = diag(I_d, 0): d(d + 3)/2; GD (γ = 0): d
+    Omega = np.diag([1.0] * d + [0.0])
+    assert _dim_V(np.diag([-0.3] * d + [-0.7]), Omega) == d * (d + 3) // 2
+    assert _dim_V(np.diag([0.0] * d + [-0.7]), Omega) == d
 
 
 def test_noiseless_labels_confine_the_gradients_to_d_d_plus_1_over_2_dimensions():
