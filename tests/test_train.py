@@ -17,7 +17,8 @@ from lintheory.run.train import TrainConfig
 
 
 def test_one_layer_training_reaches_the_closed_form_optimum():
-  """Mahankali et al. / Ahn et al.: one layer converges to one GD step at η* (docs/theory.md §9)."""
+  """Mahankali et al. / Ahn et al. prove that the global minimiser of the population loss is one GD step
+  at η*; whether training reaches it is empirical, and this checks that it does here (docs/theory.md §9)."""
   d, N = 3, 10
   task, cfg = TaskConfig(d=d, n_context=N), ModelConfig(d=d)
   res = train.fit(task, cfg, TrainConfig(steps=300, batch_size=512, lr=1e-2, warmup=30, chunk=300), seeds=(0,))

@@ -24,7 +24,8 @@ Versions (docs/theory.md §6, §10):
 
 1. `paper_as_written`: d' = D² and −tr log C_t over all of R^{D×D}. C_t has rank ≤ N − 1 and, for
    linear attention, ≤ D(D+1)/2 < D² whatever N, so this is +∞: reported, never clipped.
-2. `bound_subspace` (a theorem): every g_{t,i} lies in the data-independent subspace
+2. `bound_subspace` (a theorem in its log-of-the-mean form, docs/theory.md §6; computed as below in
+   the per-prompt form, which is not an upper bound): every g_{t,i} lies in the data-independent subspace
      V_t = {Σ_h W_V^h X W_K^hᵀ W_Q^h (I + W_{t−1}) : X symmetric D×D}
    (proof: h_i h_iᵀ is symmetric, and the map is linear in X). V_t depends on the weights and on
    the previous iterate W_{t−1} only, on which the chain rule I(W; S) ≤ Σ_t I(W_t; S | W_{t−1})
@@ -39,7 +40,8 @@ Versions (docs/theory.md §6, §10):
    mixture over subspaces with no common reference measure, and restricting to it is not a bound.
    Like Theorem 2 it bounds the gap of the paper's NOISY learner (W_t = W_{t−1} + G_t + ξ_t,
    ξ_t ~ N(0, C_t)), whose noise-free mean is ŵ_L; and it keeps the paper's placement of E outside
-   the log (per task), whereas the max-entropy step gives log E[s_t + tr C_t] ≥ E log(...) (Jensen).
+   the log (per prompt), whereas the max-entropy step gives log E[ζ_t + tr C_t] ≥ E log(...) (Jensen,
+   ζ_t = ‖ΔW_t‖²‖I + W_{t−1}‖²): averaged logs are NOT an upper bound (docs/theory.md §6).
 3. `cmi_bound` (a theorem, no log det): the supersample loss-difference CMI bound (Steinke &
    Zakynthinou 2020; Harutyunyan et al. 2021; Wang & Mao 2023) for the clipped, quantised loss; see
    `supersample_cmi`. Finite: ≤ M·sqrt(2 log 2) + M/K whatever the learner.
@@ -356,10 +358,10 @@ def default_clip_M(task_cfg: TaskConfig) -> float:
 
 
 class CMI(NamedTuple):
-  bound: jax.Array  # M·mean_i sqrt(2 Î(Δ_i; U_i)) + M/K: bounds |gap of min(ℓ, M)| (a theorem at the true I)
-  mi: jax.Array  # mean_i Î(Δ_i; U_i) in nats (plug-in, ≤ log 2)
+  bound: jax.Array  # M·mean_i sqrt(2 Î(Δ_i; J_i)) + M/K: bounds |gap of min(ℓ, M)| (a theorem at the true I)
+  mi: jax.Array  # mean_i Î(Δ_i; J_i) in nats (plug-in, ≤ log 2)
   mi_bias: jax.Array  # Miller–Madow size of the plug-in bias, (cells − 1)/(2n), for scale
-  gap_clipped: jax.Array  # Monte Carlo gap of min(ℓ, M): mean of (−1)^{U_i} Δ_i
+  gap_clipped: jax.Array  # Monte Carlo gap of min(ℓ, M): mean of (−1)^{J_i} Δ_i
   gap_clipped_se: jax.Array  # its standard error over tasks
   gap: jax.Array  # Monte Carlo gap of the unclipped loss (unbiased for E gap at N shots)
   gap_se: jax.Array  # its standard error over tasks
@@ -388,18 +390,18 @@ def _plugin_mi(counts: jax.Array) -> jax.Array:
 
 def supersample_cmi(key: jax.Array, learner: Callable, task_cfg: TaskConfig, *, clip_M: float,
                     n_tasks: int = 128, n_coins: int = 8, levels: int = 16, dtype=jnp.float32) -> CMI:
-  """The loss-difference CMI bound, estimated by Monte Carlo (docs/theory.md §10).
+  """The loss-difference CMI bound, estimated by Monte Carlo (docs/theory.md §10, §15.2).
 
-  Per task: 2N demonstrations z̃_{i,0}, z̃_{i,1} (i ≤ N); fair coins U_i pick z̃_{i,U_i} for the
-  training set; ŵ = learner(chosen N) is deterministic; Δ_i = ℓ(ŵ, z̃_{i,1}) − ℓ(ŵ, z̃_{i,0}).
-  Then gap = E[(1/N) Σ_i (−1)^{U_i} Δ_i] exactly. Theorem (Wang & Mao 2023, loss-difference CMI):
-  for a loss in [0, M], given Δ_i = δ the product measure makes (−1)^{U'}δ a mean-zero variable in
+  Per task: 2N demonstrations z̃_{i,0}, z̃_{i,1} (i ≤ N); fair coins J_i (`U` below) pick z̃_{i,J_i}
+  for the training set; ŵ = learner(chosen N) is deterministic; Δ_i = ℓ(ŵ, z̃_{i,1}) − ℓ(ŵ, z̃_{i,0}).
+  Then gap = E[(1/N) Σ_i (−1)^{J_i} Δ_i] exactly. Theorem (Wang & Mao 2023, loss-difference CMI):
+  for a loss in [0, M], given Δ_i = δ the product measure makes (−1)^{J'}δ a mean-zero variable in
   [−M, M], cosh(λδ) ≤ e^{λ²M²/2}, and Donsker–Varadhan gives
-  |E (−1)^{U_i} Δ_i| ≤ sqrt(2M² I(Δ_i; U_i)),
-  so |gap| ≤ (M/N) Σ_i sqrt(2 I(Δ_i; U_i)) ≤ M·sqrt(2 log 2). Assumption: the bounded loss — we use
+  |E (−1)^{J_i} Δ_i| ≤ sqrt(2M² I(Δ_i; J_i)),
+  so |gap| ≤ (M/N) Σ_i sqrt(2 I(Δ_i; J_i)) ≤ M·sqrt(2 log 2). Assumption: the bounded loss — we use
   ℓ_q = (M/K)·⌊K·min(ℓ, M)/M⌋ (K = levels), whose Δ takes 2K + 1 values, so I is a discrete mutual
   information; since min(ℓ, M) − M/K < ℓ_q ≤ min(ℓ, M), |gap of min(ℓ, M)| ≤ that bound + M/K.
-  Î is the plug-in estimate per i over n_tasks × n_coins draws of (Δ_i, U_i) (consistent; biased
+  Î is the plug-in estimate per i over n_tasks × n_coins draws of (Δ_i, J_i) (consistent; biased
   up by about `mi_bias` when I ≈ 0). learner: (X [B, N, d], y [B, N]) → ŵ [B, d].
   """
   M = check_M(clip_M)
@@ -565,7 +567,8 @@ def sweep_metrics(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg
   fixed across configurations. clip_M defaults to `default_clip_M(task_cfg)`. The CMI estimate draws
   its own cmi_tasks supersampled tasks from task_cfg with key(cmi_seed), the same for every
   configuration (cmi_seed=None drops the cmi_* columns). Keys:
-    bound_subspace     theorem, sqrt((R²/N) Σ_t E term_t) inside V_t (+inf: see subspace_inf_*)
+    bound_subspace     sqrt((R²/N) Σ_t E term_t) inside V_t, E over per-prompt terms (the paper's placement,
+                       not an upper bound: docs/theory.md §6) (+inf: see subspace_inf_*)
     bound_subspace_clipped   the same at R = M/2: a theorem for the clipped loss min(ℓ, M)
     subspace_sum       Σ_t E term_t (R-free)
     subspace_nonfinite, subspace_inf_frac, subspace_inf_reason (max REASONS code over layers, tasks)

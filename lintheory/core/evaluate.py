@@ -196,9 +196,10 @@ def bayes_predictor(task_cfg: TaskConfig, X_BND: jax.Array, y_BN: jax.Array) -> 
 
   ŵ = Σ_w Xᵀ(X Σ_w Xᵀ + σ² I)⁻¹ y, which needs no inverse of Σ_w (a low-rank prior is fine). With
   σ = 0 the labels pin w = F z (F Fᵀ = Σ_w) to y = X F z exactly, and the posterior mean is F (X F)⁺ y:
-  the interpolant of least Σ_w-norm, which is w itself once X F has full column rank, and the
-  minimum-norm interpolant when N < d. No learner beats it in expected error: it is the floor of every
-  error curve.
+  the interpolant in range Σ_w of least Σ_w⁺-norm vᵀΣ_w⁺v, which is w itself once X F has full column
+  rank (N ≥ rank Σ_w for inputs in general position), and X⁺y only in special cases such as Σ_w ∝ I.
+  With a Gaussian prior and Gaussian noise no learner beats it in expected error: it is the floor of
+  every error curve.
   """
   Sw = jnp.asarray(tasks.as_cov("w_cov", task_cfg.w_cov, task_cfg.d, psd=True), X_BND.dtype)
   if task_cfg.noise_std == 0.0:

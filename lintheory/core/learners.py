@@ -57,7 +57,7 @@ def gd_plus_plus(X, y, x_q, eta, gamma, n_steps: int | None = None):
   N, d = X.shape[-2], X.shape[-1]
 
   def step(carry, eta_gamma):
-    Xt, r, A, w = carry  # current inputs, residuals, query map x_q^t = A x_q^0, predictor
+    Xt, r, A, w = carry  # current inputs, residuals, query map x_q^t = A x_q^0 (docs/theory.md §3's Ψ_t), predictor
     eta_t, gamma_t = eta_gamma
     grad = jnp.einsum("bnd,bn->bd", Xt, r) / N
     w = w + eta_t * jnp.einsum("bed,be->bd", A, grad)
@@ -74,13 +74,14 @@ def gd_plus_plus(X, y, x_q, eta, gamma, n_steps: int | None = None):
 
 
 # --- the same learners from the demonstrations' moments (docs/theory.md §3) -----------------------
-# GD and GD++ touch the demonstrations only through Σ̂ = XᵀX/N and b = Xᵀy/N, so their iterates follow
-# from (Σ̂, b) in O(d²) per task and step instead of O(N d). Per-task products are written as
+# GD and GD++ touch the demonstrations only through Σ̂ = XᵀX/N and b = Σ̂_xy = Xᵀy/N, so their iterates
+# follow from (Σ̂, b): per task and step O(d²) instead of O(N d) for GD, O(d³) instead of O(N d²) for
+# GD++ (it multiplies d×d matrices). Per-task products are written as
 # broadcast sums: XLA:CPU runs a batched dot of d×d matrices one task at a time.
 
 
 def moments(X: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(Σ̂ = XᵀX/N [B, d, d], b = Xᵀy/N [B, d]) of demonstrations X [B, N, d], y [B, N]."""
+  """(Σ̂ = XᵀX/N [B, d, d], b = Σ̂_xy = Xᵀy/N [B, d]) of demonstrations X [B, N, d], y [B, N]."""
   N = X.shape[-2]
   return (X[..., :, None] * X[..., None, :]).sum(-3) / N, (X * y[..., None]).sum(-2) / N
 
@@ -91,7 +92,7 @@ def _mv(A_BIJ: jax.Array, v_BJ: jax.Array) -> jax.Array:
 
 def gd_from_moments(Sigma_hat: jax.Array, b: jax.Array, eta, n_steps: int | None = None,
                     P: jax.Array | None = None) -> jax.Array:
-  """`gd` from (Σ̂, b): w_t = w_{t-1} + η_t P_t (b − Σ̂ w_{t-1}) → w_t [S, B, d]."""
+  """`gd` from (Σ̂, b = Σ̂_xy): w_t = w_{t-1} + η_t P_t (b − Σ̂ w_{t-1}) → w_t [S, B, d]."""
   etas = _steps(eta, n_steps if P is None or P.ndim == 2 else P.shape[0])
   S, d = etas.shape[0], b.shape[-1]
   Ps = jnp.broadcast_to(jnp.eye(d, dtype=b.dtype) if P is None else P, (S, d, d))
@@ -104,11 +105,11 @@ def gd_from_moments(Sigma_hat: jax.Array, b: jax.Array, eta, n_steps: int | None
 
 
 def gd_plus_plus_from_moments(Sigma_hat: jax.Array, b: jax.Array, eta, gamma, n_steps: int | None = None) -> jax.Array:
-  """`gd_plus_plus` from (Σ̂, b) → ŵ_t [S, B, d].
+  """`gd_plus_plus` from (Σ̂, b = Σ̂_xy) → ŵ_t [S, B, d] (docs/theory.md §3).
 
   With B_t = I − γ_t Σ̂_t the inputs move as X_{t+1} = X_t B_t, so Σ̂_{t+1} = B_t Σ̂_t B_t, the
   gradient g_t = X_tᵀ r_t / N follows g_{t+1} = B_t (g_t − η_t Σ̂_t g_t), and the query map
-  A_{t+1} = B_t A_t; ŵ_{t+1} = ŵ_t + η_t A_tᵀ g_t.
+  Ψ_{t+1} = B_t Ψ_t (`A` below); ŵ_{t+1} = ŵ_t + η_t Ψ_tᵀ g_t. O(d³) per task and step.
   """
   etas = _steps(eta, n_steps)
   gammas = _steps(gamma, etas.shape[0])
@@ -127,7 +128,7 @@ def gd_plus_plus_from_moments(Sigma_hat: jax.Array, b: jax.Array, eta, gamma, n_
 
 
 def ridge(X: jax.Array, y: jax.Array, lam: float) -> jax.Array:
-  """(XᵀX + λI)⁻¹ Xᵀy → [B, d]; λ = σ² is the Bayes posterior mean for w ~ N(0, I)."""
+  """(XᵀX + λI)⁻¹ Xᵀy → [B, d]; λ = σ² is the posterior mean for w ~ N(0, I) and Gaussian noise."""
   d = X.shape[-1]
   A = jnp.einsum("bnd,bne->bde", X, X) + lam * jnp.eye(d, dtype=X.dtype)
   return jnp.linalg.solve(A, jnp.einsum("bnd,bn->bd", X, y)[..., None])[..., 0]
@@ -160,7 +161,8 @@ def gd1_loss_star(d: int, N: int, noise_std: float = 0.0) -> float:
 
 
 def gd1_loss_at(d: int, N_train: int, M_test: int) -> float:
-  """Noiseless one-step GD at η*(N_train) tested with M demonstrations: d[1 − 2/c_N + c_M/c_N²].
+  """Noiseless one-step GD at η*(N_train) tested with N′ = M_test demonstrations: d[1 − 2/c(N) + c(N′)/c(N)²]
+  with c(n) = (n + d + 1)/n (docs/theory.md §9).
 
   x, w ~ N(0, I) only.
   """

@@ -23,8 +23,8 @@ PAPER_RATES = (0.0, 0.1, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995)
 MODULES = {"q": ("W_Q",), "k": ("W_K",), "v": ("W_V",), "o": ("W_O",),
            "attn": ("W_Q", "W_K", "W_V", "W_O"), "mlp": ("W_1", "W_2"),
            "all": ("W_Q", "W_K", "W_V", "W_O", "W_1", "W_2")}
-# min(m, n)·(1 − ξ) is floored after adding this, so round-off such as 20·(1 − 0.95) =
-# 0.99999… or 10·(1 − 0.9) = 8.99999… still keeps the rank the exact arithmetic gives.
+# min(m, n)·(1 − ξ) is floored after adding this, so float64 round-off such as 10·(1 − 0.9) =
+# 0.9999999999999998 still keeps the rank the exact arithmetic gives (docs/theory.md §7).
 _RATE_TOL = 1e-9
 
 

@@ -95,7 +95,8 @@ def predict(kind: str, theta: dict, batch: Batch, L: int) -> tuple[jax.Array, ja
 
 def final_iterate(kind: str, theta: dict, Sigma_hat: jax.Array, b: jax.Array, L: int) -> jax.Array:
   """`predict`'s last iterate w_L [B, d] from the demonstrations' moments (learners.moments), the
-  form fitting uses: O(d²) per task and step instead of O(N d)."""
+  form fitting uses: per task and step O(d²) instead of O(N d) for GD, O(d³) instead of O(N d²) for
+  GD++ (docs/theory.md §3)."""
   if kind == "gd_pp":
     return learners.gd_plus_plus_from_moments(Sigma_hat, b, theta["eta"], theta["gamma"], L)[-1]
   if kind == "precond":
