@@ -278,7 +278,10 @@ def _provenance() -> dict:
 
 def add_train(sub, common) -> None:
   p = sub.add_parser("train", parents=[common],
-                     help="train a linear-attention transformer on in-context regression")
+                     help="train a linear-attention transformer on in-context regression",
+                     epilog="exit status: 0 trained (with a warning on stderr, and learned: false in metrics.json, "
+                            "when the final loss does not beat the zero predictor ŷ = 0); 1 training diverged (the "
+                            "run is saved, diverged: true); 2 bad input (nothing written)")
   from lintheory.run import recipes
   add_config_flags(p, train_classes().values(),
                    defaults={f: f"by depth, {recipes.describe(f)}" for f in recipes.FIELDS})
@@ -387,14 +390,15 @@ def _train(args, out, saved, task, model, tcfg, seed) -> int:
                   checkpoint=rundir.checkpoint_arrays(res.state.opt_state, res.state.step, losses),
                   provenance=prov)
   print(f"{out}: final_loss {ev['loss']:.4f} ± {ev['loss_se']:.4f}, one-step GD at η* "
-        f"{ev['gd1_loss']:.4f}, closed form {closed:.4f}, zero predictor {ev['zero_loss']:.4f}, {res.seconds:.1f} s")
+        f"{ev['gd1_loss']:.4f}, closed form {closed:.4f}, zero predictor {ev['zero_loss']:.4f}, "
+        f"{res.seconds:.1f} s")
   if metrics["diverged"]:  # exit 1: the run is saved, but its weights are no trained model
     print(f"lintheory train: error: training diverged: {metrics['divergence']}", file=sys.stderr)
     return 1
   if not metrics["learned"]:  # exit 0: a finished run (an untrained baseline may be wanted), flagged
-    print(f"lintheory train: warning: the model did not learn: its final loss {ev['loss']:.4g} is not below "
-          f"the zero predictor's (ŷ = 0) {ev['zero_loss']:.4g} by 2 standard errors; train longer (--steps) or check --lr and "
-          "--warmup", file=sys.stderr)
+    print(f"lintheory train: warning: the model did not learn: its final loss {ev['loss']:.4g} is not below the "
+          f"zero predictor's (ŷ = 0) {ev['zero_loss']:.4g} by 2 standard errors; train longer (--steps) or check "
+          "--lr and --warmup", file=sys.stderr)
   return 0
 
 
