@@ -82,6 +82,7 @@ def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
 
 def optax_chunk(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: train.TrainConfig, n_steps: int):
   """The training loop as it was before the NNX model: parameter dict + optax, same signature."""
+  train_cfg = train.resolve(train_cfg, model_cfg)
   tx = train.optimizer(train_cfg)
 
   def one_seed(params, opt_state, key, pool_key, step0):

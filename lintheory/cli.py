@@ -91,15 +91,19 @@ def _in_range(flag: str, value: int, lo: int, hi: int) -> int:
 
 
 def field_comments(cls) -> dict[str, str]:
-  """field name → its trailing comment in the class source (continuation comment lines appended)."""
-  out, last = {}, None
+  """field name → its trailing comment in the class source.
+
+  A comment line whose text starts in the column of the field's comment text continues it; any
+  other line (a section comment, the next field) ends it."""
+  out, last, column = {}, None, None
   for line in inspect.getsource(cls).splitlines():
     m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
+    c = re.match(r"\s+#\s*(.*)$", line)
     if m and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
-      last = m.group(1)
+      last, column = m.group(1), m.start(2)
       out[last] = m.group(2).strip()
-    elif last and re.match(r"\s+#\s*(.*)$", line):
-      out[last] += " " + line.strip().lstrip("#").strip()
+    elif last and c and c.group(1) and c.start(1) == column:
+      out[last] += " " + c.group(1).strip()
     else:
       last = None
   return out
@@ -121,8 +125,12 @@ def _kind(f: dataclasses.Field) -> tuple[str, bool]:
   return base, optional
 
 
-def add_config_flags(p: argparse.ArgumentParser, classes, aliases=ALIASES) -> dict[str, str]:
-  """One flag per field of the dataclasses (a name shared by several is one flag); → dest per field."""
+def add_config_flags(p: argparse.ArgumentParser, classes, aliases=ALIASES,
+                     defaults: dict[str, str] | None = None) -> dict[str, str]:
+  """One flag per field of the dataclasses (a name shared by several is one flag); → dest per field.
+
+  defaults: the text --help gives as a field's default instead of its value (fields whose None
+  stands for something else, such as the recipe for the model's depth)."""
   dests = {}
   for cls in classes:
     comments = field_comments(cls)
@@ -133,7 +141,7 @@ def add_config_flags(p: argparse.ArgumentParser, classes, aliases=ALIASES) -> di
       dest = f"cfg_{f.name}"
       names = [flag_of(f.name), *aliases.get(f.name, ())]
       default = f.default if f.default is not dataclasses.MISSING else None
-      help_ = f"{comments.get(f.name, f.name)} (default: {default})"
+      help_ = f"{comments.get(f.name, f.name)} (default: {(defaults or {}).get(f.name, default)})"
       kw = {"dest": dest, "default": argparse.SUPPRESS, "help": help_}
       if kind == "bool":
         p.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
@@ -270,8 +278,13 @@ def _provenance() -> dict:
 
 def add_train(sub, common) -> None:
   p = sub.add_parser("train", parents=[common],
-                     help="train a linear-attention transformer on in-context regression")
-  add_config_flags(p, train_classes().values())
+                     help="train a linear-attention transformer on in-context regression",
+                     epilog="exit status: 0 trained (with a warning on stderr, and learned: false in metrics.json, "
+                            "when the final loss does not beat the zero predictor ŷ = 0); 1 training diverged (the "
+                            "run is saved, diverged: true); 2 bad input (nothing written)")
+  from lintheory.run import recipes
+  add_config_flags(p, train_classes().values(),
+                   defaults={f: f"by depth, {recipes.describe(f)}" for f in recipes.FIELDS})
   p.add_argument("--seed", type=int_arg, default=None, help="model and data seed, in [0, 2**31 - 1] (default: 0)")
   p.add_argument("--eval-tasks", type=int_arg, default=10_000, help="fresh tasks for the final metrics (>= 1)")
   p.add_argument("--checkpoint-every", type=int_arg, default=1000,
@@ -285,7 +298,7 @@ def add_train(sub, common) -> None:
 
 def _train_setup(args):
   """Configurations, seed and the saved run (when resuming), all validated; nothing written."""
-  from lintheory.run import io, rundir
+  from lintheory.run import io, rundir, train
   out = out_dir(args.out)
   saved, base = None, None
   if args.resume:
@@ -298,6 +311,7 @@ def _train_setup(args):
     check_memory("--d", d, 1, lambda v: 4 * 8 * (v + 1) ** 2)
   cfg = build_configs(args, train_classes(), base)
   task, model, tcfg = cfg["task"], cfg["model"], cfg["train"]
+  tcfg = train.resolve(tcfg, model)  # what a flag leaves out comes from the recipe for this depth
   seed = args.seed if args.seed is not None else (saved.seed if saved else 0)
   _in_range("--seed", seed, *rundir.SEED_RANGE)
   _in_range("--checkpoint-every", args.checkpoint_every, 1, INT_MAX)
@@ -370,19 +384,21 @@ def _train(args, out, saved, task, model, tcfg, seed) -> int:
       "eta_star": learners.eta_star(task.d, task.n_context, task.noise_std),
       "closed_form_loss": closed, "ridge_loss": ev["ridge_loss"],
       "eval_tasks": args.eval_tasks, "seconds": res.seconds, "step": res.state.step,
-      "finished": res.diverged is None, "diverged": res.diverged, "skipped_steps": int(res.skipped[0]),
+      "finished": res.diverged is None, "skipped_steps": int(res.skipped[0]), **train.outcome(ev, res.diverged),
   }
   rundir.save_run(out, task, model, tcfg, seed, params, metrics, losses[0],
                   checkpoint=rundir.checkpoint_arrays(res.state.opt_state, res.state.step, losses),
                   provenance=prov)
   print(f"{out}: final_loss {ev['loss']:.4f} ± {ev['loss_se']:.4f}, one-step GD at η* "
-        f"{ev['gd1_loss']:.4f}, closed form {closed:.4f}, {res.seconds:.1f} s")
-  if res.diverged:
-    print(f"lintheory train: error: {res.diverged}", file=sys.stderr)
+        f"{ev['gd1_loss']:.4f}, closed form {closed:.4f}, zero predictor {ev['zero_loss']:.4f}, "
+        f"{res.seconds:.1f} s")
+  if metrics["diverged"]:  # exit 1: the run is saved, but its weights are no trained model
+    print(f"lintheory train: error: training diverged: {metrics['divergence']}", file=sys.stderr)
     return 1
-  if not math.isfinite(ev["loss"]):
-    print(f"lintheory train: error: the final loss on {args.eval_tasks} tasks is not finite", file=sys.stderr)
-    return 1
+  if not metrics["learned"]:  # exit 0: a finished run (an untrained baseline may be wanted), flagged
+    print(f"lintheory train: warning: the model did not learn: its final loss {ev['loss']:.4g} is not below the "
+          f"zero predictor's (ŷ = 0) {ev['zero_loss']:.4g} by 2 standard errors; train longer (--steps) or check "
+          "--lr and --warmup", file=sys.stderr)
   return 0
 
 
@@ -423,11 +439,12 @@ def _tails(params, run, refs, args) -> dict:
 
 
 def _analysis_layers(out: dict) -> list[dict]:
-  """analysis.analyze's per-layer lists → one record per layer t = 1..L."""
+  """analysis.analyze's per-layer lists → one record per layer k = 0..L−1 (prune --layer's index),
+  holding what the model has after that layer (its iterate ŵ, its prediction's loss)."""
   lay = out["layers"]
   recs = []
   for t in range(len(lay["model_loss"])):
-    rec = {"layer": t + 1}
+    rec = {"layer": t}
     rec.update({k: v[t] for k, v in lay.items() if k != "references"})
     rec["references"] = {kind: {k: v[t] for k, v in m.items()} for kind, m in lay["references"].items()}
     recs.append(rec)
@@ -464,7 +481,7 @@ def _analyze(args, loaded, fit_cfg, cache) -> int:
   from lintheory.run import analysis, io, references
 
   prov = _provenance()
-  finals = []
+  finals = {}  # architecture (task and model) → the final losses of its runs
   for run in loaded:
     params = {k: jnp.asarray(v, jnp.float64) for k, v in run.params.items()}
     refs = references.fitted(run.task, run.model.n_layers, fit_cfg, cache)
@@ -484,7 +501,7 @@ def _analyze(args, loaded, fit_cfg, cache) -> int:
               "params_sha256": run.manifest["files"]["params.npz"], "provenance": prov}
     io.write_json(run.path / "analysis.json", result)
     fl = out["final"]["losses"]
-    finals.append(fl)
+    finals.setdefault(_architecture(run), []).append(fl)
     t = tails["model"]
     print(f"{run.path}: expected error (÷ d) on {t['n']:,} tasks: mean {t['mean']:.4g} "
           f"[{t['mean_ci_lo']:.4g}, {t['mean_ci_hi']:.4g}], median {t['median']:.4g}, p99 {t['p99']:.4g}, "
@@ -492,11 +509,20 @@ def _analyze(args, loaded, fit_cfg, cache) -> int:
     print(f"{run.path / 'analysis.json'}: L={run.model.n_layers} identity max |err| {ident['max_abs_err']:.1e} "
           f"(exact={ident['exact']}); loss model {fl['model']:.4f}, "
           + ", ".join(f"{k} {fl[k]:.4f}" for k in (*references.KINDS, "ridge")))
-  if len(finals) > 1:
-    for k in finals[0]:
-      v = np.array([f[k] for f in finals])
-      print(f"  over {len(v)} runs: {k} loss {v.mean():.4f} ± {v.std(ddof=1):.4f} (sd)")
+  for arch, group in finals.items():  # only runs of one task and model are pooled
+    if len(group) > 1:
+      print(f"over {len(group)} runs of {arch}:")
+      for k in group[0]:
+        v = np.array([f[k] for f in group])
+        print(f"  {k} loss {v.mean():.4f} ± {v.std(ddof=1):.4f} (sd)")
   return 0
+
+
+def _architecture(run) -> str:
+  """A run's task and model configuration, as the fields that differ from the defaults."""
+  parts = [f"{k}={v}" for cfg in (run.task, run.model) for k, v in dataclasses.asdict(cfg).items()
+           if v != getattr(type(cfg), k, None) or k in ("d", "n_context", "n_layers")]
+  return ", ".join(dict.fromkeys(parts))
 
 
 # --- prune / sweep (SVD pruning) ----------------------------------------------------------

@@ -31,13 +31,17 @@ def test_analyze_a_trained_run(tmp_path, cache, capsys, monkeypatch):
   run = tmp_path / "run"
   assert cli.main(["train", "--d", "3", "--n-context", "5", "--layers", "2", "--steps", "30", "--batch-size", "64",
                    "--eval-tasks", "64", "--out", str(run)]) == 0
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
   assert cli.main(["analyze", str(run), "--cache-dir", str(cache)] + FAST) == 0
+  assert not any(cwd.iterdir())  # only --cache-dir is written to, no runs/cache here
   assert "analysis.json" in capsys.readouterr().out
   a = json.loads((run / "analysis.json").read_text())
   for key in ("run", "task", "model", "identity", "layers", "final", "interpolation", "references", "fit"):
     assert key in a, key
   assert a["identity"]["exact"] is True and a["identity"]["max_abs_err"] < 1e-10
-  assert [rec["layer"] for rec in a["layers"]] == [1, 2]
+  assert [rec["layer"] for rec in a["layers"]] == [0, 1]  # prune --layer's indices
   for rec in a["layers"]:
     assert rec["identity_max_abs_err"] < 1e-10
     assert set(rec["references"]) == set(references.KINDS)
@@ -53,8 +57,10 @@ def test_analyze_a_trained_run(tmp_path, cache, capsys, monkeypatch):
   other = saved_run(tmp_path / "other", n_heads=2, use_W_O=True)
   other_task = TaskConfig(d=3, n_context=5)
   assert references.cache_path(other_task, 2, references.FitConfig(steps=20), cache).exists()
-  assert cli.main(["analyze", str(run), str(other), "--cache-dir", str(cache)] + FAST) == 0
-  assert "over 2 runs" in capsys.readouterr().out
+  same = saved_run(tmp_path / "same")  # the trained run's task and model
+  assert cli.main(["analyze", str(run), str(other), str(same), "--cache-dir", str(cache)] + FAST) == 0
+  out = capsys.readouterr().out
+  assert out.count("over ") == 1 and "over 2 runs of d=3, n_context=5, n_layers=2:" in out  # not pooled with `other`
   b = json.loads((other / "analysis.json").read_text())
   assert b["identity"]["exact"] is True and b["identity"]["max_abs_err"] < 1e-10
   assert b["interpolation"]["reason"] is not None  # two heads do not merge

@@ -8,6 +8,7 @@ import pytest
 from lintheory import cli
 from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
+from lintheory.run import recipes
 from lintheory.run.train import TrainConfig
 
 OLD_FLAGS = ["--d", "--n-context", "--layers", "--steps", "--batch-size", "--seed", "--noise-std", "--out",
@@ -31,7 +32,8 @@ def test_every_config_field_is_a_flag_with_its_comment_as_help():
       seen.add(f.name)
       action = options[cli.flag_of(f.name)]
       assert comments[f.name] and action.help.startswith(comments[f.name]), f.name
-      assert f"(default: {f.default})" in action.help
+      default = f"by depth, {recipes.describe(f.name)}" if f.name in recipes.FIELDS else f.default
+      assert f"(default: {default})" in action.help
 
 
 def test_todays_flag_names_still_work():
@@ -101,3 +103,32 @@ def test_debug_shows_the_traceback_and_bugs_are_not_blamed_on_the_user(tmp_path,
   assert cli.main(["analyze"]) == 1
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "TypeError: an internal mistake" in err and "--debug" in err
+
+
+def test_help_exits_0_and_each_flag_has_its_own_text(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["train", "--help"])
+  assert e.value.code == 0
+  out = " ".join(capsys.readouterr().out.split())
+  assert "--tail-scale TAIL_SCALE the largest demonstration scale" in out
+  assert "L <= 2: float32; L >= 3: float64" in out and "L <= 2: 0.005" in out  # the recipes' defaults
+  task, train_ = cli.field_comments(TaskConfig), cli.field_comments(TrainConfig)
+  assert task["n_context_min"].endswith("0: all N") and "In-weights" not in task["n_context_min"]
+  assert "fixed pool of P prompts" in train_["pool_size"]  # an aligned continuation line still continues
+
+  @dataclasses.dataclass(frozen=True)
+  class Sections:
+    a: int = 0  # first text,
+    #             continued
+    # A section comment, not a's.
+    b: int = 0  # b's own text
+  assert cli.field_comments(Sections) == {"a": "first text, continued", "b": "b's own text"}
+
+
+def test_studies_help_lists_the_studies_and_their_flags(capsys):
+  from lintheory import studies
+  from lintheory.studies.__main__ import main
+  assert main(["--help"]) == 0
+  out = capsys.readouterr().out
+  assert all(name in out for name in studies.STUDIES) and "--profile" in out and "--cache-dir" in out
+  assert main([]) == 2 and "--help" in capsys.readouterr().err

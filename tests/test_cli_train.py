@@ -30,6 +30,8 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
   assert m["eval_tasks"] >= 10_000 and m["finished"] and m["seconds"] > 0
   assert abs(m["gd1_loss"] - m["closed_form_loss"]) < 4 * m["gd1_loss_se"]
   assert m["final_loss"] < 5.0  # better than the zero predictor (d = 5)
+  assert m["learned"] is True and m["diverged"] is False and m["divergence"] is None
+  assert abs(m["zero_loss"] - 5.0) < 4 * m["zero_loss_se"]  # E[y_q²] = tr Σ_w Σ_x = d
   curve = np.loadtxt(out / "loss_curve.csv", delimiter=",", skiprows=1)
   assert curve.shape == (300, 2) and np.all(curve[:, 0] == np.arange(1, 301)) and np.all(np.isfinite(curve))
 
@@ -75,3 +77,34 @@ def test_bad_flags_exit_2(argv, capsys):
   assert cli.main(argv) == 2
   err = capsys.readouterr().err
   assert err.startswith("lintheory") and ": error: " in err and err.count("\n") == 1
+
+
+TINY = ["train", "--d", "2", "--n-context", "4", "--layers", "1", "--batch-size", "16", "--eval-tasks", "64"]
+
+
+def test_a_diverged_run_exits_1_and_says_so_once(tmp_path, capsys):
+  out = tmp_path / "run"
+  assert cli.main(TINY + ["--steps", "10", "--lr", "100", "--out", str(out)]) == 1
+  err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+  assert len(err) == 1 and "diverged" in err[0]
+  m = json.loads((out / "metrics.json").read_text())
+  assert m["diverged"] is True and m["learned"] is False and m["divergence"] and np.isfinite(m["zero_loss"])
+
+
+def test_a_run_that_did_not_learn_is_flagged_and_exits_0(tmp_path, capsys):
+  out = tmp_path / "run"
+  assert cli.main(TINY + ["--steps", "1", "--out", str(out)]) == 0
+  err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+  assert len(err) == 1 and "did not learn" in err[0] and "zero predictor" in err[0]
+  m = json.loads((out / "metrics.json").read_text())
+  assert m["diverged"] is False and m["learned"] is False and m["final_loss"] > m["zero_loss"] - 2 * m["zero_loss_se"]
+
+
+def test_flags_left_out_are_the_recipe_of_the_depth(tmp_path):
+  from lintheory.run import recipes
+  args = cli.build_parser().parse_args(TINY + ["--layers", "3", "--steps", "900", "--clip-norm", "0.5",
+                                               "--out", str(tmp_path / "run")])
+  tcfg = cli._train_setup(args)[4]
+  assert {k: getattr(tcfg, k) for k in recipes.FIELDS} == {**recipes.recipe(3).train_fields(900), "clip_norm": 0.5}
+  assert (tcfg.dtype, tcfg.warmup) == ("float64", 300)  # L >= 3: float64, warm-up min(500, steps / 3)
+

@@ -20,7 +20,7 @@ from conftest import batch64, random_params
 def test_theorem1_identity_random_weights(d, N, L, H, W_O, seed):
   cfg = ModelConfig(d=d, n_layers=L, n_heads=H, use_W_O=W_O)
   params = random_params(cfg, seed)
-  check = checks.assert_trajectory_identity(params, batch64(d, N, seed=seed), tol=1e-10)
+  check = checks.assert_trajectory_identity(params, batch64(d, N, seed=seed), tol=1e-10, cfg=cfg)
   assert check.exact and check.per_layer.shape == (L,)
   assert check.max_rel <= 1e-10
 

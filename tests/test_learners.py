@@ -270,7 +270,8 @@ def test_effective_preconditioner_of_construction_heads_and_W_O():
   # two heads each carrying half of W_V, and a W_O = 2 I with W_V halved, give the same Γ_eff
   two = {k: jnp.stack([v, v], axis=1) for k, v in params.items()}
   two["W_V"] = two["W_V"] / 2
-  np.testing.assert_allclose(learners.effective_preconditioner(two), eta * P, rtol=1e-12)
+  two_cfg = model.ModelConfig(d=d, n_layers=2, n_heads=2)
+  np.testing.assert_allclose(learners.effective_preconditioner(two, cfg=two_cfg), eta * P, rtol=1e-12)
   with_O = {**params, "W_V": params["W_V"] / 2, "W_O": 2 * jnp.broadcast_to(jnp.eye(d + 1), (2, d + 1, d + 1))}
   np.testing.assert_allclose(learners.effective_preconditioner(with_O), eta * P, rtol=1e-12)
 

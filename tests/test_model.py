@@ -99,7 +99,11 @@ def test_param_shapes(cfg):
     expected |= {"W_1": (L, F, D), "W_2": (L, D, F)}
   assert {k: v.shape for k, v in params.items()} == expected
   assert all(v.dtype == jnp.float32 for v in params.values())
-  inferred = ModelConfig.from_params(params, attention=cfg.attention, mlp_act=cfg.mlp or "relu")
+  if H > 1:  # a 4-D W_Q could be a seed axis: the head count must be given
+    with pytest.raises(ValueError, match=f"ambiguous.*n_heads={H}"):
+      ModelConfig.from_params(params)
+  inferred = ModelConfig.from_params(params, attention=cfg.attention, mlp_act=cfg.mlp or "relu",
+                                     n_heads=H if H > 1 else None)
   assert (inferred.d, inferred.n_layers, inferred.n_heads, inferred.use_W_O, inferred.mlp, inferred.F) == \
       (cfg.d, L, H, cfg.use_W_O, cfg.mlp, F)
 

@@ -20,3 +20,16 @@ def test_every_depth_has_a_recipe_and_depths_are_ordered(name):
 def test_unknown_profile_names_the_choices():
   with pytest.raises(ValueError, match="profile must be one of"):
     profiles.profile("huge")
+
+
+def test_a_study_models_cache_key_is_that_of_the_committed_results(monkeypatch):
+  """The default profile's models (d = 5, L = 1 and 3) keep the cache directories they had when the
+  committed results were made: the recipes moved to run.recipes and TrainConfig's defaults became
+  the recipe of the model's depth, but a study passes every field, so nothing it trains changed."""
+  from lintheory.run import cache
+  keys = {}
+  monkeypatch.setattr(cache, "cached_fit", lambda task, model, tc, seeds, *a: keys.setdefault(
+      model.n_layers, cache.key_digest(cache.cache_key(task, model, tc, seeds))) and (None, None))
+  for L in (1, 3):
+    profiles.trained(profiles.profile("default"), layers=L, d=5)
+  assert keys == {1: "bc479ea0b5d9fa25", 3: "2adbeec876461e05"}

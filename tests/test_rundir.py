@@ -9,7 +9,7 @@ import pytest
 from lintheory.core.model import ModelConfig, param_shapes
 from lintheory.core.tasks import TaskConfig
 from lintheory.run import io, provenance, rundir
-from lintheory.run.train import TrainConfig
+from lintheory.run.train import TrainConfig, resolve
 
 TASK, MODEL, TRAIN = TaskConfig(d=2, n_context=4), ModelConfig(d=2, n_layers=2), TrainConfig(steps=10, batch_size=8)
 PROV = {"versions": {}, "git": {"commit": None}}  # collect() is tested on its own
@@ -28,7 +28,7 @@ def save(path, p=None, **kw):
 def test_save_then_load_round_trips_and_lists_every_file(tmp_path):
   p = params()
   run = rundir.load_run(save(tmp_path / "r", p))
-  assert (run.task, run.model, run.train, run.seed) == (TASK, MODEL, TRAIN, 3)
+  assert (run.task, run.model, run.train, run.seed) == (TASK, MODEL, resolve(TRAIN, MODEL), 3)
   for k in p:
     np.testing.assert_array_equal(run.params[k], p[k])
     assert run.params[k].dtype == np.float32

@@ -111,7 +111,7 @@ def test_init_state_is_the_pure_init_of_every_seed():
     for k, v in train.seed_params(st.params, i).items():
       np.testing.assert_array_equal(v, expected[k])
   # optax's own state for the parameter dict: what a checkpoint stores and restores
-  expected = train.optimizer(TrainConfig()).init(train.seed_params(st.params, 0))
+  expected = train.optimizer(train.resolve(TrainConfig(), cfg)).init(train.seed_params(st.params, 0))
   assert jax.tree_util.tree_structure(jax.tree.map(lambda x: x[0], st.opt_state)) == \
       jax.tree_util.tree_structure(expected)
 
@@ -168,3 +168,30 @@ def test_float32_training_does_not_depend_on_the_callers_64_bit_mode(tmp_path):
     np.testing.assert_array_equal(here.losses, there["losses"])
     for k, v in here.params.items():
       np.testing.assert_array_equal(np.asarray(v), there[k])
+
+
+def test_defaults_are_the_studies_recipe_for_the_depth_and_flags_override():
+  from lintheory.run import profiles, recipes
+  for L in (1, 2, 3, 5):
+    r = recipes.recipe(L)
+    tc = train.resolve(TrainConfig(steps=1500), ModelConfig(n_layers=L))
+    assert {k: getattr(tc, k) for k in recipes.FIELDS} == r.train_fields(1500)
+  assert train.resolve(TrainConfig(), ModelConfig(n_layers=3)).dtype == "float64"
+  assert train.resolve(TrainConfig(), ModelConfig(n_layers=2)).dtype == "float32"
+  given = train.resolve(TrainConfig(lr=1e-3, dtype="float32", tail_frac=0.0), ModelConfig(n_layers=4))
+  assert (given.lr, given.dtype, given.tail_frac, given.clip_norm) == (1e-3, "float32", 0.0, 0.1)
+  assert ModelConfig().init_scale == profiles.Profile(steps=1, batch_size=1, seeds=(0,), eval_tasks=1).init_scale
+  with pytest.raises(ValueError, match="resolve"):
+    train.optimizer(TrainConfig())
+
+
+def test_outcome_flags_divergence_and_a_model_that_did_not_learn():
+  base = {"loss": 0.2, "zero_loss": 5.0, "zero_loss_se": 0.1, "zero_gap": 4.8, "zero_gap_se": 0.1}
+  assert train.outcome(base, None) | {"zero_loss_se": 0} == {
+      "diverged": False, "divergence": None, "learned": True, "zero_loss": 5.0, "zero_loss_se": 0}
+  flat = train.outcome({**base, "loss": 4.99, "zero_gap": 0.01, "zero_gap_se": 0.02}, None)
+  assert not flat["diverged"] and not flat["learned"]
+  for ev, msg in (({**base, "loss": 51.0, "zero_gap": -46.0}, "above 10x"), ({**base, "loss": float("nan")}, "finite"),
+                  (base, "non-finite training loss")):
+    out = train.outcome(ev, "non-finite training loss" if ev is base else None)
+    assert out["diverged"] and not out["learned"] and msg in out["divergence"]

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lintheory.core.model import ModelConfig, Params, forward, heads
+from lintheory.core.model import ModelConfig, Params, config_of, forward, heads
 
 
 class Trajectory(NamedTuple):
@@ -58,7 +58,7 @@ def trajectory(params: Params, Z_BTD: jax.Array, cfg: ModelConfig | None = None)
   For softmax or MLP models the quantities are still defined from the attention weights, but
   the identity h^t = (I + W_t) h^0 does not hold; see `checks.trajectory_identity`.
   """
-  cfg = ModelConfig.from_params(params) if cfg is None else cfg
+  cfg = config_of(params, cfg)
   _, states = forward(params, Z_BTD, cfg)
   N, D = Z_BTD.shape[1] - 1, cfg.D
   dW = jax.vmap(delta_W)(_layer_params(params), states[:-1, :, :N])

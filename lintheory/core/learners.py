@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core.model import Params, heads
+from lintheory.core.model import ModelConfig, Params, config_of, heads
 from lintheory.core.tasks import as_cov, x_covariance, x_fourth_cumulant
 
 
@@ -240,12 +240,16 @@ def construct(d: int, eta, n_steps: int | None = None, P=None, gamma=None, dtype
   return {"W_Q": W_Q, "W_K": W_K, "W_V": W_V}
 
 
-def effective_preconditioner(params: Params, layer: int = 0) -> jax.Array:
+def effective_preconditioner(params: Params, layer: int = 0, cfg: ModelConfig | None = None) -> jax.Array:
   """Γ_eff = −W_V[y, y] · (W_Qᵀ W_K)[:d, :d], summed over heads and with W_O folded in.
 
   The GD-like part of one layer's prediction: ŷ ≈ x_qᵀ Γ_eff (1/N) Σ_i y_i x_i; it is exact
   when the other cross terms (W_V's x→y entries, W_K's y-column) vanish, as they do in training.
+  Several heads need cfg (a 4-D W_Q could be a seed axis); the shapes are checked against it.
   """
+  cfg = config_of(params, cfg)
+  if not 0 <= layer < cfg.n_layers:
+    raise ValueError(f"layer must be in [0, {cfg.n_layers - 1}], got {layer}")
   W_Q, W_K, W_V = (heads(params[k][layer]) for k in ("W_Q", "W_K", "W_V"))
   if "W_O" in params:
     W_V = jnp.einsum("ef,hfg->heg", params["W_O"][layer], W_V)

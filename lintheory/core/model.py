@@ -32,7 +32,7 @@ class ModelConfig:
   mlp: str | None = None  # None, "linear" or "relu": an MLP sub-layer after attention
   mlp_hidden: int = 0  # F, MLP width; 0 means 4·D
   attention: str = "linear"  # "linear" (§2, with 1/N) or "softmax" (the paper's App. A.2)
-  init_scale: float = 0.02  # std of the Gaussian initialisation of every matrix
+  init_scale: float = 0.1  # std of the Gaussian initialisation of every matrix (0.02 leaves L >= 2 on a long plateau)
 
   def __post_init__(self):
     for name, lo in (("d", 1), ("n_layers", 1), ("n_heads", 1), ("mlp_hidden", 0)):
@@ -60,11 +60,22 @@ class ModelConfig:
     return self.attention == "linear" and self.mlp is None
 
   @classmethod
-  def from_params(cls, params: Params, attention: str = "linear", mlp_act: str = "relu"):
-    """The architecture implied by a parameter dict (for constructed or loaded weights)."""
+  def from_params(cls, params: Params, attention: str = "linear", mlp_act: str = "relu",
+                  n_heads: int | None = None):
+    """The architecture implied by a parameter dict (for constructed or loaded weights).
+
+    A 4-D W_Q is (L, H, D, D) heads or a leading seed axis (S, L, D, D): refused unless n_heads says.
+    """
     W_Q = params["W_Q"]
     if W_Q.ndim not in (3, 4) or W_Q.shape[-1] != W_Q.shape[-2] or W_Q.shape[-1] < 2:
-      raise ValueError(f"W_Q must have shape (L, D, D) or (L, H, D, D) with D >= 2, got {W_Q.shape}")
+      raise ValueError(f"W_Q must have shape (L, D, D) or (L, H, D, D) with D >= 2, got {W_Q.shape}"
+                       + (f"; {SEED_HINT}" if W_Q.ndim == 5 else ""))
+    if W_Q.ndim == 4 and W_Q.shape[1] == 1:
+      raise ValueError(f"W_Q has shape {W_Q.shape}: a head axis of size 1 is no model's shape (one head is "
+                       f"(L, D, D)); if the first axis holds seeds, {SEED_HINT}")
+    if W_Q.ndim == 4 and n_heads != W_Q.shape[1]:
+      raise ValueError(f"W_Q has shape {W_Q.shape}, ambiguous: (L, H, D, D) heads or (S, L, D, D) seeds? For "
+                       f"heads pass cfg=ModelConfig(n_heads={W_Q.shape[1]}, ...); for seeds, {SEED_HINT}")
     for name in ("W_K", "W_V"):
       if params[name].shape != W_Q.shape:
         raise ValueError(f"{name} must have the shape of W_Q {W_Q.shape}, got {params[name].shape}")
@@ -73,6 +84,9 @@ class ModelConfig:
                n_heads=1 if W_Q.ndim == 3 else W_Q.shape[1], use_W_O="W_O" in params,
                mlp=mlp_act if has_mlp else None,
                mlp_hidden=params["W_1"].shape[1] if has_mlp else 0, attention=attention)
+
+
+SEED_HINT = ("take one seed with jax.tree.map(lambda a: a[i], params) (or run.profiles.seed_params(params, i))")
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -85,6 +99,25 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes["W_1"] = (L, cfg.F, D)
     shapes["W_2"] = (L, D, cfg.F)
   return shapes
+
+
+def check_shapes(params: Params, cfg: ModelConfig) -> None:
+  """ValueError unless params has exactly the arrays and shapes of cfg (param_shapes)."""
+  want = param_shapes(cfg)
+  missing, extra = sorted(set(want) - set(params)), sorted(set(params) - set(want))
+  if missing or extra:
+    raise ValueError(f"params hold {sorted(params)}, the model {cfg} needs {sorted(want)}")
+  bad = [f"{k} {tuple(params[k].shape)} (needs {s})" for k, s in sorted(want.items()) if tuple(params[k].shape) != s]
+  if bad:
+    hint = f"; if the first axis holds seeds, {SEED_HINT}" if params["W_Q"].ndim == len(want["W_Q"]) + 1 else ""
+    raise ValueError(f"params do not have the shapes of the model {cfg}: {', '.join(bad)}{hint}")
+
+
+def config_of(params: Params, cfg: ModelConfig | None = None) -> ModelConfig:
+  """cfg after checking params against it, or the config the shapes imply (refusing ambiguous ones)."""
+  cfg = ModelConfig.from_params(params) if cfg is None else cfg
+  check_shapes(params, cfg)
+  return cfg
 
 
 def init_params(key: jax.Array, cfg: ModelConfig, dtype=jnp.float32) -> Params:

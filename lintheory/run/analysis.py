@@ -14,7 +14,7 @@ import numpy as np
 from lintheory.core import implicit, learners
 from lintheory.core.compare import (compare, cosine, effective_steps, interpolate, interpolation_reason, mse,
                                     query_grad)
-from lintheory.core.model import ModelConfig, Params, forward, layer_predictions
+from lintheory.core.model import ModelConfig, Params, check_shapes, forward, layer_predictions
 from lintheory.core.tasks import Batch, TaskConfig, batch_tokens
 from lintheory.run import references
 
@@ -63,6 +63,7 @@ def analyze(params: Params, cfg: ModelConfig, task: TaskConfig, refs: dict[str, 
   Keys: identity (the Theorem 1 check, as checks.trajectory_identity), layers (per-layer lists),
   final (losses, model cos, final-layer comparisons), interpolation.
   """
+  check_shapes(params, cfg)
   L = cfg.n_layers
   for kind, f in refs.items():
     if len(f.eta) != L:

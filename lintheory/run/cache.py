@@ -21,6 +21,17 @@ from lintheory.run.io import _jsonable, atomic_write_bytes, locked, write_json, 
 from lintheory.run.train import TrainConfig
 
 
+def cache_key(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, seeds) -> dict:
+  """Every field of the three configurations, the seeds and the trainer's revision."""
+  return {"task": dataclasses.asdict(task), "model": dataclasses.asdict(model),
+          "train": dataclasses.asdict(train_cfg), "seeds": list(seeds), "trainer": _train.TRAINER}
+
+
+def key_digest(key: dict) -> str:
+  """The cache directory's name for a key."""
+  return hashlib.sha256(json.dumps(_jsonable(key), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, seeds, cache_dir="runs/cache",
                label: str = "") -> tuple[Params, np.ndarray]:
   """Train one model per seed (vmapped), or load them if this exact configuration was trained.
@@ -30,9 +41,9 @@ def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, see
   Returns (params with a leading seed axis, as numpy arrays in the training dtype, losses [S, steps]):
   the same arrays whether trained now or read back, whatever the caller's x64 mode.
   """
-  key = {"task": dataclasses.asdict(task), "model": dataclasses.asdict(model),
-         "train": dataclasses.asdict(train_cfg), "seeds": list(seeds), "trainer": _train.TRAINER}
-  digest = hashlib.sha256(json.dumps(_jsonable(key), sort_keys=True).encode()).hexdigest()[:16]
+  train_cfg = _train.resolve(train_cfg, model)  # a field left to the recipe keys as its value
+  key = cache_key(task, model, train_cfg, seeds)
+  digest = key_digest(key)
   path = Path(cache_dir) / digest
   with locked(Path(cache_dir) / f"{digest}.lock", f"training {label or digest}"):
     if (path / "params.npz").exists() and (path / "losses.npy").exists():

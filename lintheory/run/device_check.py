@@ -40,7 +40,7 @@ def worker(out: str, sizes: list[int]) -> None:
   from lintheory.core import implicit, model, precision, prune, tasks
   from lintheory.run import sharding, train
 
-  task, cfg = tasks.TaskConfig(d=3, n_context=5), model.ModelConfig(d=3, n_layers=2)
+  task, cfg = tasks.TaskConfig(d=3, n_context=5), model.ModelConfig(d=3, n_layers=2, init_scale=0.02)  # the init the recorded checks ran with
   arrays = {}
   for k, dtype in [(k, dt) for k in sizes for dt in DTYPES]:
     mesh = sharding.seed_mesh(devices=jax.devices()[:k])

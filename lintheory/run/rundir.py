@@ -20,8 +20,8 @@ import numpy as np
 
 from lintheory.core.model import ModelConfig, Params, param_shapes
 from lintheory.core.tasks import TaskConfig
-from lintheory.run import io
-from lintheory.run.train import TrainConfig
+from lintheory.run import io, recipes
+from lintheory.run.train import TrainConfig, resolve
 
 FORMAT = "lintheory-run/1"
 MANIFEST = "MANIFEST.json"
@@ -146,7 +146,9 @@ def recover(path) -> None:
 def save_run(out, task: TaskConfig, model: ModelConfig, train: TrainConfig | None, seed: int,
              params: Params, metrics: dict, losses: np.ndarray | None = None, extra: dict | None = None,
              checkpoint: dict[str, np.ndarray] | None = None, provenance: dict | None = None) -> Path:
-  """Commit a whole run directory; `checkpoint` is checkpoint_arrays(...) when it can be resumed."""
+  """Commit a whole run directory; `checkpoint` is checkpoint_arrays(...) when it can be resumed.
+  A training field left to the recipe (None) is saved as the recipe's value (train.resolve)."""
+  train = None if train is None else resolve(train, model)
   files = {"config.json": io.json_bytes(config_dict(task, model, train, seed, extra)),
            "params.npz": io.npz_bytes(params), "metrics.json": io.json_bytes(metrics)}
   if losses is not None:
@@ -310,8 +312,10 @@ def load_checkpoint(run: Run, opt_state_like) -> tuple[Any, int, np.ndarray]:
 
 def config_mismatch(run: Run, task: TaskConfig, model: ModelConfig, train: TrainConfig, seed: int) -> list[str]:
   """Fields (as section.field) where a resumed run's configuration would differ from the saved one."""
+  if run.train is not None:  # a field left to the recipe continues the saved run (whose warm-up had its steps)
+    train = dataclasses.replace(train, **{k: getattr(run.train, k) for k in recipes.FIELDS if getattr(train, k) is None})
   saved = config_dict(run.task, run.model, run.train, run.seed)
-  new = config_dict(task, model, train, seed)
+  new = config_dict(task, model, resolve(train, model), seed)
   out = []
   for section in ("task", "model", "train"):
     a, b = io._jsonable(saved[section] or {}), io._jsonable(new[section] or {})

@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from lintheory.core import fast, learners, precision, tasks
-from lintheory.run import io
+from lintheory.run import io, recipes
 from lintheory.core.model import LinearTransformer, ModelConfig, Params, forward, forward_query, params_of
 from lintheory.core.tasks import TaskConfig
 
@@ -38,39 +38,54 @@ TRAINER = 2
 class TrainConfig:
   steps: int = 3000  # optimisation steps
   batch_size: int = 1024  # fresh tasks per step
-  lr: float = 1e-3  # peak learning rate
-  warmup: int = 100  # linear warm-up steps
+  lr: float | None = None  # peak learning rate; None: the recipe's for the model's depth (run.recipes)
+  warmup: int | None = None  # linear warm-up steps; None: the recipe's
   schedule: str = "cosine"  # "cosine" (decay to lr/10 at the end) or "constant"
   optimizer: str = "adam"  # "adam" or "adamw"
   weight_decay: float = 0.0  # AdamW decoupled weight decay
-  clip_norm: float = 1.0  # global-norm gradient clipping; 0 disables
+  clip_norm: float | None = None  # global-norm gradient clipping, 0 disables; None: the recipe's
   chunk: int = 100  # steps per jitted scan; progress is reported between chunks
-  dtype: str = "float32"  # "float32" or "float64" (run under core.precision.for_dtype)
+  dtype: str | None = None  # "float32" or "float64" (run under core.precision.for_dtype); None: the recipe's
   max_skipped: int = 0  # consecutive non-finite steps skipped (optax.apply_if_finite) before divergence
   pool_size: int = 0  # 0: fresh tasks every step; P > 0: every step samples its batch from one
   #                     fixed pool of P prompts drawn once from the task distribution (pool key derived from the seed)
-  tail_frac: float = 0.0  # share of each fresh batch whose demonstrations are scaled by s ~ U[1, tail_scale]
-  tail_scale: float = 1.0  # (labels follow, queries unchanged): trains on the tail of the spectrum
+  tail_frac: float | None = None  # share of each fresh batch whose demonstrations (their labels follow, the
+  #                                 query does not) are scaled by s ~ U[1, tail_scale]; None: the recipe's
+  tail_scale: float | None = None  # the largest demonstration scale s of tail_frac (>= 1); None: the recipe's
 
   def __post_init__(self):
     for name, lo in (("steps", 1), ("batch_size", 1), ("warmup", 0), ("chunk", 1), ("max_skipped", 0),
                      ("pool_size", 0)):
       v = getattr(self, name)
+      if v is None and name in recipes.FIELDS:
+        continue
       if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    if not (math.isfinite(self.lr) and self.lr > 0):
+    if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
       raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
     if self.schedule not in ("cosine", "constant"):
       raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
     if self.optimizer not in ("adam", "adamw"):
       raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
-    if not self.weight_decay >= 0 or not self.clip_norm >= 0:
+    if not self.weight_decay >= 0 or not (self.clip_norm is None or self.clip_norm >= 0):
       raise ValueError("weight_decay and clip_norm must be >= 0")
-    if self.dtype not in DTYPES:
+    if self.dtype is not None and self.dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-    if not 0 <= self.tail_frac <= 1 or not (math.isfinite(self.tail_scale) and self.tail_scale >= 1):
-      raise ValueError(f"tail_frac must be in [0, 1] and tail_scale a finite number >= 1, got "
-                       f"{self.tail_frac!r}, {self.tail_scale!r}")
+    if self.tail_frac is not None and not 0 <= self.tail_frac <= 1:
+      raise ValueError(f"tail_frac must be in [0, 1], got {self.tail_frac!r}")
+    if self.tail_scale is not None and not (math.isfinite(self.tail_scale) and self.tail_scale >= 1):
+      raise ValueError(f"tail_scale must be a finite number >= 1, got {self.tail_scale!r}")
+
+  @property
+  def resolved(self) -> bool:
+    """True when no field is left to the recipe (resolve has run or every field was given)."""
+    return all(getattr(self, f) is not None for f in recipes.FIELDS)
+
+
+def resolve(train_cfg: TrainConfig, model_cfg: ModelConfig) -> TrainConfig:
+  """train_cfg with every field left at None set from the recipe for model_cfg's depth (run.recipes)."""
+  fields = recipes.recipe(model_cfg.n_layers).train_fields(train_cfg.steps, train_cfg.pool_size)
+  return dataclasses.replace(train_cfg, **{k: v for k, v in fields.items() if getattr(train_cfg, k) is None})
 
 
 class TrainState(NamedTuple):
@@ -89,9 +104,11 @@ class TrainResult(NamedTuple):
 
 
 def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  if not cfg.resolved:
+    raise ValueError("the TrainConfig leaves fields to the recipe (None); pass train.resolve(cfg, model_cfg)")
   if cfg.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup, 1), max(cfg.steps, cfg.warmup + 1),
-                                            end_value=cfg.lr / 10)
+    warmup = max(cfg.warmup, 1)  # optax needs a warm-up of >= 1 step and a decay of >= 1 step after it
+    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(cfg.steps, warmup + 1), end_value=cfg.lr / 10)
   else:
     lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup, 1)),
                                optax.constant_schedule(cfg.lr)], [max(cfg.warmup, 1)])
@@ -142,7 +159,7 @@ def task_pool(key: jax.Array, task_cfg: TaskConfig, train_cfg: TrainConfig) -> t
 
 def draw(key: jax.Array, task_cfg: TaskConfig, train_cfg: TrainConfig, pool: tasks.Batch | None) -> tasks.Batch:
   """One step's batch: fresh tasks, or batch_size prompts drawn with replacement from the pool."""
-  if pool is None and train_cfg.tail_frac > 0:
+  if pool is None and train_cfg.tail_frac:  # None (not resolved) or 0: no tail
     k_b, k_s = jax.random.split(key)
     b = tasks.sample(k_b, task_cfg, train_cfg.batch_size, dtype=DTYPES[train_cfg.dtype], draw_dtype=DRAW_DTYPE)
     return tasks.scale_demonstrations(k_s, b, train_cfg.tail_frac, train_cfg.tail_scale)
@@ -158,6 +175,7 @@ def make_chunk(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainCon
 
   use_fast: None takes the Gram-matrix forward wherever it applies; False forces the reference.
   """
+  train_cfg = resolve(train_cfg, model_cfg)
   tx = optimizer(train_cfg)
   loss = loss_fn(model_cfg, use_fast)
 
@@ -181,6 +199,7 @@ def make_chunk(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainCon
 
 def init_state(model_cfg: ModelConfig, train_cfg: TrainConfig, seeds) -> TrainState:
   """One model per seed (parameter key fold_in(key(seed), 0)) and its fresh optimiser state."""
+  train_cfg = resolve(train_cfg, model_cfg)
   dtype = DTYPES[train_cfg.dtype]
   tx = optimizer(train_cfg)
   keys = jnp.stack([jax.random.key(s) for s in seeds])
@@ -213,6 +232,7 @@ def fit(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, se
   """Train one model per seed (vmapped) from scratch or from `state` up to train_cfg.steps.
 
   on_chunk(state, chunk_losses [S, n]) runs between jitted chunks (progress, checkpoints).
+  Fields of train_cfg left at None come from the recipe for the model's depth (resolve).
   Training runs under core.precision.for_dtype(train_cfg.dtype): a float32 model is the same bits
   whether or not the caller enabled 64-bit mode (studies that measure in float64 share cached models).
   """
@@ -221,6 +241,7 @@ def fit(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, se
   seeds = tuple(seeds)
   if not seeds:
     raise ValueError("seeds must name at least one seed")
+  train_cfg = resolve(train_cfg, model_cfg)
   with precision.for_dtype(train_cfg.dtype):
     return _fit(task_cfg, model_cfg, train_cfg, seeds, state, on_chunk)
 
@@ -267,7 +288,9 @@ def seed_params(params: Params, i: int) -> Params:
 
 def evaluate(params: Params, task_cfg: TaskConfig, model_cfg: ModelConfig, key: jax.Array,
              n_tasks: int = 10_000, n_context: int | None = None, dtype=jnp.float32) -> dict[str, float]:
-  """MSE of the model, of one GD step at η*, and of the ridge (Bayes) floor on the same tasks."""
+  """MSE of the model, of one GD step at η*, of the ridge (Bayes) floor and of the zero predictor
+  ŷ = 0 (E[y_q²]) on the same tasks, each with its standard error; zero_gap: the model's mean
+  improvement over ŷ = 0, paired per task, with its standard error."""
   b = tasks.sample(key, task_cfg, n_tasks, n_context=n_context, dtype=dtype)
   N = b.X.shape[1]
   y_hat, _ = jax.jit(forward, static_argnums=2)(params, tasks.batch_tokens(b), model_cfg)
@@ -277,7 +300,31 @@ def evaluate(params: Params, task_cfg: TaskConfig, model_cfg: ModelConfig, key: 
   y_ridge = jnp.einsum("bd,bd->b", w_ridge, b.x_q)
   sq = lambda y: np.asarray((y - b.y_q) ** 2, np.float64)
   out = {}
-  for name, y in (("loss", y_hat), ("gd1_loss", y_gd), ("ridge_loss", y_ridge)):
+  se = lambda e: float(e.std(ddof=1) / np.sqrt(e.size))
+  for name, y in (("loss", y_hat), ("gd1_loss", y_gd), ("ridge_loss", y_ridge), ("zero_loss", 0 * b.y_q)):
     e = sq(y)
-    out[name], out[name + "_se"] = float(e.mean()), float(e.std(ddof=1) / np.sqrt(e.size))
+    out[name], out[name + "_se"] = float(e.mean()), se(e)
+  gap = sq(0 * b.y_q) - sq(y_hat)
+  out["zero_gap"], out["zero_gap_se"] = float(gap.mean()), se(gap)
   return out
+
+
+# A model whose loss ends above this many times the zero predictor's has diverged (its predictions
+# are several times larger than the labels), whether or not a value overflowed.
+DIVERGED_VS_ZERO = 10.0
+
+
+def outcome(ev: dict[str, float], diverged: str | None) -> dict:
+  """diverged / learned of a finished run, from evaluate's metrics and fit's divergence message.
+
+  diverged: a non-finite training loss, or a final loss that is not finite or above DIVERGED_VS_ZERO
+  times the zero predictor's. learned: not diverged and below the zero predictor's loss by more
+  than two standard errors of the paired difference (evaluate's zero_gap)."""
+  blown = not math.isfinite(ev["loss"]) or ev["loss"] > DIVERGED_VS_ZERO * ev["zero_loss"]
+  if diverged is None and blown:
+    vs = "not finite" if not math.isfinite(ev["loss"]) else f"above {DIVERGED_VS_ZERO:g}x the zero predictor's"
+    diverged = (f"the final loss {ev['loss']:.4g} is {vs} (ŷ = 0 has {ev['zero_loss']:.4g}); lower --lr or "
+                "raise --warmup")
+  learned = diverged is None and ev["zero_gap"] > 2 * ev["zero_gap_se"]
+  return {"diverged": diverged is not None, "divergence": diverged, "learned": bool(learned),
+          "zero_loss": ev["zero_loss"], "zero_loss_se": ev["zero_loss_se"]}

@@ -64,12 +64,28 @@ def record_wall(argv) -> int:
   return 0
 
 
+def overview() -> str:
+  """The studies, each with the first line of its docstring, and the flags every study takes."""
+  ap = argparse.ArgumentParser(prog="python -m lintheory.studies NAME", add_help=False,
+                               usage="python -m lintheory.studies NAME [flags]   (NAME --help: that study's own)")
+  engine.add_dataclass_flags(ap.add_argument_group("flags of every study"), engine.Flags)
+  width = max(map(len, studies.STUDIES))
+  lines = [f"  {name:<{width}}  {(engine.study_module(name).__doc__ or '').strip().splitlines()[0]}"
+           for name in studies.STUDIES]
+  return (f"{ap.format_usage()}\nstudies:\n" + "\n".join(lines) + "\n\n" + ap.format_help().split("\n\n", 1)[1]
+          + "\n`make results` records its wall time with python -m lintheory.studies --record-wall START ...\n")
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv and argv[0] == "--record-wall":
     return record_wall(argv)
+  if argv and argv[0] in ("-h", "--help"):
+    print(overview())
+    return 0
   if not argv or argv[0] not in studies.STUDIES:
-    print(f"usage: python -m lintheory.studies {{{','.join(studies.STUDIES)}}} [--help]", file=sys.stderr)
+    print(f"usage: python -m lintheory.studies {{{','.join(studies.STUDIES)}}} [flags] "
+          "(python -m lintheory.studies --help lists the studies and their flags)", file=sys.stderr)
     return 2
   return engine.main(argv[0], argv[1:])
 
