@@ -719,17 +719,24 @@ def _sweep(args, run, out, cfg, modules) -> int:
 
 
 def add_import(sub, common) -> None:
+  from lintheory.core.tasks import TaskConfig
   from lintheory.run.interop import FORMATS
   p = sub.add_parser("import", parents=[common],
-                     help="convert another codebase's weights (Ahn et al., von Oswald et al., npz) into a run directory")
+                     help="convert another codebase's weights (Ahn et al., von Oswald et al., npz) into a run "
+                          "directory; the task flags say which task family analyze and prune evaluate it on",
+                     description="The task flags below (TaskConfig's) set the task family the imported model is "
+                                 "analysed and pruned on; their defaults are the library's, except d, which comes "
+                                 "from the weights, and --n-context, which von-oswald requires (their weights carry N).")
   p.add_argument("--from", dest="fmt", required=True, choices=FORMATS, help="the file's format")
   p.add_argument("path", help="the weights file")
   p.add_argument("--out", required=True, help="run directory to write")
-  p.add_argument("--n-context", type=int_arg, default=None,
-                 help="N, demonstrations per prompt (von-oswald: required, their config.dataset_size; else default 20)")
+  # The task the model is evaluated on: TaskConfig's flags (d comes from the file; N is required for
+  # von-oswald, whose weights carry it, and 20 otherwise). Von Oswald et al. train on --x-dist uniform --x-scale 0.5.
+  add_config_flags(p, [TaskConfig])
   p.add_argument("--layers", type=int_arg, default=None,
                  help="von-oswald shared (deq) module: how often it is applied (their config.num_layers; default 1)")
-  p.add_argument("--heads", type=int_arg, default=None, help="von-oswald: their config.num_heads (default 1)")
+  p.add_argument("--heads", type=int_arg, default=None,
+                 help="von-oswald: their config.num_heads (default 1); npz: H of a 4-D W_Q (L, H, D, D)")
   p.add_argument("--allow-pickle", action="store_true",
                  help="read a pickled Haiku dict (unpickling can run code: only files you trust)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing run directory at --out")
@@ -737,19 +744,27 @@ def add_import(sub, common) -> None:
 
 
 def cmd_import(args) -> int:
+  import dataclasses as dc
+  from lintheory.core.tasks import TaskConfig
   from lintheory.run import interop, rundir
   out = out_dir(args.out)
   protect_out(out, args.overwrite)
-  for flag, value in (("--n-context", args.n_context), ("--layers", args.layers), ("--heads", args.heads)):
+  n_context = getattr(args, "cfg_n_context", None)
+  for flag, value in (("--n-context", n_context), ("--layers", args.layers), ("--heads", args.heads)):
     if value is not None:
       _in_range(flag, value, 1, INT_MAX)
-  got = interop.load(args.fmt, args.path, n_context=args.n_context, n_layers=args.layers, n_heads=args.heads,
+  got = interop.load(args.fmt, args.path, n_context=n_context, n_layers=args.layers, n_heads=args.heads,
                      allow_pickle=args.allow_pickle)
-  rundir.save_run(out, got.task, got.model, None, 0, got.params, {}, extra={"source": got.source},
+  d = getattr(args, "cfg_d", got.model.d)
+  if d != got.model.d:
+    raise ValueError(f"--d {d} differs from the d = {got.model.d} of the weights in {args.path}")
+  task = build_configs(args, {"task": TaskConfig}, {"task": dc.asdict(got.task)})["task"]
+  rundir.save_run(out, task, got.model, None, 0, got.params, {}, extra={"source": got.source},
                   provenance=_provenance())
   m = got.model
   print(f"{out}: imported {args.fmt} {args.path} (sha256 {got.source['sha256'][:12]}): d={m.d}, "
-        f"{m.n_layers} layer(s), {m.n_heads} head(s){', W_O' if m.use_W_O else ''}, N={got.task.n_context}")
+        f"{m.n_layers} layer(s), {m.n_heads} head(s){', W_O' if m.use_W_O else ''}, N={task.n_context}, "
+        f"inputs {task.x_dist}")
   return 0
 
 

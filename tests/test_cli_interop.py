@@ -26,7 +26,6 @@ def imported(allparam_file, run):
   return run
 
 
-@pytest.mark.slow  # ~35 s on 2 cores: analyze fits its references, prune evaluates twice
 def test_analyze_and_prune_an_imported_run(allparam_file, tmp_path):
   run = imported(allparam_file, tmp_path / "imported")
   assert cli.main(["analyze", str(run), "--cache-dir", str(tmp_path / "cache")] + FAST) == 0
@@ -82,3 +81,24 @@ def test_export_refusal_writes_nothing(tmp_path, capsys):
   assert "nonzero entries" in err and str(out) in err and err.count("\n") == 1
   assert not out.exists()
   assert cli.main(["export", "--to", "von-oswald", str(run), str(tmp_path / "w.npz")]) == 0
+
+
+def test_a_von_oswald_import_records_its_task_family_and_prunes(tmp_path):
+  """Their setting (inputs U(−½, ½)ᵈ, N given) goes into the run's task, which prune then evaluates on."""
+  from lintheory.run import interop
+  weights = tmp_path / "vo.npz"
+  interop.export("von-oswald", learners.construct(3, 0.5, n_steps=1), learners_cfg(3, 1), weights, n_context=10)
+  run = tmp_path / "vo"
+  assert cli.main(["import", "--from", "von-oswald", str(weights), "--out", str(run), "--n-context", "10",
+                   "--x-dist", "uniform", "--x-scale", "0.5"]) == 0
+  task = rundir.load_run(run).task
+  assert (task.d, task.n_context, task.x_dist, task.x_scale) == (3, 10, "uniform", 0.5)
+  assert cli.main(["prune", str(run), "--layer", "0", "--module", "v", "--rank", "0", "--out",
+                   str(tmp_path / "pruned"), "--eval-tasks", "64"]) == 0
+  assert cli.main(["import", "--from", "von-oswald", str(weights), "--out", str(tmp_path / "x"), "--n-context",
+                   "10", "--d", "4"]) == 2  # d is the weights'
+
+
+def learners_cfg(d, L):
+  from lintheory.core.model import ModelConfig
+  return ModelConfig(d=d, n_layers=L)

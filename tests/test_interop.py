@@ -208,7 +208,9 @@ def test_npz_round_trips_are_bitwise(tmp_path):
   cfg = ModelConfig(d=3, n_layers=2, n_heads=2, use_W_O=True, mlp="relu", mlp_hidden=5)
   params = {k: np.asarray(v) for k, v in random_params(cfg, seed=4).items()}
   interop.export("npz", params, cfg, tmp_path / "w.npz")
-  got = interop.load("npz", tmp_path / "w.npz", n_context=9)
+  with pytest.raises(interop.InteropError, match="n_heads"):  # (L, H, D, D) heads or (S, L, D, D) seeds?
+    interop.load("npz", tmp_path / "w.npz", n_context=9)
+  got = interop.load("npz", tmp_path / "w.npz", n_context=9, n_heads=2)
   assert got.model == cfg and got.task.n_context == 9 and got.task.d == 3
   assert all(np.array_equal(got.params[k], params[k]) for k in params)
   interop.export("npz", got.params, got.model, tmp_path / "w2.npz")

@@ -467,8 +467,11 @@ def _load_npz(path: Path, n_layers, n_heads) -> tuple[dict, list[str]]:
   if ("W_1" in arrays) != ("W_2" in arrays):
     raise _fail(path, "an MLP needs both W_1 and W_2")
   params = {k: _floats(path, k, a) for k, a in arrays.items()}
+  if params["W_Q"].ndim == 4 and n_heads is None:  # (L, H, D, D) and (S, L, D, D) look alike
+    raise _fail(path, f"W_Q has shape {params['W_Q'].shape}: pass n_heads (--heads) for H heads; an array "
+                      "with a leading seed axis holds several models: save one seed per file")
   try:
-    model = ModelConfig.from_params(params)
+    model = ModelConfig.from_params(params, n_heads=n_heads)
   except (ValueError, KeyError) as e:
     raise _fail(path, str(e)) from None
   for name, shape in sorted(param_shapes(model).items()):
@@ -501,7 +504,8 @@ def load(fmt: str, path, *, n_context: int | None = None, n_layers: int | None =
     params, notes = _load_von_oswald(path, N, n_layers, n_heads, allow_pickle)
   else:
     params, notes = _load_npz(path, n_layers, n_heads)
-  model = ModelConfig.from_params(params)
+  # the conversions write an explicit head axis only for H > 1, so the shapes are unambiguous here
+  model = ModelConfig.from_params(params, n_heads=params["W_Q"].shape[1] if params["W_Q"].ndim == 4 else None)
   for name, a in params.items():
     if not np.all(np.isfinite(a)):  # a finite file can still overflow when scaled by N
       raise _fail(path, f"{name} overflows to a non-finite value after conversion")
