@@ -397,7 +397,8 @@ def test_paper_protocol_leaves_out_a_model_whose_rare_tasks_carry_its_error():
   """'heavy' would fail (SVD below a control); its tail check says its means do not stand, so only
   'linear' is counted and the detail names what was left out."""
   heavy = pp_rows({"svd": SVD, **CTRL, "null_shrink": BELOW}, model="heavy", n_tasks=200)
-  tail = [R("tail_rare_share", v, seed=s, n_tasks=100_000, model="heavy", shots=20) for s, v in enumerate([0.05, 0.3, 0.1])]
+  tail = [R("tail_rare_share", v, seed=s, n_tasks=100_000, model="heavy", shots=20)
+          for s, v in enumerate([0.05, 0.3, 0.1])]
   enh, alg = pp_claims(pp_rows({"svd": SVD, **CTRL}), heavy, tail)
   assert enh.verdict == alg.verdict == "holds in 1 of 1 regimes"
   assert enh.detail.endswith("; not counted: heavy (its means rest on 200 tasks per seed, and tasks rarer than 1 in "
@@ -652,8 +653,9 @@ def test_verdict_table_renders_holds_fails_and_undecided_rows_and_the_claims_no_
   assert " | **fails: no gain detected** | " in rows[verdicts.CLAIMS["positive_control"][0]]
   assert rows[verdicts.CLAIMS["positive_control"][0]].endswith(" | 3 | `positive_control`: low-rank prior, fixed "
                                                                "training pool |")
-  assert f" | **undecided** | deep − shallow log10 damage (attn, linear) | L=2 attn: 0 {text.ci(*t_ci([-1, 1, 0]), 2)}" \
-         in rows[verdicts.CLAIMS["deep_stable"][0]]
+  undecided = (" | **undecided** | deep − shallow log10 damage (attn, linear) | "
+               f"L=2 attn: 0 {text.ci(*t_ci([-1, 1, 0]), 2)}")
+  assert undecided in rows[verdicts.CLAIMS["deep_stable"][0]]
   assert rows[verdicts.CLAIMS["implicit_gd"][0]] == (f"| {verdicts.CLAIMS['implicit_gd'][0]} | not decided |  |  |  | "
                                                      "`implicit_gd` has no results |")
 
