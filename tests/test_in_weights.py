@@ -6,10 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats as st
 
 from lintheory.core import tasks
 from lintheory.core.tasks import TaskConfig
-from lintheory.studies import engine, in_weights
+from lintheory.studies import engine, in_weights, text
 
 sample = jax.jit(tasks.sample, static_argnums=(1, 2), static_argnames=("n_context", "dtype"))
 
@@ -77,6 +78,15 @@ def test_tiny_study_runs_and_reads_back(tmp_path):
         assert e < table.value("select_mean", p=p, seed=seed, tasks="fresh", edit="none")
   (c,) = in_weights.claims(table, meta)
   assert c.id == "in_weights" and c.seeds == len(s.train.seeds)
+  (p,) = s.probs  # the gains' means and t-intervals over seeds (scipy; a constant's is itself), as the claim reads
+
+  def ci(g):
+    return st.ttest_1samp(g, 0.0).confidence_interval(0.95) if np.ptp(g) > 0 else (g[0], g[0])
+
+  g, icl = table.values("gain", p=p, edit="facts", tasks="w0"), table.values("gain", p=p, edit="icl", tasks="fresh")
+  assert f"p={p}: on w₀ {text.num(g.mean())} {text.ci(*ci(g))}, on fresh " in c.ci and g.size == c.seeds
+  assert c.ci.endswith(f"edit chosen on fresh tasks, on fresh {text.num(icl.mean())} {text.ci(*ci(icl))}")
+  assert (c.verdict == "holds" or c.verdict.startswith("fails: w₀ tasks gain")) == (ci(g)[0] > 0)
   paths = in_weights.plot(table, meta, tmp_path / "figures")
   assert all(p.exists() and p.stat().st_size > 0 for p in paths)
   md = in_weights.report(table, meta)

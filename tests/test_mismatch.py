@@ -13,11 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats as st
 
 from lintheory.core import evaluate, prune, tasks
 from lintheory.core.model import ModelConfig, forward, init_params
 from lintheory.core.tasks import TaskConfig
-from lintheory.studies import engine, mismatch
+from lintheory.studies import engine, mismatch, text
 
 
 def _kept(batch):
@@ -149,4 +150,14 @@ def test_tiny_profile_end_to_end(tmp_path):
   paths = mismatch.plot(table, meta, tmp_path / "figures")
   assert paths and all(p.stat().st_size > 0 for p in paths)
   assert "mismatch_gain.png" in mismatch.report(table, meta)
+  # each claim reports the mismatched condition with the largest mean share of headroom, its t-interval over
+  # the run's seeds (scipy) and their count
+  full = s.train.steps
+  for c in mismatch.claims(table, meta):
+    fracs = [table.values("gain_frac", **k) for k in mismatch.condition_keys(table, c.id)
+             if mismatch.mismatched(k, full)]
+    f = max(fracs, key=np.mean)
+    lo, hi = st.ttest_1samp(f, 0.0).confidence_interval(0.95)
+    assert c.ci == f"{text.ci(100 * lo, 100 * hi, 2)} %" and c.seeds == len(s.train.seeds) == f.size
+    assert c.effect.startswith(f"{text.num(100 * f.mean(), 2)} % of the headroom")
   assert [c.id for c in mismatch.claims(table, meta)] == ["shots", "noise", "training_length"]

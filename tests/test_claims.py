@@ -1,0 +1,679 @@
+"""Every decision of every study's claims() on small constructed tables, one test per branch, and the
+verdict table built from them (lintheory/studies/verdicts.py).
+
+The expected numbers are computed here from the constructed values (the t-interval from
+scipy.stats.ttest_1samp, Spearman's ρ from its rank formula, logs by hand), never with the study's
+own helpers; text.num and text.ci only format them. No model is trained and nothing is compiled.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from lintheory.studies import (deep_recipes, engine, implicit_gd, in_weights, mismatch, one_layer, paper_protocol,
+                               positive_control, prune_bound, pruning, text, verdicts)
+
+DEFAULT = {"profile": "default"}
+
+
+def R(measure, value, seed=None, n_tasks=None, **keys):
+  """One table row; key columns left out are None, as in a results CSV."""
+  return {"measure": measure, "value": float(value), "seed": seed, "n_tasks": n_tasks, **keys}
+
+
+def t_ci(values, level=0.95):
+  lo, hi = st.ttest_1samp(np.asarray(values, float), 0.0).confidence_interval(level)
+  return float(lo), float(hi)
+
+
+def tost(values, margin):
+  """TOST by its definition: both one-sided t-tests against ±margin reject at 5 %."""
+  v = np.asarray(values, float)
+  return (st.ttest_1samp(v, -margin, alternative="greater").pvalue < 0.05
+          and st.ttest_1samp(v, margin, alternative="less").pvalue < 0.05)
+
+
+def only(claims, cid=None):
+  (c,) = claims
+  assert cid is None or c.id == cid
+  return c
+
+
+# --- one_layer: the learned step's excess error over the closed-form optimum ------------------
+
+
+def one_layer_table(cases):
+  """cases: name → (closed-form error, the learned Γ_eff's exact error per seed)."""
+  rows = []
+  for case, (closed, losses) in cases.items():
+    rows.append(R("closed_form", closed, case=case))
+    rows += [R("Gamma_eff_exact_loss", v, seed=s, case=case) for s, v in enumerate(losses)]
+    rows += [R("model_mean", 2 * closed, seed=s, n_tasks=1000, case=case) for s in range(len(losses))]
+  return engine.Table(rows, one_layer.KEYS)
+
+
+NEAR_CASE = (0.5, [0.505, 0.51, 0.515])  # excess 1 %, 2 %, 3 %: 95 % CI [−0.48 %, 4.48 %], below 5 %
+FAR_CASE = (0.5, [0.6, 0.62, 0.61])  # excess 20 %, 24 %, 22 %
+
+
+def test_one_layer_holds_when_every_case_has_its_excess_ci_below_5_percent():
+  c = only(one_layer.claims(one_layer_table({"iso": NEAR_CASE}), DEFAULT), "one_layer_gd")
+  lo, hi = t_ci([0.01, 0.02, 0.03])
+  assert hi < 0.05 and c.verdict == "holds" and c.seeds == 3
+  assert c.ci == f"iso: 2.0 % {text.ci(100 * lo, 100 * hi, 2)}" == "iso: 2.0 % [-0.48, 4.5]"
+
+
+def test_one_layer_fails_when_no_case_is_near_the_optimum():
+  c = only(one_layer.claims(one_layer_table({"iso": FAR_CASE, "aniso": FAR_CASE}), DEFAULT))
+  lo, hi = t_ci([0.2, 0.24, 0.22])
+  assert c.verdict == "fails"
+  assert c.ci.startswith(f"iso: 22 % {text.ci(100 * lo, 100 * hi, 2)}; aniso: 22 %")
+
+
+def test_one_layer_depends_on_the_case_when_only_some_cases_are_near():
+  c = only(one_layer.claims(one_layer_table({"iso": NEAR_CASE, "aniso": FAR_CASE}), DEFAULT))
+  assert c.verdict == "depends on the case"
+
+
+def test_one_layer_a_case_whose_mean_is_near_but_whose_ci_reaches_past_5_percent_is_not_near():
+  c = only(one_layer.claims(one_layer_table({"iso": (0.5, [0.505, 0.51, 0.545])}), DEFAULT))
+  lo, hi = t_ci([0.01, 0.02, 0.09])
+  assert np.mean([0.01, 0.02, 0.09]) < 0.05 < hi and c.verdict == "fails"
+
+
+def test_one_layer_a_case_whose_mean_excess_is_infinite_is_not_near_the_optimum():
+  c = only(one_layer.claims(one_layer_table({"iso": (0.5, [0.505, math.inf, 0.51])}), DEFAULT))
+  assert c.verdict == "fails" and c.ci == "iso: ∞ % [n/a, n/a]"
+
+
+@pytest.mark.xfail(strict=True, reason="claims() of a table without cases says 'holds' (all([]) is True) with 0 "
+                   "seeds; with no case decided there is no claim (or it is undecided)")
+def test_one_layer_decides_nothing_on_an_empty_table():
+  assert [c.verdict for c in one_layer.claims(engine.Table([], one_layer.KEYS), DEFAULT)] in ([], ["undecided"])
+
+
+# --- implicit_gd: the closest reference's final distance, per depth at σ = 0 ------------------
+
+KINDS = ("gd", "gd_step", "gd_pp", "precond")
+CLOSE = [0.01, 0.02, 0.03]  # 95 % CI [−0.0048, 0.0448]: below 0.1
+AWAY = [0.3, 0.35, 0.4]
+
+
+def igd_table(finals, ident=1e-14, sigma=0.0):
+  """finals: L → {reference: final distance per seed}; references not given sit at 0.9. A row at an
+  earlier layer (0.001, everywhere) must not be read as the final one."""
+  rows = [R("identity_max_abs_err", ident, seed=0, L=1)]
+  for L, by_kind in finals.items():
+    n = len(next(iter(by_kind.values())))
+    for kind in KINDS:
+      for s, v in enumerate(by_kind.get(kind, [0.9] * n)):
+        rows.append(R("w_rel_dist", v, seed=s, n_tasks=256, sigma=sigma, L=L, reference=kind, layer=L))
+        if L > 1:
+          rows.append(R("w_rel_dist", 0.001, seed=s, n_tasks=256, sigma=sigma, L=L, reference=kind, layer=L - 1))
+  return engine.Table(rows, implicit_gd.KEYS)
+
+
+def test_implicit_gd_holds_when_every_depth_has_a_gd_reference_within_a_tenth():
+  c = only(implicit_gd.claims(igd_table({1: {"gd_pp": CLOSE}, 2: {"gd_step": CLOSE}}), DEFAULT), "implicit_gd")
+  lo, hi = t_ci(CLOSE)
+  assert c.verdict == "holds" and c.seeds == 3
+  assert c.ci == f"L=1: gd_pp 0.020 {text.ci(lo, hi, 2)}; L=2: gd_step 0.020 {text.ci(lo, hi, 2)}"
+
+
+def test_implicit_gd_depends_on_depth_when_one_depth_is_away():
+  c = only(implicit_gd.claims(igd_table({1: {"gd_pp": CLOSE}, 2: {"gd_pp": AWAY}}), DEFAULT))
+  assert c.verdict == "depends on depth" and "L=2: gd_pp 0.35" in c.ci
+
+
+def test_implicit_gd_fails_when_the_identity_is_not_exact():
+  c = only(implicit_gd.claims(igd_table({1: {"gd_pp": CLOSE}}, ident=1e-6), DEFAULT))
+  assert c.verdict == "fails" and c.effect.startswith("identity exact to 1.0·10^-6")
+
+
+def test_implicit_gd_the_closest_reference_is_the_lowest_median_and_its_mean_is_reported():
+  """gd: median 0 but mean 0.3 (one seed far); gd_pp: 0.05 everywhere. The choice reads the median, the CI the mean."""
+  c = only(implicit_gd.claims(igd_table({1: {"gd_pp": CLOSE}, 2: {"gd": [0.0, 0.0, 0.9], "gd_pp": [0.05] * 3}}),
+                              DEFAULT))
+  lo, hi = t_ci([0.0, 0.0, 0.9])
+  assert hi > 0.1 and f"L=2: gd 0.30 {text.ci(lo, hi, 2)}" in c.ci and c.verdict == "depends on depth"
+
+
+def test_implicit_gd_reads_only_the_noiseless_depths():
+  rows = igd_table({1: {"gd_pp": CLOSE}}).rows + igd_table({4: {"gd_pp": AWAY}}, sigma=0.5).rows[1:]
+  c = only(implicit_gd.claims(engine.Table(rows, implicit_gd.KEYS), DEFAULT))
+  assert c.verdict == "holds" and "L=4" not in c.ci
+
+
+@pytest.mark.xfail(strict=True, reason="when no depth has a reference within 0.1 the claim holds at no depth, yet "
+                   "the verdict reads 'depends on depth'; it should be 'fails' (as one_layer says when no case holds)")
+def test_implicit_gd_fails_when_no_depth_follows_a_reference():
+  assert only(implicit_gd.claims(igd_table({1: {"gd_pp": AWAY}, 2: {"gd_pp": AWAY}}), DEFAULT)).verdict == "fails"
+
+
+@pytest.mark.xfail(strict=True, reason="a table with no depth at σ = 0 (only σ > 0 was run) says 'holds' with 0 "
+                   "seeds (all([]) is True): with no depth compared there is no claim (or it is undecided)")
+def test_implicit_gd_decides_nothing_without_a_noiseless_depth():
+  c = implicit_gd.claims(igd_table({4: {"gd_pp": CLOSE}}, sigma=0.5), DEFAULT)
+  assert [x.verdict for x in c] in ([], ["undecided"])
+
+
+# --- pruning: deep − shallow damage of pruning attention, linear models -----------------------
+
+
+def pruning_table(per_L, model="linear", rank=1):
+  """per_L: L → per seed, the median error after pruning attention of each layer to `rank` (None: the
+  configuration overflowed, so no row); the unpruned median error is 1 in every seed."""
+  rows = []
+  for L, seeds in per_L.items():
+    for s, errs in enumerate(seeds):
+      rows.append(R("median_error", 1.0, seed=s, n_tasks=4096, model=model, L=L, rank=11))
+      rows += [R("median_error", e, seed=s, n_tasks=4096, model=model, L=L, layer=layer, module="attn", rank=rank)
+               for layer, e in enumerate(errs) if e is not None]
+  return rows
+
+
+DEEP_STABLE = [[10, 1], [100, 1], [10, 0.1]]  # L = 2: deep − shallow = log10(e1 / e0) = −1, −2, −2
+DEEP_FRAGILE = [[1, 1, 10, 10], [1, 1, 100, 100], [1, 1, 10, 100]]  # L = 4: mean(layers 2, 3) − mean(0, 1): 1, 2, 1.5
+
+
+def pruning_claims(*row_sets):
+  return pruning.claims(engine.Table([r for rows in row_sets for r in rows], pruning.KEYS), DEFAULT)
+
+
+def test_pruning_holds_when_the_deep_minus_shallow_damage_has_its_ci_below_zero():
+  c = only(pruning_claims(pruning_table({2: DEEP_STABLE})), "deep_stable")
+  lo, hi = t_ci([-1, -2, -2])
+  assert hi < 0 and c.verdict == "holds" and c.seeds == 3
+  assert c.ci == f"L=2 attn: -1.7 {text.ci(lo, hi, 2)}"
+
+
+def test_pruning_fails_when_the_ci_is_above_zero():
+  c = only(pruning_claims(pruning_table({4: DEEP_FRAGILE})))
+  lo, hi = t_ci([1, 2, 1.5])
+  assert lo > 0 and c.verdict == "fails" and c.ci == f"L=4 attn: 1.5 {text.ci(lo, hi, 2)}"
+
+
+def test_pruning_is_undecided_when_the_ci_spans_zero():
+  assert only(pruning_claims(pruning_table({2: [[10, 1], [1, 10], [1, 1]]}))).verdict == "undecided"
+
+
+def test_pruning_depends_on_depth_lists_each_depths_verdict_and_skips_other_models():
+  c = only(pruning_claims(pruning_table({2: DEEP_STABLE, 4: DEEP_FRAGILE}),
+                          pruning_table({2: [[1, 1000], [1, 1000], [1, 100]]}, model="softmax")))
+  assert c.verdict == "depends on depth: holds, fails" and "softmax" not in c.ci and c.ci.count("attn") == 2
+
+
+def test_pruning_damage_is_the_mean_over_the_papers_ranks_only():
+  """Ranks 1 and 2 are DAMAGE_RANKS, rank 4 is not: per seed (log10 e₁ − log10 e₀) averaged over ranks 1, 2."""
+  r1 = pruning_table({2: [[10, 1], [10, 1], [10, 1]]}, rank=1)
+  r2 = [r for r in pruning_table({2: [[100, 1], [100, 10], [1000, 1]]}, rank=2) if r.get("layer") is not None]
+  r4 = [r for r in pruning_table({2: [[1, 1e6]] * 3}, rank=4) if r.get("layer") is not None]
+  dms = [np.mean([-1, -2]), np.mean([-1, -1]), np.mean([-1, -3])]
+  c = only(pruning_claims(r1, r2, r4))
+  assert c.ci == f"L=2 attn: {text.num(np.mean(dms), 2)} {text.ci(*t_ci(dms), 2)}" and c.verdict == "holds"
+
+
+def test_pruning_decides_nothing_with_fewer_than_two_finite_seeds():
+  assert pruning_claims(pruning_table({2: [[10, 1], [10, None]]})) == []
+  assert pruning_claims(pruning_table({2: [[10, 1]]}, model="softmax")) == []
+
+
+@pytest.mark.xfail(strict=True, reason="the CI rests on the 3 seeds with a finite deep − shallow damage, but the "
+                   "row reports all 4 seeds (pruning.py claims: seeds = len(dms), not finite.size); the seeds "
+                   "column must be the number behind the CI. The committed L=8 row reads 5 seeds on a CI of 2.")
+def test_pruning_reports_the_seeds_behind_its_ci():
+  c = only(pruning_claims(pruning_table({2: DEEP_STABLE + [[10, None]]})))
+  assert c.seeds == 3
+
+
+@pytest.mark.xfail(strict=True, reason="a seed whose deep-layer pruning overflowed (deep − shallow = +∞, the "
+                   "strongest evidence against Remark 5) is dropped and the finite seeds alone say 'holds'; an "
+                   "infinite seed must count in the decision (or make it undecided), not vanish")
+def test_pruning_does_not_hold_by_dropping_a_seed_whose_deep_pruning_overflowed():
+  assert only(pruning_claims(pruning_table({2: DEEP_STABLE + [[10, None]]}))).verdict != "holds"
+
+
+# --- prune_bound: Spearman ρ between a finite bound and the measured gap ----------------------
+
+CONFIGS = [(0, "attn", 1), (0, "attn", 2), (1, "v", 1), (1, "v", 2)]
+GAP = [1.0, 2.0, 3.0, 4.0]
+
+
+def spearman_by_hand(x, y):
+  """1 − 6 Σ d² / (n (n² − 1)) on the finite pairs (no ties)."""
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  ok = np.isfinite(x) & np.isfinite(y)
+  rx, ry = np.argsort(np.argsort(x[ok])), np.argsort(np.argsort(y[ok]))
+  n = ok.sum()
+  return 1 - 6 * np.sum((rx - ry) ** 2) / (n * (n * n - 1))
+
+
+def pb_table(cmi, sub, L=4):
+  """cmi, sub: per seed the bound at each of CONFIGS (their gaps are GAP); inf: the bound is infinite there."""
+  rows = [R("gap", 0.1, seed=0, n_tasks=64, L=L)]
+  for measure, gap, per_seed in (("cmi_bound", "cmi_gap_clipped", cmi), ("bound_subspace", "gap_tail_mean", sub)):
+    for s, bounds in enumerate(per_seed):
+      for (layer, module, rank), b, g in zip(CONFIGS, bounds, GAP):
+        keys = dict(seed=s, n_tasks=64, L=L, layer=layer, module=module, rank=rank)
+        rows += [R(measure, b, **keys), R(gap, g, **keys)]
+  return engine.Table(rows, prune_bound.KEYS)
+
+
+META_PB = {"profile": "default", "settings": {"noise_std": 0.5}}
+INF4 = [[math.inf] * 4] * 3
+TRACKS = [[1, 2, 3, 4], [2, 1, 3, 4], [2, 1, 4, 3]]  # ρ = 1, 0.8, 0.6: CI [0.30, 1.30]
+NOISY = [[1, 2, 3, 4], [4, 3, 2, 1], [3, 1, 2, 4]]  # ρ = 1, −1, 0.4
+
+
+def test_prune_bound_holds_for_the_bound_whose_rho_ci_is_above_zero():
+  c = only(prune_bound.claims(pb_table(TRACKS, INF4), META_PB), "theorem2")
+  rho = [spearman_by_hand(b, GAP) for b in TRACKS]
+  assert rho == pytest.approx([1.0, 0.8, 0.6])
+  lo, hi = t_ci(rho)
+  assert lo > 0 and c.verdict == "holds for CMI bound (clipped loss)" and c.seeds == 3
+  assert c.ci == ("L=4 subspace bound (V_t): ρ undefined (bound infinite or constant); "
+                  f"L=4 CMI bound (clipped loss): ρ = 0.80 {text.ci(lo, hi, 2)}")
+  assert c.detail.endswith("at σ = 0.5")
+
+
+def test_prune_bound_is_not_shown_when_every_defined_rho_ci_reaches_zero():
+  c = only(prune_bound.claims(pb_table(NOISY, NOISY), META_PB))
+  assert t_ci([1, -1, 0.4])[0] < 0 and c.verdict == "not shown: no finite bound's ρ has a CI above 0"
+
+
+def test_prune_bound_is_undecided_when_no_bound_is_finite():
+  c = only(prune_bound.claims(pb_table(INF4, INF4), META_PB))
+  assert c.verdict == "undecided: no finite bound" and c.seeds == 0 and c.ci.count("ρ undefined") == 2
+
+
+def test_prune_bound_rho_of_a_seed_uses_its_finite_configurations_and_drops_a_constant_seed():
+  """Seed 0: bound infinite at one configuration, ρ over the other three; seed 3: a constant bound, no ρ."""
+  cmi = [[math.inf, 2, 3, 4], [2, 1, 3, 4], [2, 1, 4, 3], [5, 5, 5, 5]]
+  rho = [spearman_by_hand(b, GAP) for b in cmi[:3]]
+  assert rho == pytest.approx([1.0, 0.8, 0.6])
+  c = only(prune_bound.claims(pb_table(cmi, INF4 + [[math.inf] * 4]), META_PB))
+  assert c.seeds == 3 and f"ρ = 0.80 {text.ci(*t_ci(rho), 2)}" in c.ci
+
+
+# --- paper_protocol: SVD against its null controls, and Algorithm 1 against the unpruned model -
+
+SVD = [0.5, 0.6, 0.55]
+BELOW = [0.8, 0.85, 0.95]  # a control above SVD in every seed
+CTRL = {"null_dirs": [0.1, 0.12, 0.08], "null_gauss": [0.05, 0.0, 0.1], "null_shrink": [0.2, 0.25, 0.3]}
+
+
+def pp_rows(rel, model="linear", shots=20, V=64, z=0.0, n_tasks=100):
+  """rel: edit → per-seed mean gain in fractions of the headroom, layers {0, 1, L−2, L−1}."""
+  rows = []
+  for edit, vals in rel.items():
+    for s, v in enumerate(vals):
+      keys = dict(seed=s, n_tasks=n_tasks, model=model, shots=shots, edit=edit, layers="all", V=V, val_noise=z)
+      rows += [R("rel_gain_mean", v, **keys), R("gain_mean", 0.01 * v, **keys)]
+  return rows
+
+
+def pp_claims(*row_sets):
+  c = paper_protocol.claims(engine.Table([r for rows in row_sets for r in rows], paper_protocol.KEYS), DEFAULT)
+  assert [x.id for x in c] == ["pruning_enhances", "algorithm1"]
+  return c
+
+
+def test_paper_protocol_holds_when_svd_beats_every_control_by_the_sesoi():
+  enh, alg = pp_claims(pp_rows({"svd": SVD, **CTRL}))
+  diff = np.subtract(SVD, CTRL["null_shrink"])  # the strongest control: the smallest mean difference
+  assert enh.verdict == "holds in 1 of 1 regimes" and enh.seeds == 3
+  assert enh.effect.endswith(f"(null_shrink), % of headroom, in the regime most favourable to SVD "
+                             f"(linear N=20 V=64 σ_val=0): {text.num(100 * diff.mean(), 2)} %")
+  assert enh.ci == text.ci(*(100 * x for x in t_ci(diff)), 2) + " %"
+  assert alg.verdict == "holds in 1 of 1 regimes"
+  assert alg.effect.endswith(f"best regime linear N=20 V=64 σ_val=0: {text.num(100 * np.mean(SVD), 2)} %")
+  assert alg.ci == text.ci(*(100 * x for x in t_ci(SVD)), 2) + " %"
+
+
+def test_paper_protocol_pruning_fails_where_svd_is_equivalent_to_a_control():
+  shrink = list(np.subtract(SVD, [0.001, -0.001, 0.0]))
+  assert tost(np.subtract(SVD, shrink), paper_protocol.SESOI)
+  enh, _ = pp_claims(pp_rows({"svd": SVD, **CTRL, "null_shrink": shrink}))
+  assert enh.verdict == "fails in 1 of 1 regimes"
+
+
+def test_paper_protocol_pruning_fails_where_svd_beats_a_control_significantly_but_by_less_than_the_sesoi():
+  shrink = list(np.subtract(SVD, [0.03, 0.031, 0.029]))
+  assert t_ci([0.03, 0.031, 0.029])[0] > 0 and tost([0.03, 0.031, 0.029], paper_protocol.SESOI)
+  enh, _ = pp_claims(pp_rows({"svd": SVD, **CTRL, "null_shrink": shrink}))
+  assert enh.verdict == "fails in 1 of 1 regimes"
+
+
+def test_paper_protocol_pruning_is_undecided_when_svd_beats_the_controls_without_a_gain_of_its_own():
+  """Every control loses (−0.55); SVD beats them by 0.55 but its own gain's CI spans 0."""
+  svd, ctl = [0.1, -0.1, 0.05], [-0.5, -0.6, -0.55]
+  assert t_ci(svd)[0] < 0 < t_ci(np.subtract(svd, ctl))[0]
+  enh, _ = pp_claims(pp_rows({"svd": svd, **{k: ctl for k in CTRL}}))
+  assert enh.verdict == "undecided"
+
+
+def test_paper_protocol_pruning_fails_where_svd_is_below_a_control():
+  enh, _ = pp_claims(pp_rows({"svd": SVD, **CTRL, "null_shrink": BELOW}))
+  assert t_ci(np.subtract(SVD, BELOW))[1] < 0 and enh.verdict == "fails in 1 of 1 regimes"
+
+
+def test_paper_protocol_pruning_is_undecided_when_a_difference_is_neither_clear_nor_equivalent():
+  shrink = list(np.subtract(SVD, [0.3, -0.2, 0.1]))
+  enh, _ = pp_claims(pp_rows({"svd": SVD, **CTRL, "null_shrink": shrink}))
+  assert enh.verdict == "undecided"
+
+
+@pytest.mark.parametrize("svd, verdict", [
+    ([0.001, 0.0, -0.001], "fails"),  # equivalent to no gain (TOST within ±5 % of the headroom)
+    ([-0.3, -0.35, -0.25], "fails"),  # CI below 0
+    ([0.02, 0.021, 0.019], "fails"),  # significant, but smaller than the SESOI: equivalent to 0
+    ([0.3, -0.2, 0.1], "undecided"),
+    ([0.06, 0.07, 0.08], "holds"),  # CI above 0 and mean above the SESOI
+])
+def test_paper_protocol_algorithm1_branches(svd, verdict):
+  lo, hi = t_ci(svd)
+  expected = ("holds" if lo > 0 and np.mean(svd) > 0.05 else
+              "fails" if hi < 0 or tost(svd, 0.05) else "undecided")
+  assert expected == verdict
+  _, alg = pp_claims(pp_rows({"svd": svd, **CTRL}))
+  assert alg.verdict.split(" in ")[0] == verdict
+
+
+def test_paper_protocol_tallies_the_regimes():
+  hold = pp_rows({"svd": SVD, **CTRL}, V=64)
+  undecided = pp_rows({"svd": SVD, **CTRL, "null_shrink": list(np.subtract(SVD, [0.3, -0.2, 0.1]))}, V=256)
+  fail = pp_rows({"svd": SVD, **CTRL, "null_shrink": BELOW}, V=16)
+  assert pp_claims(hold, undecided)[0].verdict == "holds in 1 of 2 regimes, undecided in 1"
+  assert pp_claims(fail, undecided)[0].verdict == "fails in 1 of 2 regimes, undecided in 1"
+  assert pp_claims(hold, fail)[0].verdict == "depends: holds in 1, fails in 1, undecided in 0 of 2 regimes"
+  assert pp_claims(hold, pp_rows({"svd": SVD, **CTRL}, V=256))[0].verdict == "holds in 2 of 2 regimes"
+  enh, _ = pp_claims(hold, fail)  # the effect is the regime most favourable to SVD: V = 64
+  assert "(linear N=20 V=64 σ_val=0)" in enh.effect
+
+
+def test_paper_protocol_leaves_out_a_model_whose_rare_tasks_carry_its_error():
+  """'heavy' would fail (SVD below a control); its tail check says its means do not stand, so only
+  'linear' is counted and the detail names what was left out."""
+  heavy = pp_rows({"svd": SVD, **CTRL, "null_shrink": BELOW}, model="heavy", n_tasks=200)
+  tail = [R("tail_rare_share", v, seed=s, n_tasks=100_000, model="heavy", shots=20)
+          for s, v in enumerate([0.05, 0.3, 0.1])]
+  enh, alg = pp_claims(pp_rows({"svd": SVD, **CTRL}), heavy, tail)
+  assert enh.verdict == alg.verdict == "holds in 1 of 1 regimes"
+  assert enh.detail.endswith("; not counted: heavy (its means rest on 200 tasks per seed, and tasks rarer than 1 in "
+                             "200 carry up to 30 % of its error on 100,000 tasks)")
+  assert paper_protocol.claims(engine.Table(heavy + tail, paper_protocol.KEYS), DEFAULT) == []
+
+
+# --- positive_control: a gain where pruning can help --------------------------------------------
+
+
+def pc_table(gains):
+  """gains: (L, pool) → the chosen truncation's gain per seed (pool 0: fresh tasks, P = ∞)."""
+  return engine.Table([R("gain", g, seed=s, n_tasks=1000, L=L, pool=p) for (L, p), gs in gains.items()
+                       for s, g in enumerate(gs)], positive_control.KEYS)
+
+
+def test_positive_control_holds_when_the_smallest_pool_gains():
+  c = only(positive_control.claims(pc_table({(1, 50): [0.1, 0.12, 0.11], (1, 0): [0.0] * 3}), DEFAULT),
+           "positive_control")
+  assert c.verdict == "holds" and c.seeds == 3
+  assert c.ci == f"L=1 P=50: 0.110 {text.ci(*t_ci([0.1, 0.12, 0.11]))}; L=1 P=∞: 0 [0, 0]"
+
+
+def test_positive_control_fails_when_no_depth_gains_at_its_smallest_pool():
+  """P = ∞ sorts last: its large gain does not decide; pool 50 is the smallest and its CI spans 0."""
+  c = only(positive_control.claims(pc_table({(1, 0): [1.0, 1.1, 1.2], (1, 200): [1.0, 1.1, 1.2],
+                                             (1, 50): [0.1, -0.1, 0.05]}), DEFAULT))
+  assert t_ci([0.1, -0.1, 0.05])[0] < 0 and c.verdict == "fails: no gain detected"
+  assert c.ci.startswith("L=1 P=50: ") and "P=∞" in c.ci and "P=200" not in c.ci
+
+
+def test_positive_control_holds_when_some_depth_gains():
+  c = only(positive_control.claims(pc_table({(1, 50): [0.1, -0.1, 0.05], (2, 50): [0.3, 0.35, 0.4]}), DEFAULT))
+  assert c.verdict == "holds"
+
+
+@pytest.mark.xfail(strict=True, reason="claims() of a table without gains says 'fails: no gain detected' with 0 "
+                   "seeds; with nothing measured there is no claim (verdicts then says 'not decided')")
+def test_positive_control_decides_nothing_on_an_empty_table():
+  assert positive_control.claims(pc_table({}), DEFAULT) == []
+
+
+@pytest.mark.xfail(strict=True, reason="a seed whose unpruned error overflowed gains +∞; its CI is undefined "
+                   "(n/a) yet the verdict reads 'fails: no gain detected'; an undefined CI must not decide")
+def test_positive_control_an_infinite_gain_does_not_decide_fails():
+  c = only(positive_control.claims(pc_table({(1, 50): [0.1, math.inf, 0.11]}), DEFAULT))
+  assert not c.verdict.startswith("fails")
+
+
+# --- mismatch: per regime, does the chosen edit gain where training and test differ? ----------
+
+HELPS, HURTS, NULL, OPEN = [0.3, 0.35, 0.4], [-0.3, -0.35, -0.4], [0.001, -0.002, 0.0], [0.3, -0.2, 0.1]
+NEAR_NULL = [0.06, -0.02, 0.04]  # 90 % interval [−0.044, 0.097]: within ±10 %, not within the ±5 % margin
+EDGE_NULL = [0.03, -0.01, 0.02]  # 90 % interval [−0.022, 0.048] within ±5 % (null); the 95 % one is not
+META_MM = {"profile": "default", "settings": {"train": {"steps": 1500}}}
+
+
+def mm_rows(regime, model, fracs, L=4, N_train=20, M=10, sigma_train=0.0, sigma_test=0.0, steps=1500):
+  k = dict(regime=regime, L=L, model=model, N_train=N_train, M=M, sigma_train=sigma_train, sigma_test=sigma_test,
+           steps=steps)
+  return [r for s, f in enumerate(fracs)
+          for r in (R("gain", 0.2 * f, seed=s, n_tasks=1000, **k), R("gain_frac", f, seed=s, n_tasks=1000, **k))]
+
+
+def mm_claims(*row_sets):
+  return mismatch.claims(engine.Table([r for rows in row_sets for r in rows], mismatch.KEYS), META_MM)
+
+
+def test_mismatch_calls_of_each_condition():
+  """helps / hurts: the 95 % t-interval excludes 0; null: TOST within ±5 %; else inconclusive."""
+  assert t_ci(HELPS)[0] > 0 and t_ci(HURTS)[1] < 0 and tost(NULL, 0.05) and not tost(OPEN, 0.05)
+  assert t_ci(NEAR_NULL)[0] < 0 and tost(NEAR_NULL, 0.1) and not tost(NEAR_NULL, 0.05)
+  assert tost(EDGE_NULL, 0.05) and not -0.05 < t_ci(EDGE_NULL)[0] < t_ci(EDGE_NULL)[1] < 0.05
+  c = only(mm_claims(mm_rows("shots", "fixed", HELPS, M=10), mm_rows("shots", "fixed", HURTS, M=15),
+                     mm_rows("shots", "fixed", NULL, M=5), mm_rows("shots", "fixed", OPEN, M=3),
+                     mm_rows("shots", "fixed", NEAR_NULL, M=2), mm_rows("shots", "fixed", EDGE_NULL, M=1)), "shots")
+  assert c.detail == ("fixed N=20 M=10, L=4: helps; fixed N=20 M=15, L=4: hurts; fixed N=20 M=5, L=4: null; "
+                      "fixed N=20 M=3, L=4: inconclusive; fixed N=20 M=2, L=4: inconclusive; fixed N=20 M=1, L=4: null")
+
+
+def test_mismatch_holds_when_every_mismatched_condition_helps_and_reports_the_largest():
+  c = only(mm_claims(mm_rows("shots", "fixed", HELPS, M=10), mm_rows("shots", "fixed", [0.1, 0.12, 0.14], M=15),
+                     mm_rows("shots", "mixed", NULL, M=10)))
+  lo, hi = t_ci(HELPS)
+  assert c.verdict == "holds, never in distribution" and c.seeds == 3
+  assert c.effect == "35 % of the headroom (fixed N=20 M=10, L=4, the largest)"
+  assert c.ci == f"{text.ci(100 * lo, 100 * hi, 2)} %"
+
+
+def test_mismatch_says_when_an_in_distribution_control_also_helps():
+  c = only(mm_claims(mm_rows("noise", "clean", HELPS, sigma_test=0.5), mm_rows("noise", "matched", HELPS,
+                                                                              sigma_train=0.5, sigma_test=0.5)))
+  assert c.id == "noise" and c.verdict == "holds, and in 1 in-distribution control(s)"
+
+
+def test_mismatch_depends_when_only_some_mismatched_conditions_help():
+  c = only(mm_claims(mm_rows("training_length", "fixed", HELPS, steps=150),
+                     mm_rows("training_length", "fixed", OPEN, steps=500),
+                     mm_rows("training_length", "fixed", HELPS, steps=1500)))
+  assert c.verdict == ("depends: helps in 1 of 2 mismatched conditions, and in 1 in-distribution control(s)")
+
+
+def test_mismatch_fails_when_every_mismatched_condition_is_equivalent_to_no_gain():
+  c = only(mm_claims(mm_rows("shots", "fixed", NULL, M=10), mm_rows("shots", "fixed", NULL, M=15)))
+  assert c.verdict == "fails: every mismatched condition is equivalent to no gain"
+
+
+def test_mismatch_is_not_shown_when_no_condition_gains_and_some_are_inconclusive():
+  c = only(mm_claims(mm_rows("shots", "fixed", NULL, M=10), mm_rows("shots", "fixed", OPEN, M=15)))
+  assert c.verdict == ("not shown: no mismatched condition gains (1 of 2 equivalent to no gain, the rest "
+                       "inconclusive)")
+
+
+def test_mismatch_a_non_finite_share_is_inconclusive_and_a_regime_of_controls_only_is_left_out():
+  c = only(mm_claims(mm_rows("shots", "fixed", [0.3, -math.inf, 0.4]), mm_rows("shots", "mixed", HELPS)))
+  assert c.verdict.startswith("not shown") and "fixed N=20 M=10, L=4: inconclusive" in c.detail
+  assert mm_claims(mm_rows("noise", "matched", HELPS, sigma_train=0.5, sigma_test=0.5)) == []
+
+
+@pytest.mark.xfail(strict=True, reason="when every mismatched condition hurts (the chosen edit raises the error, "
+                   "CI below 0) the verdict reads 'not shown: … the rest inconclusive'; the claim that pruning "
+                   "lowers the error then fails, and the conditions are not inconclusive")
+def test_mismatch_fails_when_every_mismatched_condition_hurts():
+  c = only(mm_claims(mm_rows("shots", "fixed", HURTS, M=10), mm_rows("shots", "fixed", HURTS, M=15)))
+  assert c.verdict.startswith("fails")
+
+
+# --- in_weights: the edit chosen on w₀ tasks, on w₀ and on fresh tasks -------------------------
+
+META_IW = {"profile": "default", "settings": {"equiv_frac": 0.05, "layers": 2, "noise_std": 0.25}}
+
+
+def iw_table(per_p, head=0.1, n_seeds=3):
+  """per_p: p → {(edit, task set): gain per seed}; unlisted gains are 0. Headroom `head` on both task sets
+  (margin 0.05 × head)."""
+  rows = []
+  for p, gains in per_p.items():
+    rows.append(R("bayes_mean", 0.5, n_tasks=1000, p=p, tasks="fresh"))
+    for s in range(n_seeds):
+      rows += [R("confirm_mean", 0.5 + head, seed=s, n_tasks=1000, p=p, edit="none", tasks="fresh"),
+               R("confirm_mean", head, seed=s, n_tasks=1000, p=p, edit="none", tasks="w0")]
+      for edit in ("icl", "facts"):
+        for kind in ("fresh", "w0"):
+          g = gains.get((edit, kind), [0.0] * n_seeds)[s]
+          rows.append(R("gain", g, seed=s, n_tasks=1000, p=p, edit=edit, tasks=kind))
+  return engine.Table(rows, in_weights.KEYS)
+
+
+W0_GAINS, FRESH_LOSES = [0.02, 0.025, 0.03], [-0.02, -0.025, -0.03]
+
+
+def test_in_weights_holds_when_the_w0_edit_gains_on_w0_and_loses_on_fresh_tasks():
+  c = only(in_weights.claims(iw_table({0.3: {("facts", "w0"): W0_GAINS, ("facts", "fresh"): FRESH_LOSES}}), META_IW),
+           "in_weights")
+  assert c.verdict == "holds" and c.seeds == 3
+  assert c.ci == (f"p=0.3: on w₀ 0.0250 {text.ci(*t_ci(W0_GAINS))}, on fresh -0.0250 {text.ci(*t_ci(FRESH_LOSES))}; "
+                  "edit chosen on fresh tasks, on fresh 0 [0, 0]")
+  assert c.detail == "ReLU-MLP L=2, σ=0.25, w = w₀ with prob. p; 1,000 tasks per set; margin 5 % of headroom"
+
+
+def test_in_weights_fails_when_w0_gains_and_fresh_tasks_do_not_lose():
+  c = only(in_weights.claims(iw_table({0.3: {("facts", "w0"): W0_GAINS, ("facts", "fresh"): [0.01, -0.01, 0.0]}}),
+                             META_IW))
+  assert c.verdict == "fails: w₀ tasks gain, fresh tasks do not lose"
+
+
+def test_in_weights_fails_when_every_p_is_equivalent_to_no_gain_on_w0():
+  null = [0.001, -0.001, 0.0]
+  assert tost(null, 0.05 * 0.1)
+  c = only(in_weights.claims(iw_table({0.3: {("facts", "w0"): null}, 0.6: {("facts", "w0"): null}}), META_IW))
+  assert c.verdict == "fails: equivalent to no gain on w₀ tasks"
+
+
+def test_in_weights_is_not_shown_when_some_p_is_inconclusive():
+  c = only(in_weights.claims(iw_table({0.3: {("facts", "w0"): [0.001, -0.001, 0.0]},
+                                       0.6: {("facts", "w0"): [0.02, -0.02, 0.01]}}), META_IW))
+  assert c.verdict == "not shown: no gain on w₀ tasks detected, some p inconclusive"
+
+
+def test_in_weights_skips_p_zero_and_no_headroom_gives_no_equivalence():
+  assert in_weights.claims(iw_table({0.0: {("facts", "w0"): W0_GAINS}}), META_IW) == []
+  c = only(in_weights.claims(iw_table({0.3: {}}, head=0.0), META_IW))  # margin 0: TOST is not run
+  assert c.verdict == "not shown: no gain on w₀ tasks detected, some p inconclusive"
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="a non-finite gain (an overflowed edit) makes claims() "
+                   "raise (stats.equivalence refuses it) and the report fails; the p should be inconclusive")
+def test_in_weights_a_non_finite_gain_is_inconclusive():
+  c = only(in_weights.claims(iw_table({0.3: {("facts", "w0"): [0.02, -math.inf, 0.03]}}), META_IW))
+  assert c.verdict.startswith("not shown")
+
+
+# --- deep_recipes decides no claim -------------------------------------------------------------
+
+
+def test_deep_recipes_decides_no_claim():
+  rows = [R("model_mean", 0.1, seed=s, n_tasks=1000) for s in range(3)]
+  assert deep_recipes.claims(engine.Table(rows, deep_recipes.KEYS), DEFAULT) == []
+
+
+# --- one seed: no interval over seeds ---------------------------------------------------------
+
+ONE_SEED = {
+    "one_layer": lambda: (one_layer.claims, one_layer_table({"iso": (0.5, [0.505])}), DEFAULT),
+    "implicit_gd": lambda: (implicit_gd.claims, igd_table({1: {"gd_pp": [0.01]}}), DEFAULT),
+    "positive_control": lambda: (positive_control.claims, pc_table({(1, 50): [0.1]}), DEFAULT),
+    "mismatch": lambda: (mismatch.claims, engine.Table(mm_rows("shots", "fixed", [0.3]), mismatch.KEYS), META_MM),
+    "in_weights": lambda: (in_weights.claims, iw_table({0.3: {("facts", "w0"): [0.02]}}, n_seeds=1), META_IW),
+    "paper_protocol": lambda: (paper_protocol.claims, engine.Table(pp_rows({"svd": [0.5], "null_dirs": [0.1]}),
+                                                                   paper_protocol.KEYS), DEFAULT),
+}
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="with one seed (--seeds 1 is accepted) claims() raises "
+                   "'values_S needs at least 2 seeds' from stats.seed_ci and the report fails; with no interval "
+                   "over seeds the claim should be undecided (or absent), as pruning and prune_bound already do")
+@pytest.mark.parametrize("study", sorted(ONE_SEED))
+def test_one_seed_decides_nothing_and_does_not_raise(study):
+  claims, table, meta = ONE_SEED[study]()
+  assert all(not c.verdict.startswith(("holds", "fails")) for c in claims(table, meta))
+
+
+def test_pruning_and_prune_bound_decide_nothing_with_one_seed():
+  assert pruning_claims(pruning_table({2: DEEP_STABLE[:1]})) == []
+  assert only(prune_bound.claims(pb_table(TRACKS[:1], INF4[:1]), META_PB)).verdict == "undecided: no finite bound"
+
+
+# --- the verdict table ------------------------------------------------------------------------
+
+
+def loaded(profile="default"):
+  return {"one_layer": (one_layer_table({"iso": NEAR_CASE}), {"profile": profile}),
+          "positive_control": (pc_table({(1, 50): [0.1, -0.1, 0.05]}), {"profile": profile}),
+          "pruning": (engine.Table(pruning_table({2: [[10, 1], [1, 10], [1, 1]]}), pruning.KEYS),
+                      {"profile": profile})}
+
+
+def rows_of(md):
+  return {line.split(" | ")[0][2:]: line for line in md.splitlines()[2:]}
+
+
+def test_verdict_table_renders_holds_fails_and_undecided_rows_and_the_claims_no_study_decided():
+  md = verdicts.table(loaded())
+  assert md.splitlines()[0] == "| claim | verdict | effect | 95 % CI | seeds | study and regime |"
+  rows = rows_of(md)
+  assert list(rows) == [claim for claim, _ in verdicts.CLAIMS.values()]
+  lo, hi = t_ci([0.01, 0.02, 0.03])
+  assert rows[verdicts.CLAIMS["one_layer_gd"][0]] == (
+      f"| {verdicts.CLAIMS['one_layer_gd'][0]} | **holds** | excess error of the learned step over the optimum | "
+      f"iso: 2.0 % {text.ci(100 * lo, 100 * hi, 2)} | 3 | `one_layer`: holds where the CI lies below 5%; exact "
+      "closed-form errors |")
+  assert " | **fails: no gain detected** | " in rows[verdicts.CLAIMS["positive_control"][0]]
+  assert rows[verdicts.CLAIMS["positive_control"][0]].endswith(" | 3 | `positive_control`: low-rank prior, fixed "
+                                                               "training pool |")
+  undecided = (" | **undecided** | deep − shallow log10 damage (attn, linear) | "
+               f"L=2 attn: 0 {text.ci(*t_ci([-1, 1, 0]), 2)}")
+  assert undecided in rows[verdicts.CLAIMS["deep_stable"][0]]
+  assert rows[verdicts.CLAIMS["implicit_gd"][0]] == (f"| {verdicts.CLAIMS['implicit_gd'][0]} | not decided |  |  |  | "
+                                                     "`implicit_gd` has no results |")
+
+
+def test_verdict_table_of_a_smoke_profile_prints_no_verdict():
+  md = verdicts.table(loaded("tiny"))
+  verdict_col = [line.split(" | ")[1] for line in md.splitlines()[2:]]
+  assert set(verdict_col) == {verdicts.SMOKE}
+  for word in ("holds", "fails", "undecided", "depends", "**"):
+    assert word not in md
+  one = rows_of(md)[verdicts.CLAIMS["one_layer_gd"][0]]
+  assert one.endswith(" | 3 | `one_layer` at profile `tiny` |") and "iso: 2.0 %" in one  # numbers kept, no rule
+
+
+def test_verdict_table_of_mixed_profiles_decides_only_the_full_ones():
+  mixed = {**loaded(), "one_layer": (one_layer_table({"iso": NEAR_CASE}), {"profile": "tiny"})}
+  rows = rows_of(verdicts.table(mixed))
+  assert f" | {verdicts.SMOKE} | " in rows[verdicts.CLAIMS["one_layer_gd"][0]]
+  assert " | **fails: no gain detected** | " in rows[verdicts.CLAIMS["positive_control"][0]]
+  assert " | not decided | " in rows[verdicts.CLAIMS["implicit_gd"][0]]
+  assert set(line.split(" | ")[1] for line in verdicts.table({}).splitlines()[2:]) == {"not decided"}
