@@ -295,4 +295,4 @@ def test_each_study_summarises_the_committed_results_in_one_line_with_a_number(n
   table, _ = engine.load(REPO / "results", name)
   line = engine.study_module(name).summary(table)
   assert "\n" not in line and any(c.isdigit() for c in line)
-  assert "[" in line or name == "deep_recipes"  # a CI, except where the study reports seeds' extremes
+  assert "[" in line or name == "deep_recipes"  # a CI or the seeds' range, except where the study reports seeds' extremes

@@ -246,8 +246,10 @@ def summary(table: engine.Table) -> str:
     if m != "linear":
       continue
     dms = deep_minus_shallow(table, m, L, "attn")
-    parts.append(f"L={L} {text.num(np.median(dms), 2)} (deep < shallow in {int(np.sum(dms < 0))} of {dms.size} seeds)")
-  return ("deep − shallow log10 damage of pruning attention (< 0: deep layers more stable), median over seeds, "
+    parts.append(f"L={L} {text.num(np.median(dms), 2)} {text.ci(np.min(dms), np.max(dms), 2)} "
+                 f"(deep < shallow in {int(np.sum(dms < 0))} of {dms.size} seeds)")
+  return ("deep − shallow log10 damage of pruning attention (< 0: deep layers more stable), median over seeds "
+          "[the seeds' range], "
           f"median task errors on {table.n_tasks('median_error'):,} tasks: " + "; ".join(parts))
 
 
