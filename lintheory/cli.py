@@ -417,7 +417,8 @@ def add_analyze(sub, common) -> None:
   p.add_argument("--eval-seed", type=int_arg, default=20_240_406, help="key of the held-out tasks")
   p.add_argument("--fit-steps", type=int_arg, default=None, help="Adam steps fitting each reference (default: "
                                                                      "references.FitConfig's)")
-  p.add_argument("--cache-dir", default="runs/cache", help="where fitted references are cached")
+  p.add_argument("--cache-dir", default=None, help="root of every cache, as the studies' --cache-dir: fitted "
+                                                   "references go to CACHE_DIR/cache/references (default: runs)")
   p.set_defaults(func=cmd_analyze)
 
 
@@ -453,6 +454,7 @@ def _analysis_layers(out: dict) -> list[dict]:
 
 def cmd_analyze(args) -> int:
   from lintheory.core import precision
+  from lintheory.run import cache as run_cache
   from lintheory.run import io, references, rundir
 
   _in_range("--eval-tasks", args.eval_tasks, 2, INT_MAX)
@@ -462,8 +464,9 @@ def cmd_analyze(args) -> int:
     fit_cfg = references.FitConfig() if args.fit_steps is None else references.FitConfig(steps=args.fit_steps)
   except ValueError as e:
     raise ValueError(f"--fit-steps: {e}") from None
-  cache = out_dir(args.cache_dir, "--cache-dir")
-  io.check_writable_dir(cache, "--cache-dir")
+  root = out_dir(run_cache.ROOT if args.cache_dir is None else args.cache_dir, "--cache-dir")
+  io.check_writable_dir(root, "--cache-dir")
+  cache = run_cache.dirs(root)[0]
   loaded = [rundir.load_run(r) for r in args.runs]  # fail on a bad run before any work
   for run in loaded:
     io.check_writable_dir(run.path, "run directory")

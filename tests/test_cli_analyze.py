@@ -36,6 +36,7 @@ def test_analyze_a_trained_run(tmp_path, cache, capsys, monkeypatch):
   monkeypatch.chdir(cwd)
   assert cli.main(["analyze", str(run), "--cache-dir", str(cache)] + FAST) == 0
   assert not any(cwd.iterdir())  # only --cache-dir is written to, no runs/cache here
+  assert any((cache / "cache" / "references").iterdir())  # --cache-dir is the root, as the studies'
   assert "analysis.json" in capsys.readouterr().out
   a = json.loads((run / "analysis.json").read_text())
   for key in ("run", "task", "model", "identity", "layers", "final", "interpolation", "references", "fit"):
@@ -56,7 +57,7 @@ def test_analyze_a_trained_run(tmp_path, cache, capsys, monkeypatch):
   monkeypatch.setattr(references, "fit_many", lambda *a, **k: pytest.fail("refitted a cached reference"))
   other = saved_run(tmp_path / "other", n_heads=2, use_W_O=True)
   other_task = TaskConfig(d=3, n_context=5)
-  assert references.cache_path(other_task, 2, references.FitConfig(steps=20), cache).exists()
+  assert references.cache_path(other_task, 2, references.FitConfig(steps=20), cache / "cache").exists()
   same = saved_run(tmp_path / "same")  # the trained run's task and model
   assert cli.main(["analyze", str(run), str(other), str(same), "--cache-dir", str(cache)] + FAST) == 0
   out = capsys.readouterr().out

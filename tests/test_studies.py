@@ -6,6 +6,7 @@ import pytest
 
 from lintheory import report, studies
 from lintheory.studies import engine
+from lintheory.run import cache as run_cache
 
 
 # make test runs one study end to end; the rest run under `make test-all` (each takes minutes here).
@@ -201,7 +202,7 @@ def test_each_profile_has_its_own_results_dir_under_one_root():
     assert engine.report_path(p) == Path(f"docs/report-{p}.md")
   for p in engine.PROFILE_NAMES:
     assert engine.results_root(engine.results_dir(p, "/x/r"), p) == Path("/x/r")
-  assert engine.cache_dirs("runs") == (Path("runs/cache"), Path("runs/jax_cache"))  # the paths of today's caches
+  assert run_cache.dirs("runs") == (Path("runs/cache"), Path("runs/jax_cache"))  # the paths of today's caches
 
 
 def test_a_tiny_run_writes_results_tiny_under_one_cache_root_and_refuses_default_files(ran, tmp_path, monkeypatch,

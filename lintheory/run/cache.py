@@ -21,6 +21,14 @@ from lintheory.run.io import _jsonable, atomic_write_bytes, locked, write_json, 
 from lintheory.run.train import TrainConfig
 
 
+ROOT = "runs"  # the root of every cache (--cache-dir): trained models and fitted references, compiled programs
+
+
+def dirs(root=ROOT) -> tuple[Path, Path]:
+  """Under one cache root: the models and fitted references (ROOT/cache), compiled XLA programs (ROOT/jax_cache)."""
+  return Path(root) / "cache", Path(root) / "jax_cache"
+
+
 def cache_key(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, seeds) -> dict:
   """Every field of the three configurations, the seeds and the trainer's revision."""
   return {"task": dataclasses.asdict(task), "model": dataclasses.asdict(model),

@@ -13,7 +13,7 @@ Results are one tidy table per study, RESULTS/<NAME>.csv, one row per setting ×
 and RESULTS/<NAME>.json with the profile, settings, provenance, seconds and the failure record.
 RESULTS is results/ for the default profile (the committed results) and results/PROFILE/ otherwise
 (results_dir); a run never overwrites another profile's file. Every cache lives under one root
-(--cache-dir, default runs/): ROOT/cache and ROOT/jax_cache (cache_dirs).
+(--cache-dir, default runs/): ROOT/cache and ROOT/jax_cache (run.cache.dirs).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from lintheory.core import precision
+from lintheory.run import cache as run_cache
 from lintheory.run import compile_cache, io
 from lintheory.run import profiles as run_profiles
 
@@ -188,17 +189,12 @@ def report_path(profile: str) -> Path:
   return Path("docs/report.md" if profile == "default" else f"docs/report-{profile}.md")
 
 
-def cache_dirs(root) -> tuple[Path, Path]:
-  """Under one cache root: the models and fitted references (ROOT/cache), compiled XLA programs (ROOT/jax_cache)."""
-  return Path(root) / "cache", Path(root) / "jax_cache"
-
-
 @dataclasses.dataclass(frozen=True)
 class Flags:
   profile: str = "default"  # the study's PROFILES: tiny (tests), default and long (2 CPU cores), full (GPU)
   seeds: int = 0  # train seeds 0..S-1 instead of the profile's (0 keeps the profile's)
   results: str = ""  # directory for <study>.csv and <study>.json (default: results/ for the default profile, results/PROFILE/ for another)
-  cache_dir: str = "runs"  # root of every cache: trained models and fitted references in ROOT/cache, XLA programs in ROOT/jax_cache
+  cache_dir: str = run_cache.ROOT  # root of every cache: trained models and fitted references in ROOT/cache, XLA programs in ROOT/jax_cache
   compile_cache: bool = True  # keep compiled XLA programs in CACHE_DIR/jax_cache across processes
 
   @property
@@ -233,7 +229,7 @@ def run_study(name: str, flags: Flags) -> Path:
   settings = settings_for(study, flags)
   out = flags.results_path
   refuse_other_profile(out / f"{name}.json", flags.profile)
-  ctx = Context(study.KEYS, str(cache_dirs(flags.cache_dir)[0]))
+  ctx = Context(study.KEYS, str(run_cache.dirs(flags.cache_dir)[0]))
   prov = provenance.collect()  # the code that runs is the code at the start
   t0 = time.perf_counter()
   with precision.x64():  # analysis in float64; training and sweeps scope the precision of their weights
@@ -350,7 +346,7 @@ def main(name: str, argv: Iterable[str] | None = None) -> int:
   flags, debug = parse_flags(name, argv)
   try:
     if flags.compile_cache:
-      compile_cache.enable(cache_dirs(flags.cache_dir)[1])
+      compile_cache.enable(run_cache.dirs(flags.cache_dir)[1])
     run_study(name, flags)
   except (ValueError, OSError, RuntimeError) as e:
     if debug:
