@@ -215,24 +215,35 @@ def test_pruning_damage_is_the_mean_over_the_papers_ranks_only():
   assert c.ci == f"L=2 attn: {text.num(np.mean(dms), 2)} {text.ci(*t_ci(dms), 2)}" and c.verdict == "holds"
 
 
-def test_pruning_decides_nothing_with_fewer_than_two_finite_seeds():
-  assert pruning_claims(pruning_table({2: [[10, 1], [10, None]]})) == []
+def test_pruning_decides_nothing_with_fewer_than_two_seeds_with_a_value():
+  """A seed whose two halves both overflowed has no deep − shallow value (∞ − ∞)."""
+  assert pruning_claims(pruning_table({2: [[10, 1], [None, None]]})) == []
   assert pruning_claims(pruning_table({2: [[10, 1]]}, model="softmax")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="the CI rests on the 3 seeds with a finite deep − shallow damage, but the "
-                   "row reports all 4 seeds (pruning.py claims: seeds = len(dms), not finite.size); the seeds "
-                   "column must be the number behind the CI. The committed L=8 row reads 5 seeds on a CI of 2.")
-def test_pruning_reports_the_seeds_behind_its_ci():
+def test_pruning_holds_when_three_of_six_seeds_overflow_pruning_a_shallow_layer():
+  """Overflow is a value: −∞ damage difference. Every seed has deep < shallow, so the order-statistic
+  interval [x_(1), x_(6)] (coverage 1 − 2·2⁻⁶) lies below 0: a sign test at p = 2⁻⁶ over all 6 seeds."""
+  per_seed = pruning_table({2: DEEP_STABLE + [[None, 1], [None, 0.1], [None, 10]]})
+  c = only(pruning_claims(per_seed))
+  assert c.verdict == "holds" and c.seeds == 6
+  assert c.ci.startswith("L=2 attn: −∞ [−∞, -1.0] (median; 96.9 % order-statistic interval over 6 seeds, 3 of them")
+
+
+def test_pruning_holds_when_three_of_five_seeds_overflow_and_the_rest_are_below_zero():
+  c = only(pruning_claims(pruning_table({2: [[10, 1], [100, 1], [None, 1], [None, 0.1], [None, 10]]})))
+  assert c.verdict == "holds" and c.seeds == 5 and "93.8 % order-statistic interval over 5 seeds, 3 of them" in c.ci
+
+
+def test_pruning_is_undecided_when_a_seeds_deep_pruning_overflowed_and_keeps_that_seed():
+  """+∞ (pruning a deep layer overflowed) is the strongest evidence against Remark 5: it stays in."""
   c = only(pruning_claims(pruning_table({2: DEEP_STABLE + [[10, None]]})))
-  assert c.seeds == 3
+  assert c.verdict == "undecided" and c.seeds == 4 and "[-2.0, ∞]" in c.ci.replace("+∞", "∞")
 
 
-@pytest.mark.xfail(strict=True, reason="a seed whose deep-layer pruning overflowed (deep − shallow = +∞, the "
-                   "strongest evidence against Remark 5) is dropped and the finite seeds alone say 'holds'; an "
-                   "infinite seed must count in the decision (or make it undecided), not vanish")
-def test_pruning_does_not_hold_by_dropping_a_seed_whose_deep_pruning_overflowed():
-  assert only(pruning_claims(pruning_table({2: DEEP_STABLE + [[10, None]]}))).verdict != "holds"
+def test_pruning_fails_when_every_seed_has_deep_above_shallow_one_of_them_infinite():
+  c = only(pruning_claims(pruning_table({2: [[1, 10], [1, 100], [0.1, 10], [1, None]]})))
+  assert c.verdict == "fails" and c.seeds == 4
 
 
 # --- prune_bound: Spearman ρ between a finite bound and the measured gap ----------------------

@@ -193,3 +193,36 @@ def test_chi2_rare_share_of_two_degrees_of_freedom_in_closed_form(n):
   """χ²₂ is exponential with mean 2: its (1 − 1/n) quantile is t = 2 ln n, and P(χ²₄ > t) =
   e^{−t/2}(1 + t/2) = (1 + ln n)/n."""
   assert stats.chi2_rare_share(2, n) == pytest.approx((1 + math.log(n)) / n, rel=1e-10)
+
+
+# --- seed_interval: t when finite, order statistics when a seed is ±inf ----------------------------
+
+
+def test_seed_interval_is_the_t_interval_when_every_seed_is_finite():
+  from scipy import stats as st
+  v = np.array([0.3, -1.2, 0.8, 2.0])
+  iv = stats.seed_interval(v)
+  lo, hi = st.t.interval(0.95, 3, loc=v.mean(), scale=st.sem(v))
+  assert iv.kind == "t" and iv.n == 4 and np.allclose([iv.center, iv.lo, iv.hi], [v.mean(), lo, hi], rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [2, 5, 6, 9, 21])
+def test_seed_interval_with_an_infinite_seed_is_the_widest_order_interval_of_exact_coverage(n):
+  """Coverage of [x_(k), x_(n+1−k)] for the median: 1 − 2 P(Bin(n, ½) ≤ k − 1), by direct summation."""
+  from math import comb
+  v = np.r_[np.arange(n - 1, dtype=float), np.inf]
+  iv = stats.seed_interval(v)
+  cov = lambda k: 1 - 2 * sum(comb(n, j) for j in range(k)) / 2 ** n
+  ks = [k for k in range(1, n // 2 + 1) if cov(k) >= 0.95] or [1]
+  k = max(ks)
+  x = np.sort(v)
+  assert iv.kind == "order" and iv.n == n and iv.center == np.median(v)
+  assert (iv.lo, iv.hi) == (x[k - 1], x[n - k]) and iv.level == pytest.approx(cov(k), abs=1e-12)
+  if n == 5:
+    assert (iv.lo, iv.hi, iv.level) == (0.0, np.inf, 1 - 2 / 32)
+
+
+def test_seed_interval_refuses_nan_and_a_single_seed():
+  for bad in ([1.0], [1.0, np.nan]):
+    with pytest.raises(ValueError, match="values_S"):
+      stats.seed_interval(bad)

@@ -10,7 +10,7 @@ Sign convention for comparisons: gain = error_before − error_after, positive =
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -211,3 +211,35 @@ def seed_ci(values_S, level: float = 0.95) -> tuple[float, float]:
     return float("nan"), float("nan")
   half = float(st.t.ppf(0.5 + level / 2, v.size - 1)) * float(v.std(ddof=1)) / np.sqrt(v.size)
   return float(v.mean() - half), float(v.mean() + half)
+
+
+class SeedInterval(NamedTuple):
+  center: float  # the mean (t-interval) or the median (order statistics) over seeds
+  lo: float
+  hi: float
+  level: float  # the interval's coverage: `level` for the t-interval, exact for order statistics
+  kind: str  # "t" or "order"
+  n: int  # seeds behind it
+
+
+def seed_interval(values_S, level: float = 0.95) -> SeedInterval:
+  """One number per seed → an interval with every seed in it (docs/theory.md §14, "Seeds that overflowed").
+
+  All finite: the t-interval of the mean (seed_ci). Some ±inf (a seed whose model overflowed): the
+  median and the order-statistic interval [x_(k), x_(n+1−k)] with the largest k whose exact coverage
+  1 − 2·P(Bin(n, ½) < k) is at least `level`, or k = 1 (the seeds' range, coverage 1 − 2^(1−n)) when
+  none reaches it. An interval entirely below 0 is then a sign test: P(every seed < 0 | median 0) = 2^−n.
+  NaN (a seed with no defined value) is refused: say which seeds have none before calling.
+  """
+  from scipy import stats as st
+
+  v = np.asarray(values_S, np.float64)
+  if v.ndim != 1 or v.size < 2 or np.isnan(v).any():
+    raise ValueError(f"values_S must be >= 2 numbers per seed without NaN, got {v.tolist()}")
+  if np.all(np.isfinite(v)):
+    lo, hi = seed_ci(v, level)
+    return SeedInterval(float(v.mean()), lo, hi, level, "t", v.size)
+  x, n = np.sort(v), v.size
+  coverage = lambda k: 1 - 2 * float(st.binom.cdf(k - 1, n, 0.5))
+  k = max([k for k in range(1, n // 2 + 1) if coverage(k) >= level], default=1)
+  return SeedInterval(float(np.median(x)), float(x[k - 1]), float(x[n - k]), coverage(k), "order", n)

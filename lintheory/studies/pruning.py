@@ -123,7 +123,8 @@ def deep_minus_shallow(table, model, L, module) -> np.ndarray:
   out = []
   for seed in table.seeds(measure="median_error", model=model, L=L):
     dmg = damage(table, model, L, module, seed)
-    out.append(np.mean(dmg[L - L // 2:]) - np.mean(dmg[: L // 2]))
+    with np.errstate(invalid="ignore"):  # both halves overflowed: ∞ − ∞ has no value (NaN), said where used
+      out.append(np.mean(dmg[L - L // 2:]) - np.mean(dmg[: L // 2]))
   return np.asarray(out)
 
 
@@ -210,18 +211,19 @@ def report(table: engine.Table, meta: dict) -> str:
     base = [v for x in seeds for v in table.values("median_error", model=m, L=L, seed=x, layer=None)]
     for module in [x for x in table.unique("module", measure="median_error", model=m, L=L) if x]:
       dms = deep_minus_shallow(table, m, L, module)
-      finite = dms[np.isfinite(dms)]
-      lo, hi = stats.seed_ci(finite) if finite.size > 1 else (np.nan, np.nan)
+      iv = remark5_interval(dms)
       rows.append([m, str(L), module, str(len(seeds)), text.num(np.median(base)),
-                   text.num(np.median(finite)) if finite.size else "n/a", text.ci(lo, hi),
-                   f"{int(np.sum(finite < 0))}/{len(dms)}"])
+                   describe(iv, dms) if iv else "n/a (fewer than 2 seeds with a value)",
+                   f"{int(np.sum(dms < 0))}/{len(dms)}"])
   n = table.n_tasks("median_error", model=_models(table)[0][0], L=_models(table)[0][1])
   return (f"Damage = mean over kept ranks {DAMAGE_RANKS} of log10(median task error pruned / unpruned), "
           f"each on {n:,} held-out tasks per seed and configuration (medians: a screen, not a mean "
           "estimate). Deep − shallow < 0 means pruning the deeper half of the layers does less damage "
-          "(Remark 5's prediction); the CI is over seeds.\n\n"
-          + text.table(["model", "L", "module", "seeds", "unpruned median error", "deep − shallow damage "
-                        "(median over seeds)", "95 % CI over seeds", "seeds with deep < shallow"], rows)
+          "(Remark 5's prediction). The interval is over seeds: the 95 % t-interval of the mean when every seed's "
+          "value is finite, else the median with an order-statistic interval of stated coverage, every seed in it "
+          "(an overflowed half counts as infinite damage; docs/theory.md §14).\n\n"
+          + text.table(["model", "L", "module", "seeds", "unpruned median error", "deep − shallow damage: mean "
+                        "[95 % t-interval], or median [order-statistic interval] where a seed overflowed", "seeds with deep < shallow"], rows)
           + "\n\n![damage](../figures/pruning_damage_by_layer.png)\n\n*Damage of pruning each layer, per module "
           "and seed (triangles on the zero line: overflow). Look at whether the curves fall from left to right, "
           "as Remark 5 predicts.*\n" + _trajectory_caption(table))
@@ -238,38 +240,57 @@ def _trajectory_caption(table: engine.Table) -> str:
 
 
 def summary(table: engine.Table) -> str:
-  """Per depth of the linear models, the median over all seeds of deep − shallow log10 damage of pruning
-  attention (an order statistic: a seed whose pruned model overflowed counts as ±inf, none is left out)."""
+  """Per depth of the linear models, deep − shallow log10 damage of pruning attention over all seeds
+  (the interval of claims(): t, or order statistics where a seed overflowed)."""
   table = engine.Table(table.where(measure="median_error").rows, table.keys)  # the only measure damage reads
   parts = []
   for m, L in _models(table):
     if m != "linear":
       continue
     dms = deep_minus_shallow(table, m, L, "attn")
-    parts.append(f"L={L} {text.num(np.median(dms), 2)} {text.ci(np.min(dms), np.max(dms), 2)} "
-                 f"(deep < shallow in {int(np.sum(dms < 0))} of {dms.size} seeds)")
-  return ("deep − shallow log10 damage of pruning attention (< 0: deep layers more stable), median over seeds "
-          "[the seeds' range], "
+    iv = remark5_interval(dms)
+    parts.append(f"L={L} " + (describe(iv, dms) if iv else "no value (fewer than 2 seeds)")
+                 + f", deep < shallow in {int(np.sum(dms < 0))} of {dms.size} seeds")
+  return ("deep − shallow log10 damage of pruning attention (< 0: deep layers more stable), over seeds, "
           f"median task errors on {table.n_tasks('median_error'):,} tasks: " + "; ".join(parts))
 
 
+def remark5_interval(dms: np.ndarray) -> stats.SeedInterval | None:
+  """The interval over the seeds with a value (stats.seed_interval; ±inf included), None below 2 seeds.
+  A seed whose deep and shallow halves both overflowed has no value (∞ − ∞): describe() says how many."""
+  has = ~np.isnan(dms)
+  return stats.seed_interval(dms[has]) if has.sum() >= 2 else None
+
+
+def describe(iv: stats.SeedInterval, dms: np.ndarray) -> str:
+  out = f"{text.num(iv.center, 2)} {text.ci(iv.lo, iv.hi, 2)}"
+  if iv.kind == "order":
+    n_inf = int(np.sum(np.isinf(dms)))
+    out += (f" (median; {100 * iv.level:.1f} % order-statistic interval over {iv.n} seeds, {n_inf} of them "
+            "infinite)")
+  n_none = int(np.sum(np.isnan(dms)))
+  return out + (f" ({n_none} seed(s) overflowed in both halves: no value)" if n_none else "")
+
+
 def claims(table: engine.Table, meta: dict) -> list:
-  """Remark 5 holds for a module when the deep-minus-shallow damage has a CI over seeds below 0."""
+  """Remark 5 holds for a module when the deep-minus-shallow damage's interval over seeds lies below 0:
+  the t-interval when every seed is finite, else an order-statistic interval (a seed whose pruned model
+  overflowed counts as ±inf, none is dropped; stats.seed_interval)."""
   from lintheory.studies.verdicts import Claim
-  parts, verdicts, seeds = [], [], 0
+  parts, verdicts, seeds = [], [], []
   for m, L in _models(table):
     if m != "linear":
       continue
     dms = deep_minus_shallow(table, m, L, "attn")
-    finite = dms[np.isfinite(dms)]
-    if finite.size < 2:
+    iv = remark5_interval(dms)
+    if iv is None:
       continue
-    lo, hi = stats.seed_ci(finite)
-    verdicts.append("holds" if hi < 0 else "fails" if lo > 0 else "undecided")
-    parts.append(f"L={L} attn: {text.num(finite.mean(), 2)} {text.ci(lo, hi, 2)}")
-    seeds = len(dms)
+    verdicts.append("holds" if iv.hi < 0 else "fails" if iv.lo > 0 else "undecided")
+    parts.append(f"L={L} attn: {describe(iv, dms)}")
+    seeds.append(iv.n)
   if not verdicts:
     return []
   v = verdicts[0] if len(set(verdicts)) == 1 else "depends on depth: " + ", ".join(verdicts)
-  return [Claim("deep_stable", v, "deep − shallow log10 damage (attn, linear)", "; ".join(parts), seeds,
-                "median task errors; < 0 means deep layers are more stable")]
+  return [Claim("deep_stable", v, "deep − shallow log10 damage (attn, linear)", "; ".join(parts), min(seeds),
+                "median task errors; < 0 means deep layers are more stable; intervals over seeds "
+                "(t, or order statistics where a seed overflowed)")]
