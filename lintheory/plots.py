@@ -17,10 +17,7 @@ from lintheory.studies import engine
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--profile", choices=engine.PROFILE_NAMES, default=None,
-                  help="the profile whose results to draw (default: default, or the one --results holds)")
-  ap.add_argument("--results", default=None, help="directory of the studies' results files (default: the profile's, "
-                  "results/ or results/PROFILE/)")
+  engine.add_results_flags(ap, "draw")
   ap.add_argument("--figures", default=None, help="output directory for PNG and PDF files (default: figures/ for the "
                   "default profile, figures/PROFILE/ otherwise)")
   ap.add_argument("names", nargs="*", help=f"studies to draw (default: every one with results): {', '.join(studies.STUDIES)}")
@@ -28,16 +25,14 @@ def main(argv=None) -> int:
   unknown = [n for n in args.names if n not in studies.STUDIES]
   if unknown:
     ap.error(f"unknown studies {unknown}; choose from {', '.join(studies.STUDIES)}")
-  results = Path(args.results) if args.results else engine.results_dir(args.profile or "default")
+  results = engine.results_of(args)
   names = args.names or [n for n in studies.STUDIES if (results / f"{n}.csv").exists()]
   if not names:
     print(f"plots: error: no results files in {results}", file=sys.stderr)
     return 2
   try:
     loaded = {name: engine.load(results, name) for name in names}
-    held = engine.profile_of(loaded, results)
-    if args.profile and held != args.profile:
-      raise ValueError(f"{results} holds profile {held!r}'s results, not --profile {args.profile!r}'s")
+    held = engine.checked_profile(loaded, results, args.profile)
   except ValueError as e:
     print(f"plots: error: {e}", file=sys.stderr)
     return 2

@@ -198,21 +198,16 @@ def with_blocks(doc: str, results: Path, where: str) -> str:
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--profile", choices=engine.PROFILE_NAMES, default=None,
-                  help="the profile whose results to report (default: default, or the one --results holds)")
-  ap.add_argument("--results", default=None, help="directory of the studies' results files (default: the profile's, "
-                  "results/ or results/PROFILE/)")
+  engine.add_results_flags(ap, "report")
   ap.add_argument("--out", default=None, help="the Markdown file to write (default: docs/report.md for the default "
                   "profile, docs/report-PROFILE.md otherwise)")
   ap.add_argument("--docs", nargs="*", default=[], help="also rewrite the generated blocks of these documents")
   args = ap.parse_args(argv)
-  results = Path(args.results) if args.results else engine.results_dir(args.profile or "default")
+  results = engine.results_of(args)
   try:
     loaded = engine.load_all(results)
     md = build(results, loaded)
-    held = engine.profile_of(loaded, results)
-    if args.profile and held != args.profile:
-      raise ValueError(f"{results} holds profile {held!r}'s results, not --profile {args.profile!r}'s")
+    held = engine.checked_profile(loaded, results, args.profile)
     root = engine.results_root(results, held)
     docs = {d: with_blocks(Path(d).read_text(), root, d) for d in args.docs}
     out = args.out or engine.report_path(held)

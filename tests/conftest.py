@@ -40,3 +40,17 @@ def random_params(cfg, seed=0, scale=0.4):
   from lintheory.core.model import param_shapes
   rng = np.random.default_rng(seed)
   return {k: jnp.asarray(scale * rng.standard_normal(s)) for k, s in param_shapes(cfg).items()}
+
+
+def sym_image(left, right):
+  """[D_out, D(D+1)/2]: columns (left E right).ravel() for the basis E of the symmetric D×D matrices,
+  the matrix of the linear map X ↦ left X right on Sym(D) (numpy, an independent recomputation)."""
+  import numpy as np
+  D = left.shape[1]
+  cols = []
+  for i in range(D):
+    for j in range(i, D):
+      E = np.zeros((D, D))
+      E[i, j] = E[j, i] = 1.0
+      cols.append((left @ E @ right).ravel())
+  return np.stack(cols, 1)

@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from lintheory.core import bounds, learners, implicit, prune, tasks
 from lintheory.core.model import ModelConfig, init_params
+from conftest import sym_image
 
 
 # Jitted once per shape: eager op-by-op dispatch would compile every small op separately.
@@ -200,13 +201,8 @@ def test_per_demo_gradients_lie_in_V_t(heads, W_O):
 def _numpy_subspace_term(params_l, W_prev, G_ND, c, s):
   """Independent recomputation: basis by loops and numpy SVD, C restricted, slogdet."""
   D = W_prev.shape[0]
-  cols = []
-  for i in range(D):
-    for j in range(i, D):
-      X = np.zeros((D, D))
-      X[i, j] = X[j, i] = 1.0
-      cols.append((params_l["W_V"] @ X @ params_l["W_K"].T @ params_l["W_Q"] @ (np.eye(D) + W_prev)).ravel())
-  U, sv, _ = np.linalg.svd(np.stack(cols, 1), full_matrices=False)
+  Omega = params_l["W_K"].T @ params_l["W_Q"] @ (np.eye(D) + W_prev)
+  U, sv, _ = np.linalg.svd(sym_image(params_l["W_V"], Omega), full_matrices=False)
   Q = U[:, sv > 1e-10 * sv[0]]
   k = Q.shape[1]
   C = c * np.cov(G_ND @ Q, rowvar=False)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lintheory.core import learners, prune
+from conftest import sym_image
 
 
 def assert_within_se(errors, expected, k=4.0):
@@ -366,14 +367,7 @@ def test_kept_rank_guards_the_float_rounding_of_the_clipping_rate():
 
 def _dim_V(W_V, Omega):
   """dim {W_V X Ω : X symmetric} as the numpy rank of the linear map on a basis of Sym(D)."""
-  D = W_V.shape[0]
-  basis = []
-  for i in range(D):
-    for j in range(i, D):
-      E = np.zeros((D, D))
-      E[i, j] = E[j, i] = 1.0
-      basis.append((W_V @ E @ Omega).ravel())
-  return np.linalg.matrix_rank(np.array(basis).T, tol=1e-9)
+  return np.linalg.matrix_rank(sym_image(W_V, Omega), tol=1e-9)
 
 
 def _truncate(W, r):

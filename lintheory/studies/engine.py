@@ -290,6 +290,27 @@ def load_all(results: str | Path) -> dict[str, tuple[Table, dict]]:
   return {name: load(results, name) for name in studies.STUDIES if (Path(results) / f"{name}.csv").exists()}
 
 
+def add_results_flags(ap: argparse.ArgumentParser, verb: str) -> None:
+  """--profile and --results of the commands that read a profile's results (plots, report)."""
+  ap.add_argument("--profile", choices=PROFILE_NAMES, default=None,
+                  help=f"the profile whose results to {verb} (default: default, or the one --results holds)")
+  ap.add_argument("--results", default=None, help="directory of the studies' results files (default: the profile's, "
+                  "results/ or results/PROFILE/)")
+
+
+def results_of(args) -> Path:
+  """The results directory add_results_flags' flags name."""
+  return Path(args.results) if args.results else results_dir(args.profile or "default")
+
+
+def checked_profile(loaded: dict[str, tuple[Table, dict]], results, profile: str | None) -> str:
+  """The loaded results' one profile (profile_of), which must be `profile` when one was asked for."""
+  held = profile_of(loaded, results)
+  if profile and held != profile:
+    raise ValueError(f"{results} holds profile {held!r}'s results, not --profile {profile!r}'s")
+  return held
+
+
 def profile_of(loaded: dict[str, tuple[Table, dict]], where) -> str:
   """The one profile the loaded results were run at; a directory that mixes profiles is refused."""
   held = sorted({meta.get("profile") for _, meta in loaded.values()}, key=str)
