@@ -165,11 +165,6 @@ def plot(table: engine.Table, meta: dict, out) -> list:
   return paths
 
 
-def _ci_over_seeds(values) -> str:
-  lo, hi = stats.seed_ci(np.asarray(values, float))
-  return text.ci(lo, hi)
-
-
 def report(table: engine.Table, meta: dict) -> str:
   head = ["σ", "L", "seeds", "trained: median task error (median over seeds)", "trained: mean error per seed",
           "trained: largest task error", "GD++ mean", "per-step GD mean", "ridge mean", "tasks per model"]
@@ -208,7 +203,7 @@ def summary(table: engine.Table) -> str:
     s = table.seeds(measure="w_rel_dist", sigma=0.0, L=L)
     final = {k: table.values("w_rel_dist", sigma=0.0, L=L, reference=k, layer=L) for k in KINDS}
     best = min(KINDS, key=lambda k: np.median(final[k]))
-    parts.append(f"L={L} {best} {text.num(final[best].mean(), 2)} {_ci_over_seeds(final[best])}")
+    parts.append(f"L={L} {best} {text.interval(final[best], 2, ci_sig=3)}")
   L0 = table.unique("L", measure="model_mean")[0]
   return (f"identity error ≤ {text.num(table.values('identity_max_abs_err').max(), 2)}; final ‖ŵ − w_ref‖/‖w_ref‖ "
           f"to the closest reference, 95 % CI over {len(s)} seeds ({table.n_tasks('w_rel_dist', L=L0):,} tasks): "
@@ -217,20 +212,29 @@ def summary(table: engine.Table) -> str:
 
 def claims(table: engine.Table, meta: dict) -> list:
   """The identity is exact; the trajectory claim holds at a depth when the closest reference (by the
-  final ŵ distance, median over seeds) is a GD variant within 10 % relative distance, CI over seeds."""
-  from lintheory.studies.verdicts import Claim
-  ident = table.values("identity_max_abs_err").max()
-  parts, close, seeds = [], [], 0
+  final ŵ distance, median over seeds) is a GD variant whose distance has an interval over seeds below 0.1
+  (text.over_seeds). Holds at every depth: holds; at none: fails; else depends on depth. An inexact
+  identity fails the claim. No depth at σ = 0: no claim; none with 2 seeds: undecided."""
+  from lintheory.studies.verdicts import NO_INTERVAL, Claim
+  ident = table.values("identity_max_abs_err")
+  parts, close, seeds = [], [], []
   for L in table.unique("L", measure="w_rel_dist", sigma=0.0):
     s = table.seeds(measure="w_rel_dist", sigma=0.0, L=L)
     final = {k: np.array([table.value("w_rel_dist", sigma=0.0, L=L, reference=k, layer=L, seed=x) for x in s])
              for k in KINDS}
     best = min(KINDS, key=lambda k: np.median(final[k]))
-    lo, hi = stats.seed_ci(final[best])
-    close.append(hi < 0.1)
-    parts.append(f"L={L}: {best} {text.num(final[best].mean(), 2)} {text.ci(lo, hi, 2)}")
-    seeds = len(s)
-  verdict = ("holds" if all(close) else "depends on depth") if ident < 1e-9 else "fails"
-  return [Claim("implicit_gd", verdict, f"identity exact to {text.num(ident, 2)}; final ‖ŵ − w_ref‖/‖w_ref‖ "
-                "to the closest reference", "; ".join(parts), seeds,
-                "σ = 0; 'holds' where the closest reference's distance has a CI below 0.1")]
+    iv = text.over_seeds(final[best])
+    parts.append(f"L={L}: {best} {text.interval(final[best], 2)}")
+    seeds.append(iv.n if iv is not None else int(np.sum(~np.isnan(final[best]))))
+    if iv is not None:
+      close.append(iv.hi < 0.1)
+  exact = ident.size == 0 or ident.max() < 1e-9
+  if exact and not parts:
+    return []
+  verdict = ("fails" if not exact else NO_INTERVAL if not close
+             else "holds" if all(close) and len(close) == len(parts)
+             else "fails" if not any(close) else "depends on depth")
+  checked = f"identity exact to {text.num(ident.max(), 2)}" if ident.size else "identity not measured"
+  n = min(seeds) if seeds else len(table.seeds(measure="identity_max_abs_err"))
+  return [Claim("implicit_gd", verdict, f"{checked}; final ‖ŵ − w_ref‖/‖w_ref‖ to the closest reference",
+                "; ".join(parts), n, "σ = 0; 'holds' where the closest reference's distance has a CI below 0.1")]

@@ -154,21 +154,28 @@ def headroom(table: engine.Table, p, kind: str) -> np.ndarray:
 
 
 def gain_test(table: engine.Table, p, edit: str, kind: str, frac: float) -> dict:
-  """Seed CI of the mean gain and TOST against ±frac × the median headroom."""
+  """The gain's interval over seeds (text.over_seeds: order statistics where a seed's gain is ±inf; None
+  below 2 seeds) and TOST against ±frac × the median headroom. TOST is a t-test: it runs only when every
+  seed's gain is finite ("testable"); with an infinite seed no equivalence can be declared."""
   g = table.values("gain", p=p, edit=edit, tasks=kind)
   margin = frac * float(np.median(headroom(table, p, kind)))
-  lo, hi = stats.seed_ci(g)
-  eq = stats.equivalence(g, margin)["equivalent"] if margin > 0 else False
-  return {"gain": g, "mean": float(g.mean()), "ci": (lo, hi), "margin": margin, "equivalent": eq}
+  iv = text.over_seeds(g)
+  testable = g.size >= 2 and bool(np.all(np.isfinite(g)))
+  eq = stats.equivalence(g, margin)["equivalent"] if testable and margin > 0 else False
+  return {"gain": g, "iv": iv, "margin": margin, "equivalent": eq, "testable": testable}
 
 
 def _decide(t: dict) -> str:
-  lo, hi = t["ci"]
-  if lo > 0:
+  iv = t["iv"]
+  if iv is None:
+    return "no interval (1 seed)"
+  if iv.lo > 0:
     return "helps"
-  if hi < 0:
+  if iv.hi < 0:
     return "hurts"
-  return "no effect (equivalent)" if t["equivalent"] else "inconclusive"
+  if t["equivalent"]:
+    return "no effect (equivalent)"
+  return "inconclusive" if t["testable"] else "inconclusive (a seed is not finite: no equivalence test)"
 
 
 def _edit_label(table, p, edit, seed) -> str:
@@ -259,7 +266,8 @@ def report(table: engine.Table, meta: dict) -> str:
         t = gain_test(table, p, edit, kind, s["equiv_frac"])
         se = np.median(table.values("gain_se", p=p, edit=edit, tasks=kind))
         rows.append([str(p), edit, kind, text.num(np.median(table.values("confirm_mean", p=p, edit="none", tasks=kind))),
-                     text.num(t["mean"]), text.ci(*t["ci"]), text.num(se), text.num(t["margin"]), _decide(t),
+                     text.num(t["gain"].mean()), text.seed_ci(t["gain"]), text.num(se), text.num(t["margin"]),
+                     _decide(t),
                      ", ".join(_edit_label(table, p, edit, x) for x in seeds)])
   bayes = [f"p = {p}: {text.num(table.value('bayes_mean', p=p, tasks='fresh', seed=None))}"
            for p in table.unique("p", measure="gain")]
@@ -292,36 +300,39 @@ def summary(table: engine.Table) -> str:
   parts = []
   for p in [p for p in table.unique("p", measure="gain") if p > 0]:
     w0, fresh = (table.values("gain", p=p, edit="facts", tasks=k) for k in ("w0", "fresh"))
-    parts.append(f"p={p}: on w₀ {text.num(w0.mean())} {text.ci(*stats.seed_ci(w0))}, on fresh "
-                 f"{text.num(fresh.mean())} {text.ci(*stats.seed_ci(fresh))} ({w0.size} seeds, "
+    parts.append(f"p={p}: on w₀ {text.interval(w0)}, on fresh {text.interval(fresh)} ({w0.size} seeds, "
                  f"{table.n_tasks('gain', p=p, edit='facts', tasks='w0'):,} tasks per set)")
   return "gain (error units) of the edit chosen on w₀ tasks, 95 % CI over seeds: " + "; ".join(parts)
 
 
 def claims(table: engine.Table, meta: dict) -> list:
-  """The trade holds when, at some p > 0, the edit chosen on w₀ tasks lowers their error (seed CI above 0)
-  while raising the error on fresh tasks (seed CI below 0)."""
-  from lintheory.studies.verdicts import Claim
+  """The trade holds when, at some p > 0, the edit chosen on w₀ tasks lowers their error (interval over
+  seeds above 0) while raising the error on fresh tasks (interval below 0); gain_test gives the intervals
+  (order statistics where a seed is ±inf) and the equivalence test (only when every seed is finite)."""
+  from lintheory.studies.verdicts import NO_INTERVAL, Claim
   frac = meta["settings"]["equiv_frac"]
-  parts, trades, helps, nulls, seeds = [], [], [], [], 0
+  parts, trades, helps, nulls, seeds = [], [], [], [], []
   for p in [p for p in table.unique("p", measure="gain") if p > 0]:
     t = gain_test(table, p, "facts", "w0", frac)
     f = gain_test(table, p, "facts", "fresh", frac)
     icl = gain_test(table, p, "icl", "fresh", frac)
-    parts.append(f"p={p}: on w₀ {text.num(t['mean'])} {text.ci(*t['ci'])}, on fresh {text.num(f['mean'])} "
-                 f"{text.ci(*f['ci'])}; edit chosen on fresh tasks, on fresh {text.num(icl['mean'])} "
-                 f"{text.ci(*icl['ci'])}")
-    helps.append(t["ci"][0] > 0)
-    trades.append(t["ci"][0] > 0 and f["ci"][1] < 0)
+    untested = "" if t["testable"] or t["iv"] is None else " (no equivalence test: a seed's gain is not finite)"
+    parts.append(f"p={p}: on w₀ {text.interval(t['gain'])}{untested}, on fresh {text.interval(f['gain'])}; "
+                 f"edit chosen on fresh tasks, on fresh {text.interval(icl['gain'])}")
+    seeds.append(t["iv"].n if t["iv"] is not None else int(np.sum(~np.isnan(t["gain"]))))
+    if t["iv"] is None:
+      continue
+    helps.append(t["iv"].lo > 0)
+    trades.append(helps[-1] and f["iv"] is not None and f["iv"].hi < 0)
     nulls.append(t["equivalent"])
-    seeds = len(t["gain"])
   if not parts:
     return []
-  verdict = ("holds" if any(trades) else "fails: w₀ tasks gain, fresh tasks do not lose" if any(helps)
-             else "fails: equivalent to no gain on w₀ tasks" if all(nulls)
+  verdict = (NO_INTERVAL if not helps else "holds" if any(trades)
+             else "fails: w₀ tasks gain, fresh tasks do not lose" if any(helps)
+             else "fails: equivalent to no gain on w₀ tasks" if all(nulls) and len(nulls) == len(parts)
              else "not shown: no gain on w₀ tasks detected, some p inconclusive")
   return [Claim("in_weights", verdict, "mean gain (error units) of the edit chosen on w₀ tasks, scored on w₀ and "
-                "on fresh tasks", "; ".join(parts), seeds,
+                "on fresh tasks", "; ".join(parts), min(seeds),
                 f"ReLU-MLP L={meta['settings']['layers']}, σ={meta['settings']['noise_std']}, w = w₀ with prob. p; "
                 f"{table.n_tasks('gain', p=table.unique('p', measure='gain')[-1], edit='facts', tasks='w0'):,} "
                 f"tasks per set; margin {100 * frac:g} % of headroom")]

@@ -143,12 +143,11 @@ def report(table: engine.Table, meta: dict) -> str:
       seeds = table.seeds(measure="gain", L=L, pool=p)
       g = table.values("gain", L=L, pool=p)
       frac = headroom_fraction(table, L, p)
-      lo, hi = stats.seed_ci(g)
       ranks = [int(table.value("chosen_rank", L=L, pool=p, seed=x)) for x in seeds]
       rows.append([str(L), _label(p), str(len(seeds)),
                    text.num(np.median(table.values("unpruned_mean", L=L, pool=p))),
                    text.num(table.value("bayes_mean", L=L, pool=p, seed=None)),
-                   text.num(g.mean()), text.ci(lo, hi), f"{text.num(100 * np.median(frac), 2)} %",
+                   text.num(g.mean()), text.seed_ci(g), f"{text.num(100 * np.median(frac), 2)} %",
                    ", ".join(map(str, ranks)), f"{table.n_tasks('gain', L=L, pool=p):,}"])
   s = meta["settings"]
   return (f"Prior w ~ N(0, diag(1 ×{s['k']}, {s['eps']:g} ×{s['d'] - s['k']})), σ = {s['noise_std']}, "
@@ -169,24 +168,28 @@ def summary(table: engine.Table) -> str:
   for L in table.unique("L", measure="gain"):
     p = _pools(table, L)[0]
     g = table.values("gain", L=L, pool=p)
-    parts.append(f"L={L} P={_label(p)} {text.num(g.mean())} {text.ci(*stats.seed_ci(g))} ({g.size} seeds, "
+    parts.append(f"L={L} P={_label(p)} {text.interval(g)} ({g.size} seeds, "
                  f"{table.n_tasks('gain', L=L, pool=p):,} tasks)")
   return "gain of the chosen truncation (error units) at the smallest pool, 95 % CI over seeds: " + "; ".join(parts)
 
 
 def claims(table: engine.Table, meta: dict) -> list:
-  """Holds when at the smallest pool the seeds' mean gain has a CI above 0 for some depth."""
-  from lintheory.studies.verdicts import Claim
-  parts, detected, seeds = [], [], 0
+  """Holds when, at the smallest pool, the chosen truncation's gain has an interval over seeds above 0 for
+  some depth (text.over_seeds: the t-interval of the mean; order statistics where a seed's gain is ±inf);
+  else fails: no gain detected. No gain measured: no claim; no depth with 2 seeds: undecided."""
+  from lintheory.studies.verdicts import NO_INTERVAL, Claim
+  parts, detected, seeds = [], [], []
   for L in table.unique("L", measure="gain"):
     pools = _pools(table, L)
-    for p in (pools[0], pools[-1]):
+    for p in dict.fromkeys((pools[0], pools[-1])):
       g = table.values("gain", L=L, pool=p)
-      lo, hi = stats.seed_ci(g)
-      parts.append(f"L={L} P={_label(p)}: {text.num(g.mean())} {text.ci(lo, hi)}")
-      if p == pools[0]:
-        detected.append(lo > 0)
-      seeds = len(g)
-  verdict = "holds" if any(detected) else "fails: no gain detected"
+      iv = text.over_seeds(g)
+      parts.append(f"L={L} P={_label(p)}: {text.interval(g)}")
+      seeds.append(iv.n if iv is not None else int(np.sum(~np.isnan(g))))
+      if p == pools[0] and iv is not None:
+        detected.append(iv.lo > 0)
+  if not parts:
+    return []
+  verdict = NO_INTERVAL if not detected else "holds" if any(detected) else "fails: no gain detected"
   return [Claim("positive_control", verdict, "gain of the chosen truncation (error units), smallest and "
-                "largest pool", "; ".join(parts), seeds, "low-rank prior, fixed training pool")]
+                "largest pool", "; ".join(parts), min(seeds), "low-rank prior, fixed training pool")]

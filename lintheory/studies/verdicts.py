@@ -30,6 +30,7 @@ CLAIMS = {  # claim id → (the paper's claim, the study that decides it)
 
 
 SMOKE = "smoke test: not decided"
+NO_INTERVAL = "undecided: 1 seed, no interval"  # a claim whose every interval over seeds is missing (text.over_seeds)
 
 
 class Claim(NamedTuple):
