@@ -286,21 +286,31 @@ def spearman_by_hand(x, y):
   return 1 - 6 * np.sum((rx - ry) ** 2) / (n * (n * n - 1))
 
 
-def pb_table(cmi, sub, L=4):
-  """cmi, sub: per seed the bound at each of CONFIGS (their gaps are GAP); inf: the bound is infinite there."""
+def pb_rows(cmi, sub, L=4, zero=None):
+  """cmi, sub: per seed the bound at each of CONFIGS (their gaps are GAP); inf: the bound is infinite there.
+  zero: per seed the zero predictor's loss (`trivial`, the same at every configuration), or None."""
   rows = [R("gap", 0.1, seed=0, n_tasks=64, L=L)]
   for measure, gap, per_seed in (("cmi_bound", "cmi_gap_clipped", cmi), ("bound_subspace", "gap_tail_mean", sub)):
     for s, bounds in enumerate(per_seed):
       for (layer, module, rank), b, g in zip(CONFIGS, bounds, GAP):
         keys = dict(seed=s, n_tasks=64, L=L, layer=layer, module=module, rank=rank)
         rows += [R(measure, b, **keys), R(gap, g, **keys)]
-  return engine.Table(rows, prune_bound.KEYS)
+  for s, z in enumerate(zero or []):
+    rows += [R("trivial", z, seed=s, n_tasks=64, L=L, layer=layer, module=module, rank=rank)
+             for layer, module, rank in CONFIGS]
+  return rows
+
+
+def pb_table(cmi, sub, L=4, zero=None):
+  return engine.Table(pb_rows(cmi, sub, L, zero), prune_bound.KEYS)
 
 
 META_PB = {"profile": "default", "settings": {"noise_std": 0.5}}
 INF4 = [[math.inf] * 4] * 3
 TRACKS = [[1, 2, 3, 4], [2, 1, 3, 4], [2, 1, 4, 3]]  # ρ = 1, 0.8, 0.6: CI [0.30, 1.30]
+AGAINST = [b[::-1] for b in TRACKS]  # ρ = −1, −0.8, −0.6: CI [−1.30, −0.30]
 NOISY = [[1, 2, 3, 4], [4, 3, 2, 1], [3, 1, 2, 4]]  # ρ = 1, −1, 0.4
+CMI, SUB = "CMI estimate (clipped loss)", "subspace form (V_t)"
 
 
 def test_prune_bound_holds_for_the_bound_whose_rho_ci_is_above_zero():
@@ -308,15 +318,50 @@ def test_prune_bound_holds_for_the_bound_whose_rho_ci_is_above_zero():
   rho = [spearman_by_hand(b, GAP) for b in TRACKS]
   assert rho == pytest.approx([1.0, 0.8, 0.6])
   lo, hi = t_ci(rho)
-  assert lo > 0 and c.verdict == "holds for CMI bound (clipped loss)" and c.seeds == 3
-  assert c.ci == ("L=4 subspace bound (V_t): ρ undefined (bound infinite or constant); "
-                  f"L=4 CMI bound (clipped loss): ρ = 0.80 {text.ci(lo, hi, 2)}")
-  assert c.detail.endswith("at σ = 0.5")
+  assert lo > 0 and c.verdict == f"holds for {CMI}" and c.seeds == 3
+  assert c.ci == (f"L=4 {SUB}: ρ undefined (0 of 3 seeds with a ρ); "
+                  f"L=4 {CMI}: ρ = 0.80 {text.ci(lo, hi, 2)} (3 of 3 seeds)")
+  assert c.detail.startswith("the as-written bound is +∞; finite versions at σ = 0.5: ")
+  assert c.detail.endswith(f"Seeds out: {SUB}: " + "; ".join(
+      f"seed {s} (its value is +∞ in every configuration, so ρ is undefined for it)" for s in range(3)))
+
+
+def test_prune_bound_is_contradicted_when_a_rho_ci_lies_below_zero():
+  rho = [spearman_by_hand(b, GAP) for b in AGAINST]
+  assert rho == pytest.approx([-1.0, -0.8, -0.6]) and t_ci(rho)[1] < 0
+  c = only(prune_bound.claims(pb_table(AGAINST, INF4), META_PB))
+  assert c.verdict == f"contradicted for {CMI}: ρ's CI lies below 0" and c.seeds == 3
+  assert f"L=4 {CMI}: ρ = -0.80 {text.ci(*t_ci(rho), 2)} (3 of 3 seeds)" in c.ci
+
+
+def test_prune_bound_depends_on_the_version_when_one_tracks_and_another_is_contradicted():
+  c = only(prune_bound.claims(pb_table(TRACKS, AGAINST), META_PB))
+  assert c.verdict == f"depends on the version: holds for {CMI}, contradicted for {SUB}" and c.seeds == 3
+
+
+def test_prune_bound_names_the_depth_of_each_version_when_there_are_several():
+  rows = pb_rows(TRACKS, INF4, L=2) + pb_rows(AGAINST, INF4, L=4)
+  c = only(prune_bound.claims(engine.Table(rows, prune_bound.KEYS), META_PB))
+  assert c.verdict == f"depends on the version: holds for L=2 {CMI}, contradicted for L=4 {CMI}"
+
+
+def test_prune_bound_seeds_are_those_behind_the_deciding_interval_and_the_seed_out_is_named():
+  """The committed results' shape: 5 seeds, one whose subspace form is +∞ in every configuration, so the
+  contradicting interval rests on 4 (the CMI estimate's, which decides nothing, on 5)."""
+  sub = [[1, 2, 3, 4][::-1], [2, 1, 3, 4][::-1], [2, 1, 4, 3][::-1], [1, 3, 2, 4][::-1], [math.inf] * 4]
+  rho = [spearman_by_hand(b, GAP) for b in sub[:4]]
+  assert t_ci(rho)[1] < 0 and t_ci([spearman_by_hand(b, GAP) for b in NOISY + NOISY[:2]])[0] < 0
+  c = only(prune_bound.claims(pb_table(NOISY + NOISY[:2], sub), META_PB))
+  assert c.verdict == f"contradicted for {SUB}: ρ's CI lies below 0" and c.seeds == 4
+  assert f"L=4 {SUB}: ρ = {text.num(np.mean(rho), 2)} {text.ci(*t_ci(rho), 2)} (4 of 5 seeds)" in c.ci
+  assert c.detail.endswith(f"Seeds out: {SUB}: seed 4 (its value is +∞ in every configuration, so ρ is "
+                           "undefined for it)")
 
 
 def test_prune_bound_is_not_shown_when_every_defined_rho_ci_reaches_zero():
   c = only(prune_bound.claims(pb_table(NOISY, NOISY), META_PB))
-  assert t_ci([1, -1, 0.4])[0] < 0 and c.verdict == "not shown: no finite bound's ρ has a CI above 0"
+  assert t_ci([1, -1, 0.4])[0] < 0 < t_ci([1, -1, 0.4])[1]
+  assert c.verdict == "not shown: every finite version's ρ has a CI containing 0" and c.seeds == 3
 
 
 def test_prune_bound_is_undecided_when_no_bound_is_finite():
@@ -325,12 +370,45 @@ def test_prune_bound_is_undecided_when_no_bound_is_finite():
 
 
 def test_prune_bound_rho_of_a_seed_uses_its_finite_configurations_and_drops_a_constant_seed():
-  """Seed 0: bound infinite at one configuration, ρ over the other three; seed 3: a constant bound, no ρ."""
+  """Seed 0: bound infinite at one configuration, ρ over the other three; seed 3: a constant bound, no ρ;
+  on the subspace side seed 0 is finite at two configurations only, too few for ρ."""
   cmi = [[math.inf, 2, 3, 4], [2, 1, 3, 4], [2, 1, 4, 3], [5, 5, 5, 5]]
   rho = [spearman_by_hand(b, GAP) for b in cmi[:3]]
   assert rho == pytest.approx([1.0, 0.8, 0.6])
-  c = only(prune_bound.claims(pb_table(cmi, INF4 + [[math.inf] * 4]), META_PB))
-  assert c.seeds == 3 and f"ρ = 0.80 {text.ci(*t_ci(rho), 2)}" in c.ci
+  sub = [[1, math.inf, 2, math.inf]] + INF4
+  c = only(prune_bound.claims(pb_table(cmi, sub), META_PB))
+  assert c.seeds == 3 and f"ρ = 0.80 {text.ci(*t_ci(rho), 2)} (3 of 4 seeds)" in c.ci
+  assert (f"{CMI}: seed 3 (its value is the same in every configuration where it is finite, so ρ is undefined "
+          "for it)") in c.detail
+  assert (f"{SUB}: seed 0 (its value and gap are both finite in only 2 configurations (ρ needs 3), so ρ is "
+          "undefined for it); seed 1 (its value is +∞") in c.detail
+
+
+def test_prune_bound_reports_vacuity_as_value_over_the_zero_predictors_loss():
+  """Per configuration and seed, value ÷ that seed's zero-predictor loss; the median and range over the
+  finite rows, and how many are ≥ 1."""
+  zero = [2.0, 4.0, 8.0]
+  sub = [[1, 2, 3, 4], [math.inf] * 4, [8, 16, 24, 32]]
+  ratio_sub = [1 / 2, 2 / 2, 3 / 2, 4 / 2, 1, 2, 3, 4]  # seed 2: 8/8 … 32/8
+  ratio_cmi = [b / z for bs, z in zip(TRACKS, zero) for b in bs]
+  c = only(prune_bound.claims(pb_table(TRACKS, sub, zero=zero), META_PB))
+  for label, ratio, n in ((SUB, ratio_sub, 12), (CMI, ratio_cmi, 12)):
+    r = np.array(ratio)
+    assert (f"{label}: value ÷ the zero predictor's loss {text.num(np.median(r), 3)} (median; range "
+            f"{text.num(r.min(), 3)} to {text.num(r.max(), 3)}) over the {r.size} of {n} rows (configurations × "
+            f"seeds) where it is finite, vacuous (≥ 1) in {int(np.sum(r >= 1))} of them") in c.detail
+  assert "vacuous (≥ 1) in 7 of them" in c.detail  # ratio_sub: 1, 1.5, 2, 1, 2, 3, 4
+  none = only(prune_bound.claims(pb_table(TRACKS, INF4, zero=zero), META_PB))
+  assert f"{SUB}: no finite value in 12 rows" in none.detail
+  assert f"{CMI}: vacuity not measured (no zero-predictor loss, `trivial`, in the results)" in \
+      only(prune_bound.claims(pb_table(TRACKS, INF4), META_PB)).detail
+
+
+def test_prune_bound_says_which_learner_each_version_concerns():
+  d = only(prune_bound.claims(pb_table(TRACKS, INF4), META_PB)).detail
+  assert (f"the {SUB} is the paper's per-prompt E[log …] form inside V_t, which is not an upper bound" in d
+          and "noisy surrogate learner" in d and "deterministic ŵ_L" in d)
+  assert f"the {CMI} is a plug-in estimate (not itself a bound) of the unconditional supersample CMI bound" in d
 
 
 # --- paper_protocol: SVD against its null controls, and Algorithm 1 against the unpruned model -
@@ -360,8 +438,9 @@ def test_paper_protocol_holds_when_svd_beats_every_control_by_the_sesoi():
   enh, alg = pp_claims(pp_rows({"svd": SVD, **CTRL}))
   diff = np.subtract(SVD, CTRL["null_shrink"])  # the strongest control: the smallest mean difference
   assert enh.verdict == "holds in 1 of 1 regimes" and enh.seeds == 3
-  assert enh.effect.endswith(f"(null_shrink), % of headroom, in the regime most favourable to SVD "
-                             f"(linear N=20 V=64 σ_val=0): {text.num(100 * diff.mean(), 2)} %")
+  assert enh.effect.endswith(f"(null_shrink), % of headroom, in the regime where SVD's own gain is largest "
+                             f"(linear N=20 V=64 σ_val=0, SVD's gain {text.num(100 * np.mean(SVD), 2)} %): "
+                             f"{text.num(100 * diff.mean(), 2)} %")
   assert enh.ci == text.ci(*(100 * x for x in t_ci(diff)), 2) + " %"
   assert alg.verdict == "holds in 1 of 1 regimes"
   assert alg.effect.endswith(f"best regime linear N=20 V=64 σ_val=0: {text.num(100 * np.mean(SVD), 2)} %")
@@ -425,8 +504,62 @@ def test_paper_protocol_tallies_the_regimes():
   assert pp_claims(fail, undecided)[0].verdict == "fails in 1 of 2 regimes, undecided in 1"
   assert pp_claims(hold, fail)[0].verdict == "depends: holds in 1, fails in 1, undecided in 0 of 2 regimes"
   assert pp_claims(hold, pp_rows({"svd": SVD, **CTRL}, V=256))[0].verdict == "holds in 2 of 2 regimes"
-  enh, _ = pp_claims(hold, fail)  # the effect is the regime most favourable to SVD: V = 64
-  assert "(linear N=20 V=64 σ_val=0)" in enh.effect
+
+
+def test_paper_protocol_most_favourable_is_the_regime_where_svds_own_gain_is_largest():
+  """V = 64: SVD gains 55 % and beats its strongest control by 25 %; V = 16: SVD gains 30 % and beats
+  every control by 80 % or more. The effect is quoted at V = 64, where SVD's own gain is largest (the
+  rule before this one took the regime with the largest difference to the strongest control)."""
+  low = [0.25, 0.3, 0.35]
+  big_gap = pp_rows({"svd": low, **{k: [-0.5, -0.55, -0.6] for k in CTRL}}, V=16)
+  enh, alg = pp_claims(pp_rows({"svd": SVD, **CTRL}, V=64), big_gap)
+  diff = np.subtract(SVD, CTRL["null_shrink"])
+  assert f"(linear N=20 V=64 σ_val=0, SVD's gain {text.num(100 * np.mean(SVD), 2)} %): " \
+         f"{text.num(100 * diff.mean(), 2)} %" in enh.effect
+  assert enh.ci == text.ci(*(100 * x for x in t_ci(diff)), 2) + " %"
+  assert "best regime linear N=20 V=64 σ_val=0: " in alg.effect
+  enh, _ = pp_claims(pp_rows({"svd": [-0.9, -0.8, -0.7], **CTRL}, V=64), big_gap)  # SVD loses at V = 64
+  assert "(linear N=20 V=16 σ_val=0, SVD's gain 30 %): " in enh.effect
+
+
+def test_paper_protocol_seeds_are_the_seeds_behind_the_quoted_interval():
+  """softmax has 4 seeds, linear 3: the seed count follows the regime whose interval is quoted (before,
+  it was every seed of the table, 4, whichever regime was quoted)."""
+  four = pp_rows({"svd": SVD + [0.5], **{k: v + [v[0]] for k, v in CTRL.items()}}, model="softmax")
+  enh, alg = pp_claims(pp_rows({"svd": [0.9, 0.95, 1.0], **CTRL}), four)
+  assert "(linear N=20" in enh.effect and enh.seeds == alg.seeds == 3
+  enh, alg = pp_claims(pp_rows({"svd": [0.1, 0.15, 0.2], **CTRL}), four)
+  assert "(softmax N=20" in enh.effect and enh.seeds == alg.seeds == 4
+  assert enh.ci == text.ci(*(100 * x for x in t_ci(np.subtract(SVD + [0.5], CTRL["null_shrink"] + [0.2]))), 2) + " %"
+
+
+def test_paper_protocol_without_a_null_control_svd_is_undecided_and_no_difference_is_quoted():
+  enh, alg = pp_claims(pp_rows({"svd": SVD}))
+  assert enh.verdict == "undecided" and enh.effect == "no null control searched" and enh.seeds == 0
+  assert alg.verdict == "holds in 1 of 1 regimes" and alg.seeds == 3
+
+
+def test_paper_protocol_table_shows_every_regime_behind_the_counts_with_its_decision():
+  """Both validation noise levels are rows, each with its own decision under both rules; their tally is
+  the verdict's; a model whose means do not stand is listed, not counted."""
+  noisy = pp_rows({"svd": SVD, **CTRL, "null_shrink": BELOW}, z=0.5)  # fails, Algorithm 1 holds
+  quiet = pp_rows({"svd": [0.3, -0.2, 0.1], **CTRL}, z=0.0)  # undecided under both rules
+  heavy = pp_rows({"svd": SVD, **CTRL}, model="heavy", n_tasks=200)
+  tail = [R("tail_rare_share", 0.3, seed=s, n_tasks=100_000, model="heavy", shots=20) for s in range(3)]
+  extra = [R(m, 0.5, seed=s, n_tasks=100, model=model, shots=20, edit="svd", layers=layers, V=64, val_noise=z)
+           for model, z in (("linear", 0.0), ("linear", 0.5), ("heavy", 0.0)) for s in range(3)
+           for m, layers in (("frac_improved", "all"), ("frac_unchanged", "all"), ("frac_worsened", "all"),
+                             ("task_rel_gain_median", "all"), ("rel_gain_mean", "deep"), ("rel_gain_mean", "shallow"))]
+  table = engine.Table(noisy + quiet + heavy + tail + extra, paper_protocol.KEYS)
+  head, rows = paper_protocol.regime_table(table)
+  col = {h: i for i, h in enumerate(head)}
+  got = {(r[col["model"]], r[col["σ_val"]]): (r[col["SVD beats every null control"]], r[col["Algorithm 1 gains"]])
+         for r in rows}
+  assert got == {("linear", "0"): ("undecided", "undecided"), ("linear", "0.50"): ("fails", "holds"),
+                 ("heavy", "0"): ("not counted", "not counted")}
+  enh, alg = paper_protocol.claims(table, DEFAULT)
+  assert enh.verdict == "fails in 1 of 2 regimes, undecided in 1"
+  assert alg.verdict == "holds in 1 of 2 regimes, undecided in 1"
 
 
 def test_paper_protocol_leaves_out_a_model_whose_rare_tasks_carry_its_error():

@@ -551,70 +551,94 @@ def _verdict_enhances(c: dict) -> str:
   return "undecided"
 
 
+def _verdict_algorithm1(c: dict) -> str:
+  """"holds" when SVD's own gain has its CI above 0 and its mean above the SESOI, "fails" when it is
+  below 0 or equivalent (TOST) to 0 within ±SESOI, else "undecided"."""
+  svd, (lo, hi) = c["svd"], c["svd_ci"]
+  return "holds" if lo > 0 and svd.mean() > SESOI else "fails" if hi < 0 or _equivalent(svd, SESOI) else "undecided"
+
+
+VERDICTS = {"pruning_enhances": _verdict_enhances, "algorithm1": _verdict_algorithm1}
+
+
 def _label(reg: dict) -> str:
   return f"{reg['model']} N={reg['shots']} V={reg['V']} σ_val={text.num(reg['val_noise'], 2)}"
 
 
+def most_favourable(cs: dict[str, dict]) -> str:
+  """The regime (a key of cs, label → compare()) where SVD's own gain — the chosen SVD edit against the
+  unpruned model, mean over seeds in % of headroom — is largest; a NaN mean never wins."""
+  return max(cs, key=lambda k: np.nan_to_num(np.mean(cs[k]["svd"]), nan=-np.inf))
+
+
+def strongest_control(c: dict) -> str:
+  """The null control SVD beats by the least (the smallest mean SVD − control difference)."""
+  return min(c["vs"], key=lambda k: c["vs"][k]["diff"].mean())
+
+
 def summary(table: engine.Table) -> str:
-  """In the regime most favourable to SVD: its gain over the strongest null control, and Algorithm 1's gain
-  over the unpruned model, in % of the headroom with 95 % CIs over seeds."""
+  """In the regime where SVD's own gain is largest: its gain over the strongest null control, and
+  Algorithm 1's gain over the unpruned model, in % of the headroom with 95 % CIs over seeds."""
   regs = regimes(table)
   if not regs:
     return "no regime whose means stand"
-  cs = {_label(r): (r, compare(table, r)) for r in regs}
-  best = max(cs, key=lambda k: np.min([v["diff"].mean() for v in cs[k][1]["vs"].values()]))
-  reg, c = cs[best]
-  ctl = min(c["vs"], key=lambda k: c["vs"][k]["diff"].mean())
+  cs = {_label(r): compare(table, r) for r in regs}
+  best = most_favourable(cs)
+  reg, c = next(r for r in regs if _label(r) == best), cs[best]
+  ctl = strongest_control(c)
   return (f"{best}: SVD − {ctl} {text.num(100 * c['vs'][ctl]['diff'].mean(), 2)} % "
           f"{text.ci(*(100 * x for x in c['vs'][ctl]['ci']), 2)} %, chosen vs unpruned "
           f"{text.num(100 * c['svd'].mean(), 2)} % {text.ci(*(100 * x for x in c['svd_ci']), 2)} % of the headroom "
           f"({c['svd'].size} seeds, {table.n_tasks('gain_mean', model=reg['model']):,} tasks per seed)")
 
 
+def _tally(verdicts: dict[str, str]) -> str:
+  n_hold = sum(v == "holds" for v in verdicts.values())
+  n_fail = sum(v == "fails" for v in verdicts.values())
+  n_open = len(verdicts) - n_hold - n_fail
+  tally = f"in {n_hold if n_hold else n_fail} of {len(verdicts)} regimes" + (f", undecided in {n_open}" if n_open else "")
+  return (f"holds {tally}" if n_fail == 0 and n_hold else f"fails {tally}" if n_hold == 0 and n_fail else
+          "undecided" if n_hold == n_fail == 0 else
+          f"depends: holds in {n_hold}, fails in {n_fail}, undecided in {n_open} of {len(verdicts)} regimes")
+
+
 def claims(table: engine.Table, meta: dict) -> list:
+  """Both claims are counted over every regime whose means stand (each regime's table row shows its
+  decision); the effect quoted is the one in the regime where SVD's own gain is largest, and the seeds
+  are those behind that effect's interval."""
   from lintheory.studies.verdicts import Claim
   regs = regimes(table)
   if not regs:
     return []
-  seeds = len(table.seeds(measure="gain_mean"))
   left_out = _left_out(table)
-  enh, alg = {}, {}
-  for reg in regs:
-    c = compare(table, reg)
-    enh[_label(reg)] = (_verdict_enhances(c), c)
-    svd, (lo, hi) = c["svd"], c["svd_ci"]
-    alg[_label(reg)] = ("holds" if lo > 0 and svd.mean() > SESOI else
-                        "fails" if hi < 0 or _equivalent(svd, SESOI) else "undecided", svd, (lo, hi))
+  cs = {_label(reg): compare(table, reg) for reg in regs}
+  best = most_favourable(cs)
+  c = cs[best]
   out = []
-  for cid, verdicts in (("pruning_enhances", {k: v[0] for k, v in enh.items()}),
-                        ("algorithm1", {k: v[0] for k, v in alg.items()})):
-    n_hold = sum(v == "holds" for v in verdicts.values())
-    n_fail = sum(v == "fails" for v in verdicts.values())
-    n_open = len(verdicts) - n_hold - n_fail
-    tally = f"in {n_hold if n_hold else n_fail} of {len(verdicts)} regimes" + (f", undecided in {n_open}" if n_open else "")
-    verdict = (f"holds {tally}" if n_fail == 0 and n_hold else f"fails {tally}" if n_hold == 0 and n_fail else
-               "undecided" if n_hold == n_fail == 0 else
-               f"depends: holds in {n_hold}, fails in {n_fail}, undecided in {n_open} of {len(verdicts)} regimes")
-    if cid == "pruning_enhances":
-      best = max(enh, key=lambda k: np.min([v["diff"].mean() for v in enh[k][1]["vs"].values()]))
-      c = enh[best][1]
-      ctl = min(c["vs"], key=lambda k: c["vs"][k]["diff"].mean())
-      effect = (f"SVD gain − the strongest null control's ({ctl}), % of headroom, in the regime most "
-                f"favourable to SVD ({best}): "
-                f"{text.num(100 * c['vs'][ctl]['diff'].mean(), 2)} %")
-      ci = text.ci(100 * c["vs"][ctl]["ci"][0], 100 * c["vs"][ctl]["ci"][1], 2) + " %"
+  for cid, rule in VERDICTS.items():
+    verdict = _tally({k: rule(v) for k, v in cs.items()})
+    if cid == "pruning_enhances" and c["vs"]:
+      ctl = strongest_control(c)
+      diff, (lo, hi) = c["vs"][ctl]["diff"], c["vs"][ctl]["ci"]
+      effect = (f"SVD gain − the strongest null control's ({ctl}), % of headroom, in the regime where SVD's own "
+                f"gain is largest ({best}, SVD's gain {text.num(100 * c['svd'].mean(), 2)} %): "
+                f"{text.num(100 * diff.mean(), 2)} %")
+      seeds = diff.size
       detail = ("per task one fixed prompt, ξ chosen on V validation queries of the task; 'holds' needs SVD "
                 f"to beat every null control (same ‖ΔW‖_F) by > {SESOI:.0%} of the headroom, 'fails' where it "
-                "is equivalent (TOST) to or below one; layers {0, 1, L−2, L−1}")
+                "is equivalent (TOST) to or below one; layers {0, 1, L−2, L−1}; every regime counted is in "
+                "the study's table")
+    elif cid == "pruning_enhances":
+      effect, lo, hi, seeds, detail = "no null control searched", np.nan, np.nan, 0, "nothing to compare SVD with"
     else:
-      best = max(alg, key=lambda k: alg[k][1].mean())
-      _, svd, (lo, hi) = alg[best]
+      (lo, hi), seeds = c["svd_ci"], c["svd"].size
       effect = (f"chosen vs unpruned test error, gain in % of headroom, best regime {best}: "
-                f"{text.num(100 * svd.mean(), 2)} %")
-      ci = text.ci(100 * lo, 100 * hi, 2) + " %"
+                f"{text.num(100 * c['svd'].mean(), 2)} %")
       detail = (f"exact SVD, per-task choice; 'holds' where the gain's CI is above 0 and its mean above "
                 f"{SESOI:.0%} of the headroom, 'fails' where it is negative or equivalent (TOST) to 0 within "
-                f"±{SESOI:.0%} of the headroom (a significant but smaller gain counts as equivalent)")
+                f"±{SESOI:.0%} of the headroom (a significant but smaller gain counts as equivalent); every "
+                "regime counted is in the study's table")
+    ci = text.ci(100 * lo, 100 * hi, 2) + " %"
     out.append(Claim(cid, verdict, effect, ci, seeds, detail + (f"; not counted: {left_out}" if left_out else "")))
   return out
 
@@ -711,26 +735,33 @@ def _pct(v) -> str:
   return f"{text.num(100 * float(np.mean(v)), 2)} %"
 
 
-def report(table: engine.Table, meta: dict) -> str:
-  s = meta["settings"]
-  regs = regimes(table, tailed=True)
+def regime_table(table: engine.Table) -> tuple[list[str], list[list[str]]]:
+  """The study's table: one row per regime (model, N, V, σ_val), every one the verdicts count and the
+  models they leave out, with each regime's own decision under both claims' rules."""
   kinds = table.unique("edit", measure="rel_gain_mean")
-  z = max(table.unique("val_noise", measure="gain_mean"))
-  head = ["model", "N", "V", "SVD gain [CI over seeds]", *(LABELS[k] for k in kinds if k != "svd"),
-          "SVD: improved / unchanged / worsened", "SVD deep vs shallow", "SVD per-task gain ÷ unpruned error, median"]
+  head = ["model", "N", "V", "σ_val", "SVD gain [CI over seeds]", *(LABELS[k] for k in kinds if k != "svd"),
+          "SVD beats every null control", "Algorithm 1 gains", "SVD: improved / unchanged / worsened",
+          "SVD deep vs shallow", "SVD per-task gain ÷ unpruned error, median"]
   rows = []
-  for reg in (r for r in regs if r["val_noise"] == z):
+  for reg in regimes(table, tailed=True):
     c = compare(table, reg)
     lo, hi = c["svd_ci"]
     f = [table.values(f"frac_{m}", edit="svd", layers="all", **reg).mean() for m in ("improved", "unchanged", "worsened")]
     deep, shallow = (table.values("rel_gain_mean", edit="svd", layers=g, **reg) for g in ("deep", "shallow"))
     stand = means_stand(table, reg["model"])
     unseen = "tail not seen"
-    rows.append([reg["model"], str(reg["shots"]), str(reg["V"]),
+    decided = [rule(c) if stand else "not counted" for rule in VERDICTS.values()]
+    rows.append([reg["model"], str(reg["shots"]), str(reg["V"]), text.num(reg["val_noise"], 2),
                  f"{_pct(c['svd'])} {text.ci(100 * lo, 100 * hi, 2)}" if stand else unseen,
-                 *(_pct(c["rel"][k]) if stand else unseen for k in kinds if k != "svd"),
+                 *(_pct(c["rel"][k]) if stand else unseen for k in kinds if k != "svd"), *decided,
                  " / ".join(f"{100 * x:.0f} %" for x in f), f"{_pct(deep)} vs {_pct(shallow)}" if stand else unseen,
                  _pct(np.median(table.values("task_rel_gain_median", edit="svd", layers="all", **reg)))])
+  return head, rows
+
+
+def report(table: engine.Table, meta: dict) -> str:
+  s = meta["settings"]
+  head, rows = regime_table(table)
   archs = ", ".join(f"{a['name']} ({a['n_tasks']} tasks per seed, "
                     f"{'exact errors' if a['test_queries'] == 0 else str(a['test_queries']) + ' test queries per task'})"
                     for a in s["archs"])
@@ -761,7 +792,10 @@ def report(table: engine.Table, meta: dict) -> str:
           f"Cumulative rate search: {'on' if s['cumulative'] else 'off'}. Gains are error_unpruned − "
           f"error_chosen per task (positive: the edit helped), in % of the headroom (unpruned − Bayes error), "
           f"the mean over tasks per seed, then the mean over seeds.\n\n"
-          f"Table at σ_val = {text.num(z, 2)}, layers {{0, 1, L−2, L−1}} (the deep vs shallow column searches "
+          f"One row per regime (model, N, V, σ_val): every regime behind the verdicts' counts, each with its own "
+          f"decision under the verdict table's two rules (SVD against every null control; Algorithm 1's gain "
+          f"against the unpruned model), and the models the verdicts leave out ('not counted'). Layers "
+          f"{{0, 1, L−2, L−1}} (the deep vs shallow column searches "
           f"only layers L−2, L−1 or only 0, 1); a task is unchanged when |gain| ≤ {s['unchanged_rel']:g} × its "
           f"unpruned error. Gains in % of headroom are means over tasks, so a few tasks on which the "
           f"unpruned model blows up can carry them; the last column (median over tasks, then over seeds, "
