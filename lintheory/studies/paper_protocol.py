@@ -606,11 +606,15 @@ def claims(table: engine.Table, meta: dict) -> list:
   """Both claims are counted over every regime whose means stand (each regime's table row shows its
   decision); the effect quoted is the one in the regime where SVD's own gain is largest, and the seeds
   are those behind that effect's interval."""
-  from lintheory.studies.verdicts import Claim
+  from lintheory.studies.verdicts import NO_INTERVAL, Claim
   regs = regimes(table)
   if not regs:
     return []
   left_out = _left_out(table)
+  if len(table.seeds(measure="rel_gain_mean")) < 2:  # no interval over seeds: nothing is decided
+    return [Claim(cid, NO_INTERVAL, "SVD's gain over the unpruned model, % of headroom", "(1 seed, no interval)", 1,
+                  "per task one fixed prompt, ξ chosen on V validation queries; seeds are the unit of inference")
+            for cid in VERDICTS]
   cs = {_label(reg): compare(table, reg) for reg in regs}
   best = most_favourable(cs)
   c = cs[best]

@@ -211,9 +211,9 @@ def report(table: engine.Table, meta: dict) -> str:
     base = [v for x in seeds for v in table.values("median_error", model=m, L=L, seed=x, layer=None)]
     for module in [x for x in table.unique("module", measure="median_error", model=m, L=L) if x]:
       dms = deep_minus_shallow(table, m, L, module)
-      iv = remark5_interval(dms)
+      iv = text.over_seeds(dms)
       rows.append([m, str(L), module, str(len(seeds)), text.num(np.median(base)),
-                   describe(iv, dms) if iv else "n/a (fewer than 2 seeds with a value)",
+                   text.interval(dms, 2) if iv else "n/a (fewer than 2 seeds with a value)",
                    f"{int(np.sum(dms < 0))}/{len(dms)}"])
   n = table.n_tasks("median_error", model=_models(table)[0][0], L=_models(table)[0][1])
   return (f"Damage = mean over kept ranks {DAMAGE_RANKS} of log10(median task error pruned / unpruned), "
@@ -248,28 +248,11 @@ def summary(table: engine.Table) -> str:
     if m != "linear":
       continue
     dms = deep_minus_shallow(table, m, L, "attn")
-    iv = remark5_interval(dms)
-    parts.append(f"L={L} " + (describe(iv, dms) if iv else "no value (fewer than 2 seeds)")
+    iv = text.over_seeds(dms)
+    parts.append(f"L={L} " + (text.interval(dms, 2) if iv else "no value (fewer than 2 seeds)")
                  + f", deep < shallow in {int(np.sum(dms < 0))} of {dms.size} seeds")
   return ("deep − shallow log10 damage of pruning attention (< 0: deep layers more stable), over seeds, "
           f"median task errors on {table.n_tasks('median_error'):,} tasks: " + "; ".join(parts))
-
-
-def remark5_interval(dms: np.ndarray) -> stats.SeedInterval | None:
-  """The interval over the seeds with a value (stats.seed_interval; ±inf included), None below 2 seeds.
-  A seed whose deep and shallow halves both overflowed has no value (∞ − ∞): describe() says how many."""
-  has = ~np.isnan(dms)
-  return stats.seed_interval(dms[has]) if has.sum() >= 2 else None
-
-
-def describe(iv: stats.SeedInterval, dms: np.ndarray) -> str:
-  out = f"{text.num(iv.center, 2)} {text.ci(iv.lo, iv.hi, 2)}"
-  if iv.kind == "order":
-    n_inf = int(np.sum(np.isinf(dms)))
-    out += (f" (median; {100 * iv.level:.1f} % order-statistic interval over {iv.n} seeds, {n_inf} of them "
-            "infinite)")
-  n_none = int(np.sum(np.isnan(dms)))
-  return out + (f" ({n_none} seed(s) overflowed in both halves: no value)" if n_none else "")
 
 
 def claims(table: engine.Table, meta: dict) -> list:
@@ -282,11 +265,11 @@ def claims(table: engine.Table, meta: dict) -> list:
     if m != "linear":
       continue
     dms = deep_minus_shallow(table, m, L, "attn")
-    iv = remark5_interval(dms)
+    iv = text.over_seeds(dms)
     if iv is None:
       continue
     verdicts.append("holds" if iv.hi < 0 else "fails" if iv.lo > 0 else "undecided")
-    parts.append(f"L={L} attn: {describe(iv, dms)}")
+    parts.append(f"L={L} attn: {text.interval(dms, 2)}")
     seeds.append(iv.n)
   if not verdicts:
     return []
