@@ -631,11 +631,27 @@ EDGE_NULL = [0.03, -0.01, 0.02]  # 90 % interval [−0.022, 0.048] within ±5 % 
 META_MM = {"profile": "default", "settings": {"train": {"steps": 1500}}}
 
 
-def mm_rows(regime, model, fracs, L=4, N_train=20, M=10, sigma_train=0.0, sigma_test=0.0, steps=1500):
+def mm_rows(regime, model, fracs, L=4, N_train=20, M=10, sigma_train=0.0, sigma_test=0.0, steps=1500, others=None,
+            legacy=False):
+  """A condition's rows as mismatch.run writes them: `fracs` are the SVD choice's gains / headroom (headroom
+  0.2); others: family → its choice's gains / headroom (each listed family is a candidate, the others are
+  not). The choice among every edit is the best family's, by seed. legacy: only that choice is recorded,
+  as in a table written before choices were made per family."""
   k = dict(regime=regime, L=L, model=model, N_train=N_train, M=M, sigma_train=sigma_train, sigma_test=sigma_test,
            steps=steps)
-  return [r for s, f in enumerate(fracs)
-          for r in (R("gain", 0.2 * f, seed=s, n_tasks=1000, **k), R("gain_frac", f, seed=s, n_tasks=1000, **k))]
+  fams = {"svd": fracs, **(others or {})}
+  label = {"svd": "v[3] rank 2", "shrink": "last W_V ×0.5", "drop": "attn[3] rank 0"}
+  rows = []
+  for s in range(len(fracs)):
+    best = max(fams, key=lambda f: fams[f][s])
+    overall = fams[best][s]
+    rows += [R("chosen", 1, seed=s, edit=label[best] if overall > 0 else "none", **k),
+             R("gain", 0.2 * overall, seed=s, n_tasks=1000, **k), R("gain_frac", overall, seed=s, n_tasks=1000, **k)]
+    for f, fr in ({} if legacy else fams).items():
+      rows += [R(f"chosen_{f}", 1, seed=s, edit=label[f] if fr[s] > 0 else "none", **k),
+               R(f"gain_{f}", 0.2 * fr[s], seed=s, n_tasks=1000, **k),
+               R(f"gain_frac_{f}", fr[s], seed=s, n_tasks=1000, **k)]
+  return rows
 
 
 def mm_claims(*row_sets):
@@ -693,12 +709,104 @@ def test_mismatch_a_non_finite_share_is_inconclusive_and_a_regime_of_controls_on
   assert mm_claims(mm_rows("noise", "matched", HELPS, sigma_train=0.5, sigma_test=0.5)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="when every mismatched condition hurts (the chosen edit raises the error, "
-                   "CI below 0) the verdict reads 'not shown: … the rest inconclusive'; the claim that pruning "
-                   "lowers the error then fails, and the conditions are not inconclusive")
 def test_mismatch_fails_when_every_mismatched_condition_hurts():
   c = only(mm_claims(mm_rows("shots", "fixed", HURTS, M=10), mm_rows("shots", "fixed", HURTS, M=15)))
   assert c.verdict.startswith("fails")
+  assert c.verdict == "fails: the chosen edit raises the error in every mismatched condition"
+
+
+def test_mismatch_fails_when_every_mismatched_condition_hurts_or_is_equivalent_to_no_gain():
+  c = only(mm_claims(mm_rows("shots", "fixed", HURTS, M=10), mm_rows("shots", "fixed", NULL, M=15)))
+  assert c.verdict == "fails: no mismatched condition gains (1 of 2 hurt, the rest equivalent to no gain)"
+
+
+def test_mismatch_is_not_shown_when_some_condition_is_inconclusive_and_counts_those_that_hurt():
+  c = only(mm_claims(mm_rows("shots", "fixed", HURTS, M=10), mm_rows("shots", "fixed", OPEN, M=15),
+                     mm_rows("shots", "fixed", NULL, M=5)))
+  assert c.verdict == ("not shown: no mismatched condition gains (1 of 3 equivalent to no gain, 1 hurt, the rest "
+                       "inconclusive)")
+
+
+# The edit families: "pruning helps" counts SVD truncation only; another family that wins has its own row.
+
+SHRINK_WINS = [0.5, 0.45, 0.55]  # far above every SVD gain below
+
+
+def test_mismatch_svd_is_decided_on_its_own_choice_when_a_shrink_wins_and_the_shrink_gets_its_own_row():
+  c = mm_claims(mm_rows("noise", "clean", NULL, sigma_test=1.0, others={"shrink": SHRINK_WINS, "drop": HURTS}),
+                mm_rows("noise", "matched", NULL, sigma_train=0.5, sigma_test=0.5,
+                        others={"shrink": HURTS, "drop": HURTS}))
+  svd, shrink = c  # drop neither helps nor is any seed's choice: no row
+  assert (svd.id, shrink.id) == ("noise", "noise_shrink")
+  assert svd.verdict == "fails: every mismatched condition is equivalent to no gain"
+  assert svd.detail == "σ_train=0 σ_test=1, L=4: null; σ_train=0.5 σ_test=0.5, L=4: null"
+  lo, hi = t_ci(SHRINK_WINS)
+  assert shrink.verdict == "holds, never in distribution" and shrink.seeds == 3
+  assert shrink.effect == "50 % of the headroom (σ_train=0 σ_test=1, L=4, the largest)"
+  assert shrink.ci == f"{text.ci(100 * lo, 100 * hi, 2)} %"
+  assert shrink.detail == "σ_train=0 σ_test=1, L=4: helps; σ_train=0.5 σ_test=0.5, L=4: hurts"
+
+
+def test_mismatch_a_family_chosen_in_some_seed_gets_a_row_even_where_it_does_not_help():
+  drop = [0.5, -0.3, -0.3]  # seed 0 chooses the drop; over seeds it is inconclusive
+  c = mm_claims(mm_rows("shots", "fixed", NULL, others={"drop": drop}))
+  assert [x.id for x in c] == ["shots", "shots_drop"]
+  assert c[1].verdict.startswith("not shown") and c[1].detail == "fixed N=20 M=10, L=4: inconclusive"
+
+
+def test_mismatch_a_legacy_table_decides_a_family_where_every_seed_chose_it_or_nothing():
+  """A table that records only the choice among every edit: where each seed chose an SVD truncation or kept
+  the unpruned model, that choice is the SVD family's too."""
+  rows = mm_rows("shots", "fixed", [0.3, 0.0, 0.35], legacy=True)
+  assert [r["edit"] for r in rows if r["measure"] == "chosen"] == ["v[3] rank 2", "none", "v[3] rank 2"]
+  c = only(mm_claims(rows))
+  lo, hi = t_ci([0.3, 0.0, 0.35])
+  assert c.id == "shots" and c.verdict.startswith("not shown") and c.seeds == 3
+  assert c.ci == f"{text.ci(100 * lo, 100 * hi, 2)} %" and c.detail == "fixed N=20 M=10, L=4: inconclusive"
+
+
+def test_mismatch_a_legacy_table_leaves_a_family_undecided_where_another_family_was_chosen():
+  c = mm_claims(mm_rows("noise", "clean", [0.01, 0.02, 0.01], sigma_test=1.0, others={"shrink": SHRINK_WINS},
+                        legacy=True))
+  svd, shrink = c
+  assert svd.verdict == ("undecided: 1 of 1 mismatched conditions lack the gain of this family's own choice (the "
+                         "table holds it only where the best edit of any family was of this family); rerun mismatch")
+  assert (svd.effect, svd.ci, svd.seeds) == ("not recorded", "n/a", 3)
+  assert svd.detail == "σ_train=0 σ_test=1, L=4: not recorded (seeds 0, 1, 2)"
+  assert shrink.id == "noise_shrink" and shrink.verdict == "holds, never in distribution"
+
+
+def test_mismatch_a_legacy_rank_0_truncation_counts_as_dropping_the_layer():
+  rows = mm_rows("noise", "clean", [0.01, 0.02, 0.01], sigma_test=1.0, others={"drop": SHRINK_WINS}, legacy=True)
+  assert rows[0]["edit"] == "attn[3] rank 0"
+  svd, drop = mm_claims(rows)
+  assert svd.verdict.startswith("undecided") and drop.id == "noise_drop" and drop.verdict.startswith("holds")
+
+
+def test_mismatch_families_of_the_edit_list_and_of_their_labels_agree():
+  s = mismatch.PROFILES["default"]
+  edits = mismatch.edit_list(s, 4, s.d + 1)
+  fams = [mismatch.family(e) for e in edits]
+  assert fams == [mismatch.family_of_label(mismatch.label(e)) for e in edits]
+  # rank 0 zeroes W_V (attn holds W_Q, W_K and W_V): the layer drops out
+  assert {e for e, f in zip(edits, fams) if f == "drop"} == (
+      {(m, layer, 0) for m in ("attn", "v") for layer in range(4)} | {("drop", 1, None), ("drop", 2, None)})
+  assert {e for e, f in zip(edits, fams) if f == "shrink"} == {("shrink", 0.5, None), ("shrink", 0.8, None)}
+  assert mismatch.family_of_label("none") is None
+
+
+def test_mismatch_choice_per_family_is_the_first_lowest_and_strictly_below_the_unpruned_model():
+  sel = np.array([[1.0, 1.0, 1.0],  # unpruned, then 4 edits × 3 seeds
+                  [0.5, 1.0, 2.0], [0.4, 1.0, 0.9], [0.4, 1.0, 0.9], [0.9, 1.5, 0.8]])
+  assert mismatch.choose(sel, [True] * 4).tolist() == [2, 0, 4]  # ties: the first edit; seed 1: none lower
+  assert mismatch.choose(sel, [True, False, False, True]).tolist() == [1, 0, 4]
+  assert mismatch.choose(sel, [False] * 4).tolist() == [0, 0, 0]
+  rng = np.random.default_rng(0)
+  for _ in range(20):  # the best of all edits is the best of its own family
+    sel = rng.integers(0, 4, (7, 5)).astype(float)
+    mask = rng.random(6) < 0.5
+    every, own = mismatch.choose(sel, [True] * 6), mismatch.choose(sel, mask)
+    assert all(o == e for e, o in zip(every, own) if e and mask[e - 1])
 
 
 # --- in_weights: the edit chosen on w₀ tasks, on w₀ and on fresh tasks -------------------------
@@ -844,7 +952,7 @@ def test_verdict_table_renders_holds_fails_and_undecided_rows_and_the_claims_no_
   md = verdicts.table(loaded())
   assert md.splitlines()[0] == "| claim | verdict | effect | 95 % CI | seeds | study and regime |"
   rows = rows_of(md)
-  assert list(rows) == [claim for claim, _ in verdicts.CLAIMS.values()]
+  assert list(rows) == [claim for cid, (claim, _) in verdicts.CLAIMS.items() if cid not in verdicts.FINDINGS]
   lo, hi = t_ci([0.01, 0.02, 0.03])
   assert rows[verdicts.CLAIMS["one_layer_gd"][0]] == (
       f"| {verdicts.CLAIMS['one_layer_gd'][0]} | **holds** | excess error of the learned step over the optimum | "
@@ -858,6 +966,16 @@ def test_verdict_table_renders_holds_fails_and_undecided_rows_and_the_claims_no_
   assert undecided in rows[verdicts.CLAIMS["deep_stable"][0]]
   assert rows[verdicts.CLAIMS["implicit_gd"][0]] == (f"| {verdicts.CLAIMS['implicit_gd'][0]} | not decided |  |  |  | "
                                                      "`implicit_gd` has no results |")
+
+
+def test_verdict_table_lists_a_finding_only_where_a_study_has_it():
+  tab = engine.Table(mm_rows("noise", "clean", NULL, sigma_test=1.0, others={"shrink": SHRINK_WINS, "drop": HURTS}),
+                     mismatch.KEYS)
+  rows = rows_of(verdicts.table({"mismatch": (tab, META_MM)}))
+  assert " | **holds, never in distribution** | " in rows[verdicts.CLAIMS["noise_shrink"][0]]
+  assert " | **fails: every mismatched condition is equivalent to no gain** | " in rows[verdicts.CLAIMS["noise"][0]]
+  assert not {verdicts.CLAIMS[f][0] for f in verdicts.FINDINGS - {"noise_shrink"}} & set(rows)
+  assert verdicts.FINDINGS < set(verdicts.CLAIMS)
 
 
 def test_verdict_table_of_a_smoke_profile_prints_no_verdict():
