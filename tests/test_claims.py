@@ -902,13 +902,7 @@ ONE_SEED = {
     "paper_protocol": lambda: (paper_protocol.claims, engine.Table(pp_rows({"svd": [0.5], "null_dirs": [0.1]}),
                                                                    paper_protocol.KEYS), DEFAULT),
 }
-STILL_RAISE = pytest.mark.xfail(strict=True, raises=ValueError, reason="with one seed (--seeds 1 is accepted) "
-                                "claims() raises 'values_S needs at least 2 seeds' from stats.seed_ci and the report "
-                                "fails; text.over_seeds / verdicts.NO_INTERVAL say 'undecided' instead")
-
-
-@pytest.mark.parametrize("study", [pytest.param(s, marks=STILL_RAISE) if s == "mismatch" else s
-                                   for s in sorted(ONE_SEED)])
+@pytest.mark.parametrize("study", sorted(ONE_SEED))
 def test_one_seed_decides_nothing_and_does_not_raise(study):
   claims, table, meta = ONE_SEED[study]()
   assert all(not c.verdict.startswith(("holds", "fails")) for c in claims(table, meta))
