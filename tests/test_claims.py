@@ -967,7 +967,8 @@ def test_verdict_table_lists_a_finding_only_where_a_study_has_it():
                      mismatch.KEYS)
   rows = rows_of(verdicts.table({"mismatch": (tab, META_MM)}))
   assert " | **holds, never in distribution** | " in rows[verdicts.CLAIMS["noise_shrink"][0]]
-  assert " | **fails: every mismatched condition is equivalent to no gain** | " in rows[verdicts.CLAIMS["noise"][0]]
+  assert (f" | **{verdicts.NO_CONTROL} (fails: every mismatched condition is equivalent to no gain)** | "
+          in rows[verdicts.CLAIMS["noise"][0]])  # no positive control among these results: no stated power
   assert not {verdicts.CLAIMS[f][0] for f in verdicts.FINDINGS - {"noise_shrink"}} & set(rows)
   assert verdicts.FINDINGS < set(verdicts.CLAIMS)
 
@@ -989,3 +990,40 @@ def test_verdict_table_of_mixed_profiles_decides_only_the_full_ones():
   assert " | **fails: no gain detected** | " in rows[verdicts.CLAIMS["positive_control"][0]]
   assert " | not decided | " in rows[verdicts.CLAIMS["implicit_gd"][0]]
   assert set(line.split(" | ")[1] for line in verdicts.table({}).splitlines()[2:]) == {"not decided"}
+
+
+def _claim(cid, verdict):
+  return verdicts.Claim(cid, verdict, "effect", "[0, 1]", 5, "detail")
+
+
+CONTROL_HOLDS, CONTROL_FAILS = _claim("positive_control", "holds"), _claim("positive_control", "fails: no gain detected")
+
+
+@pytest.mark.parametrize("verdict", ["fails in 9 of 12 regimes, undecided in 3", "not shown: no gain"])
+def test_a_negative_verdict_on_a_pruning_gain_stands_only_where_the_positive_control_holds(verdict):
+  c = _claim("pruning_enhances", verdict)
+  assert verdicts.powered(c, CONTROL_HOLDS) == verdict
+  assert verdicts.powered(c, CONTROL_FAILS) == f"{verdicts.NOT_INFORMATIVE} ({verdict})"
+  assert verdicts.powered(c, _claim("positive_control", verdicts.NO_INTERVAL)).startswith(verdicts.NOT_INFORMATIVE)
+  assert verdicts.powered(c, None) == f"{verdicts.NO_CONTROL} ({verdict})"
+
+
+def test_positive_verdicts_and_claims_that_are_not_about_a_gain_need_no_control():
+  assert verdicts.powered(_claim("noise", "holds, never in distribution"), CONTROL_FAILS) == "holds, never in distribution"
+  assert verdicts.powered(_claim("noise_shrink", "depends: helps in 1 of 3"), None) == "depends: helps in 1 of 3"
+  assert verdicts.powered(_claim("one_layer_gd", "fails"), CONTROL_FAILS) == "fails"
+  assert verdicts.powered(_claim("theorem2", "not shown: every ρ's CI contains 0"), None).startswith("not shown")
+  assert verdicts.POWERED_BY_CONTROL >= verdicts.FINDINGS and "positive_control" not in verdicts.POWERED_BY_CONTROL
+
+
+def test_the_verdict_table_marks_negative_gain_verdicts_with_the_same_profiles_control():
+  tab = engine.Table(mm_rows("noise", "clean", NULL, sigma_test=1.0, others={"shrink": SHRINK_WINS, "drop": HURTS}),
+                     mismatch.KEYS)
+  failing = {**loaded(), "mismatch": (tab, META_MM)}  # loaded()'s positive control: no gain detected
+  rows = rows_of(verdicts.table(failing))
+  assert f"| **{verdicts.NOT_INFORMATIVE} (fails: every mismatched" in rows[verdicts.CLAIMS["noise"][0]]
+  assert " | **holds, never in distribution** | " in rows[verdicts.CLAIMS["noise_shrink"][0]]
+  holding = {**failing, "positive_control": (pc_table({(1, 50): [0.1, 0.12, 0.09]}), {"profile": "default"})}
+  rows = rows_of(verdicts.table(holding))
+  assert " | **holds** | " in rows[verdicts.CLAIMS["positive_control"][0]]
+  assert " | **fails: every mismatched condition is equivalent to no gain** | " in rows[verdicts.CLAIMS["noise"][0]]

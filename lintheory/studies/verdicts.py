@@ -3,7 +3,8 @@
 Every study may define `claims(table, meta) -> list[Claim]`; the claims below are listed in this
 order, and a claim no loaded study decides is listed as "not decided" with the study that would.
 A study run at a smoke profile (engine.SMOKE_PROFILES) decides nothing: its claims keep their numbers
-but read SMOKE, without a verdict or the rule that would have made one.
+but read SMOKE, without a verdict or the rule that would have made one. A negative verdict on a claim
+that pruning helps is marked not informative unless the same profile's positive control holds (powered).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ FINDINGS = frozenset({"shots_shrink", "shots_drop", "noise_shrink", "noise_drop"
 
 
 SMOKE = "smoke test: not decided"
+# Claims that pruning (or another edit) helps: a negative verdict on them ("fails", "not shown") says
+# something only where the same profile's positive control detected its planted effect.
+POWERED_BY_CONTROL = frozenset({"pruning_enhances", "shots", "noise", "training_length", "in_weights"}) | FINDINGS
+NOT_INFORMATIVE = "not informative: the positive control did not detect its planted effect"
+NO_CONTROL = "not informative: the positive control has no results in this profile"
 NO_INTERVAL = "undecided: 1 seed, no interval"  # a claim whose every interval over seeds is missing (text.over_seeds)
 
 
@@ -54,6 +60,16 @@ class Claim(NamedTuple):
   ci: str  # its confidence interval, formatted
   seeds: int  # seeds behind it (the unit of inference)
   detail: str  # the regime, the task counts, what it rests on
+
+
+def powered(c: Claim, control: Claim | None) -> str:
+  """c's verdict, marked not informative when it is negative on a claim that pruning helps and the positive
+  control of the same results (one profile) did not hold: the pipeline then has no stated power."""
+  if c.id not in POWERED_BY_CONTROL or not c.verdict.startswith(("fails", "not shown")):
+    return c.verdict
+  if control is None:
+    return f"{NO_CONTROL} ({c.verdict})"
+  return c.verdict if control.verdict == "holds" else f"{NOT_INFORMATIVE} ({c.verdict})"
 
 
 def table(loaded: dict[str, tuple[engine.Table, dict]]) -> str:
@@ -73,5 +89,6 @@ def table(loaded: dict[str, tuple[engine.Table, dict]]) -> str:
     elif profile in engine.SMOKE_PROFILES:
       rows.append([claim, SMOKE, c.effect, c.ci, str(c.seeds), f"`{study}` at profile `{profile}`"])
     else:
-      rows.append([claim, f"**{c.verdict}**", c.effect, c.ci, str(c.seeds), f"`{study}`: {c.detail}"])
+      rows.append([claim, f"**{powered(c, found.get('positive_control', (None,))[0])}**", c.effect, c.ci,
+                   str(c.seeds), f"`{study}`: {c.detail}"])
   return text.table(["claim", "verdict", "effect", "95 % CI", "seeds", "study and regime"], rows)
