@@ -6,9 +6,10 @@
     checks.assert_same_predictions(my_forward, params, batch)  # your model's mapping onto the toolkit's
 
 Every check takes the model as any of: a run directory (str or Path), a parameter dict, a Flax NNX
-`LinearTransformer`, or an object with `.params` and `.model` (a ModelConfig), such as a
-`rundir.Run`; `resolve` turns it into (params, cfg) and checks the shapes against the config. A dict
-whose W_Q is 4-D (heads or a seed axis?) needs `cfg=ModelConfig(n_heads=...)`.
+`LinearTransformer`, or an object with `.params` and `.model` (a ModelConfig), such as a `rundir.Run`
+or the result of `lintheory.run.interop.load`; `resolve` turns it into (params, cfg) and checks the
+shapes against the config. A dict whose W_Q is 4-D (heads or a seed axis?) needs
+`cfg=ModelConfig(n_heads=...)`.
 
 Exact identities (docs/theory.md §3, §5) hold to round-off in float64 (enable jax_enable_x64 and
 pass float64 arrays); in float32 expect ~1e-5 relative.
