@@ -206,8 +206,8 @@ def main(argv=None) -> int:
   results = engine.results_of(args)
   try:
     loaded = engine.load_all(results)
-    md = build(results, loaded)
     held = engine.checked_profile(loaded, results, args.profile)
+    md = build(results, loaded)
     root = engine.results_root(results, held)
     docs = {d: with_blocks(Path(d).read_text(), root, d) for d in args.docs}
     out = args.out or engine.report_path(held)

@@ -196,17 +196,27 @@ def report(table: engine.Table, meta: dict) -> str:
           "the model follows is the lowest curve at every layer, not only at the last.*\n")
 
 
-def summary(table: engine.Table) -> str:
-  """Per depth at σ = 0, the closest reference's final relative distance, with its 95 % CI over seeds."""
-  parts = []
+def closest(table: engine.Table) -> dict:
+  """Per depth at σ = 0: the reference whose final ŵ distance has the smallest median over seeds, and
+  that distance per seed → {L: (reference, [S])}."""
+  out = {}
   for L in table.unique("L", measure="w_rel_dist", sigma=0.0):
     s = table.seeds(measure="w_rel_dist", sigma=0.0, L=L)
-    final = {k: table.values("w_rel_dist", sigma=0.0, L=L, reference=k, layer=L) for k in KINDS}
+    final = {k: np.array([table.value("w_rel_dist", sigma=0.0, L=L, reference=k, layer=L, seed=x) for x in s])
+             for k in KINDS}
     best = min(KINDS, key=lambda k: np.median(final[k]))
-    parts.append(f"L={L} {best} {text.interval(final[best], 2, ci_sig=3)}")
+    out[L] = best, final[best]
+  return out
+
+
+def summary(table: engine.Table) -> str:
+  """Per depth at σ = 0, the closest reference's final relative distance, with its 95 % CI over seeds."""
+  near = closest(table)
+  parts = [f"L={L} {best} {text.interval(d, 2, ci_sig=3)}" for L, (best, d) in near.items()]
+  seeds = max((d.size for _, d in near.values()), default=0)
   L0 = table.unique("L", measure="model_mean")[0]
   return (f"identity error ≤ {text.num(table.values('identity_max_abs_err').max(), 2)}; final ‖ŵ − w_ref‖/‖w_ref‖ "
-          f"to the closest reference, 95 % CI over {len(s)} seeds ({table.n_tasks('w_rel_dist', L=L0):,} tasks): "
+          f"to the closest reference, 95 % CI over {seeds} seeds ({table.n_tasks('w_rel_dist', L=L0):,} tasks): "
           + "; ".join(parts))
 
 
@@ -218,14 +228,10 @@ def claims(table: engine.Table, meta: dict) -> list:
   from lintheory.studies.verdicts import NO_INTERVAL, Claim
   ident = table.values("identity_max_abs_err")
   parts, close, seeds = [], [], []
-  for L in table.unique("L", measure="w_rel_dist", sigma=0.0):
-    s = table.seeds(measure="w_rel_dist", sigma=0.0, L=L)
-    final = {k: np.array([table.value("w_rel_dist", sigma=0.0, L=L, reference=k, layer=L, seed=x) for x in s])
-             for k in KINDS}
-    best = min(KINDS, key=lambda k: np.median(final[k]))
-    iv = text.over_seeds(final[best])
-    parts.append(f"L={L}: {best} {text.interval(final[best], 2)}")
-    seeds.append(iv.n if iv is not None else int(np.sum(~np.isnan(final[best]))))
+  for L, (best, d) in closest(table).items():
+    iv = text.over_seeds(d)
+    parts.append(f"L={L}: {best} {text.interval(d, 2)}")
+    seeds.append(iv.n if iv is not None else int(np.sum(~np.isnan(d))))
     if iv is not None:
       close.append(iv.hi < 0.1)
   exact = ident.size == 0 or ident.max() < 1e-9

@@ -360,14 +360,10 @@ def verdict_of(table: engine.Table, k: dict, fam: str | None = None) -> dict | N
   if vals is None:
     return None
   g, f, missing = vals
-  if missing:
+  if missing or f.size < 2:  # a seed's value is missing, or no interval over seeds
     nan = float("nan")
     return {"gain": g, "gain_ci": (nan, nan), "frac": f, "lo": nan, "hi": nan, "equivalent": False,
-            "call": "not recorded", "missing": missing}
-  if f.size < 2:  # no interval over seeds
-    nan = float("nan")
-    return {"gain": g, "gain_ci": (nan, nan), "frac": f, "lo": nan, "hi": nan, "equivalent": False,
-            "call": "inconclusive (1 seed, no interval)", "missing": []}
+            "call": "not recorded" if missing else "inconclusive (1 seed, no interval)", "missing": missing}
   lo, hi = stats.seed_ci(f)
   eq = stats.equivalence(f, MARGIN) if np.all(np.isfinite(f)) else {"equivalent": False}
   call = "helps" if lo > 0 else "hurts" if hi < 0 else "null" if eq["equivalent"] else "inconclusive"
