@@ -1027,3 +1027,44 @@ def test_the_verdict_table_marks_negative_gain_verdicts_with_the_same_profiles_c
   rows = rows_of(verdicts.table(holding))
   assert " | **holds** | " in rows[verdicts.CLAIMS["positive_control"][0]]
   assert " | **fails: every mismatched condition is equivalent to no gain** | " in rows[verdicts.CLAIMS["noise"][0]]
+
+
+def test_paper_protocol_a_seed_at_infinity_keeps_every_seed_and_reads_order_statistics():
+  """Five seeds, one whose SVD gain over a control is +∞ (the control's model overflowed): the interval is
+  the order-statistic one over all five (k = 1 at n = 5: the seeds' range, coverage 1 − 2⁻⁴), the centre
+  the median, the difference is not equivalent to 0, and 'holds' needs every lower end above 0."""
+  svd = [0.5, 0.6, 0.55, 0.58, 0.52]
+  ctl = {k: [0.1, 0.12, 0.08, 0.11, 0.09] for k in CTRL}
+  ctl["null_shrink"] = [0.2, 0.25, 0.3, -np.inf, 0.22]
+  enh, alg = pp_claims(pp_rows({"svd": svd, **ctl}))
+  diff = np.subtract(svd, ctl["null_shrink"])
+  assert enh.seeds == 5 and enh.verdict == "holds in 1 of 1 regimes"
+  assert enh.ci == text.ci(100 * np.sort(diff)[0], np.inf, 2) + " %"
+  assert enh.effect.endswith(f"{text.num(100 * np.median(diff), 2)} %")
+  assert not paper_protocol._equivalent(np.array([0.0, 0.01, np.inf]), paper_protocol.SESOI)
+
+
+def test_paper_protocol_a_control_that_overflowed_below_svd_in_one_seed_leaves_the_claim_undecided():
+  """SVD − control is −∞ in one of five seeds: the order-statistic interval reaches −∞, so SVD does not
+  beat that control, and one seed at −∞ is not equivalence either."""
+  svd = [0.5, 0.6, 0.55, -np.inf, 0.52]
+  enh, _ = pp_claims(pp_rows({"svd": svd, **{k: [0.1, 0.12, 0.08, 0.11, 0.09] for k in CTRL}}))
+  assert enh.verdict == "undecided" and enh.seeds == 5
+
+
+def test_paper_protocol_algorithm1_row_says_what_its_validation_labels_are_worth_as_demonstrations():
+  """label_value: (unpruned − Bayes error with the prompt and the V examples) ÷ headroom, per seed."""
+  keys = dict(model="linear", shots=20, V=64, val_noise=0.0)
+  rows = pp_rows({"svd": SVD, **CTRL})
+  for s, (u, h) in enumerate(zip([2.0, 3.0, 4.0], [1.0, 2.0, 4.0])):
+    rows += [R("unpruned_mean", u, seed=s, n_tasks=100, edit="svd", layers="all", **keys),
+             R("headroom", h, seed=s, n_tasks=100, edit="svd", layers="all", **keys)]
+  rows += [R("bayes_with_val_mean", 1.5, seed=None, n_tasks=100, **keys),
+           R("ridge_with_val_mean", 1.0, seed=None, n_tasks=100, **keys)]
+  table = engine.Table(rows, paper_protocol.KEYS)
+  reg = dict(model="linear", shots=20, V=64, val_noise=0.0)
+  np.testing.assert_allclose(paper_protocol.label_value(table, reg), [0.5, 0.75, 0.625])
+  np.testing.assert_allclose(paper_protocol.label_value(table, reg, "ridge"), [1.0, 1.0, 0.75])
+  _, alg = paper_protocol.claims(table, DEFAULT)
+  assert "its V labels used as demonstrations instead: 62.5 %, Bayes with N + V" in alg.effect
+  assert paper_protocol.label_value(engine.Table(pp_rows({"svd": SVD}), paper_protocol.KEYS), reg).size == 0

@@ -244,6 +244,44 @@ def test_noiseless_bayes_predictor_is_the_least_norm_interpolant(N, w_cov):
     np.testing.assert_allclose(w_hat, b.w, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("w_cov", [None, (1.0, 2.0, 0.5, 1e-2)])
+def test_posterior_update_equals_the_bayes_predictor_on_prompt_and_examples(w_cov):
+  """Adding V examples with the prompt's own noise through their moments gives the posterior mean of
+  the concatenated prompt, computed in the (N + V)-dimensional form (docs/theory.md §8)."""
+  cfg = TaskConfig(d=4, n_context=6, noise_std=0.5, w_cov=w_cov)
+  b = tasks.sample(jax.random.key(0), cfg, 32, dtype=F64)
+  Xv = tasks.sample(jax.random.key(1), cfg, 32, n_context=9, dtype=F64).X
+  yv = jnp.einsum("bnd,bd->bn", Xv, b.w) + 0.5 * jax.random.normal(jax.random.key(2), (32, 9), F64)
+  m, C = evaluate.bayes_posterior(cfg, b.X, b.y)
+  got = evaluate.posterior_update(m, C, jnp.einsum("bnd,bne->bde", Xv, Xv), jnp.einsum("bnd,bn->bd", Xv, yv), 0.5)
+  want = evaluate.bayes_predictor(cfg, jnp.concatenate([b.X, Xv], 1), jnp.concatenate([b.y, yv], 1))
+  np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
+
+
+def test_noiseless_examples_pin_w_and_a_pinned_posterior_stays():
+  """σ′ = 0 with V ≥ d: m′ = w; a noiseless prompt with N ≥ d has C = 0, and noisy examples leave m = w."""
+  cfg = TaskConfig(d=4, n_context=6, noise_std=0.5)
+  b = tasks.sample(jax.random.key(3), cfg, 16, dtype=F64)
+  Xv = tasks.sample(jax.random.key(4), cfg, 16, n_context=5, dtype=F64).X
+  XX = jnp.einsum("bnd,bne->bde", Xv, Xv)
+  m, C = evaluate.bayes_posterior(cfg, b.X, b.y)
+  exact = evaluate.posterior_update(m, C, XX, jnp.einsum("bde,be->bd", XX, b.w), 0.0)
+  np.testing.assert_allclose(exact, b.w, atol=1e-10)
+  clean = dataclasses.replace(cfg, noise_std=0.0)
+  m0, C0 = evaluate.bayes_posterior(clean, b.X, jnp.einsum("bnd,bd->bn", b.X, b.w))
+  assert np.abs(np.asarray(C0)).max() < 1e-10
+  noisy = jnp.einsum("bde,be->bd", XX, b.w) + 3.0
+  np.testing.assert_allclose(evaluate.posterior_update(m0, C0, XX, noisy, 0.5), b.w, atol=1e-8)
+
+
+def test_ridge_from_moments_is_ridge_on_the_examples():
+  b = tasks.sample(jax.random.key(5), TaskConfig(d=3, n_context=7, noise_std=0.3), 8, dtype=F64)
+  XX, Xy = jnp.einsum("bnd,bne->bde", b.X, b.X), jnp.einsum("bnd,bn->bd", b.X, b.y)
+  ref = np.stack([np.linalg.solve(np.asarray(x).T @ np.asarray(x) + 0.09 * np.eye(3), np.asarray(x).T @ np.asarray(y))
+                  for x, y in zip(b.X, b.y)])
+  np.testing.assert_allclose(learners.ridge_from_moments(XX, Xy, 0.09), ref, rtol=1e-10)
+
+
 def test_bayes_errors_are_below_every_learner_on_average():
   """No predictor beats the posterior mean in expected error: one GD step at η* on the same tasks."""
   import jax

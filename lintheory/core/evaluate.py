@@ -211,6 +211,30 @@ def bayes_predictor(task_cfg: TaskConfig, X_BND: jax.Array, y_BN: jax.Array) -> 
   return jnp.einsum("de,bne,bn->bd", Sw, X_BND, alpha)
 
 
+def bayes_posterior(task_cfg: TaskConfig, X_BND: jax.Array, y_BN: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The posterior of w given one prompt: its mean [B, d] (bayes_predictor) and covariance [B, d, d],
+  C = Σ_w − Σ_w Xᵀ(X Σ_w Xᵀ + σ² I)⁺ X Σ_w (docs/theory.md §9); the pseudo-inverse covers σ = 0."""
+  Sw = jnp.asarray(tasks.as_cov("w_cov", task_cfg.w_cov, task_cfg.d, psd=True), X_BND.dtype)
+  SX = jnp.einsum("de,bne->bdn", Sw, X_BND)
+  K = jnp.einsum("bnd,bdm->bnm", X_BND, SX) + task_cfg.noise_std**2 * jnp.eye(X_BND.shape[1], dtype=X_BND.dtype)
+  C = Sw - jnp.einsum("bdn,bnm,bem->bde", SX, jnp.linalg.pinv(K, hermitian=True), SX)
+  return bayes_predictor(task_cfg, X_BND, y_BN), C
+
+
+def posterior_update(m_BD: jax.Array, C_BDD: jax.Array, XX_BDD: jax.Array, Xy_BD: jax.Array,
+                     noise_std: float) -> jax.Array:
+  """The posterior mean after V more examples (y_v = x_v·w + noise_std·ε_v), given by their moments
+  XX = Σ x_v x_vᵀ and Xy = Σ x_v y_v → [B, d] (docs/theory.md §8, "What the validation labels are worth").
+
+  m' = m + C (XX C + σ'² I)⁺ (Xy − XX m): the push-through form of the Gaussian update, d × d whatever V;
+  with σ' = 0 and V ≥ d the examples pin w (m' = XX⁻¹ Xy = w), with C = 0 the prompt already had.
+  """
+  d = m_BD.shape[-1]
+  A = jnp.einsum("bde,bef->bdf", XX_BDD, C_BDD) + noise_std**2 * jnp.eye(d, dtype=m_BD.dtype)
+  r = Xy_BD - jnp.einsum("bde,be->bd", XX_BDD, m_BD)
+  return m_BD + jnp.einsum("bde,bef,bf->bd", C_BDD, jnp.linalg.pinv(A), r)
+
+
 @functools.lru_cache(maxsize=8)
 def _bayes_chunk_fn(task_cfg: TaskConfig, chunk: int, dtype_name: str, normalise: bool):
   dtype = precision.DTYPES[dtype_name]

@@ -129,9 +129,13 @@ def gd_plus_plus_from_moments(Sigma_hat: jax.Array, b: jax.Array, eta, gamma, n_
 
 def ridge(X: jax.Array, y: jax.Array, lam: float) -> jax.Array:
   """(XᵀX + λI)⁻¹ Xᵀy → [B, d]; λ = σ² is the posterior mean for w ~ N(0, I) and Gaussian noise."""
-  d = X.shape[-1]
-  A = jnp.einsum("bnd,bne->bde", X, X) + lam * jnp.eye(d, dtype=X.dtype)
-  return jnp.linalg.solve(A, jnp.einsum("bnd,bn->bd", X, y)[..., None])[..., 0]
+  return ridge_from_moments(jnp.einsum("bnd,bne->bde", X, X), jnp.einsum("bnd,bn->bd", X, y), lam)
+
+
+def ridge_from_moments(XX_BDD: jax.Array, Xy_BD: jax.Array, lam: float) -> jax.Array:
+  """(Σ x xᵀ + λI)⁻¹ Σ x y → [B, d]: ridge from the examples' moments (any number of examples)."""
+  d = XX_BDD.shape[-1]
+  return jnp.linalg.solve(XX_BDD + lam * jnp.eye(d, dtype=XX_BDD.dtype), Xy_BD[..., None])[..., 0]
 
 
 def least_squares(X: jax.Array, y: jax.Array) -> jax.Array:

@@ -353,8 +353,10 @@ def verdict_of(table: engine.Table, k: dict, fam: str | None = None) -> dict | N
 
   The call reads the fraction: seeds whose unpruned errors differ by orders of magnitude (a blow-up
   at M < N) make a t-interval in error units meaningless, while each seed's share of its own headroom
-  is comparable. helps / hurts: the 95 % t-interval of the mean share excludes 0; null: TOST within
-  ±5 % of the headroom; else inconclusive; "not recorded" where some seed's value is missing.
+  is comparable. helps / hurts: the 95 % interval over seeds of the share (text.over_seeds: the mean's
+  t-interval, or the median's order-statistic interval where a seed is ±inf) excludes 0; null: TOST
+  within ±5 % of the headroom (never with a seed at ±inf); else inconclusive; "not recorded" where some
+  seed's value is missing.
   """
   vals = family_values(table, k, fam)
   if vals is None:
@@ -362,13 +364,13 @@ def verdict_of(table: engine.Table, k: dict, fam: str | None = None) -> dict | N
   g, f, missing = vals
   if missing or f.size < 2:  # a seed's value is missing, or no interval over seeds
     nan = float("nan")
-    return {"gain": g, "gain_ci": (nan, nan), "frac": f, "lo": nan, "hi": nan, "equivalent": False,
+    return {"gain": g, "gain_ci": (nan, nan), "frac": f, "center": nan, "lo": nan, "hi": nan, "equivalent": False,
             "call": "not recorded" if missing else "inconclusive (1 seed, no interval)", "missing": missing}
-  lo, hi = stats.seed_ci(f)
+  iv, g_iv = text.over_seeds(f), text.over_seeds(g)
   eq = stats.equivalence(f, MARGIN) if np.all(np.isfinite(f)) else {"equivalent": False}
-  call = "helps" if lo > 0 else "hurts" if hi < 0 else "null" if eq["equivalent"] else "inconclusive"
-  return {"gain": g, "gain_ci": stats.seed_ci(g), "frac": f, "lo": lo, "hi": hi, "equivalent": eq["equivalent"],
-          "call": call, "missing": []}
+  call = "helps" if iv.lo > 0 else "hurts" if iv.hi < 0 else "null" if eq["equivalent"] else "inconclusive"
+  return {"gain": g, "gain_ci": (g_iv.lo, g_iv.hi), "frac": f, "center": iv.center, "lo": iv.lo, "hi": iv.hi,
+          "equivalent": eq["equivalent"], "call": call, "missing": []}
 
 
 def call_text(v: dict) -> str:
@@ -426,8 +428,8 @@ def report(table: engine.Table, meta: dict) -> str:
                    text.num(np.median(table.values("unpruned_mean", **k))),
                    text.num(np.max(table.values("unpruned_max", **k))),
                    text.num(table.value("bayes_mean", seed=None, **k)),
-                   text.num(v["gain"].mean()), text.ci(*v["gain_ci"]),
-                   f"{text.num(100 * v['frac'].mean(), 2)} % {text.ci(100 * v['lo'], 100 * v['hi'], 2)}",
+                   text.interval(v["gain"]),
+                   f"{text.num(100 * v['center'], 2)} % {text.ci(100 * v['lo'], 100 * v['hi'], 2)}",
                    v["call"], "; ".join(edits)])
       fam_rows.append([regime, str(k["L"]), describe(k)] + [_family_cell(table, k, f) for f in FAMILIES])
   n = table.n_tasks("gain", **condition_keys(table, REGIMES[0])[0]) if condition_keys(table, REGIMES[0]) else 0
@@ -438,7 +440,7 @@ def report(table: engine.Table, meta: dict) -> str:
           f"t-interval over seeds excludes 0, null when its 90 % interval lies within ±{100 * MARGIN:g} % (TOST), "
           f"else inconclusive.\n\n"
           + text.table(["regime", "L", "condition", "seeds", "unpruned mean error (median over seeds)",
-                        "worst task (max over seeds)", "Bayes error", "mean gain", "95 % CI over seeds",
+                        "worst task (max over seeds)", "Bayes error", "gain, mean [95 % CI over seeds]",
                         "gain / headroom, mean [95 % CI] (any edit)", "call", "chosen edit per seed"], rows)
           + "\n\nThe same choice made within each edit family ("
           + "; ".join(f"{f}: {t}" for f, t in FAMILY_TEXT.items()) + "), scored on the same tasks: gain / headroom, mean [95 % CI] over seeds, and its call. The verdicts "
@@ -455,7 +457,7 @@ def _family_cell(table: engine.Table, k: dict, fam: str) -> str:
     return "no edit"
   if v["missing"]:
     return call_text(v)
-  return f"{text.num(100 * v['frac'].mean(), 2)} % {text.ci(100 * v['lo'], 100 * v['hi'], 2)} {v['call']}"
+  return f"{text.num(100 * v['center'], 2)} % {text.ci(100 * v['lo'], 100 * v['hi'], 2)} {v['call']}"
 
 
 def mismatched(k: dict, full_steps: int) -> bool:
@@ -510,9 +512,9 @@ def _claim(table: engine.Table, regime: str, full_steps: int, fam: str):
   known = [(k, v) for k, v in mism if not v["missing"]]
   if not known:
     return Claim(cid, verdict, "not recorded", "n/a", len(mism[0][1]["frac"]), calls)
-  k, v = max(known, key=lambda kv: np.mean(kv[1]["frac"]))
+  k, v = max(known, key=lambda kv: kv[1]["center"])
   lo, hi = 100 * v["lo"], 100 * v["hi"]
-  return Claim(cid, verdict, f"{text.num(100 * np.mean(v['frac']), 2)} % of the headroom ({describe(k)}, "
+  return Claim(cid, verdict, f"{text.num(100 * v['center'], 2)} % of the headroom ({describe(k)}, "
                f"L={k['L']}, the largest)", f"{text.ci(lo, hi, 2)} %", len(v["frac"]), calls)
 
 
@@ -525,8 +527,8 @@ def summary(table: engine.Table) -> str:
       vs = [(k, v) for k in condition_keys(table, regime) for v in [verdict_of(table, k, fam)]
             if v is not None and not v["missing"]]
       if vs:
-        k, v = max(vs, key=lambda kv: np.mean(kv[1]["frac"]))
-        parts.append(f"{regime} ({what}): {describe(k)}, L={k['L']} {text.num(100 * np.mean(v['frac']), 2)} % "
+        k, v = max(vs, key=lambda kv: kv[1]["center"])
+        parts.append(f"{regime} ({what}): {describe(k)}, L={k['L']} {text.num(100 * v['center'], 2)} % "
                      f"{text.ci(100 * v['lo'], 100 * v['hi'], 2)} % ({len(v['frac'])} seeds, "
                      f"{table.n_tasks('gain', **k):,} tasks)")
   return "largest gain of the chosen edit, % of the headroom, 95 % CI over seeds: " + "; ".join(parts)

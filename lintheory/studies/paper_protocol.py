@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 import zlib
 
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import edits, evaluate, fast, precision, prune, stats, tasks
+from lintheory.core import edits, evaluate, fast, learners, precision, prune, stats, tasks
 from lintheory.core.model import ModelConfig, Params, block, block_over
 from lintheory.run import io, profiles
 from lintheory.studies import engine, figures, text
@@ -316,6 +317,32 @@ def bayes_errors(data: dict, task: tasks.TaskConfig, shots: int) -> np.ndarray:
   return np.asarray(tasks.normalised_error(jnp.einsum("bd,de,be->b", delta, Sigma, delta), task.d), np.float64)
 
 
+@functools.partial(jax.jit, static_argnames=("task", "shots", "Vs", "val_noise"))
+def spent_errors(data: dict, task: tasks.TaskConfig, shots: int, Vs, val_noise) -> dict[str, jax.Array]:
+  """Per task, V and validation noise, the exact errors [B, nV, nNoise] (÷ d) of the Bayes predictor and
+  of ridge on the prompt plus the V validation examples used as demonstrations: what the labels
+  Algorithm 1 spends are worth used directly (docs/theory.md §8)."""
+  X, y, w = (jnp.asarray(data[k], jnp.float64) for k in ("X", "y", "w"))
+  X, y = X[:, :shots], y[:, :shots]
+  mom = {k: jnp.asarray(v, jnp.float64) for k, v in val_moments(data, Vs).items()}
+  m, C = evaluate.bayes_posterior(task, X, y)
+  Sigma = jnp.asarray(tasks.x_covariance(task), jnp.float64)
+  lam = learners.bayes_ridge_lambda(task.noise_std)
+  XtX, Xty = jnp.einsum("bnd,bne->bde", X, X), jnp.einsum("bnd,bn->bd", X, y)
+  err = lambda w_hat: tasks.normalised_error(jnp.einsum("bd,de,be->b", w_hat - w, Sigma, w_hat - w), task.d)
+  out = {"bayes": [], "ridge": []}
+  for iv in range(len(Vs)):
+    XX = mom["XX"][:, iv]
+    per_noise = {"bayes": [], "ridge": []}
+    for sigma in val_noise:
+      b = jnp.einsum("bde,be->bd", XX, w) + sigma * mom["Xe"][:, iv]
+      per_noise["bayes"].append(err(evaluate.posterior_update(m, C, XX, b, sigma)))
+      per_noise["ridge"].append(err(learners.ridge_from_moments(XtX + XX, Xty + b, lam)))
+    for k in out:
+      out[k].append(jnp.stack(per_noise[k], axis=-1))
+  return {k: jnp.stack(v, axis=1) for k, v in out.items()}
+
+
 # --- per-task selection ----------------------------------------------------------------------
 
 
@@ -397,6 +424,8 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
               params_CS, data, Sigma, tr.model, shots, tuple(s.Vs), tuple(s.val_noise), s.candidate_chunk))
         val, test = val[:, :, :keep], np.asarray(tasks.normalised_error(test[:, :, :keep], s.d), np.float64)
         _select_chunk(acc[shots], val, test, bayes_errors(data, tr.task, shots)[:keep], cands, xi, s, L)
+        for k, v in spent_errors(data, tr.task, shots, tuple(s.Vs), tuple(s.val_noise)).items():
+          acc[shots].setdefault(f"{k}_with_val", []).append(np.asarray(v, np.float64)[:keep])
       done = min(arch.n_tasks, (i + 1) * chunk)
       if (i + 1) % 10 == 0 or done == arch.n_tasks:
         io.progress(f"  {arch.name}: {done:,}/{arch.n_tasks:,} tasks, {time.perf_counter() - t0:.0f} s",
@@ -469,6 +498,11 @@ def _record(ctx, acc: dict, cands, seeds, s: Settings, name: str, shots: int, L:
   for (kind, group, V, sigma), parts in acc["chosen"].items():
     _gain_rows(ctx, base, np.concatenate(parts, axis=1), bayes, seeds, s,
                dict(model=name, shots=shots, edit=kind, layers=group, V=V, val_noise=sigma))
+  for k in ("bayes_with_val", "ridge_with_val"):  # the V validation examples used as demonstrations
+    e = np.concatenate(acc[k])
+    for iv, V in enumerate(s.Vs):
+      for iz, sigma in enumerate(s.val_noise):
+        ctx.add(f"{k}_mean", e[:, iv, iz].mean(), n_tasks=e.shape[0], model=name, shots=shots, V=V, val_noise=sigma)
   if acc["rand0"]:
     worst = np.max(np.stack(acc["rand0"]), axis=0)
     for k, seed in enumerate(seeds):
@@ -485,13 +519,17 @@ def run(s: Settings, ctx: engine.Context) -> None:
 
 
 def _equivalent(diff_S: np.ndarray, margin: float) -> bool:
-  """TOST over seeds: the mean of diff_S lies within ±margin (stats.equivalence)."""
-  return bool(stats.equivalence(np.asarray(diff_S, np.float64), margin)["equivalent"])
+  """TOST over seeds: the mean of diff_S lies within ±margin (stats.equivalence). A seed at ±inf is
+  outside any margin, so such a set is never equivalent."""
+  d = np.asarray(diff_S, np.float64)
+  return bool(np.all(np.isfinite(d)) and stats.equivalence(d, margin)["equivalent"])
 
 
-def _seed_ci(v) -> tuple[float, float]:
-  lo, hi = stats.seed_ci(np.asarray(v, np.float64))
-  return float(lo), float(hi)
+def _over_seeds(v) -> tuple[float, float, float]:
+  """(centre, lo, hi) of stats.seed_interval over every seed: the mean and its t-interval, or, where a
+  seed is ±inf, the median and its order-statistic interval (docs/theory.md §14); NaN below 2 seeds."""
+  iv = text.over_seeds(v)
+  return (math.nan,) * 3 if iv is None else (iv.center, iv.lo, iv.hi)
 
 
 # --- reading the table -----------------------------------------------------------------------
@@ -528,15 +566,18 @@ def regimes(table: engine.Table, tailed: bool = False) -> list[dict]:
 
 
 def compare(table: engine.Table, reg: dict, layers: str = "all") -> dict:
-  """For one regime: SVD's relative gain per seed, and SVD − each control (fractions of headroom)."""
+  """For one regime: SVD's relative gain per seed, and SVD − each control (fractions of headroom), each
+  with its centre and interval over every seed (_over_seeds)."""
   rel = {k: _per_seed(table, "rel_gain_mean", edit=k, layers=layers, **reg)
          for k in table.unique("edit", measure="rel_gain_mean", layers=layers, **reg)}
   svd = rel["svd"]
-  out = {"svd": svd, "svd_ci": _seed_ci(svd), "rel": rel, "vs": {}}
+  centre, lo, hi = _over_seeds(svd)
+  out = {"svd": svd, "svd_center": centre, "svd_ci": (lo, hi), "rel": rel, "vs": {}}
   for ctl in edits.CONTROLS:
     if ctl in rel:
       diff = svd - rel[ctl]
-      out["vs"][ctl] = {"diff": diff, "ci": _seed_ci(diff), "equivalent": _equivalent(diff, SESOI)}
+      centre, lo, hi = _over_seeds(diff)
+      out["vs"][ctl] = {"diff": diff, "center": centre, "ci": (lo, hi), "equivalent": _equivalent(diff, SESOI)}
   return out
 
 
@@ -544,7 +585,7 @@ def _verdict_enhances(c: dict) -> str:
   """"holds" when SVD's gain is positive and beyond every control's by the SESOI (CI), "fails"
   when it is equivalent to or below some control, else "undecided"."""
   vs = c["vs"].values()
-  if vs and all(v["ci"][0] > 0 for v in vs) and c["svd_ci"][0] > 0 and all(v["diff"].mean() > SESOI for v in vs):
+  if vs and all(v["ci"][0] > 0 for v in vs) and c["svd_ci"][0] > 0 and all(v["center"] > SESOI for v in vs):
     return "holds"
   if any(v["equivalent"] or v["ci"][1] < 0 for v in vs):
     return "fails"
@@ -555,10 +596,21 @@ def _verdict_algorithm1(c: dict) -> str:
   """"holds" when SVD's own gain has its CI above 0 and its mean above the SESOI, "fails" when it is
   below 0 or equivalent (TOST) to 0 within ±SESOI, else "undecided"."""
   svd, (lo, hi) = c["svd"], c["svd_ci"]
-  return "holds" if lo > 0 and svd.mean() > SESOI else "fails" if hi < 0 or _equivalent(svd, SESOI) else "undecided"
+  return "holds" if lo > 0 and c["svd_center"] > SESOI else "fails" if hi < 0 or _equivalent(svd, SESOI) else "undecided"
 
 
 VERDICTS = {"pruning_enhances": _verdict_enhances, "algorithm1": _verdict_algorithm1}
+
+
+def label_value(table: engine.Table, reg: dict, learner: str = "bayes") -> np.ndarray:
+  """Per seed, the share of the headroom (unpruned − Bayes error with the prompt) that the V validation
+  examples close when used as demonstrations instead (learner: "bayes" or "ridge" on N + V examples;
+  docs/theory.md §8): what the labels Algorithm 1 spends are worth used directly. Empty without them."""
+  match = dict(edit="svd", layers="all", **reg)
+  spent = table.values(f"{learner}_with_val_mean", **reg)
+  if spent.size == 0:
+    return spent
+  return (table.values("unpruned_mean", **match) - spent[0]) / table.values("headroom", **match)
 
 
 def _label(reg: dict) -> str:
@@ -568,12 +620,12 @@ def _label(reg: dict) -> str:
 def most_favourable(cs: dict[str, dict]) -> str:
   """The regime (a key of cs, label → compare()) where SVD's own gain — the chosen SVD edit against the
   unpruned model, mean over seeds in % of headroom — is largest; a NaN mean never wins."""
-  return max(cs, key=lambda k: np.nan_to_num(np.mean(cs[k]["svd"]), nan=-np.inf))
+  return max(cs, key=lambda k: np.nan_to_num(cs[k]["svd_center"], nan=-np.inf))
 
 
 def strongest_control(c: dict) -> str:
   """The null control SVD beats by the least (the smallest mean SVD − control difference)."""
-  return min(c["vs"], key=lambda k: c["vs"][k]["diff"].mean())
+  return min(c["vs"], key=lambda k: c["vs"][k]["center"])
 
 
 def summary(table: engine.Table) -> str:
@@ -586,9 +638,9 @@ def summary(table: engine.Table) -> str:
   best = most_favourable(cs)
   reg, c = next(r for r in regs if _label(r) == best), cs[best]
   ctl = strongest_control(c)
-  return (f"{best}: SVD − {ctl} {text.num(100 * c['vs'][ctl]['diff'].mean(), 2)} % "
+  return (f"{best}: SVD − {ctl} {text.num(100 * c['vs'][ctl]['center'], 2)} % "
           f"{text.ci(*(100 * x for x in c['vs'][ctl]['ci']), 2)} %, chosen vs unpruned "
-          f"{text.num(100 * c['svd'].mean(), 2)} % {text.ci(*(100 * x for x in c['svd_ci']), 2)} % of the headroom "
+          f"{text.num(100 * c['svd_center'], 2)} % {text.ci(*(100 * x for x in c['svd_ci']), 2)} % of the headroom "
           f"({c['svd'].size} seeds, {table.n_tasks('gain_mean', model=reg['model']):,} tasks per seed)")
 
 
@@ -623,10 +675,10 @@ def claims(table: engine.Table, meta: dict) -> list:
     verdict = _tally({k: rule(v) for k, v in cs.items()})
     if cid == "pruning_enhances" and c["vs"]:
       ctl = strongest_control(c)
-      diff, (lo, hi) = c["vs"][ctl]["diff"], c["vs"][ctl]["ci"]
+      diff, (lo, hi) = c["vs"][ctl]["diff"], c["vs"][ctl]["ci"]  # diff: per seed; centre below
       effect = (f"SVD gain − the strongest null control's ({ctl}), % of headroom, in the regime where SVD's own "
-                f"gain is largest ({best}, SVD's gain {text.num(100 * c['svd'].mean(), 2)} %): "
-                f"{text.num(100 * diff.mean(), 2)} %")
+                f"gain is largest ({best}, SVD's gain {text.num(100 * c['svd_center'], 2)} %): "
+                f"{text.num(100 * c['vs'][ctl]['center'], 2)} %")
       seeds = diff.size
       detail = ("per task one fixed prompt, ξ chosen on V validation queries of the task; 'holds' needs SVD "
                 f"to beat every null control (same ‖ΔW‖_F) by > {SESOI:.0%} of the headroom, 'fails' where it "
@@ -636,8 +688,11 @@ def claims(table: engine.Table, meta: dict) -> list:
       effect, lo, hi, seeds, detail = "no null control searched", np.nan, np.nan, 0, "nothing to compare SVD with"
     else:
       (lo, hi), seeds = c["svd_ci"], c["svd"].size
+      worth = label_value(table, next(r for r in regs if _label(r) == best))
       effect = (f"chosen vs unpruned test error, gain in % of headroom, best regime {best}: "
-                f"{text.num(100 * c['svd'].mean(), 2)} %")
+                f"{text.num(100 * c['svd_center'], 2)} %"
+                + (f" (its V labels used as demonstrations instead: {text.num(100 * np.median(worth), 3)} %, "
+                   "Bayes with N + V)" if worth.size else ""))
       detail = (f"exact SVD, per-task choice; 'holds' where the gain's CI is above 0 and its mean above "
                 f"{SESOI:.0%} of the headroom, 'fails' where it is negative or equivalent (TOST) to 0 within "
                 f"±{SESOI:.0%} of the headroom (a significant but smaller gain counts as equivalent); every "
@@ -745,7 +800,8 @@ def regime_table(table: engine.Table) -> tuple[list[str], list[list[str]]]:
   kinds = table.unique("edit", measure="rel_gain_mean")
   head = ["model", "N", "V", "σ_val", "SVD gain [CI over seeds]", *(LABELS[k] for k in kinds if k != "svd"),
           "SVD beats every null control", "Algorithm 1 gains", "SVD: improved / unchanged / worsened",
-          "SVD deep vs shallow", "SVD per-task gain ÷ unpruned error, median"]
+          "SVD deep vs shallow", "SVD per-task gain ÷ unpruned error, median",
+          "the V labels as demonstrations: Bayes / ridge with N + V, % of headroom"]
   rows = []
   for reg in regimes(table, tailed=True):
     c = compare(table, reg)
@@ -756,10 +812,12 @@ def regime_table(table: engine.Table) -> tuple[list[str], list[list[str]]]:
     unseen = "tail not seen"
     decided = [rule(c) if stand else "not counted" for rule in VERDICTS.values()]
     rows.append([reg["model"], str(reg["shots"]), str(reg["V"]), text.num(reg["val_noise"], 2),
-                 f"{_pct(c['svd'])} {text.ci(100 * lo, 100 * hi, 2)}" if stand else unseen,
+                 f"{text.num(100 * c['svd_center'], 2)} % {text.ci(100 * lo, 100 * hi, 2)}" if stand else unseen,
                  *(_pct(c["rel"][k]) if stand else unseen for k in kinds if k != "svd"), *decided,
                  " / ".join(f"{100 * x:.0f} %" for x in f), f"{_pct(deep)} vs {_pct(shallow)}" if stand else unseen,
-                 _pct(np.median(table.values("task_rel_gain_median", edit="svd", layers="all", **reg)))])
+                 _pct(np.median(table.values("task_rel_gain_median", edit="svd", layers="all", **reg))),
+                 " / ".join(_pct(np.median(label_value(table, reg, k))) for k in ("bayes", "ridge"))
+                 if label_value(table, reg).size else "not measured"])
   return head, rows
 
 
@@ -803,7 +861,12 @@ def report(table: engine.Table, meta: dict) -> str:
           f"only layers L−2, L−1 or only 0, 1); a task is unchanged when |gain| ≤ {s['unchanged_rel']:g} × its "
           f"unpruned error. Gains in % of headroom are means over tasks, so a few tasks on which the "
           f"unpruned model blows up can carry them; the last column (median over tasks, then over seeds, "
-          f"of each task's gain ÷ its unpruned error) cannot be carried that way.\n\n" + text.table(head, rows) +
+          f"of each task's gain ÷ its unpruned error) cannot be carried that way. Algorithm 1 spends V labelled "
+          f"examples per task; the table's last column says what the same examples are worth used as "
+          f"demonstrations instead: the share of the headroom closed by the Bayes predictor and by ridge on the "
+          f"prompt plus the V examples (exact errors, docs/theory.md §8; median over seeds). The models are "
+          f"trained at N = {s['n_context']} only, so the model itself is not given N + V examples.\n\n"
+          + text.table(head, rows) +
           (f"\n\nTails of the models whose errors are sampled: on {n_tail:,} fresh tasks per seed (each task's "
            f"error the mean over {s['tail_queries']} queries, ÷ d), the unpruned " + "; ".join(tails) +
            f". A model's protocol means stand only where that share stays below {RARE_SHARE_MAX:.0%} in every "
