@@ -122,8 +122,9 @@ def profile_costs(results: Path) -> str:
                    rows) if rows else "No `make results` has been recorded for any profile."
   if missing:
     out += f"\n\nNot measured (no record in `results/profiles/`): {', '.join(missing)}."
-  return (out + "\n\nWall time is that of `make results` (the studies, from `make` to the last results file); "
-          "plotting and the report come after it, and a fresh clone first installs `.venv`.")
+  return (out + "\n\nWall time is that of a `make results` that ran every study (from `make` to the last results "
+          "file; a run of only the stale studies is not recorded here); plotting and the report come after it, and a "
+          "fresh clone first installs `.venv`.")
 
 
 def _profile_row(r: dict) -> list[str]:
