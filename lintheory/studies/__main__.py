@@ -79,19 +79,22 @@ def record_wall(argv) -> int:
 def list_stale(argv) -> int:
   ap = argparse.ArgumentParser(prog="python -m lintheory.studies --stale",
                                description="print the stale studies, one per line (why: on stderr)")
-  ap.add_argument("--stale", action="store_true", required=True)
-  ap.add_argument("names", nargs="*", metavar="NAME", help=f"studies to check (default: all): {', '.join(studies.STUDIES)}")
-  engine.add_results_flags(ap, "check")
+  ap.add_argument("--stale", action="store_true", required=True, help="list the stale studies")
+  ap.add_argument("names", nargs="*", metavar="NAME",
+                  help=f"studies to check (default: all): {', '.join(studies.STUDIES)}")
+  ap.add_argument("--profile", choices=engine.PROFILE_NAMES, default="default",
+                  help="the profile whose results to check")
+  ap.add_argument("--results", default=None, help="directory of the studies' results files (default: the profile's, "
+                  "results/ or results/PROFILE/)")
   args = ap.parse_args(argv)
   unknown = [n for n in args.names if n not in studies.STUDIES]
   if unknown:
     print(f"--stale: unknown study {unknown[0]!r}; studies: {', '.join(studies.STUDIES)}", file=sys.stderr)
     return 2
-  profile = args.profile or "default"
-  found = engine.stale(engine.results_of(args), args.names or studies.STUDIES, profile)
+  found = engine.stale(engine.results_of(args), args.names or studies.STUDIES, args.profile)
   for name, why in found.items():
     print(name)
-    print(f"{name} ({profile}): stale: {'; '.join(why)}", file=sys.stderr)
+    print(f"{name} ({args.profile}): stale: {'; '.join(why)}", file=sys.stderr)
   return 0
 
 

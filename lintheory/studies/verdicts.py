@@ -92,7 +92,8 @@ def table(loaded: dict[str, tuple[engine.Table, dict]], stale: dict[str, list[st
     if c is None:
       rows.append([claim, SMOKE if smoke else "not decided", "", "", "", f"`{study}` has no results"])
     elif profile in engine.SMOKE_PROFILES:
-      rows.append([claim, SMOKE + marks.get(cid, ""), c.effect, c.ci, str(c.seeds), f"`{study}` at profile `{profile}`"])
+      rows.append([claim, SMOKE + marks.get(cid, ""), c.effect, c.ci, str(c.seeds),
+                   f"`{study}` at profile `{profile}`"])
     else:
       rows.append([claim, f"**{powered(c, found.get('positive_control', (None,))[0])}**{marks.get(cid, '')}", c.effect,
                    c.ci, str(c.seeds), f"`{study}`: {c.detail}"])
