@@ -52,6 +52,17 @@ def test_rerunning_a_study_gives_the_same_table(ran, tmp_path):
   assert (tmp_path / "one_layer.csv").read_bytes() == (root / "results" / "one_layer.csv").read_bytes()
 
 
+def test_a_study_just_run_records_its_code_and_is_fresh(ran, capsys):
+  from lintheory.run import train
+  from lintheory.studies import __main__ as studies_main
+  root, flags = ran
+  _, meta = engine.load(flags.results, "one_layer")
+  assert meta["code"] == engine.code_of("one_layer") and meta["code"]["revisions"]["trainer"] == train.TRAINER
+  assert engine.staleness("one_layer", meta) == []
+  assert studies_main.main(["--stale", "--profile", "tiny", "--results", flags.results, "one_layer"]) == 0
+  assert capsys.readouterr().out == ""
+
+
 def test_context_refuses_nan_and_unknown_columns():
   ctx = engine.Context(("L",), "unused")
   with pytest.raises(ValueError, match="NaN"):

@@ -14,6 +14,19 @@ and RESULTS/<NAME>.json with the profile, settings, provenance, seconds and the 
 RESULTS is results/ for the default profile (the committed results) and results/PROFILE/ otherwise
 (results_dir); a run never overwrites another profile's file. Every cache lives under one root
 (--cache-dir, default runs/): ROOT/cache and ROOT/jax_cache (run.cache.dirs).
+
+Freshness. RESULTS/<NAME>.json's "code" records what produced the rows (code_of): the revisions
+(REVISIONS: train.TRAINER) and a digest of the code the rows depend on, with one digest per file; the
+git commit, when the study ran in a checkout, is in its "provenance" (informative, never required).
+The rows depend on: the part of the study module that `run` reaches (its functions and classes that
+`run` or module-level code such as PROFILES names, transitively; not plot, report, summary, claims or
+helpers only they call) and every lintheory module that part imports, transitively, each file whole
+(run.provenance.code_identity), except NOT_ROW_CODE, which computes no row. A results file is stale
+(staleness) when its recorded revisions or digest differ from the code here, or when it records none
+(written before results recorded their code). So a wording change in a study's report, claims or
+summary, in text, figures or verdicts leaves its results fresh; a change to anything `run` executes
+(this engine, run.*, core.*, the study's PROFILES) makes them stale. `python -m lintheory.studies
+--stale` lists stale studies, `make figures` reruns them and the report marks them.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import importlib
 import io as _io
 import math
@@ -35,7 +49,7 @@ import numpy as np
 
 from lintheory.core import precision
 from lintheory.run import cache as run_cache
-from lintheory.run import compile_cache, io
+from lintheory.run import compile_cache, io, provenance, train
 from lintheory.run import profiles as run_profiles
 
 FIXED = ("seed", "measure", "value", "n_tasks")
@@ -224,13 +238,13 @@ def settings_for(study, flags: Flags):
 
 def run_study(name: str, flags: Flags) -> Path:
   """Run one study and write results/<name>.csv and .json atomically; returns the CSV path."""
-  from lintheory.run import provenance
   study = study_module(name)
   settings = settings_for(study, flags)
   out = flags.results_path
   refuse_other_profile(out / f"{name}.json", flags.profile)
   ctx = Context(study.KEYS, str(run_cache.dirs(flags.cache_dir)[0]))
   prov = provenance.collect()  # the code that runs is the code at the start
+  code = code_of(name)
   t0 = time.perf_counter()
   with precision.x64():  # analysis in float64; training and sweeps scope the precision of their weights
     study.run(settings, ctx)
@@ -238,7 +252,7 @@ def run_study(name: str, flags: Flags) -> Path:
   table = Table(ctx.rows, study.KEYS)
   meta = {"study": name, "profile": flags.profile, "settings": dataclasses.asdict(settings),
           "seeds": list(settings.train.seeds), "seconds": round(seconds, 1), "failures": ctx.failures,
-          "n_rows": len(ctx.rows), "provenance": prov}
+          "n_rows": len(ctx.rows), "code": code, "provenance": prov}
   end = provenance.git_state()
   if end != prov["git"]:  # the tree changed while the study ran: say so rather than pick one
     meta["git_at_end"] = end
@@ -270,6 +284,69 @@ def refuse_other_profile(meta_path: Path, profile: str) -> None:
   if held != profile:
     raise ValueError(f"{meta_path} holds profile {held!r}'s results, not --profile {profile!r}'s; "
                      f"pass --results {results_dir(profile)} (the default for {profile!r}) or another directory")
+
+
+# --- freshness: the code a results file was produced by, against the code here -----------------
+
+# Revisions a module raises when the same code path starts to produce other numbers (train.TRAINER: the
+# trainer's, also in the model cache's key); each is recorded and compared by name.
+REVISIONS = {"trainer": lambda: train.TRAINER}
+# Code a study imports that computes no row: the list of studies (which exist, in the report's order) and
+# the provenance record (which also computes these digests). Text, figures and verdicts need no entry:
+# only a study's plot, report, summary and claims use them, and those are not followed.
+NOT_ROW_CODE = frozenset({"lintheory.studies", "lintheory.run.provenance"})
+
+
+@functools.lru_cache(maxsize=None)
+def code_of(name: str) -> dict:
+  """{"revisions": {name: value}, "digest", "files": {path: digest}} of the code the study's rows depend on
+  (the module docstring states the rule); computed from the package's files once per process."""
+  study_module(name)  # an unknown name is refused here
+  ident = provenance.code_identity(f"lintheory.studies.{name}", ("run",), NOT_ROW_CODE)
+  return {"revisions": {k: f() for k, f in REVISIONS.items()}, **ident}
+
+
+def staleness(name: str, meta: dict) -> list[str]:
+  """Why the study's results file (its metadata) is stale against the code here, one short phrase per
+  reason; [] when it is fresh."""
+  was, now = meta.get("code") or {}, code_of(name)
+  if "digest" not in was:
+    return ["no trainer revision or code digest recorded"]
+  out = [f"produced by {k} {was.get('revisions', {}).get(k, 'unrecorded')}, now {v}"
+         for k, v in now["revisions"].items() if was.get("revisions", {}).get(k) != v]
+  if was["digest"] != now["digest"]:
+    out.append(f"code digest {was['digest'][:8]} ≠ current {now['digest'][:8]}")
+  return out
+
+
+def changed_files(name: str, meta: dict) -> list[str]:
+  """The files whose digest differs between the results file's code and the code here (added or gone
+  included); [] for a file that records no code."""
+  was, now = (meta.get("code") or {}).get("files"), code_of(name)["files"]
+  if was is None:
+    return []
+  return sorted(p for p in set(was) | set(now) if was.get(p) != now.get(p))
+
+
+def stale(results: str | Path, names, profile: str) -> dict[str, list[str]]:
+  """The stale studies among `names` in a results directory, each with why: no results file, another
+  profile's file (a run would refuse it), or staleness."""
+  out = {}
+  for name in names:
+    meta_path = Path(results) / f"{name}.json"
+    if not meta_path.exists() or not (Path(results) / f"{name}.csv").exists():
+      out[name] = ["no results file"]
+      continue
+    try:
+      meta = io.read_json(meta_path)
+    except (OSError, ValueError) as e:
+      out[name] = [f"unreadable results file ({e})"]
+      continue
+    if meta.get("profile") != profile:
+      out[name] = [f"holds profile {meta.get('profile')!r}'s results, not {profile!r}'s"]
+    elif why := staleness(name, meta):
+      out[name] = why
+  return out
 
 
 def load(results: str | Path, name: str) -> tuple[Table, dict]:

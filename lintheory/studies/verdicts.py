@@ -5,6 +5,7 @@ order, and a claim no loaded study decides is listed as "not decided" with the s
 A study run at a smoke profile (engine.SMOKE_PROFILES) decides nothing: its claims keep their numbers
 but read SMOKE, without a verdict or the rule that would have made one. A negative verdict on a claim
 that pruning helps is marked not informative unless the same profile's positive control holds (powered).
+A claim whose study's results file is stale (engine.staleness, which the report passes in) says so in its row.
 """
 
 from __future__ import annotations
@@ -72,12 +73,16 @@ def powered(c: Claim, control: Claim | None) -> str:
   return c.verdict if control.verdict == "holds" else f"{NOT_INFORMATIVE} ({c.verdict})"
 
 
-def table(loaded: dict[str, tuple[engine.Table, dict]]) -> str:
+def table(loaded: dict[str, tuple[engine.Table, dict]], stale: dict[str, list[str]] | None = None) -> str:
+  """The verdict table; stale: study → why its results file is stale (a study not in it is fresh)."""
   found: dict[str, tuple[Claim, str]] = {}
+  marks: dict[str, str] = {}
   for name, (tab, meta) in loaded.items():
     claims = getattr(engine.study_module(name), "claims", None)
     for c in claims(tab, meta) if claims else ():
       found[c.id] = c, meta["profile"]
+      if (stale or {}).get(name):
+        marks[c.id] = f" (stale: {'; '.join(stale[name])})"
   smoke = bool(loaded) and all(meta["profile"] in engine.SMOKE_PROFILES for _, meta in loaded.values())
   rows = []
   for cid, (claim, study) in CLAIMS.items():
@@ -87,8 +92,9 @@ def table(loaded: dict[str, tuple[engine.Table, dict]]) -> str:
     if c is None:
       rows.append([claim, SMOKE if smoke else "not decided", "", "", "", f"`{study}` has no results"])
     elif profile in engine.SMOKE_PROFILES:
-      rows.append([claim, SMOKE, c.effect, c.ci, str(c.seeds), f"`{study}` at profile `{profile}`"])
+      rows.append([claim, SMOKE + marks.get(cid, ""), c.effect, c.ci, str(c.seeds),
+                   f"`{study}` at profile `{profile}`"])
     else:
-      rows.append([claim, f"**{powered(c, found.get('positive_control', (None,))[0])}**", c.effect, c.ci,
-                   str(c.seeds), f"`{study}`: {c.detail}"])
+      rows.append([claim, f"**{powered(c, found.get('positive_control', (None,))[0])}**{marks.get(cid, '')}", c.effect,
+                   c.ci, str(c.seeds), f"`{study}`: {c.detail}"])
   return text.table(["claim", "verdict", "effect", "95 % CI", "seeds", "study and regime"], rows)
