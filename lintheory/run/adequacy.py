@@ -37,9 +37,9 @@ from lintheory.run import train
 from lintheory.run.train import TrainConfig
 
 TAIL_FRAC = 0.1  # the share of the last steps the loss diagnostics read
-# Cosine decay ends at lr/10, so a settled fit is flat over its tail: the halves of a converged default
-# model's tail differ by a few %; a fit still descending by more than 10 % has not settled.
-REL_CHANGE_TOL = 0.1
+# Cosine decay ends at lr/10, so a settled fit is flat over its tail up to the batches' noise: the halves'
+# medians of settled default models differ by up to 13 % (L = 2, heavy-tailed batch losses).
+REL_CHANGE_TOL = 0.25
 # Settled seeds of one configuration end within 20 % of the median seed (default profile, L <= 4); the
 # stalls seen end 80 % (one layer, anisotropic) to 570 % (L = 3) above it.
 SEED_GAP_TOL = 0.5
