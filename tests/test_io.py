@@ -29,11 +29,12 @@ def test_write_json_is_strict_json_with_inf_and_nan_marked(tmp_path):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_cached_fit_trains_once_then_reads_the_cache(tmp_path, monkeypatch, dtype):
   cfg = dataclasses.replace(CFG, dtype=dtype)
-  p1, l1 = cache.cached_fit(TASK, MODEL, cfg, (0, 1), tmp_path)
+  p1, l1, a1 = cache.cached_fit(TASK, MODEL, cfg, (0, 1), tmp_path)
   monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("retrained a cached model"))
   with precision.x64(False):  # a caller in 32-bit mode reads back the same float64 weights
-    p2, l2 = cache.cached_fit(TASK, MODEL, cfg, (0, 1), tmp_path)
+    p2, l2, a2 = cache.cached_fit(TASK, MODEL, cfg, (0, 1), tmp_path)
   np.testing.assert_array_equal(l1, l2)
+  assert a1 == a2 and len(a1) == 2  # the training diagnostic is read back, not recomputed
   for k in p1:
     assert type(p1[k]) is type(p2[k]) is np.ndarray and p1[k].dtype == p2[k].dtype == np.dtype(dtype)
     np.testing.assert_array_equal(p1[k], p2[k])

@@ -22,14 +22,14 @@ def test_unknown_profile_names_the_choices():
     profiles.profile("huge")
 
 
-def test_a_study_models_cache_key_is_that_of_the_committed_results(monkeypatch):
-  """The default profile's models (d = 5, L = 1 and 3) keep the cache directories they had when the
-  committed results were made: the recipes moved to run.recipes and TrainConfig's defaults became
-  the recipe of the model's depth, but a study passes every field, so nothing it trains changed."""
+def test_a_study_models_cache_key_is_pinned(monkeypatch):
+  """The default profile's models (d = 5, L = 1 and 3) keep their cache directories until the trainer's
+  revision (train.TRAINER) is raised: the recipes moved to run.recipes and TrainConfig's defaults became
+  the recipe of the model's depth, but a study passes every field, so nothing else it trains changes."""
   from lintheory.run import cache
   keys = {}
   monkeypatch.setattr(cache, "cached_fit", lambda task, model, tc, seeds, *a: keys.setdefault(
-      model.n_layers, cache.key_digest(cache.cache_key(task, model, tc, seeds))) and (None, None))
+      model.n_layers, cache.key_digest(cache.cache_key(task, model, tc, seeds))) and (None, None, ()))
   for L in (1, 3):
     profiles.trained(profiles.profile("default"), layers=L, d=5)
-  assert keys == {1: "bc479ea0b5d9fa25", 3: "2adbeec876461e05"}
+  assert keys == {1: "b616dc27fa5e5cbd", 3: "31251057adb92e10"}

@@ -16,8 +16,9 @@ import numpy as np
 
 from lintheory.core.model import ModelConfig, Params
 from lintheory.core.tasks import TaskConfig
+from lintheory.run import adequacy
 from lintheory.run import train as _train
-from lintheory.run.io import _jsonable, atomic_write_bytes, locked, write_json, write_npz
+from lintheory.run.io import _jsonable, atomic_write_bytes, locked, read_json, write_json, write_npz
 from lintheory.run.train import TrainConfig
 
 
@@ -41,24 +42,25 @@ def key_digest(key: dict) -> str:
 
 
 def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, seeds, cache_dir="runs/cache",
-               label: str = "") -> tuple[Params, np.ndarray]:
-  """Train one model per seed (vmapped), or load them if this exact configuration was trained.
+               label: str = "") -> tuple[Params, np.ndarray, tuple[adequacy.Seed, ...]]:
+  """Train one model per seed (vmapped; a stalled seed restarted, run.adequacy.fit), or load them if this
+  exact configuration was trained.
 
   Studies share trained models through this cache (keyed by every config field and the seeds),
   so a study that needs a model another study trained does not retrain it.
-  Returns (params with a leading seed axis, as numpy arrays in the training dtype, losses [S, steps]):
-  the same arrays whether trained now or read back, whatever the caller's x64 mode.
+  Returns (params with a leading seed axis, as numpy arrays in the training dtype, losses [S, steps],
+  the training diagnostic per seed): the same whether trained now or read back, whatever the caller's x64 mode.
   """
   train_cfg = _train.resolve(train_cfg, model)  # a field left to the recipe keys as its value
   key = cache_key(task, model, train_cfg, seeds)
   digest = key_digest(key)
   path = Path(cache_dir) / digest
   with locked(Path(cache_dir) / f"{digest}.lock", f"training {label or digest}"):
-    if (path / "params.npz").exists() and (path / "losses.npy").exists():
+    if all((path / f).exists() for f in ("params.npz", "losses.npy", "adequacy.json")):
       with np.load(path / "params.npz") as f:
         params = {k: f[k] for k in f.files}
-      return params, np.load(path / "losses.npy")
-    res = _train.fit(task, model, train_cfg, seeds, on_chunk=_train.print_progress(train_cfg.steps, label))
+      return params, np.load(path / "losses.npy"), tuple(adequacy.Seed(**s) for s in read_json(path / "adequacy.json"))
+    res, restarts = adequacy.fit(task, model, train_cfg, seeds, on_chunk=_train.print_progress(train_cfg.steps, label))
     if res.diverged:
       raise RuntimeError(f"{label}{res.diverged}")
     write_json(path / "key.json", key)
@@ -66,5 +68,7 @@ def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, see
     np.save(buf, res.losses)
     atomic_write_bytes(path / "losses.npy", buf.getvalue())
     params = {k: np.asarray(v) for k, v in res.params.items()}
+    diagnosed = adequacy.diagnose(task, model, train_cfg, seeds, params, res.losses, restarts)
     write_npz(path / "params.npz", params)
-    return params, res.losses
+    write_json(path / "adequacy.json", [s._asdict() for s in diagnosed])  # last: it marks the entry complete
+    return params, res.losses, diagnosed

@@ -7,13 +7,14 @@ get it from the cache (cache.cached_fit) instead of training it twice.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.run import cache, recipes
+from lintheory.run import adequacy, cache, recipes
 from lintheory.run.recipes import RECIPES, Recipe  # noqa: F401 -- Recipe is part of this module's interface
 from lintheory.core.model import ModelConfig, Params
 from lintheory.core.tasks import TaskConfig
@@ -60,6 +61,7 @@ class Trained(NamedTuple):
   seeds: tuple[int, ...]
   params: Params  # leading seed axis [S, ...]
   losses: np.ndarray  # [S, steps]
+  adequacy: tuple[adequacy.Seed, ...]  # per seed: did the fit converge (run.adequacy)
 
 
 def trained(prof: Profile, *, layers: int = 1, attention: str = "linear", mlp: str | None = None,
@@ -78,8 +80,11 @@ def trained(prof: Profile, *, layers: int = 1, attention: str = "linear", mlp: s
             f"w0_prob={task.w0_prob}" if task.w0_prob else "", f"pool={pool_size}" if pool_size else ""]
   label = f"L={layers} d={task.d} N={task.n_context} σ={task.noise_std} {attention}{'+' + mlp if mlp else ''}" \
       + "".join(f" {e}" for e in extras if e) + ": "
-  params, losses = cache.cached_fit(task, model, train, seeds, cache_dir, label)
-  return Trained(task, model, train, seeds, params, losses)
+  params, losses, diagnosed = cache.cached_fit(task, model, train, seeds, cache_dir, label)
+  for seed, s in zip(seeds, diagnosed):
+    if not s.converged:
+      print(f"  {label}seed {seed} did not converge: {s.reason}", file=sys.stderr, flush=True)
+  return Trained(task, model, train, seeds, params, losses, diagnosed)
 
 
 def seed_params(params: Params, i: int) -> Params:

@@ -30,8 +30,9 @@ DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 DRAW_DTYPE = jnp.float32  # training tasks are drawn in float32 and widened to the training dtype (tasks.sample)
 # The trainer's revision: part of the model cache's key (run.cache), raised whenever one configuration
 # starts to train different weights (here: float32 draws; softmax and MLP models through
-# forward_query), so a cache never hands back models of an older trainer.
-TRAINER = 2
+# forward_query; 3: a seed whose fit stalls far above its siblings' is re-initialised, run.adequacy), so a
+# cache never hands back models of an older trainer.
+TRAINER = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,21 +126,27 @@ def mse(params: Params, batch: tasks.Batch, model_cfg: ModelConfig) -> jax.Array
   return jnp.mean((y_hat - batch.y_q) ** 2)
 
 
-def loss_fn(model_cfg: ModelConfig, use_fast: bool | None = None) -> Callable:
-  """loss(model, batch): the MSE of `mse`, through core/fast.py where it applies (use_fast None)."""
+def predict(params: Params, batch: tasks.Batch, model_cfg: ModelConfig, use_fast: bool) -> jax.Array:
+  """The query predictions [B] the training loss is computed from."""
+  if use_fast:  # the Gram matrix straight from the tasks: no [B, T, D] tokens
+    C_BDD, q_BD = fast.gram_tasks(batch.X, batch.y, batch.x_q)
+    return fast.forward_gram(params, C_BDD, q_BD, batch.X.shape[1])
+  return forward_query(params, tasks.batch_tokens(batch), model_cfg)  # the last layer for the query only
+
+
+def objective(model_cfg: ModelConfig, use_fast: bool | None = None) -> Callable:
+  """objective(params, batch): the training loss (the MSE of `mse`), through core/fast.py where it applies
+  (use_fast None)."""
   use_fast = fast.applies(model_cfg) if use_fast is None else use_fast
   if use_fast and not fast.applies(model_cfg):
     raise ValueError(f"use_fast needs linear attention without MLP, got {model_cfg}")
+  return lambda params, batch: jnp.mean((predict(params, batch, model_cfg, use_fast) - batch.y_q) ** 2)
 
-  def loss(model: LinearTransformer, batch: tasks.Batch) -> jax.Array:
-    if use_fast:  # the Gram matrix straight from the tasks: no [B, T, D] tokens
-      C_BDD, q_BD = fast.gram_tasks(batch.X, batch.y, batch.x_q)
-      y_hat = fast.forward_gram(params_of(model), C_BDD, q_BD, batch.X.shape[1])
-    else:  # the reference layers, the last one for the query only
-      y_hat = forward_query(params_of(model), tasks.batch_tokens(batch), model_cfg)
-    return jnp.mean((y_hat - batch.y_q) ** 2)
 
-  return loss
+def loss_fn(model_cfg: ModelConfig, use_fast: bool | None = None) -> Callable:
+  """loss(model, batch): `objective` of the model's parameters."""
+  of_params = objective(model_cfg, use_fast)
+  return lambda model, batch: of_params(params_of(model), batch)
 
 
 def modules(model_cfg: ModelConfig, tx: optax.GradientTransformation, params: Params,
@@ -197,12 +204,21 @@ def make_chunk(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainCon
   return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, 0, 0, None)))
 
 
-def init_state(model_cfg: ModelConfig, train_cfg: TrainConfig, seeds) -> TrainState:
-  """One model per seed (parameter key fold_in(key(seed), 0)) and its fresh optimiser state."""
+def init_key(seed: int, restart: int = 0) -> jax.Array:
+  """The initial weights' key: key(seed), or for a restart r >= 1 fold_in(fold_in(key(seed), 3), r) (a
+  restart draws new initial weights; the seed's data and pool stay its own)."""
+  key = jax.random.key(seed)
+  return key if restart == 0 else jax.random.fold_in(jax.random.fold_in(key, 3), restart)
+
+
+def init_state(model_cfg: ModelConfig, train_cfg: TrainConfig, seeds, restarts=None) -> TrainState:
+  """One model per seed (parameters from init_key(seed, restart), restart 0 unless `restarts` gives one
+  per seed) and its fresh optimiser state."""
   train_cfg = resolve(train_cfg, model_cfg)
   dtype = DTYPES[train_cfg.dtype]
   tx = optimizer(train_cfg)
-  keys = jnp.stack([jax.random.key(s) for s in seeds])
+  restarts = (0,) * len(seeds) if restarts is None else tuple(restarts)
+  keys = jnp.stack([init_key(s, r) for s, r in zip(seeds, restarts, strict=True)])
 
   def build(key):
     model = LinearTransformer(model_cfg, rngs=nnx.Rngs(params=key), dtype=dtype)
@@ -222,15 +238,16 @@ def optax_state(opt: nnx.Optimizer) -> optax.OptState:
 
 
 def seed_keys(seeds, stream: int) -> jax.Array:
-  """[S] keys fold_in(key(seed), stream): 0 parameters, 1 training batches, 2 the task pool."""
+  """[S] keys fold_in(key(seed), stream): 1 training batches, 2 the task pool (3: restarts, init_key)."""
   return jnp.stack([jax.random.fold_in(jax.random.key(s), stream) for s in seeds])
 
 
 def fit(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, seeds=(0,),
         state: TrainState | None = None,
-        on_chunk: Callable[[TrainState, np.ndarray], None] | None = None) -> TrainResult:
+        on_chunk: Callable[[TrainState, np.ndarray], None] | None = None, restarts=None) -> TrainResult:
   """Train one model per seed (vmapped) from scratch or from `state` up to train_cfg.steps.
 
+  restarts: per seed, which initial weights a fresh start draws (init_key; None: restart 0 for every seed).
   on_chunk(state, chunk_losses [S, n]) runs between jitted chunks (progress, checkpoints).
   Fields of train_cfg left at None come from the recipe for the model's depth (resolve).
   Training runs under core.precision.for_dtype(train_cfg.dtype): a float32 model is the same bits
@@ -243,11 +260,11 @@ def fit(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, se
     raise ValueError("seeds must name at least one seed")
   train_cfg = resolve(train_cfg, model_cfg)
   with precision.for_dtype(train_cfg.dtype):
-    return _fit(task_cfg, model_cfg, train_cfg, seeds, state, on_chunk)
+    return _fit(task_cfg, model_cfg, train_cfg, seeds, state, on_chunk, restarts)
 
 
-def _fit(task_cfg, model_cfg, train_cfg, seeds, state, on_chunk) -> TrainResult:
-  state = init_state(model_cfg, train_cfg, seeds) if state is None else state
+def _fit(task_cfg, model_cfg, train_cfg, seeds, state, on_chunk, restarts) -> TrainResult:
+  state = init_state(model_cfg, train_cfg, seeds, restarts) if state is None else state
   data_keys, pool_keys = seed_keys(seeds, 1), seed_keys(seeds, 2)
   chunks: dict[int, Callable] = {}
   losses, diverged, t0 = [], None, time.perf_counter()

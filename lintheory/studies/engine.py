@@ -48,6 +48,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from lintheory.core import precision
+from lintheory.run import adequacy
 from lintheory.run import cache as run_cache
 from lintheory.run import compile_cache, io, provenance, train
 from lintheory.run import profiles as run_profiles
@@ -135,6 +136,30 @@ class Table:
     return cls(rows, keys)
 
 
+def training(table: Table, **match) -> dict[int, str | None]:
+  """Per seed with a training diagnostic among the matching rows (Context.add_training): None where its fit
+  converged, else why not (run.adequacy.reason on the recorded numbers). A table without the diagnostic (an
+  older run) gives {}: nothing is known against any seed."""
+  out = {}
+  for seed in table.seeds(measure="converged", **match):
+    one = lambda m: table.values(m, seed=seed, **match)
+    gap, exact = one("seed_gap"), one("grad_exact")
+    why = adequacy.reason(float(one("train_rel_change")[0]),
+                          float(one("grad_norm")[0]) if exact.size and exact[0] else None,
+                          float(gap[0]) if gap.size else None)
+    out[seed] = None if one("converged")[0] else why or "did not converge"
+  return out
+
+
+def converged_note(reasons: dict[int, str | None], seeds) -> str:
+  """'4/5 seeds converged; seed 3 did not: <reason>' for the seeds a claim read, or '' when all converged."""
+  bad = {s: r for s, r in reasons.items() if s in seeds and r is not None}
+  if not bad:
+    return ""
+  return (f"{len(seeds) - len(bad)}/{len(seeds)} seeds converged; "
+          + "; ".join(f"seed {s} did not: {r}" for s, r in bad.items()))
+
+
 # --- what a study's run() writes into -------------------------------------------------------
 
 
@@ -160,6 +185,18 @@ class Context:
   def add_many(self, values: dict[str, float], *, seed=None, n_tasks=None, prefix: str = "", **keys) -> None:
     for name, v in values.items():
       self.add(prefix + name, v, seed=seed, n_tasks=n_tasks, **keys)
+
+  def add_training(self, tr: run_profiles.Trained, **keys) -> None:
+    """Per seed, the training diagnostic of run.adequacy (TRAINING measures): every model of every study
+    records whether its fit converged, beside what the study measures on it (read back by `training`)."""
+    for seed, a in zip(tr.seeds, tr.adequacy):
+      row = {"train_tail_loss": a.train_loss, "train_rel_change": a.train_rel_change, "grad_norm": a.grad_norm,
+             "grad_exact": a.exact_grad, "restarts": a.restarts, "converged": a.converged}
+      if a.seed_gap is not None:
+        row["seed_gap"] = a.seed_gap
+      self.add_many(row, seed=seed, **keys)
+      if not a.converged:
+        self.log(f"{keys} seed {seed}: training did not converge ({a.reason})")
 
   def fail(self, stage: str, reason: str, *, seed: int | None = None, **keys) -> None:
     self.failures.append({"stage": stage, "reason": reason, "seed": seed, **keys})

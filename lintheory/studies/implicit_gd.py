@@ -59,6 +59,7 @@ def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context, bayes: d
   except RuntimeError as e:  # a diverged run is recorded, not hidden
     ctx.fail("train", str(e), **keys)
     return
+  ctx.add_training(tr, **keys)
   refs = references.fitted(tr.task, L, s.fit, ctx.cache_dir)
   key = jax.random.key(EVAL_KEY)
   n = s.eval_tasks
@@ -197,11 +198,15 @@ def report(table: engine.Table, meta: dict) -> str:
 
 
 def closest(table: engine.Table) -> dict:
-  """Per depth at σ = 0: the reference whose final ŵ distance has the smallest median over seeds, and
-  that distance per seed → {L: (reference, [S])}."""
+  """Per depth at σ = 0: the reference whose final ŵ distance has the smallest median over the seeds whose
+  fit converged (engine.training), and that distance per such seed → {L: (reference, [S])}."""
   out = {}
   for L in table.unique("L", measure="w_rel_dist", sigma=0.0):
-    s = table.seeds(measure="w_rel_dist", sigma=0.0, L=L)
+    fits = engine.training(table, sigma=0.0, L=L)
+    s = [x for x in table.seeds(measure="w_rel_dist", sigma=0.0, L=L) if fits.get(x) is None]
+    if not s:  # no converged seed: nothing to compare (the claim's row says so)
+      out[L] = "no reference", np.array([])
+      continue
     final = {k: np.array([table.value("w_rel_dist", sigma=0.0, L=L, reference=k, layer=L, seed=x) for x in s])
              for k in KINDS}
     best = min(KINDS, key=lambda k: np.median(final[k]))
@@ -224,13 +229,16 @@ def claims(table: engine.Table, meta: dict) -> list:
   """The identity is exact; the trajectory claim holds at a depth when the closest reference (by the
   final ŵ distance, median over seeds) is a GD variant whose distance has an interval over seeds below 0.1
   (text.over_seeds). Holds at every depth: holds; at none: fails; else depends on depth. An inexact
-  identity fails the claim. No depth at σ = 0: no claim; none with 2 seeds: undecided."""
+  identity fails the claim. No depth at σ = 0: no claim; none with 2 seeds: undecided. The distances are
+  those of the seeds whose fit converged (closest); the others are named in the row, not counted."""
   from lintheory.studies.verdicts import NO_INTERVAL, Claim
   ident = table.values("identity_max_abs_err")
   parts, close, seeds = [], [], []
   for L, (best, d) in closest(table).items():
     iv = text.over_seeds(d)
-    parts.append(f"L={L}: {best} {text.interval(d, 2)}")
+    note = engine.converged_note(engine.training(table, sigma=0.0, L=L),
+                                 table.seeds(measure="w_rel_dist", sigma=0.0, L=L))
+    parts.append(f"L={L}: {best} {text.interval(d, 2)}" + (f" ({note})" if note else ""))
     seeds.append(iv.n if iv is not None else int(np.sum(~np.isnan(d))))
     if iv is not None:
       close.append(iv.hi < 0.1)

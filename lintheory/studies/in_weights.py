@@ -100,6 +100,7 @@ def run_setting(s: Settings, p: float, ctx: engine.Context) -> None:
   except RuntimeError as e:
     ctx.fail("train", str(e), **keys)
     return
+  ctx.add_training(tr, **keys)
   edits = edit_list(s)
   D = tr.model.D
   k_sel, k_conf = jax.random.key(SELECT_KEY), jax.random.key(CONFIRM_KEY)

@@ -220,6 +220,7 @@ def run_condition(s: Settings, c: Condition, ctx: engine.Context, bayes_of: dict
   """One condition; bayes_of holds the Bayes errors per test distribution (shared by conditions)."""
   keys = c.keys()
   tr = c.tr
+  ctx.add_training(tr, **keys)
   S, L = len(tr.seeds), tr.model.n_layers
   edits = edit_list(s, L, tr.model.D)
   fams = np.array([family(e) for e in edits])

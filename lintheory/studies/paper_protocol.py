@@ -393,6 +393,7 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
   except RuntimeError as e:  # a diverged run is recorded, not hidden
     ctx.fail("train", str(e), model=arch.name)
     return
+  ctx.add_training(tr, model=arch.name)
   exact = arch.test_queries == 0
   if exact and not tr.model.is_linear:
     raise ValueError(f"arch {arch.name}: test_queries must be >= 1 for a model that is not linear attention")

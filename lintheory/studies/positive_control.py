@@ -64,6 +64,7 @@ def run_setting(s: Settings, L: int, pool: int, ctx: engine.Context) -> None:
   except RuntimeError as e:
     ctx.fail("train", str(e), **keys)
     return
+  ctx.add_training(tr, **keys)
   k_sel, k_conf = jax.random.key(4242), jax.random.key(4343)
   D, S = tr.model.D, len(tr.seeds)
   edits = [(layer, r) for layer in range(L) for r in range(D)]

@@ -82,6 +82,7 @@ def run(s: Settings, ctx: engine.Context) -> None:
     except RuntimeError as e:
       ctx.fail("train", str(e), L=L)
       continue
+    ctx.add_training(tr, L=L)
     cfg = sweep.SweepConfig(modules=s.modules, rates=(0.0,), ranks=tuple(r for r in s.ranks if r < tr.model.D),
                             n_eval=256, n_analysis=s.analysis_tasks, bounds=True)
     res = sweep.run(tr.params, tr.seeds, tr.model, tr.task, cfg, progress=False)

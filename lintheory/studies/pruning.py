@@ -65,6 +65,7 @@ def run_model(s: Settings, m: Model, ctx: engine.Context) -> None:
   except RuntimeError as e:
     ctx.fail("train", str(e), **keys)
     return
+  ctx.add_training(tr, **keys)
   modules = ("attn", "q", "k", "v") + (("mlp",) if m.mlp else ())
   cfg = sweep.SweepConfig(modules=modules, rates=(0.0,), ranks=tuple(r for r in s.ranks if r < tr.model.D),
                           n_eval=s.eval_tasks, n_analysis=64, bounds=False)
