@@ -46,7 +46,8 @@ LEARNERS = {
 # The gap each version is compared with: the squared-loss gap measured on tail_tasks (its tail shows
 # there; on the bounds' own analysis_tasks it is "gap"), the clipped loss's on the CMI's supersample.
 GAPS = {"bound_subspace": "gap_tail_mean", "cmi_bound": "cmi_gap_clipped"}
-MEASURES = ("gap", "cmi_gap_clipped", "bound_subspace", "cmi_bound", "bound_sensitive", "dimV", "dimV_max",
+MEASURES = ("gap", "gap_noisy", "gap_noisy_se", "cmi_gap_clipped", "bound_subspace", "bound_subspace_point",
+            "bound_subspace_per_prompt", "cmi_bound", "cmi_bound_point", "bound_sensitive", "dimV", "dimV_max",
             "trivial", "R", "subspace_nonfinite", "paper_as_written", "icl_error_median")
 
 
