@@ -24,32 +24,32 @@ Versions (docs/theory.md §6, §10):
 
 1. `paper_as_written`: d' = D² and −tr log C_t over all of R^{D×D}. C_t has rank ≤ N − 1 and, for
    linear attention, ≤ D(D+1)/2 < D² whatever N, so this is +∞: reported, never clipped.
-2. `bound_subspace` (a theorem in its log-of-the-mean form, docs/theory.md §6; computed as below in
-   the per-prompt form, which is not an upper bound): every g_{t,i} lies in the data-independent subspace
+2. `bound_subspace` (a theorem, docs/theory.md §6, §15.1, for the paper's NOISY learner
+   W_t = W_{t−1} + G_t + ξ_t, ξ_t ~ N(0, C_t), simulated by `noisy_trajectory`): every g_{t,i} lies in the
+   data-independent subspace
      V_t = {Σ_h W_V^h X W_K^hᵀ W_Q^h (I + W_{t−1}) : X symmetric D×D}
    (proof: h_i h_iᵀ is symmetric, and the map is linear in X). V_t depends on the weights and on
    the previous iterate W_{t−1} only, on which the chain rule I(W; S) ≤ Σ_t I(W_t; S | W_{t−1})
-   conditions, so the noisy update W_{t−1} + G_t + N(0, C_t) lives in the fixed subspace V_t and
-   the paper's Gaussian max-entropy argument holds inside V_t with d' → k_t = dim V_t and C_t → its
-   restriction to V_t (coordinates in an orthonormal basis of V_t computed from the weights):
-     term_t = k_t·log((‖ΔW_t‖²‖I + W_{t−1}‖² + tr C_t)/k_t) − log det(C_t|V_t)   (0 when k_t = 0).
+   conditions, so the paper's Gaussian max-entropy argument holds inside V_t with d' → m_t = dim V_t:
+     term_t = m̄ log(E[ζ_t + tr C_t]/m̄) − E log det(C_t|V_t),  ζ_t = ‖ΔW_t‖²‖I + W_{t−1}‖²,
+   E over (task, demonstrations, noise), the log of the mean; each mean is reported at its one-sided
+   upper confidence bound (`log_mean_terms`). The per-prompt placement E[log …] (`subspace_terms`) is
+   below it by Jensen and is NOT a bound: kept for comparison.
    Finite iff C_t|V_t is non-singular, which needs N − 1 ≥ k_t; otherwise +∞ with a reason code
    (`subspace_inf_reason`: 0 finite, 1 b = N, 2 N − 1 < dim V_t, 3 C_t singular on V_t). With
    ε > 0 (`sensitivity`) it is the theorem for the noisier learner with noise C_t + ε·P_{V_t}.
    The range of C_t, by contrast, depends on the data of step t itself: the law of W_t is then a
    mixture over subspaces with no common reference measure, and restricting to it is not a bound.
-   Like Theorem 2 it bounds the gap of the paper's NOISY learner (W_t = W_{t−1} + G_t + ξ_t,
-   ξ_t ~ N(0, C_t)), whose noise-free mean is ŵ_L; and it keeps the paper's placement of E outside
-   the log (per prompt), whereas the max-entropy step gives log E[ζ_t + tr C_t] ≥ E log(...) (Jensen,
-   ζ_t = ‖ΔW_t‖²‖I + W_{t−1}‖²): averaged logs are NOT an upper bound (docs/theory.md §6).
-3. `cmi_bound` (a theorem, no log det): the supersample loss-difference CMI bound (Steinke &
-   Zakynthinou 2020; Harutyunyan et al. 2021; Wang & Mao 2023) for the clipped, quantised loss; see
-   `supersample_cmi`. Finite: ≤ M·sqrt(2 log 2) + M/K whatever the learner.
+3. `cmi_bound` (a theorem, no log det): the unconditional supersample loss-difference CMI bound
+   (Steinke & Zakynthinou 2020; Harutyunyan et al. 2021; Wang & Mao 2023) for the deterministic ŵ_L's
+   clipped, quantised loss, at its bootstrap upper confidence bound; see `supersample_cmi`.
+   Finite: ≤ M·sqrt(2 log 2) + M/K whatever the learner.
 - `floor_surrogate` (NOT a bound for the ICL learner): C_t + εI over all D² entries, the bound for a
   noisier surrogate learner, dominated by (D² − rank C_t)·log(1/ε).
-- The pruning-sensitive part Σ_t ‖ΔW_t‖_F²‖I + Σ_{j<t} G_j‖_F² (Σ_{j<t} G_j = W_{t−1}).
-- The gap: ŵ_L's population loss (ŵ − w)ᵀΣ(ŵ − w) + σ² minus its loss on its N demonstrations.
-- Vacuous: a bound ≥ the zero predictor's population loss E[wᵀΣw] + σ².
+- The pruning-sensitive part Σ_t ‖ΔW_t‖_F²‖I + W_{t−1}‖_F² (on the noisy iterate).
+- The gap: ŵ's population loss (ŵ − w)ᵀΣ(ŵ − w) + σ² minus its loss on its N demonstrations, for ŵ_L
+  (`gap`) and for the noisy learner's ŵ (`gap_noisy`).
+- Vacuity: bound ÷ the zero predictor's population loss E[wᵀΣw] + σ² (≥ 1: vacuous).
 """
 
 from __future__ import annotations
