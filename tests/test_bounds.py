@@ -16,6 +16,13 @@ from conftest import sym_image
 # Jitted once per shape: eager op-by-op dispatch would compile every small op separately.
 _trajectory = jax.jit(implicit.trajectory, static_argnums=2)
 _per_demo = jax.jit(bounds.per_demo_gradients)
+_noisy = jax.jit(bounds.noisy_trajectory)
+
+
+def _noisy_traj(params, batch, bb):
+  """The noisy learner's trajectory as `theorem2` draws it (noise_seed 0, b shots of N)."""
+  N = batch.X.shape[1]
+  return _noisy(params, tasks.batch_tokens(batch), jax.random.key(0), (N - bb) / (bb * N))
 
 
 def _random_params(key, d, L, heads=1, W_O=False, scale=0.3):
@@ -87,7 +94,7 @@ def test_paper_as_written_infinite_and_floor_matches_direct_logdet():
   eps, bb = 1e-3, 2
   bd = bounds.theorem2(params, b, cfg, tc, b=bb, eps=eps)
   assert np.isinf(bd.paper_as_written) and np.all(np.isinf(bd.paper_terms))
-  traj = _trajectory(params, tasks.batch_tokens(b), cfg)
+  traj = _noisy_traj(params, b, bb)
   G = np.asarray(_per_demo(params, traj)).reshape(2, 16, 6, -1)
   dp, c = 9, (6 - bb) / (bb * 6)
   for l in range(2):
@@ -99,16 +106,22 @@ def test_paper_as_written_infinite_and_floor_matches_direct_logdet():
       assert float(bd.trC[l, i]) == pytest.approx(np.trace(C), rel=1e-10)
 
 
-def test_sensitive_part_matches_definition():
+def test_sensitive_part_matches_definition_on_the_noisy_iterate():
+  """ζ_t = ‖ΔW_t‖²‖I + W_{t−1}‖² with ΔW_t recomputed in numpy from the tokens (I + W_{t−1}) h⁰ of the
+  noisy learner's previous iterate (docs/theory.md §6: the gradient is taken where the noisy learner is)."""
   params, cfg = _random_params(jax.random.key(4), 2, 2)
-  tc, b = _batch(2, 6)
+  tc, b = _batch(2, 6, noise=0.5)
   bd = bounds.theorem2(params, b, cfg, tc)
-  traj = _trajectory(params, tasks.batch_tokens(b), cfg)
-  I = np.eye(3)
+  W = np.asarray(_noisy_traj(params, b, 3).W_traj)
+  h0, I = np.asarray(tasks.batch_tokens(b))[:, :6], np.eye(3)
   for t in range(2):
-    Gsum = sum(np.asarray(traj.G[j]) for j in range(t)) if t else np.zeros((16, 3, 3))
-    ref = np.sum(np.asarray(traj.delta_W[t]) ** 2, (-2, -1)) * np.sum((I + Gsum) ** 2, (-2, -1))
+    W_prev = W[t - 1] if t else np.zeros((16, 3, 3))
+    H = h0 + np.einsum("bde,bne->bnd", W_prev, h0)
+    Wq, Wk, Wv = (np.asarray(params[n][t]) for n in ("W_Q", "W_K", "W_V"))
+    dW = np.einsum("ef,bnf,bng,kg,kl->bel", Wv, H, H, Wk, Wq) / 6
+    ref = np.sum(dW**2, (-2, -1)) * np.sum((I + W_prev) ** 2, (-2, -1))
     np.testing.assert_allclose(bd.spectrum.sensitive[t], ref, rtol=1e-10)
+  assert not np.allclose(W[0], np.asarray(_noisy_traj(params, b, 6).W_traj[0]))  # b < N: the iterate is noisy
 
 
 # --- the subspace V_t ----------------------------------------------------------------------------
@@ -198,34 +211,77 @@ def test_per_demo_gradients_lie_in_V_t(heads, W_O):
   assert int(k) == 6 and np.linalg.norm(x - Q @ (Q.T @ x)) > 0.1 * np.linalg.norm(x)
 
 
-def _numpy_subspace_term(params_l, W_prev, G_ND, c, s):
-  """Independent recomputation: basis by loops and numpy SVD, C restricted, slogdet."""
+def _numpy_subspace_pieces(params_l, W_prev, G_ND, c, s):
+  """Independent recomputation: basis by loops and numpy SVD, C restricted, slogdet → (k, ζ + tr C, log det C|V)."""
   D = W_prev.shape[0]
   Omega = params_l["W_K"].T @ params_l["W_Q"] @ (np.eye(D) + W_prev)
   U, sv, _ = np.linalg.svd(sym_image(params_l["W_V"], Omega), full_matrices=False)
   Q = U[:, sv > 1e-10 * sv[0]]
-  k = Q.shape[1]
   C = c * np.cov(G_ND @ Q, rowvar=False)
-  return k * np.log((s + np.trace(C)) / k) - np.linalg.slogdet(C)[1]
+  return Q.shape[1], s + np.trace(C), np.linalg.slogdet(C)[1]
 
 
-def test_subspace_terms_match_independent_computation():
-  """d = 1 (D = 2, dim V = 3 < d' = 4), N = 12 ≥ 4, noisy labels: C_t is non-singular on V_t."""
+def test_subspace_terms_and_the_theorems_upper_confidence_bound_match_independent_computation():
+  """d = 1 (D = 2, dim V = 3 < d' = 4), N = 12 ≥ 4, noisy labels: C_t is non-singular on V_t. Per prompt the
+  paper's placement k log(X/k) − log det; the bound is sqrt((R²/N) Σ_t [k log(UCB(E X)/k) + UCB(−E log det)]),
+  UCB = mean + z·se with z the normal quantile at 1 − 0.05/(2L) (docs/theory.md §15.1)."""
+  from scipy.stats import norm
   params, cfg = _random_params(jax.random.key(5), 1, 2)
   tc, b = _batch(1, 12, B=8, noise=0.5)
   bd = bounds.theorem2(params, b, cfg, tc, b=4)
-  traj = _trajectory(params, tasks.batch_tokens(b), cfg)
+  traj = _noisy_traj(params, b, 4)
   G = np.asarray(_per_demo(params, traj)).reshape(2, 8, 12, 4)
   W_prev = np.concatenate([np.zeros_like(traj.W_traj[:1]), traj.W_traj[:-1]])
-  c = (12 - 4) / (4 * 12)
+  c, z = (12 - 4) / (4 * 12), norm.ppf(1 - 0.05 / 4)
+  ucb = lambda v: np.mean(v) + z * np.std(v, ddof=1) / np.sqrt(v.size)
+  total, point = 0.0, 0.0
   for t in range(2):
     pl = {n: np.asarray(params[n][t]) for n in ("W_Q", "W_K", "W_V")}
-    for i in range(3):
-      ref = _numpy_subspace_term(pl, W_prev[t, i], G[t, i], c, float(bd.spectrum.sensitive[t, i]))
-      assert float(bd.subspace_terms[t, i]) == pytest.approx(ref, rel=1e-9)
+    k, X, ld = np.array([_numpy_subspace_pieces(pl, W_prev[t, i], G[t, i], c, float(bd.spectrum.sensitive[t, i]))
+                         for i in range(8)]).T
+    np.testing.assert_allclose(np.asarray(bd.subspace_terms[t]), k * np.log(X / k) - ld, rtol=1e-9)
+    total += k[0] * np.log(ucb(X) / k[0]) + ucb(-ld)
+    point += k[0] * np.log(np.mean(X) / k[0]) - np.mean(ld)
   assert np.all(np.asarray(bd.reason) == 0) and np.isfinite(bd.bound_subspace)
-  assert float(bd.bound_subspace) == pytest.approx(
+  assert float(bd.bound_subspace) == pytest.approx(float(bd.R) * np.sqrt(total / 12), rel=1e-9)
+  assert float(bd.bound_subspace_point) == pytest.approx(float(bd.R) * np.sqrt(point / 12), rel=1e-9)
+  assert float(bd.bound_subspace_per_prompt) == pytest.approx(
       float(bd.R) * np.sqrt(np.sum(np.mean(np.asarray(bd.subspace_terms), 1)) / 12), rel=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.integers(2, 12), st.integers(0, 2**31 - 1))
+def test_log_of_the_mean_is_at_least_the_mean_of_the_log(k, B, seed):
+  """Jensen: the theorem's placement k log(E X/k) − E log det ≥ E[k log(X/k) − log det], the paper's, for
+  any positive second moments X and spectra; and the upper confidence bound is ≥ the point estimate."""
+  rng = np.random.default_rng(seed)
+  lam = np.sort(rng.lognormal(0, 2, (1, B, k)), -1)[..., ::-1]
+  spec = bounds.SubspaceSpectrum(jnp.asarray(lam), jnp.full((1, B), k), jnp.asarray(rng.lognormal(0, 3, (1, B))),
+                                 jnp.zeros((1, B)))
+  pieces = bounds.subspace_pieces(spec, 0.3, 0.0, 100, False, 1e-300)
+  per_prompt = float(jnp.mean(bounds.subspace_terms(spec, 0.3, 0.0, 100, False, 1e-300)[0]))
+  point, upper = (float(bounds.log_mean_terms(pieces, z)[0]) for z in (0.0, 1.96))
+  assert point >= per_prompt - 1e-9 * abs(per_prompt) and upper >= point
+
+
+def test_noisy_learner_without_noise_is_the_implicit_learner_and_its_noise_has_covariance_C_t():
+  """c = 0: the noisy learner's trajectory is Theorem 1's (h^t = (I + W_t) h⁰, docs/theory.md §5). c > 0,
+  one layer: W_1 − G_1 over 20,000 noise draws has the covariance C_1 = c·S_1 (Monte Carlo, 3 % of ‖C_1‖)."""
+  params, cfg = _random_params(jax.random.key(11), 1, 2, heads=2, W_O=True)
+  tc, b = _batch(1, 6, B=4, noise=0.5)
+  Z = tasks.batch_tokens(b)
+  det, noisy = _trajectory(params, Z, cfg), _noisy(params, Z, jax.random.key(1), 0.0)
+  for a, n in zip(det, noisy):
+    np.testing.assert_allclose(np.asarray(n), np.asarray(a), rtol=1e-10, atol=1e-12)
+  p1 = {k: v[:1] for k, v in params.items()}
+  c = 0.2
+  draws = jax.jit(jax.vmap(lambda k: bounds.noisy_trajectory(p1, Z[:1], k, c).W_traj[0, 0]))(
+      jax.random.split(jax.random.key(2), 20_000))
+  xi = np.asarray(draws).reshape(20_000, -1) - np.asarray(det.G[0, 0]).ravel()
+  g = np.asarray(_per_demo(p1, _trajectory(p1, Z[:1], ModelConfig(d=1, n_layers=1, n_heads=2, use_W_O=True))))
+  C = c * np.cov(g[0, 0].reshape(6, -1), rowvar=False)
+  assert np.abs(xi.mean(0)).max() < 0.03 * np.sqrt(np.abs(C).max())
+  assert np.linalg.norm(np.cov(xi, rowvar=False) - C) < 0.03 * np.linalg.norm(C)
 
 
 def test_subspace_bound_infinite_with_its_reason():
@@ -244,7 +300,10 @@ def test_subspace_bound_infinite_with_its_reason():
 
 
 def test_sensitivity_grid():
-  params, cfg = _random_params(jax.random.key(8), 1, 2)
+  """One layer (W_0 = 0: the spectrum does not depend on the learner's noise), so every grid point's
+  bound is computable from theorem2's spectrum."""
+  from scipy.stats import norm
+  params, cfg = _random_params(jax.random.key(8), 1, 1)
   tc, b = _batch(1, 8, B=8, noise=0.5)
   grid = bounds.sensitivity(params, b, cfg, tc, bs=[1, 2, 4, 8], epss=[0.0, 1e-6, 1e-2])
   assert grid["bound_subspace"].shape == (4, 3) and grid["floor_surrogate"].shape == (4, 3)
@@ -253,11 +312,12 @@ def test_sensitivity_grid():
     assert grid["bound_subspace"][i, 0] == pytest.approx(ref, rel=1e-9)
   assert np.isinf(grid["bound_subspace"][3, 0])  # b = N: C_t = 0
   assert np.all(np.isfinite(grid["bound_subspace"][:, 1:])) and np.all(np.isnan(grid["floor_surrogate"][:, 0]))
-  # b = N with ε: the noise is ε·P_V only, so term_t = k log((s + kε)/k) − k log ε = k log(1 + s/(kε))
+  # b = N with ε: the noise is ε·P_V only: X = ζ + kε and log det = k log ε, the same for every prompt
   bd = bounds.theorem2(params, b, cfg, tc)
-  k, s = np.asarray(bd.spectrum.dimV, float), np.asarray(bd.spectrum.sensitive)
+  k, s = float(bd.spectrum.dimV[0, 0]), np.asarray(bd.spectrum.sensitive[0])
+  ucb = np.mean(s) + norm.ppf(1 - 0.05 / 2) * np.std(s, ddof=1) / np.sqrt(s.size)
   for j, e in ((1, 1e-6), (2, 1e-2)):
-    ref = float(bd.R) * np.sqrt(np.sum(np.mean(k * np.log1p(s / (k * e)), 1)) / 8)
+    ref = float(bd.R) * np.sqrt((k * np.log((ucb + k * e) / k) - k * np.log(e)) / 8)
     assert grid["bound_subspace"][3, j] == pytest.approx(ref, rel=1e-9)
 
 
@@ -319,7 +379,8 @@ def test_cmi_zero_for_a_learner_that_ignores_the_data():
                               levels=8, dtype=jnp.float64)
   assert abs(float(cm.gap)) < 4 * float(cm.gap_se)
   assert float(cm.mi) < 4 * float(cm.mi_bias)  # only the plug-in bias: Δ_i ⊥ U_i
-  assert float(cm.bound) <= 20.0 * np.sqrt(2 * float(cm.mi)) + 20.0 / 8 + 1e-12  # Jensen: mean √ ≤ √ mean
+  assert float(cm.bound_point) <= 20.0 * np.sqrt(2 * float(cm.mi)) + 20.0 / 8 + 1e-12  # Jensen: mean √ ≤ √ mean
+  assert float(cm.bound_point) <= float(cm.bound) <= cm.cap
 
 
 def test_cmi_bound_finite_and_above_the_gap_for_the_gd_transformer():

@@ -24,32 +24,32 @@ Versions (docs/theory.md §6, §10):
 
 1. `paper_as_written`: d' = D² and −tr log C_t over all of R^{D×D}. C_t has rank ≤ N − 1 and, for
    linear attention, ≤ D(D+1)/2 < D² whatever N, so this is +∞: reported, never clipped.
-2. `bound_subspace` (a theorem in its log-of-the-mean form, docs/theory.md §6; computed as below in
-   the per-prompt form, which is not an upper bound): every g_{t,i} lies in the data-independent subspace
+2. `bound_subspace` (a theorem, docs/theory.md §6, §15.1, for the paper's NOISY learner
+   W_t = W_{t−1} + G_t + ξ_t, ξ_t ~ N(0, C_t), simulated by `noisy_trajectory`): every g_{t,i} lies in the
+   data-independent subspace
      V_t = {Σ_h W_V^h X W_K^hᵀ W_Q^h (I + W_{t−1}) : X symmetric D×D}
    (proof: h_i h_iᵀ is symmetric, and the map is linear in X). V_t depends on the weights and on
    the previous iterate W_{t−1} only, on which the chain rule I(W; S) ≤ Σ_t I(W_t; S | W_{t−1})
-   conditions, so the noisy update W_{t−1} + G_t + N(0, C_t) lives in the fixed subspace V_t and
-   the paper's Gaussian max-entropy argument holds inside V_t with d' → k_t = dim V_t and C_t → its
-   restriction to V_t (coordinates in an orthonormal basis of V_t computed from the weights):
-     term_t = k_t·log((‖ΔW_t‖²‖I + W_{t−1}‖² + tr C_t)/k_t) − log det(C_t|V_t)   (0 when k_t = 0).
+   conditions, so the paper's Gaussian max-entropy argument holds inside V_t with d' → m_t = dim V_t:
+     term_t = m̄ log(E[ζ_t + tr C_t]/m̄) − E log det(C_t|V_t),  ζ_t = ‖ΔW_t‖²‖I + W_{t−1}‖²,
+   E over (task, demonstrations, noise), the log of the mean; each mean is reported at its one-sided
+   upper confidence bound (`log_mean_terms`). The per-prompt placement E[log …] (`subspace_terms`) is
+   below it by Jensen and is NOT a bound: kept for comparison.
    Finite iff C_t|V_t is non-singular, which needs N − 1 ≥ k_t; otherwise +∞ with a reason code
    (`subspace_inf_reason`: 0 finite, 1 b = N, 2 N − 1 < dim V_t, 3 C_t singular on V_t). With
    ε > 0 (`sensitivity`) it is the theorem for the noisier learner with noise C_t + ε·P_{V_t}.
    The range of C_t, by contrast, depends on the data of step t itself: the law of W_t is then a
    mixture over subspaces with no common reference measure, and restricting to it is not a bound.
-   Like Theorem 2 it bounds the gap of the paper's NOISY learner (W_t = W_{t−1} + G_t + ξ_t,
-   ξ_t ~ N(0, C_t)), whose noise-free mean is ŵ_L; and it keeps the paper's placement of E outside
-   the log (per prompt), whereas the max-entropy step gives log E[ζ_t + tr C_t] ≥ E log(...) (Jensen,
-   ζ_t = ‖ΔW_t‖²‖I + W_{t−1}‖²): averaged logs are NOT an upper bound (docs/theory.md §6).
-3. `cmi_bound` (a theorem, no log det): the supersample loss-difference CMI bound (Steinke &
-   Zakynthinou 2020; Harutyunyan et al. 2021; Wang & Mao 2023) for the clipped, quantised loss; see
-   `supersample_cmi`. Finite: ≤ M·sqrt(2 log 2) + M/K whatever the learner.
+3. `cmi_bound` (a theorem, no log det): the unconditional supersample loss-difference CMI bound
+   (Steinke & Zakynthinou 2020; Harutyunyan et al. 2021; Wang & Mao 2023) for the deterministic ŵ_L's
+   clipped, quantised loss, at its bootstrap upper confidence bound; see `supersample_cmi`.
+   Finite: ≤ M·sqrt(2 log 2) + M/K whatever the learner.
 - `floor_surrogate` (NOT a bound for the ICL learner): C_t + εI over all D² entries, the bound for a
   noisier surrogate learner, dominated by (D² − rank C_t)·log(1/ε).
-- The pruning-sensitive part Σ_t ‖ΔW_t‖_F²‖I + Σ_{j<t} G_j‖_F² (Σ_{j<t} G_j = W_{t−1}).
-- The gap: ŵ_L's population loss (ŵ − w)ᵀΣ(ŵ − w) + σ² minus its loss on its N demonstrations.
-- Vacuous: a bound ≥ the zero predictor's population loss E[wᵀΣw] + σ².
+- The pruning-sensitive part Σ_t ‖ΔW_t‖_F²‖I + W_{t−1}‖_F² (on the noisy iterate).
+- The gap: ŵ's population loss (ŵ − w)ᵀΣ(ŵ − w) + σ² minus its loss on its N demonstrations, for ŵ_L
+  (`gap`) and for the noisy learner's ŵ (`gap_noisy`).
+- Vacuity: bound ÷ the zero predictor's population loss E[wᵀΣw] + σ² (≥ 1: vacuous).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import statistics
 from typing import Callable, NamedTuple
 
 import jax
@@ -67,6 +68,7 @@ from lintheory.core import implicit
 from lintheory.core.model import ModelConfig, Params, heads
 from lintheory.core.tasks import Batch, TaskConfig, as_cov, batch_tokens, sample, tokens, x_covariance
 
+ALPHA = 0.05  # one-sided level of each bound's Monte-Carlo upper confidence bound (jointly over its estimates)
 REASONS = {0: "finite", 1: "b = N: C_t = 0", 2: "N - 1 < dim V_t: C_t singular on V_t for any data",
            3: "C_t numerically singular on V_t (degenerate demonstrations)"}
 
@@ -269,24 +271,95 @@ def subspace_spectrum(params: Params, traj: implicit.Trajectory, rtol: float) ->
   return SubspaceSpectrum(lamS, k, sensitive_terms(traj), resid / jnp.where(scale > 0, scale, 1.0))
 
 
-def subspace_terms(spec: SubspaceSpectrum, c, eps, N: int, b_is_N: bool, rtol) -> tuple[jax.Array, jax.Array]:
-  """(term_t [L, B], reason [L, B]) of the bound inside V_t with noise C_t + ε·P_{V_t}, C_t = c·S_t.
+def noisy_trajectory(params: Params, Z_BTD: jax.Array, key: jax.Array, c, eps=None, rtol=None) -> implicit.Trajectory:
+  """The paper's noisy learner, the one Theorem 2 concerns (docs/theory.md §6), as a Trajectory.
 
-  term_t = k log((s + tr C + kε)/k) − Σ_{j<k} log(λ_j(C|V) + ε); 0 when k = 0; +∞ (with its reason,
-  ε = 0 only) when C_t|V_t is singular: λ_j ≤ rtol·λ_max for some j < k.
+  W_t = W_{t−1} + G_t + ξ_t, W_0 = 0, ξ_t ~ N(0, C_t + ε·P_{V_t}) given the past, C_t = c·S_t; G_t and the
+  per-demonstration gradients are those at the noisy iterate, from the tokens h^{t−1} = (I + W_{t−1}) h^0
+  (Theorem 1's identity, docs/theory.md §5), so c = ε = 0 gives `implicit.trajectory`. ξ_t = sqrt(c/(N − 1))·
+  Σ_i z_i (g_{t,i} − G_t) with z ~ N(0, I_N) has covariance C_t exactly. ŵ = −W_L[y, :d] as for ŵ_L.
+  eps (None: no floor) adds sqrt(ε)·Q_t z' with Q_t the orthonormal basis of V_t (relative rtol).
   """
+  lw = _layer_weights(params)
+  B, T, D = Z_BTD.shape
+  N = T - 1
+  eye = jnp.eye(D, dtype=Z_BTD.dtype)
+
+  def step(W_prev, xs):
+    lw_t, k = xs
+    H = Z_BTD + jnp.einsum("bde,bte->btd", W_prev, Z_BTD)
+    dW_i = implicit.per_demo_delta_W(lw_t, H[:, :N])  # terms summing to ΔW_t
+    g = N * jnp.einsum("bnde,bef->bndf", dW_i, eye + W_prev)
+    G = g.mean(1)
+    k_c, k_e = jax.random.split(k)
+    zc = jax.random.normal(k_c, (B, N), Z_BTD.dtype)
+    xi = jnp.sqrt(c / (N - 1)) * jnp.einsum("bn,bnde->bde", zc, g - G[:, None])
+    if eps is not None:
+      A = jax.vmap(lambda w: subspace_map(lw_t["W_Q"], lw_t["W_K"], lw_t["W_V"], w))(W_prev)
+      Q, _ = subspace_basis(A, _default_rtol(max(A.shape[-2:]), A.dtype) if rtol is None else rtol)
+      ze = jax.random.normal(k_e, Q.shape[::2], Z_BTD.dtype)
+      xi = xi + jnp.sqrt(eps) * jnp.einsum("bpm,bm->bp", Q, ze).reshape(B, D, D)
+    W = W_prev + G + xi
+    return W, (dW_i.sum(1), G, W, H)
+
+  keys = jax.random.split(key, lw["W_Q"].shape[0])
+  _, (dW, G, W_traj, H) = jax.lax.scan(step, jnp.zeros((B, D, D), Z_BTD.dtype), (lw, keys))
+  last = Z_BTD + jnp.einsum("bde,bte->btd", W_traj[-1], Z_BTD)
+  return implicit.Trajectory(dW, G, W_traj, -W_traj[..., D - 1, : D - 1], jnp.concatenate([H, last[None]]))
+
+
+def subspace_pieces(spec: SubspaceSpectrum, c, eps, N: int, b_is_N: bool, rtol) -> dict:
+  """Per layer and prompt, the parts of the bound inside V_t with noise C_t + ε·P_{V_t}, C_t = c·S_t:
+  X = ζ_t + tr C_t + kε (the second moment of the step), logdet = Σ_{j<k} log(λ_j(C|V) + ε), k = dim V_t,
+  singular (ε = 0 only: λ_j ≤ rtol·λ_max for some j < k, or b = N) and its REASONS code → each [L, B]."""
   k = spec.dimV
   m = spec.lamS.shape[-1]
   lamC = c * spec.lamS + eps
   in_V = jnp.arange(m) < k[..., None]
   trC = jnp.sum(jnp.where(in_V, c * spec.lamS, 0.0), -1)
-  kf = jnp.maximum(k, 1).astype(lamC.dtype)
   logdet = jnp.sum(jnp.where(in_V, jnp.log(jnp.where(in_V & (lamC > 0), lamC, 1.0)), 0.0), -1)
-  term = jnp.where(k > 0, kf * jnp.log((spec.sensitive + trC + kf * eps) / kf) - logdet, 0.0)
   singular = (eps <= 0) & (jnp.any(in_V & (spec.lamS <= rtol * spec.lamS[..., :1]), -1) | (b_is_N & (k > 0)))
   reason = jnp.where(k == 0, 0, jnp.where(b_is_N, 1, jnp.where(N - 1 < k, 2, 3)))
-  reason = jnp.where(singular, reason, 0)
-  return jnp.where(singular, jnp.inf, term), reason
+  return {"X": spec.sensitive + trC + k * eps, "logdet": logdet, "k": k, "singular": singular,
+          "reason": jnp.where(singular, reason, 0)}
+
+
+def subspace_terms(spec: SubspaceSpectrum, c, eps, N: int, b_is_N: bool, rtol) -> tuple[jax.Array, jax.Array]:
+  """(term_t [L, B], reason [L, B]): the per-prompt placement k log(X/k) − logdet of `subspace_pieces`.
+
+  NOT an upper bound when averaged (E log X ≤ log E X, docs/theory.md §6); kept to show by how much
+  the paper's placement falls below `log_mean_terms`. 0 when k = 0; +∞ (with its reason) when singular.
+  """
+  pc = subspace_pieces(spec, c, eps, N, b_is_N, rtol)
+  kf = jnp.maximum(pc["k"], 1).astype(pc["X"].dtype)
+  term = jnp.where(pc["k"] > 0, kf * jnp.log(pc["X"] / kf) - pc["logdet"], 0.0)
+  return jnp.where(pc["singular"], jnp.inf, term), pc["reason"]
+
+
+def z_one_sided(alpha: float, n_estimates: int) -> float:
+  """The normal quantile for n one-sided bounds holding jointly at level 1 − alpha (Bonferroni)."""
+  if not (_is_num(alpha) and 0 < alpha < 1):
+    raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+  return statistics.NormalDist().inv_cdf(1 - alpha / n_estimates)
+
+
+def log_mean_terms(pieces: dict, z) -> jax.Array:
+  """Per layer, the theorem's term m̄ log(E X/m̄) − E logdet (docs/theory.md §6, §15.1) → [L].
+
+  E over the B prompts (each a task, its demonstrations and one draw of the learner's noise), the
+  task average inside the log (Jensen: above the per-task form), m̄ = E dim V_t (joint concavity of
+  m log(x/m): valid when dim V_t varies). z = 0: the point estimate; z > 0: each mean replaced by
+  its upper confidence bound mean + z·se (one-sided, asymptotically normal). +∞ when a prompt's C_t
+  is singular on V_t.
+  """
+  X, nld, k = pieces["X"], -pieces["logdet"], pieces["k"].astype(pieces["X"].dtype)
+  B = X.shape[1]
+  se = lambda v: jnp.std(v, axis=1, ddof=1) / math.sqrt(B) if B > 1 else jnp.full(v.shape[:1], jnp.inf, v.dtype)
+  m = jnp.mean(k, 1)
+  mf = jnp.where(m > 0, m, 1.0)
+  ucb_X, ucb_L = jnp.mean(X, 1) + z * se(X), jnp.mean(nld, 1) + z * se(nld)
+  term = jnp.where(m > 0, mf * jnp.log(ucb_X / mf) + ucb_L, 0.0)
+  return jnp.where(jnp.any(pieces["singular"], 1), jnp.inf, term)
 
 
 def paper_terms(sens_LB: jax.Array, lamC_LBK: jax.Array, d_prime: int, eps: float) -> tuple[jax.Array, jax.Array]:
@@ -358,7 +431,8 @@ def default_clip_M(task_cfg: TaskConfig) -> float:
 
 
 class CMI(NamedTuple):
-  bound: jax.Array  # M·mean_i sqrt(2 Î(Δ_i; J_i)) + M/K: bounds |gap of min(ℓ, M)| (a theorem at the true I)
+  bound: jax.Array  # bound_point's one-sided upper confidence bound at 1 − alpha (bootstrap over tasks)
+  bound_point: jax.Array  # M·mean_i sqrt(2 Î(Δ_i; J_i)) + M/K (plug-in): |gap of min(ℓ, M)| ≤ it at the true I
   mi: jax.Array  # mean_i Î(Δ_i; J_i) in nats (plug-in, ≤ log 2)
   mi_bias: jax.Array  # Miller–Madow size of the plug-in bias, (cells − 1)/(2n), for scale
   gap_clipped: jax.Array  # Monte Carlo gap of min(ℓ, M): mean of (−1)^{J_i} Δ_i
@@ -389,33 +463,38 @@ def _plugin_mi(counts: jax.Array) -> jax.Array:
 
 
 def supersample_cmi(key: jax.Array, learner: Callable, task_cfg: TaskConfig, *, clip_M: float,
-                    n_tasks: int = 128, n_coins: int = 8, levels: int = 16, dtype=jnp.float32) -> CMI:
-  """The loss-difference CMI bound, estimated by Monte Carlo (docs/theory.md §10, §15.2).
+                    n_tasks: int = 128, n_coins: int = 8, levels: int = 16, n_boot: int = 200,
+                    alpha: float = ALPHA, dtype=jnp.float32) -> CMI:
+  """The loss-difference supersample CMI bound in its unconditional form, estimated by Monte Carlo with a
+  one-sided error (docs/theory.md §10, §15.2).
 
   Per task: 2N demonstrations z̃_{i,0}, z̃_{i,1} (i ≤ N); fair coins J_i (`U` below) pick z̃_{i,J_i}
   for the training set; ŵ = learner(chosen N) is deterministic; Δ_i = ℓ(ŵ, z̃_{i,1}) − ℓ(ŵ, z̃_{i,0}).
-  Then gap = E[(1/N) Σ_i (−1)^{J_i} Δ_i] exactly. Theorem (Wang & Mao 2023, loss-difference CMI):
-  for a loss in [0, M], given Δ_i = δ the product measure makes (−1)^{J'}δ a mean-zero variable in
-  [−M, M], cosh(λδ) ≤ e^{λ²M²/2}, and Donsker–Varadhan gives
-  |E (−1)^{J_i} Δ_i| ≤ sqrt(2M² I(Δ_i; J_i)),
-  so |gap| ≤ (M/N) Σ_i sqrt(2 I(Δ_i; J_i)) ≤ M·sqrt(2 log 2). Assumption: the bounded loss — we use
-  ℓ_q = (M/K)·⌊K·min(ℓ, M)/M⌋ (K = levels), whose Δ takes 2K + 1 values, so I is a discrete mutual
-  information; since min(ℓ, M) − M/K < ℓ_q ≤ min(ℓ, M), |gap of min(ℓ, M)| ≤ that bound + M/K.
-  Î is the plug-in estimate per i over n_tasks × n_coins draws of (Δ_i, J_i) (consistent; biased
-  up by about `mi_bias` when I ≈ 0). learner: (X [B, N, d], y [B, N]) → ŵ [B, d].
+  Then gap = E[(1/N) Σ_i (−1)^{J_i} Δ_i] exactly. Theorem (docs/theory.md §15.2): for a loss in [0, M],
+  under the product of the marginal laws of Δ_i and J_i, (−1)^{J'}Δ is mean-zero in [−M, M],
+  cosh(λδ) ≤ e^{λ²M²/2}, and Donsker–Varadhan gives |E (−1)^{J_i} Δ_i| ≤ sqrt(2M² I(Δ_i; J_i)), the
+  information taken over the task, its supersample and the coins together; so |gap| ≤ (M/N)
+  Σ_i sqrt(2 I(Δ_i; J_i)) ≤ M·sqrt(2 log 2). The loss is ℓ_q = (M/K)·⌊K·min(ℓ, M)/M⌋ (K = levels), whose
+  Δ takes 2K + 1 values; since min(ℓ, M) − M/K < ℓ_q ≤ min(ℓ, M), |gap of min(ℓ, M)| ≤ that bound + M/K.
+  Î is the plug-in estimate per i over n_tasks × n_coins draws of (Δ_i, J_i) (bound_point); `bound` is its
+  one-sided upper confidence bound: the (1 − alpha) quantile over n_boot resamples of the tasks with
+  replacement (the coins of a task share its supersample, so the task is the resampled unit).
+  learner: (X [B, N, d], y [B, N]) → ŵ [B, d].
   """
   M = check_M(clip_M)
   n_tasks, n_coins = check_positive_int("n_tasks", n_tasks, 2), check_positive_int("n_coins", n_coins)
   K = check_positive_int("levels", levels)
+  n_boot = check_positive_int("n_boot", n_boot, 2)
+  z_one_sided(alpha, 1)
   core = functools.partial(_cmi_core, learner=learner, task_cfg=task_cfg, M=M, n_tasks=n_tasks,
-                           n_coins=n_coins, K=K, dtype=dtype)
+                           n_coins=n_coins, K=K, n_boot=n_boot, q=1 - alpha, dtype=dtype)
   return CMI(*jax.jit(core)(key),
              M * math.sqrt(2 * math.log(2)) + M / K)
 
 
-def _cmi_core(key, *, learner, task_cfg, M, n_tasks, n_coins, K, dtype):
+def _cmi_core(key, *, learner, task_cfg, M, n_tasks, n_coins, K, n_boot, q, dtype):
   N, d = task_cfg.n_context, task_cfg.d
-  k_s, k_u = jax.random.split(key)
+  k_s, k_u, k_b = jax.random.split(key, 3)
   X, y, _ = supersample(k_s, task_cfg, n_tasks, dtype)
   U = jax.random.bernoulli(k_u, 0.5, (n_tasks, n_coins, N)).astype(jnp.int32)
   Xc = jnp.take_along_axis(X[:, None], U[..., None, None], axis=3)[..., 0, :]  # [T, C, N, d]
@@ -427,15 +506,22 @@ def _cmi_core(key, *, learner, task_cfg, M, n_tasks, n_coins, K, dtype):
   mean_se = lambda v: (jnp.mean(v), jnp.std(v, ddof=1) / math.sqrt(n_tasks))
   g, g_se = mean_se(per_task(loss))
   gc, gc_se = mean_se(per_task(jnp.minimum(loss, M)))
-  q = jnp.floor(jnp.minimum(loss, M) * (K / M)).astype(jnp.int32)  # 0..K
-  dq = q[..., 1] - q[..., 0] + K  # 0..2K
+  qz = jnp.floor(jnp.minimum(loss, M) * (K / M)).astype(jnp.int32)  # 0..K
+  dq = qz[..., 1] - qz[..., 0] + K  # 0..2K
   i = jnp.broadcast_to(jnp.arange(N), dq.shape)
   counts = jnp.zeros((N, 2 * K + 1, 2), loss.dtype).at[i, dq, U].add(1.0)  # joint table of (Δ_i, U_i) per i
   mi_i = _plugin_mi(counts)
-  bound = M * jnp.mean(jnp.sqrt(2.0 * mi_i)) + M / K
+  point = M * jnp.mean(jnp.sqrt(2.0 * mi_i)) + M / K
+  # the bootstrap: each resample weighs task t by how often it was drawn
+  draws = jax.random.randint(k_b, (n_boot, n_tasks), 0, n_tasks)
+  weight = jnp.zeros((n_boot, n_tasks), loss.dtype).at[jnp.arange(n_boot)[:, None], draws].add(1.0)
+  t = jnp.broadcast_to(jnp.arange(n_tasks)[:, None, None], dq.shape)
+  counts_b = jnp.zeros((n_boot, N, 2 * K + 1, 2), loss.dtype).at[:, i, dq, U].add(weight[:, t])
+  boot = M * jnp.mean(jnp.sqrt(2.0 * _plugin_mi(counts_b)), -1) + M / K
   cells = jnp.sum(counts.sum(-1) > 0, -1).astype(loss.dtype)  # occupied Δ values per i
   mi_bias = jnp.mean((cells - 1) / (2.0 * n_tasks * n_coins))
-  return bound, jnp.mean(mi_i), mi_bias, gc, gc_se, g, g_se, jnp.mean(loss > M)
+  return (jnp.maximum(jnp.quantile(boot, q), point), point, jnp.mean(mi_i), mi_bias, gc, gc_se, g, g_se,
+          jnp.mean(loss > M))
 
 
 def implicit_learner(params: Params, model_cfg: ModelConfig) -> Callable:
@@ -450,26 +536,35 @@ def implicit_learner(params: Params, model_cfg: ModelConfig) -> Callable:
 
 
 class Bound(NamedTuple):
-  spectrum: SubspaceSpectrum  # S_t inside V_t, dim V_t, sensitive part
-  subspace_terms: jax.Array  # [L, B] term_t inside V_t (+inf where C_t|V_t is singular)
+  spectrum: SubspaceSpectrum  # S_t inside V_t, dim V_t, ζ_t, on the noisy learner's trajectory
+  subspace_terms: jax.Array  # [L, B] the per-prompt placement (not a bound; +inf where C_t|V_t is singular)
   reason: jax.Array  # [L, B] REASONS code of an infinite term (0: finite)
+  log_mean_terms: jax.Array  # [L] the theorem's term per layer, at the point estimates
+  log_mean_ucb: jax.Array  # [L] the same with each mean at its one-sided upper confidence bound
   paper_terms: jax.Array  # [L, B] as written over all D² entries (+inf)
   floor_terms: jax.Array  # [L, B] C_t + εI over all D² entries (surrogate learner, not a bound for ŵ)
   trC: jax.Array  # [L, B] tr C_t
   R: jax.Array  # the R used (given, R_unpruned or R_zero)
   R_zero: jax.Array  # R of the zero predictor
-  bound_subspace: jax.Array  # sqrt((R²/N) Σ_t E term_t): a theorem for an R-sub-Gaussian loss
+  bound_subspace: jax.Array  # sqrt((R²/N) Σ_t log_mean_ucb): the theorem, at one-sided confidence 1 − alpha
+  bound_subspace_point: jax.Array  # sqrt((R²/N) Σ_t log_mean_terms): its point estimate
+  bound_subspace_per_prompt: jax.Array  # the paper's placement E log: below the point estimate, not a bound
   paper_as_written: jax.Array  # +inf
   floor_surrogate: jax.Array  # NOT a bound for the ICL learner
-  gap: jax.Array  # [B] measured gap of ŵ_L
+  gap: jax.Array  # [B] measured gap of the deterministic ŵ_L
+  gap_noisy: jax.Array  # [B] measured gap of the noisy learner (one draw of its noise per prompt)
   trivial: jax.Array  # zero predictor's population loss (the vacuity scale)
   c: jax.Array  # (N − b)/(b N)
 
 
-def _sqrt_bound(R, N, terms_LB):
-  """sqrt((R²/N)·Σ_t mean_B term): +inf if a term is, NaN (not clipped) if the sum is negative."""
-  s = jnp.sum(jnp.mean(terms_LB, axis=1), axis=0)
+def _sqrt_sum(R, N, s):
+  """sqrt((R²/N)·s): +inf if s is, NaN (not clipped) if s is negative."""
   return jnp.where(s >= 0, jnp.sqrt(jnp.abs(s) * R**2 / N), jnp.nan)
+
+
+def _sqrt_bound(R, N, terms_LB):
+  """sqrt((R²/N)·Σ_t mean_B term): the per-prompt placement's value."""
+  return _sqrt_sum(R, N, jnp.sum(jnp.mean(terms_LB, axis=1), axis=0))
 
 
 def _prepare(batch, model_cfg, task_cfg, b, eps, R, rtol, eps_zero_ok=False):
@@ -485,100 +580,118 @@ def _prepare(batch, model_cfg, task_cfg, b, eps, R, rtol, eps_zero_ok=False):
 
 
 def theorem2(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: TaskConfig, *, b: int | None = None,
-             eps: float = 1e-6, R=None, R_params: Params | None = None, rtol: float | None = None) -> Bound:
-  """Theorem 2 of the paper and its subspace version for the implicit learner of `params` (docs/theory.md §6, §10).
+             eps: float = 1e-6, R=None, R_params: Params | None = None, rtol: float | None = None,
+             noise_seed: int = 0, alpha: float = ALPHA) -> Bound:
+  """Theorem 2 of the paper and its subspace version, a theorem, for the paper's noisy learner built on
+  the implicit learner of `params` (docs/theory.md §6, §15.1).
 
-  b defaults to N // 2. R: given, else R_unpruned(R_params) when R_params (the unpruned weights) is
-  given, else R_zero. rtol (dim V_t and the singularity of C_t|V_t, relative) defaults to
+  Every prompt of the batch runs the noisy learner once (`noisy_trajectory`, noise from key(noise_seed)),
+  so the batch is a Monte-Carlo sample of (task, demonstrations, noise). bound_subspace is the log of
+  the mean with each mean at its one-sided upper confidence bound (2L means, Bonferroni, jointly at
+  1 − alpha). b defaults to N // 2. R: given, else R_unpruned(R_params) when R_params (the unpruned
+  weights) is given, else R_zero. rtol (dim V_t and the singularity of C_t|V_t, relative) defaults to
   max(N, D²)·ε_mach. eps only enters the floor surrogate.
   """
   N, b, c, eps, R, rtol, Sigma = _prepare(batch, model_cfg, task_cfg, b, eps, R, rtol)
-  return _theorem2(params, R_params, batch, Sigma, R, float(task_cfg.noise_std), c, eps, rtol, model_cfg, b == N)
+  check_positive_int("noise_seed", noise_seed, 0)
+  z = z_one_sided(alpha, 2 * model_cfg.n_layers)
+  return _theorem2(params, R_params, batch, Sigma, R, float(task_cfg.noise_std), c, eps, rtol,
+                   jax.random.key(noise_seed), z, model_cfg, b == N)
 
 
-@functools.partial(jax.jit, static_argnums=(9, 10))
-def _theorem2(params, R_params, batch, Sigma, R, noise_std, c, eps, rtol, model_cfg, b_is_N) -> Bound:
+@functools.partial(jax.jit, static_argnums=(11, 12))
+def _theorem2(params, R_params, batch, Sigma, R, noise_std, c, eps, rtol, key, z, model_cfg, b_is_N) -> Bound:
   N = batch.X.shape[1]
-  traj = implicit.trajectory(params, batch_tokens(batch), model_cfg)
+  Z = batch_tokens(batch)
+  traj = noisy_trajectory(params, Z, key, c)
   spec = subspace_spectrum(params, traj, rtol)
+  pieces = subspace_pieces(spec, c, 0.0, N, b_is_N, rtol)
   sub, reason = subspace_terms(spec, c, 0.0, N, b_is_N, rtol)
+  point, ucb = log_mean_terms(pieces, 0.0), log_mean_terms(pieces, z)
   lamC = c * sample_cov_eigvals(per_demo_gradients(params, traj))
   exact, floor = paper_terms(spec.sensitive, lamC, model_cfg.D**2, eps)
   Rz = R_zero(batch, Sigma, noise_std)
   c = jnp.asarray(c, lamC.dtype)
   if R is None:
     R = Rz if R_params is None else R_unpruned(R_params, batch, model_cfg, Sigma, noise_std)
-  return Bound(spec, sub, reason, exact, floor, lamC.sum(-1), R, Rz, _sqrt_bound(R, N, sub),
-               _sqrt_bound(R, N, exact), _sqrt_bound(R, N, floor), gap(traj.w_hat[-1], batch, Sigma, noise_std),
-               zero_predictor_loss(batch.w, Sigma, noise_std), c)
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _full_spectrum(params, batch, model_cfg):
-  traj = implicit.trajectory(params, batch_tokens(batch), model_cfg)
-  return sample_cov_eigvals(per_demo_gradients(params, traj))
+  w_hat = implicit.trajectory(params, Z, model_cfg).w_hat[-1]
+  return Bound(spec, sub, reason, point, ucb, exact, floor, lamC.sum(-1), R, Rz, _sqrt_sum(R, N, ucb.sum()),
+               _sqrt_sum(R, N, point.sum()), _sqrt_bound(R, N, sub), _sqrt_bound(R, N, exact),
+               _sqrt_bound(R, N, floor), gap(w_hat, batch, Sigma, noise_std),
+               gap(traj.w_hat[-1], batch, Sigma, noise_std), zero_predictor_loss(batch.w, Sigma, noise_std), c)
 
 
 def sensitivity(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: TaskConfig, *, bs, epss,
-                R=None, R_params: Params | None = None, rtol: float | None = None) -> dict[str, np.ndarray]:
+                R=None, R_params: Params | None = None, rtol: float | None = None, noise_seed: int = 0,
+                alpha: float = ALPHA) -> dict[str, np.ndarray]:
   """The bounds over a grid of b (shots) and ε (noise floor): arrays [len(bs), len(epss)].
 
-  bound_subspace: the theorem inside V_t for the learner with noise C_t + ε·P_{V_t} (ε = 0: the ICL
-  learner's own C_t; +inf where C_t|V_t is singular). floor_surrogate: C_t + εI over all D² entries
-  (not a bound for the ICL learner; ε must be > 0). The spectra are computed once for the grid.
+  bound_subspace: the theorem inside V_t (as `theorem2`) for the noisy learner with noise C_t + ε·P_{V_t}
+  (ε = 0: C_t alone; +inf where C_t|V_t is singular); each grid point runs its own learner, from the
+  same key. floor_surrogate: C_t + εI over all D² entries on that point's trajectory (not a bound for
+  the ICL learner; ε must be > 0).
   """
   bs, epss = list(bs), list(epss)
   if not bs or not epss:
     raise ValueError("bs and epss must be non-empty sequences")
   N = batch.X.shape[1]
-  for b in bs:
-    check_b(b, N)
+  for bb in bs:
+    check_b(bb, N)
   for e in epss:
     check_eps(e, allow_zero=True)
-  base = theorem2(params, batch, model_cfg, task_cfg, b=bs[0], R=R, R_params=R_params, rtol=rtol)
+  base = theorem2(params, batch, model_cfg, task_cfg, b=bs[0], R=R, R_params=R_params, rtol=rtol,
+                  noise_seed=noise_seed, alpha=alpha)
   rtol = rtol if rtol is not None else _default_rtol(max(N, model_cfg.D**2), batch.X.dtype)
-  lamS_full = _full_spectrum(params, batch, model_cfg)
-  cs = jnp.asarray([covariance_scale(b, N) for b in bs], lamS_full.dtype)
-  es = jnp.asarray(epss, lamS_full.dtype)
-  is_N = jnp.asarray([b == N for b in bs])
-  sub, floor = _grid(base.spectrum, lamS_full, base.R, cs, es, is_N, rtol, N, model_cfg.D**2)
-  floor = np.where(np.asarray(es)[None] > 0, np.asarray(floor), np.nan)
-  return {"b": np.asarray(bs), "eps": np.asarray(epss, float), "bound_subspace": np.asarray(sub),
-          "floor_surrogate": floor, "R": float(base.R)}
+  z = z_one_sided(alpha, 2 * model_cfg.n_layers)
+  sub, floor = np.full((len(bs), len(epss)), np.nan), np.full((len(bs), len(epss)), np.nan)
+  for i, bb in enumerate(bs):
+    for j, e in enumerate(epss):
+      s_ij, f_ij = _grid_point(params, batch, jax.random.key(noise_seed), covariance_scale(bb, N), e, rtol, base.R,
+                               z, model_cfg.D**2, bb == N, e > 0)
+      sub[i, j], floor[i, j] = float(s_ij), float(f_ij) if e > 0 else np.nan
+  return {"b": np.asarray(bs), "eps": np.asarray(epss, float), "bound_subspace": sub, "floor_surrogate": floor,
+          "R": float(base.R)}
 
 
-@functools.partial(jax.jit, static_argnums=(7, 8))
-def _grid(spec, lamS_full, R, cs, es, is_N, rtol, N, d_prime):
-  def point(c, e, b_is_N):
-    sub = _sqrt_bound(R, N, subspace_terms(spec, c, e, N, b_is_N, rtol)[0])
-    floor = _sqrt_bound(R, N, paper_terms(spec.sensitive, c * lamS_full, d_prime, jnp.maximum(e, 1e-300))[1])
-    return sub, floor
-  over_eps = jax.vmap(point, in_axes=(None, 0, None))
-  return jax.vmap(over_eps, in_axes=(0, None, 0))(cs, es, is_N)
+@functools.partial(jax.jit, static_argnums=(8, 9, 10))
+def _grid_point(params, batch, key, c, eps, rtol, R, z, d_prime, b_is_N, with_eps):
+  N = batch.X.shape[1]
+  traj = noisy_trajectory(params, batch_tokens(batch), key, c, eps=eps if with_eps else None, rtol=rtol)
+  spec = subspace_spectrum(params, traj, rtol)
+  sub = _sqrt_sum(R, N, log_mean_terms(subspace_pieces(spec, c, eps, N, b_is_N, rtol), z).sum())
+  lamC = c * sample_cov_eigvals(per_demo_gradients(params, traj))
+  floor = _sqrt_bound(R, N, paper_terms(spec.sensitive, lamC, d_prime, jnp.maximum(eps, 1e-300))[1])
+  return sub, floor
 
 
 def sweep_metrics(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg: TaskConfig, *, b: int | None = None,
                   eps: float = 1e-6, R=None, R_params: Params | None = None, rtol: float | None = None,
-                  clip_M: float | None = None, cmi_seed: int | None = 0, cmi_tasks: int = 128, cmi_coins: int = 8,
-                  cmi_levels: int = 16) -> dict[str, jax.Array]:
+                  clip_M: float | None = None, noise_seed: int = 0, alpha: float = ALPHA, cmi_seed: int | None = 0,
+                  cmi_tasks: int = 128, cmi_coins: int = 8, cmi_levels: int = 16,
+                  cmi_boot: int = 200) -> dict[str, jax.Array]:
   """Scalar bound metrics (means over tasks) for one parameter set; jittable, vmappable over params.
 
   b defaults to N // 2; R to R_zero (or R_unpruned when R_params, the unpruned weights, is given):
-  fixed across configurations. clip_M defaults to `default_clip_M(task_cfg)`. The CMI estimate draws
-  its own cmi_tasks supersampled tasks from task_cfg with key(cmi_seed), the same for every
-  configuration (cmi_seed=None drops the cmi_* columns). Keys:
-    bound_subspace     sqrt((R²/N) Σ_t E term_t) inside V_t, E over per-prompt terms (the paper's placement,
-                       not an upper bound: docs/theory.md §6) (+inf: see subspace_inf_*)
-    bound_subspace_clipped   the same at R = M/2: a theorem for the clipped loss min(ℓ, M)
-    subspace_sum       Σ_t E term_t (R-free)
+  fixed across configurations. clip_M defaults to `default_clip_M(task_cfg)`. The noisy learner draws
+  its noise from key(noise_seed), the CMI estimate its own cmi_tasks supersampled tasks from task_cfg
+  with key(cmi_seed), the same for every configuration (cmi_seed=None drops the cmi_* columns). Keys:
+    bound_subspace     the theorem inside V_t for the paper's noisy learner (docs/theory.md §6, §15.1): the log
+                       of the mean, each mean at its one-sided upper confidence bound, jointly at 1 − alpha
+                       (+inf: see subspace_inf_*); bound_subspace_point at the point estimates;
+                       bound_subspace_per_prompt the paper's E log placement (below the point: NOT a bound)
+    bound_subspace_clipped   bound_subspace at R = M/2: a theorem for the clipped loss min(ℓ, M)
+    subspace_sum       Σ_t of the theorem's terms at their upper confidence bounds (R-free)
     subspace_nonfinite, subspace_inf_frac, subspace_inf_reason (max REASONS code over layers, tasks)
     dimV, dimV_max     mean and max of dim V_t over layers and tasks; subspace_residual (max)
-    subspace_vacuous   bound_subspace ≥ trivial
-    cmi_bound, cmi_mi, cmi_mi_bias, cmi_gap_clipped(_se), cmi_gap(_se), cmi_clipped_frac, cmi_cap,
-    cmi_vacuous        see `supersample_cmi` (the bound holds for the clipped loss's gap)
+    subspace_vacuity   bound_subspace ÷ trivial; subspace_vacuous (≥ 1)
+    gap, gap_se        the deterministic ŵ_L's gap on this batch and its standard error over tasks
+    gap_noisy, gap_noisy_se   the noisy learner's (the learner bound_subspace concerns), one noise draw per task
+    cmi_bound (upper confidence bound at 1 − alpha), cmi_bound_point (plug-in), cmi_mi, cmi_mi_bias,
+    cmi_gap_clipped(_se), cmi_gap(_se), cmi_clipped_frac, cmi_cap, cmi_vacuity, cmi_vacuous: see
+                       `supersample_cmi` (a bound on ŵ_L's clipped loss's gap)
     paper_as_written   +inf (C_t singular), floor_surrogate (NOT a bound: C_t + εI, a noisier learner)
-    bound_sensitive (E Σ_t ‖ΔW_t‖²‖I + W_{t−1}‖²), trC (E Σ_t tr C_t), gap (measured, this batch),
-    R (used), R_zero, R_unpruned (only with R_params), R2_over_N, clip_M, trivial, b_is_N, c.
+    bound_sensitive (E Σ_t ‖ΔW_t‖²‖I + W_{t−1}‖²), trC (E Σ_t tr C_t), both on the noisy trajectory,
+    R (used), R_zero, R_unpruned (only with R_params), R2_over_N, clip_M, trivial, b_is_N, c, alpha.
   Flags are 0/1 floats.
   """
   N = batch.X.shape[1]
@@ -587,21 +700,26 @@ def sweep_metrics(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg
   if cmi_seed is not None:  # cheap checks before the heavy work
     check_positive_int("cmi_seed", cmi_seed, 0), check_positive_int("cmi_tasks", cmi_tasks, 2)
     check_positive_int("cmi_coins", cmi_coins), check_positive_int("cmi_levels", cmi_levels)
-  bd = theorem2(params, batch, model_cfg, task_cfg, b=b, eps=eps, R=R, R_params=R_params, rtol=rtol)
+    check_positive_int("cmi_boot", cmi_boot, 2)
+  bd = theorem2(params, batch, model_cfg, task_cfg, b=b, eps=eps, R=R, R_params=R_params, rtol=rtol,
+                noise_seed=noise_seed, alpha=alpha)
   dt = bd.R.dtype
   f = lambda x: jnp.asarray(x, dt)
-  s_sum = jnp.sum(jnp.mean(bd.subspace_terms, 1), 0)
+  se = lambda v: jnp.std(v, ddof=1) / math.sqrt(v.shape[0]) if v.shape[0] > 1 else f(jnp.nan)
   out = {
-      "bound_subspace": bd.bound_subspace, "bound_subspace_clipped": _sqrt_bound(f(M / 2), N, bd.subspace_terms),
-      "subspace_sum": s_sum, "subspace_nonfinite": f(~jnp.isfinite(bd.bound_subspace)),
+      "bound_subspace": bd.bound_subspace, "bound_subspace_point": bd.bound_subspace_point,
+      "bound_subspace_per_prompt": bd.bound_subspace_per_prompt,
+      "bound_subspace_clipped": _sqrt_sum(f(M / 2), N, bd.log_mean_ucb.sum()),
+      "subspace_sum": bd.log_mean_ucb.sum(), "subspace_nonfinite": f(~jnp.isfinite(bd.bound_subspace)),
       "subspace_inf_frac": jnp.mean(f(~jnp.isfinite(bd.subspace_terms))),
       "subspace_inf_reason": f(jnp.max(bd.reason)), "dimV": jnp.mean(f(bd.spectrum.dimV)),
       "dimV_max": f(jnp.max(bd.spectrum.dimV)), "subspace_residual": jnp.max(bd.spectrum.residual),
-      "subspace_vacuous": f(bd.bound_subspace >= bd.trivial),
+      "subspace_vacuity": bd.bound_subspace / bd.trivial, "subspace_vacuous": f(bd.bound_subspace >= bd.trivial),
       "paper_as_written": bd.paper_as_written, "floor_surrogate": bd.floor_surrogate,
       "bound_sensitive": jnp.mean(jnp.sum(bd.spectrum.sensitive, 0)), "trC": jnp.mean(jnp.sum(bd.trC, 0)),
-      "gap": jnp.mean(bd.gap), "R": bd.R, "R_zero": bd.R_zero, "R2_over_N": bd.R**2 / N, "clip_M": f(M),
-      "trivial": bd.trivial, "b_is_N": f(float(b == N)), "c": f(bd.c),
+      "gap": jnp.mean(bd.gap), "gap_se": se(bd.gap), "gap_noisy": jnp.mean(bd.gap_noisy),
+      "gap_noisy_se": se(bd.gap_noisy), "R": bd.R, "R_zero": bd.R_zero, "R2_over_N": bd.R**2 / N,
+      "clip_M": f(M), "trivial": bd.trivial, "b_is_N": f(float(b == N)), "c": f(bd.c), "alpha": f(alpha),
   }
   if R_params is not None:
     Sigma = jnp.asarray(x_covariance(task_cfg), dt)
@@ -610,10 +728,12 @@ def sweep_metrics(params: Params, batch: Batch, model_cfg: ModelConfig, task_cfg
     cfg_N = dataclasses.replace(task_cfg, n_context=N)
     cm = supersample_cmi(jax.random.key(int(cmi_seed)),
                          implicit_learner(params, model_cfg), cfg_N, clip_M=M, n_tasks=cmi_tasks,
-                         n_coins=cmi_coins, levels=cmi_levels, dtype=batch.X.dtype)
-    out.update({"cmi_bound": cm.bound, "cmi_mi": cm.mi, "cmi_mi_bias": cm.mi_bias, "cmi_gap_clipped": cm.gap_clipped,
+                         n_coins=cmi_coins, levels=cmi_levels, n_boot=cmi_boot, alpha=alpha, dtype=batch.X.dtype)
+    out.update({"cmi_bound": cm.bound, "cmi_bound_point": cm.bound_point, "cmi_mi": cm.mi,
+                "cmi_mi_bias": cm.mi_bias, "cmi_gap_clipped": cm.gap_clipped,
                 "cmi_gap_clipped_se": cm.gap_clipped_se, "cmi_gap": cm.gap, "cmi_gap_se": cm.gap_se,
-                "cmi_clipped_frac": cm.clipped_frac, "cmi_cap": f(cm.cap), "cmi_vacuous": f(cm.bound >= bd.trivial)})
+                "cmi_clipped_frac": cm.clipped_frac, "cmi_cap": f(cm.cap), "cmi_vacuity": cm.bound / bd.trivial,
+                "cmi_vacuous": f(cm.bound >= bd.trivial)})
   return out
 
 

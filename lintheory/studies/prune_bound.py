@@ -1,20 +1,22 @@
 """Theorem 2 under pruning: do finite versions of the paper's bound track the generalisation gap?
 
 The paper's bound is +∞ as written (its noise covariance C_t is singular, docs/theory.md §6), so two
-finite versions are computed instead (docs/theory.md §10, §15), and neither is a guaranteed upper
-bound on the gap measured here: the bound inside the data-independent subspace V_t of the implicit
-gradients (finite when C_t is non-singular on V_t) is evaluated in the paper's per-prompt E[log …]
-form, which by Jensen is below the log-of-the-mean form that is a theorem (§6), and it concerns the
-paper's noisy surrogate learner W_t = W_{t−1} + G_t + N(0, C_t), not the deterministic ŵ_L; the
-supersample CMI bound for the clipped loss is a plug-in estimate of its unconditional (pooled over
-tasks) form (§15.2). R is fixed across the configurations compared (the zero predictor's). For a
-trained model pruned one layer at a time (attn and v, a grid of kept ranks) every row holds the
-measured gap of the implicit learner ŵ_L (population loss − loss on its own demonstrations) beside
-each version, dim V_t, the zero predictor's loss (the vacuity scale) and the pruning-sensitive term
-Σ_t ‖ΔW_t‖²‖I + W_{t−1}‖² the paper's Example 1 argues about. The versions need per-task spectra, so
-they are averaged over analysis_tasks; the squared-loss gap the subspace form is compared with is
-measured exactly on tail_tasks fresh tasks per configuration (gap_tail_* rows), where its tail shows
-(the gap on the analysis tasks, "gap", is kept to show what a small sample misses).
+finite versions that are theorems are computed instead (docs/theory.md §6, §15), each for its own
+learner and each estimated by Monte Carlo with a one-sided error:
+- the bound inside the data-independent subspace V_t of the implicit gradients bounds the gap of the
+  paper's noisy learner W_t = W_{t−1} + G_t + N(0, C_t) (gradients at the noisy iterate), for a loss
+  that is R-sub-Gaussian; it is the log of the mean over (task, demonstrations, noise), each mean at
+  its one-sided upper confidence bound (jointly at 95 %), and that learner's gap is measured beside it;
+- the unconditional loss-difference supersample CMI bound bounds the gap of the deterministic ŵ_L's
+  clipped, quantised loss; its information is a plug-in estimate, reported at its one-sided 95 %
+  bootstrap upper confidence bound over tasks.
+R is fixed across the configurations compared (the zero predictor's). For a trained model pruned one
+layer at a time (attn and v, a grid of kept ranks) every row holds both gaps, each version, dim V_t,
+the zero predictor's loss (the vacuity scale: value ÷ it < 1 is non-vacuous) and the pruning-sensitive
+term Σ_t ‖ΔW_t‖²‖I + W_{t−1}‖² the paper's Example 1 argues about. The versions need per-task spectra,
+so they are averaged over analysis_tasks; ŵ_L's squared-loss gap, which is what pruning changes and
+what ρ is computed against, is measured exactly on tail_tasks fresh tasks per configuration
+(gap_tail_* rows), where its tail shows.
 """
 
 from __future__ import annotations
@@ -32,21 +34,26 @@ from lintheory.studies import engine, figures, text
 
 NAME = "prune_bound"
 KEYS = ("L", "layer", "module", "rank")
-BOUNDS = {"bound_subspace": "subspace form (V_t)", "cmi_bound": "CMI estimate (clipped loss)"}
-# What each version is and which learner it concerns (docs/theory.md §6, §15.1, §15.2).
+BOUNDS = {"bound_subspace": "subspace bound (V_t)", "cmi_bound": "CMI bound (clipped loss)"}
+# Which learner each version bounds, and how it is estimated (docs/theory.md §6, §15.1, §15.2).
 LEARNERS = {
-    "bound_subspace": "the paper's per-prompt E[log …] form inside V_t, which is not an upper bound (Jensen: it "
-                      "is below the log-of-the-mean form that is a theorem), of the gap of the paper's noisy "
-                      "surrogate learner W_t = W_{t−1} + G_t + N(0, C_t), compared with the measured squared-loss "
-                      "gap of the deterministic ŵ_L (docs/theory.md §6, §15.1)",
-    "cmi_bound": "a plug-in estimate (not itself a bound) of the unconditional supersample CMI bound, its "
-                 "information pooled over tasks, for ŵ_L's clipped, quantised loss, compared with ŵ_L's clipped "
-                 "gap on the same supersample (docs/theory.md §15.2)",
+    "bound_subspace": "a theorem for the gap of the paper's noisy learner W_t = W_{t−1} + G_t + N(0, C_t) (its "
+                      "gradients taken at the noisy iterate), for a loss assumed R-sub-Gaussian: the log of the "
+                      "mean over tasks, demonstrations and the learner's noise, each mean at its one-sided upper "
+                      "confidence bound (jointly 95 %, normal approximation over the analysis tasks); it does not "
+                      "bound the deterministic ŵ_L's gap (docs/theory.md §6, §15.1)",
+    "cmi_bound": "a theorem for the gap of the deterministic ŵ_L's clipped, quantised loss: the unconditional "
+                 "loss-difference supersample CMI bound, its information a plug-in estimate, at its one-sided "
+                 "95 % bootstrap upper confidence bound over tasks (docs/theory.md §15.2)",
 }
-# The gap each version is compared with: the squared-loss gap measured on tail_tasks (its tail shows
-# there; on the bounds' own analysis_tasks it is "gap"), the clipped loss's on the CMI's supersample.
+# The gap ρ is computed against: ŵ_L's squared-loss gap on tail_tasks (what pruning changes; on the
+# bounds' own analysis_tasks it is "gap"), the clipped loss's on the CMI's supersample.
 GAPS = {"bound_subspace": "gap_tail_mean", "cmi_bound": "cmi_gap_clipped"}
-MEASURES = ("gap", "cmi_gap_clipped", "bound_subspace", "cmi_bound", "bound_sensitive", "dimV", "dimV_max",
+# The gap of the learner each version bounds, measured on the version's own tasks.
+OWN_GAPS = {"bound_subspace": "gap_noisy", "cmi_bound": "cmi_gap_clipped"}
+OWN_LEARNER = {"bound_subspace": "noisy learner", "cmi_bound": "ŵ_L, clipped loss"}
+MEASURES = ("gap", "gap_noisy", "gap_noisy_se", "cmi_gap_clipped", "bound_subspace", "bound_subspace_point",
+            "bound_subspace_per_prompt", "cmi_bound", "cmi_bound_point", "bound_sensitive", "dimV", "dimV_max",
             "trivial", "R", "subspace_nonfinite", "paper_as_written", "icl_error_median")
 
 
@@ -161,16 +168,18 @@ def undefined_rho(x, y) -> str | None:
 
 
 def per_seed(table, L, bound: str) -> dict:
-  """Per seed over the configurations: Spearman ρ(bound, gap), share of rows where bound ≥ gap, share
+  """Per seed over the configurations: Spearman ρ(bound, ŵ_L's gap), share of finite rows where the bound
+  ≥ its own learner's gap (a consistency check of a theorem, not evidence that it says anything), share
   finite, and (why) seed → the reason its ρ is undefined, for the seeds whose ρ is NaN."""
   rho, holds, finite, why = [], [], [], {}
   for seed in table.seeds(measure=bound, L=L):
-    b, g = _rows(table, L, bound, seed), _rows(table, L, GAPS[bound], seed)
+    b, g, own = (_rows(table, L, m, seed) for m in (bound, GAPS[bound], OWN_GAPS[bound]))
     keys = sorted(set(b) & set(g), key=str)
     x, y = np.array([b[k] for k in keys], float), np.array([g[k] for k in keys], float)
     fin = np.isfinite(x)
     rho.append(spearman(x, y))
-    holds.append(np.mean(x[fin] >= y[fin]) if fin.any() else np.nan)
+    mine = [(b[k], own[k]) for k in keys if k in own and np.isfinite(b[k])]
+    holds.append(np.mean([u >= v for u, v in mine]) if mine else np.nan)
     finite.append(fin.mean() if fin.size else np.nan)
     if np.isnan(rho[-1]):
       why[seed] = undefined_rho(x, y) or "ρ is undefined"
@@ -198,7 +207,8 @@ def vacuity_text(table, L, bound: str) -> str:
     return f"no finite value in {n} rows"
   return (f"value ÷ the zero predictor's loss {text.num(np.median(ratio), 3)} (median; range "
           f"{text.num(ratio.min(), 3)} to {text.num(ratio.max(), 3)}) over the {ratio.size} of {n} rows (configurations "
-          f"× seeds) where it is finite, vacuous (≥ 1) in {int(np.sum(ratio >= 1))} of them")
+          f"× seeds) where it is finite; non-vacuous (value < the zero predictor's loss) in "
+          f"{int(np.sum(ratio < 1))} of {n} rows")
 
 
 def rho_interval(table, L, bound: str) -> dict:
@@ -211,7 +221,7 @@ def rho_interval(table, L, bound: str) -> dict:
 
 
 def small_sample_check(table, L) -> dict[str, np.ndarray] | None:
-  """What the analysis tasks alone would say. Per seed: Spearman ρ(subspace bound, gap on the analysis
+  """What the analysis tasks alone would say. Per seed: Spearman ρ(subspace bound, ŵ_L's gap on the analysis
   tasks) and the share of rows where the bound ≥ that gap; over all rows the ratio of the analysis
   tasks' gap to the tail tasks' gap."""
   if not table.values("gap_tail_mean", L=L).size:
@@ -261,18 +271,39 @@ def _seeds_out(r: dict) -> list[str]:
   return [f"seed {seed} ({why}, so ρ is undefined for it)" for seed, why in r["why"].items()]
 
 
+def _median(table, measure, **where) -> str:
+  v = table.values(measure, **where)
+  v = v[np.isfinite(v)]
+  return text.num(np.median(v), 3) if v.size else "n/a"
+
+
+def _estimation_text(table) -> str:
+  """How far the subspace bound's placements and its one-sided error move it: per-prompt E log ÷ the log
+  of the mean, and the upper confidence bound ÷ the point estimate (medians over rows)."""
+  pp, pt, ub = (table.values(m) for m in ("bound_subspace_per_prompt", "bound_subspace_point", "bound_subspace"))
+  if not (pp.size and pt.size and pp.size == pt.size == ub.size):
+    return ""
+  ok = np.isfinite(pp) & np.isfinite(pt) & np.isfinite(ub) & (pt > 0)
+  if not ok.any():
+    return ""
+  return (f" The paper's per-prompt placement (E log, not a bound) is {text.num(np.median(pp[ok] / pt[ok]), 3)} × the "
+          f"log-of-the-mean point estimate (median over {int(ok.sum())} rows; Jensen: ≤ 1), and the one-sided upper "
+          f"confidence bound reported is {text.num(np.median(ub[ok] / pt[ok]), 3)} × it.")
+
+
 def report(table: engine.Table, meta: dict) -> str:
   rows, outs = [], []
   for L in table.unique("L", measure="gap"):
     for bound, label in BOUNDS.items():
       r = rho_interval(table, L, bound)
       ps, rho = r["per_seed"], r["rho"]
-      ratio, _ = vacuity(table, L, bound)
-      rows.append([str(L), label, f"{rho.size} of {r['n_seeds']}", text.num(np.median(ps["finite"]), 2),
+      ratio, n_rows = vacuity(table, L, bound)
+      rows.append([str(L), label, OWN_LEARNER[bound], _median(table, OWN_GAPS[bound], L=L),
+                   _median(table, GAPS[bound], L=L), _median(table, bound, L=L),
                    f"{text.num(np.median(ratio), 3)} ({text.num(ratio.min(), 3)} to {text.num(ratio.max(), 3)})"
-                   if ratio.size else "n/a", f"{int(np.sum(ratio >= 1))} of {ratio.size}" if ratio.size else "n/a",
-                   _median_finite(ps["holds"]), text.num(np.mean(rho)) if rho.size else "n/a",
-                   text.ci(r["lo"], r["hi"])])
+                   if ratio.size else "n/a", f"{int(np.sum(ratio < 1))} of {n_rows}",
+                   _median_finite(ps["holds"]), f"{rho.size} of {r['n_seeds']}",
+                   text.num(np.mean(rho)) if rho.size else "n/a", text.ci(r["lo"], r["hi"])])
       outs += [f"L = {L}, {label}: " + "; ".join(_seeds_out(r))] if r["why"] else []
   dim = table.values("dimV_max")
   L0 = table.unique("L", measure="gap")[0]
@@ -280,28 +311,31 @@ def report(table: engine.Table, meta: dict) -> str:
   as_written = table.values("paper_as_written")
   R0, Ru = np.median(table.values("R")), np.median(table.values("R_unpruned"))
   zero = table.values("trivial")
-  return (f"What each number is. The {BOUNDS['bound_subspace']} is {LEARNERS['bound_subspace']}. The "
-          f"{BOUNDS['cmi_bound']} is {LEARNERS['cmi_bound']}. Neither is a guaranteed upper bound on the gap it "
-          f"is compared with, so a row with value ≥ gap is not evidence of validity, and the vacuity column "
-          f"(value ÷ the zero predictor's population loss E[wᵀΣw] + σ² on the same tasks, "
-          + (f"{text.num(zero.min(), 3)} to {text.num(zero.max(), 3)} over seeds; " if zero.size else "not recorded; ")
-          + "≥ 1: it allows a loss above that of predicting 0) says how far each is from saying anything.\n\n"
-          f"Both versions are averages over {n:,} tasks per seed and configuration (they need per-task spectra); "
-          f"the squared-loss gap the subspace form is compared with is the exact per-task gap on {n_gap:,} fresh "
-          f"tasks per configuration; the CMI estimate's clipped gap has no tail. The paper's bound as written is +∞ "
-          f"in {int(np.sum(np.isinf(as_written)))} of {as_written.size} rows, so only the finite versions are "
+  return (f"Which learner each version bounds. The {BOUNDS['bound_subspace']} is {LEARNERS['bound_subspace']}. "
+          f"The {BOUNDS['cmi_bound']} is {LEARNERS['cmi_bound']}. Each is compared with the gap of the learner it "
+          f"bounds (a theorem must be ≥ it in every row: a consistency check, not evidence that it says anything) "
+          f"and, for ρ, with ŵ_L's squared-loss gap, which is what pruning changes. Whether a version says anything "
+          f"is its vacuity: value ÷ the zero predictor's population loss E[wᵀΣw] + σ² on the same tasks ("
+          + (f"{text.num(zero.min(), 3)} to {text.num(zero.max(), 3)} over seeds); " if zero.size else "not recorded); ")
+          + "non-vacuous means value < the zero predictor's loss (ratio < 1).\n\n"
+          f"Both versions are averages over {n:,} tasks per seed and configuration (they need per-task spectra, and "
+          f"the noisy learner runs once per task); ŵ_L's squared-loss gap is the exact per-task gap on {n_gap:,} "
+          f"fresh tasks per configuration; the CMI bound's clipped gap has no tail. The paper's bound as written is "
+          f"+∞ in {int(np.sum(np.isinf(as_written)))} of {as_written.size} rows, so only the finite versions are "
           f"compared. dim V_t ≤ {int(dim.max()) if dim.size else 'n/a'} over all rows. R is the zero "
           f"predictor's, {text.num(R0)} (median over seeds), the same for every configuration; the unpruned "
-          f"model's R is {text.num(Ru)}, and the subspace form scales linearly in R.\n\n"
-          + text.table(["L", "version", "seeds with a ρ", "share of rows finite (median)",
-                        "value ÷ zero predictor's loss, median (range)", "rows vacuous (≥ 1)",
-                        "share with value ≥ gap (median)", "Spearman ρ(value, gap), mean over seeds",
-                        "95 % CI over those seeds"], rows)
+          f"model's R is {text.num(Ru)}, and the subspace bound scales linearly in R."
+          + _estimation_text(table) + "\n\n"
+          + text.table(["L", "version", "learner it bounds", "that learner's gap (median)",
+                        "ŵ_L's gap, fresh tasks (median)", "value (median)",
+                        "value ÷ zero predictor's loss, median (range)", "non-vacuous rows (value < zero predictor's loss)",
+                        "value ≥ its learner's gap (median share over seeds)", "seeds with a ρ",
+                        "Spearman ρ(value, ŵ_L's gap), mean over seeds", "95 % CI over those seeds"], rows)
           + (f"\n\nSeeds without a ρ, left out of its interval: {'; '.join(outs)}." if outs else "")
           + _tail_text(table)
           + "\n\n![bound vs gap](../figures/prune_bound_scatter.png)\n\n*Each point is one pruned configuration "
-          "of one seed; the line is value = gap. A valid bound would lie above the line; a bound that explains "
-          "pruning would also rise and fall with the gap (a positive ρ in every seed).*\n")
+          "of one seed; the line is value = gap. A bound that says something would lie below the zero predictor's "
+          "loss; a bound that explains pruning would also rise and fall with the gap (a positive ρ in every seed).*\n")
 
 
 def _median_finite(share_S: np.ndarray) -> str:
@@ -323,17 +357,14 @@ def _tail_text(table) -> str:
     out.append(f"L = {L}: the gap on the versions' own {n:,} tasks ÷ the gap on the fresh tasks is "
                f"{text.num(np.median(t['ratio']), 3)} (median over {t['ratio'].size} rows; range "
                f"{text.num(t['ratio'].min(), 3)} to {text.num(t['ratio'].max(), 3)}). Compared with that gap "
-               f"instead, the subspace form would be ≥ the gap in {_median_finite(t['holds'])} of the "
-               f"rows (median over seeds) and ρ(value, gap) {text.num(rho.mean(), 2) if rho.size else 'n/a'} "
+               f"instead, ρ(subspace bound, gap) would be {text.num(rho.mean(), 2) if rho.size else 'n/a'} "
                f"{text.ci(lo, hi)} (mean over {rho.size} seeds, 95 % CI).")
   share = table.values("terms_rare_share")
   if share.size:
-    out.append(f"The subspace form averages per-task terms, each the logarithm of that task's spectra (the "
-               f"paper's placement of the expectation outside the log, docs/theory.md §6, §10), so its per-task "
-               f"terms have a light tail: on the unpruned models, tasks rarer than 1 in {RARE} carry at most "
+    out.append(f"The paper's per-prompt terms (each the logarithm of one task's spectra, docs/theory.md §6) have a "
+               f"light tail: on the unpruned models, tasks rarer than 1 in {RARE} carry at most "
                f"{100 * share.max():.1f} % of their sum ({share.size} models, {table.n_tasks('terms_rare_share'):,} "
-               f"tasks each). That says the average is well estimated, not that it bounds the gap: the same "
-               f"placement is what puts it below the log-of-the-mean form that is a theorem.")
+               f"tasks each).")
   return ("\n\nWhat the versions' tasks alone would have said about the gap: " + " ".join(out)) if out else ""
 
 
