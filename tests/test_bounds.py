@@ -249,8 +249,8 @@ def test_subspace_terms_and_the_theorems_upper_confidence_bound_match_independen
       float(bd.R) * np.sqrt(np.sum(np.mean(np.asarray(bd.subspace_terms), 1)) / 12), rel=1e-12)
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.integers(1, 6), st.integers(2, 12), st.integers(0, 2**31 - 1))
+@settings(max_examples=12, deadline=None)  # few shapes: each new (k, B) is traced again
+@given(st.sampled_from((1, 4)), st.sampled_from((3, 8)), st.integers(0, 2**31 - 1))
 def test_log_of_the_mean_is_at_least_the_mean_of_the_log(k, B, seed):
   """Jensen: the theorem's placement k log(E X/k) − E log det ≥ E[k log(X/k) − log det], the paper's, for
   any positive second moments X and spectra; and the upper confidence bound is ≥ the point estimate."""
