@@ -40,8 +40,8 @@ VERSION = 2  # of the fit and its cache entries: 2 = closed form / certified sol
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-  steps: int = 100  # trust-region Newton iterations at most; a fit still above tol after them is refused
-  n_tasks: int = 16_384  # tasks of the fixed sample the references with L >= 2 are fitted on
+  steps: int = 300  # trust-region Newton iterations at most; a fit still above tol after them is refused
+  n_tasks: int = 8192  # tasks of the fixed sample the references with L >= 2 are fitted on
   tol: float = 1e-6  # certificate: largest accepted ‖∇ loss‖ (loss ÷ the zero predictor's, steps ÷ η₀)
   seed: int = 0  # key of the fixed sample
 
@@ -292,6 +292,12 @@ def _solve(kind: str, L: int, data: _Sample, cfg: FitConfig, starts: list[dict])
   v, value, gnorm = best
   theta = {n: np.asarray(a, np.float64) * data.eta0 for n, a in _unpack(kind, jnp.asarray(v), L, data.b.shape[-1]).items()}
   return theta, value * data.zero_loss, gnorm, "trust-region Newton"
+
+
+def fit(task: TaskConfig, L: int, kind: str, cfg: FitConfig = FitConfig()) -> Fitted:
+  """One reference (not cached)."""
+  _check_kind(kind)
+  return fit_many(task, L, (kind,), cfg)[kind]
 
 
 def _as_fitted(kind: str, theta: dict, train_loss: float, grad_norm: float, method: str, d: int, L: int,
