@@ -64,6 +64,19 @@ def test_solver_reaches_the_sample_optimum_where_there_is_no_closed_form():
   assert f.eta[0] == pytest.approx(float(np.sum(g * np.asarray(b.w)) / np.sum(g * g)), rel=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["gd_step", "gd_pp"])
+def test_eigenbasis_error_equals_the_moment_form(kind):
+  """The fit's O(L d) eigenbasis recursion gives the same error as the moment-form learner, for any η_t, γ_t."""
+  task, L = TaskConfig(d=3, n_context=6, x_cov=(0.5, 1.0, 2.0), noise_std=0.3), 3
+  with precision.x64():
+    data = R._sample(task, R.FitConfig(n_tasks=64))
+    theta = {"eta": jnp.array([0.4, 0.9, 0.3]), "gamma": jnp.array([0.2, -0.1, 0.5] if kind == "gd_pp" else [0.0] * 3)}
+    e = R.final_iterate("gd_pp", theta, data.Sigma_hat, data.b, L) - data.w
+    direct = jnp.sum((e @ data.Sigma_x) * e, -1)
+    spectral = R._spectral_error(theta, data, L) + jnp.sum((data.w @ data.Sigma_x) * data.w, -1)
+  np.testing.assert_allclose(spectral, direct, rtol=1e-10, atol=1e-12)
+
+
 def test_deeper_references_are_certified_and_nested_learners_fit_no_worse():
   """On the shared sample: per-step GD ≤ shared-η GD, and GD++ / preconditioned GD ≤ per-step GD (they
   contain it), each with a gradient norm below the tolerance."""
