@@ -264,13 +264,22 @@ def _objective(kind: str, L: int, data: _Sample):
 
   vg = jax.jit(jax.value_and_grad(f))
   as_np = lambda o: np.asarray(o, np.float64)
-  value_grad = lambda v: tuple(map(as_np, vg(jnp.asarray(v), arrays)))
+
+  def value_grad(v):
+    # A trial step into overflow (large γ_t or η_t) must read as a bad step, not crash the solver:
+    # an infinite loss is rejected by the trust region, which then shrinks.
+    value, grad = map(as_np, vg(jnp.asarray(v), arrays))
+    return (value, grad) if np.isfinite(value) and np.all(np.isfinite(grad)) else (np.float64(1e300), 0 * v)
+
+  def finite(H):
+    return H if np.all(np.isfinite(H)) else np.eye(H.shape[0]) if H.ndim == 2 else np.zeros_like(H)
+
   if kind == "precond":  # L d² parameters: Hessian-vector products
     hvp = jax.jit(lambda v, p, a: jax.jvp(lambda u: jax.grad(f)(u, a), (v,), (p,))[1])
-    return value_grad, {"hessp": lambda v, p: as_np(hvp(jnp.asarray(v), jnp.asarray(p), arrays)),
+    return value_grad, {"hessp": lambda v, p: finite(as_np(hvp(jnp.asarray(v), jnp.asarray(p), arrays))),
                         "method": "trust-krylov"}
   hess = jax.jit(jax.hessian(f))  # at most 2L parameters: the whole Hessian
-  return value_grad, {"hess": lambda v: as_np(hess(jnp.asarray(v), arrays)), "method": "trust-exact"}
+  return value_grad, {"hess": lambda v: finite(as_np(hess(jnp.asarray(v), arrays))), "method": "trust-exact"}
 
 
 def _solve(kind: str, L: int, data: _Sample, cfg: FitConfig, starts: list[dict]):
@@ -281,11 +290,11 @@ def _solve(kind: str, L: int, data: _Sample, cfg: FitConfig, starts: list[dict])
   best = None
   for start in starts:
     x0 = _pack(kind, {n: np.asarray(a, np.float64) / data.eta0 for n, a in start.items()})
-    if not np.isfinite(vg(x0)[0]):
+    if vg(x0)[0] >= 1e300:
       continue
     res = scipy.optimize.minimize(vg, x0, jac=True, **second, options={"gtol": cfg.tol, "maxiter": cfg.steps})
     value, grad = vg(res.x)
-    if np.isfinite(value) and (best is None or value < best[1]):
+    if value < 1e300 and (best is None or value < best[1]):
       best = (res.x, float(value), float(np.linalg.norm(grad)))
   if best is None:
     raise RuntimeError(f"fitting the {kind} reference (L={L}): the loss is not finite at any start")

@@ -211,8 +211,7 @@ def report(table: engine.Table, meta: dict) -> str:
   ident = table.values("identity_max_abs_err")
   return ("The Theorem-1 identity (the implicit trajectory reproduces every forward pass) holds to "
           f"{text.num(ident.max())} (largest absolute error over all models, float64).\n\n"
-          + text.table(head, rows) +
-          + _certificate(table) +
+          + text.table(head, rows) + _certificate(table) +
           "\n\nMeans are listed per seed because a deep model's mean is dominated by its rarest tasks; "
           "the median task error is the typical behaviour.\n\n"
           "![loss vs depth](../figures/implicit_gd_loss_vs_L.png)\n\n*Exact per-task error against depth. "
