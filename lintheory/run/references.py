@@ -41,12 +41,13 @@ VERSION = 2  # of the fit and its cache entries: 2 = closed form / certified sol
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
   steps: int = 300  # trust-region Newton iterations at most; a fit still above tol after them is refused
-  n_tasks: int = 8192  # tasks of the fixed sample the references with L >= 2 are fitted on
+  n_tasks: int = 8192  # tasks of the fixed sample GD and GD++ (at most 2L parameters) are fitted on
+  precond_tasks: int = 32_768  # tasks of preconditioned GD's sample: its L·d² parameters overfit a smaller one
   tol: float = 1e-6  # certificate: largest accepted ‖∇ loss‖ (loss ÷ the zero predictor's, steps ÷ η₀)
   seed: int = 0  # key of the fixed sample
 
   def __post_init__(self):
-    for name in ("steps", "n_tasks"):
+    for name in ("steps", "n_tasks", "precond_tasks"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -143,7 +144,8 @@ def fit_many(task: TaskConfig, L: int, kinds=KINDS, cfg: FitConfig = FitConfig()
   L = 1 on a family with a closed form: η* (gd, gd_step, gd_pp, whose γ does not act in one step)
   and Γ* (precond), docs/theory.md §9. Otherwise `_solve` on one fixed sample shared by every kind;
   per-step GD also starts from shared-η GD's fit, and the kinds of NESTED from per-step GD's, so each
-  ends at or below the loss of the learners it contains.
+  ends at or below the loss of the learners it contains (preconditioned GD on a larger sample of its own,
+  where per-step GD's fit is its start).
   """
   for k in kinds:
     _check_kind(k)
@@ -153,13 +155,14 @@ def fit_many(task: TaskConfig, L: int, kinds=KINDS, cfg: FitConfig = FitConfig()
   if family is not None:
     return {k: _closed_form(k, task, family) for k in kinds}
   with precision.x64():  # the same fit whether or not the caller enabled 64-bit mode
-    data = _sample(task, cfg)
+    data = _sample(task, cfg.n_tasks, cfg.seed)
     fits = {"gd": _solve("gd", L, data, cfg, [init_theta("gd", task.d, L, data.eta0)])}
     if any(k != "gd" for k in kinds):
       starts = [init_theta("gd_step", task.d, L, data.eta0), _from_parent("gd_step", fits["gd"][0], task.d)]
       fits["gd_step"] = _solve("gd_step", L, data, cfg, starts)
     for k in (k for k in kinds if k in NESTED):
-      fits[k] = _solve(k, L, data, cfg, [_from_parent(k, fits[NESTED[k]][0], task.d)])
+      sample = _sample(task, cfg.precond_tasks, cfg.seed) if k == "precond" else data
+      fits[k] = _solve(k, L, sample, cfg, [_from_parent(k, fits[NESTED[k]][0], task.d)])
   return {k: _as_fitted(k, *fits[k], task.d, L, cfg.tol) for k in kinds}
 
 
@@ -190,9 +193,9 @@ class _Sample(NamedTuple):
   floor: float  # σ² with a noisy query target, else 0
 
 
-def _sample(task: TaskConfig, cfg: FitConfig) -> _Sample:
+def _sample(task: TaskConfig, n_tasks: int, seed: int) -> _Sample:
   """The fixed sample, with the moment-matched η₀ = Σ bᵀΣw / Σ bᵀΣb (the sample's best one step)."""
-  batch = tasks.sample(jax.random.key(cfg.seed), task, cfg.n_tasks, dtype=jnp.float64)
+  batch = tasks.sample(jax.random.key(seed), task, n_tasks, dtype=jnp.float64)
   Sigma_hat = jnp.einsum("bnd,bne->bde", batch.X, batch.X) / task.n_context
   b = jnp.einsum("bnd,bn->bd", batch.X, batch.y) / task.n_context
   S = jnp.asarray(tasks.x_covariance(task))
@@ -292,7 +295,8 @@ def _solve(kind: str, L: int, data: _Sample, cfg: FitConfig, starts: list[dict])
     x0 = _pack(kind, {n: np.asarray(a, np.float64) / data.eta0 for n, a in start.items()})
     if vg(x0)[0] >= 1e300:
       continue
-    res = scipy.optimize.minimize(vg, x0, jac=True, **second, options={"gtol": cfg.tol, "maxiter": cfg.steps})
+    with np.errstate(over="ignore", invalid="ignore"):  # rejected trial steps may overflow inside scipy
+      res = scipy.optimize.minimize(vg, x0, jac=True, **second, options={"gtol": cfg.tol, "maxiter": cfg.steps})
     value, grad = vg(res.x)
     if value < 1e300 and (best is None or value < best[1]):
       best = (res.x, float(value), float(np.linalg.norm(grad)))
