@@ -52,7 +52,7 @@ def main(argv=None) -> int:
   ap.add_argument("--d", type=int, default=5)
   ap.add_argument("--n-context", type=int, default=20)
   ap.add_argument("--layers", type=int, nargs="+", default=[1, 4, 6])
-  ap.add_argument("--batch-size", type=int, default=references.FitConfig().batch_size)
+  ap.add_argument("--batch-size", type=int, default=512)
   ap.add_argument("--steps", type=int, default=100)
   ap.add_argument("--repeats", type=int, default=5)
   args = ap.parse_args(argv)
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
   print(f"d={args.d} N={args.n_context} batch {args.batch_size}, {args.steps} steps per timing, median of "
         f"{args.repeats}; float32 (as the fit)")
   for L in args.layers:
-    theta = {k: references.init_theta(k, args.d, args.n_context, L, 0.0) for k in references.KINDS}
+    theta = {k: references.init_theta(k, args.d, L, learners.eta_star(args.d, args.n_context)) for k in references.KINDS}
     out = {}
     for form in ("data", "moments"):
       fn = steps_fn(form, task, L, args.batch_size, args.steps)

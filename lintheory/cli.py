@@ -415,8 +415,9 @@ def add_analyze(sub, common) -> None:
   p.add_argument("--tail-tasks", type=int_arg, default=100_000, help="fresh tasks for the expected error and its "
                                                                        "tail (exact per-task errors; >= 2)")
   p.add_argument("--eval-seed", type=int_arg, default=20_240_406, help="key of the held-out tasks")
-  p.add_argument("--fit-steps", type=int_arg, default=None, help="Adam steps fitting each reference (default: "
-                                                                     "references.FitConfig's)")
+  p.add_argument("--fit-steps", type=int_arg, default=None, help="solver iterations at most per reference with L >= 2; "
+                                                                     "a fit not converged after them is refused "
+                                                                     "(default: references.FitConfig's)")
   p.add_argument("--cache-dir", default=None, help="root of every cache, as the studies' --cache-dir: fitted "
                                                    "references go to CACHE_DIR/cache/references (default: runs)")
   p.set_defaults(func=cmd_analyze)
@@ -433,7 +434,7 @@ def _tails(params, run, refs, args) -> dict:
   out = {"units": "squared error of y_hat / d, exact per task for linear attention (sampled query otherwise)",
          "model": stats.summary(evaluate.errors(params, run.model, run.task, key, n))}
   if run.model.is_linear and run.model.n_heads == 1 and not run.model.use_W_O:
-    for kind, f in refs.items():
+    for kind, f in references.usable(refs)[0].items():
       out[kind] = stats.summary(evaluate.errors(references.construct(f), run.model, run.task, key, n))
   out["bayes"] = stats.summary(evaluate.bayes_errors(run.task, key, n))
   return out
@@ -499,8 +500,7 @@ def _analyze(args, loaded, fit_cfg, cache) -> int:
               "seed": run.seed, "eval_tasks": args.eval_tasks, "eval_seed": args.eval_seed, "dtype": "float64",
               "fit": dataclasses.asdict(fit_cfg), "identity": ident, "layers": _analysis_layers(out),
               "final": out["final"], "tails": tails, "interpolation": out["interpolation"],
-              "references": {k: {"eta": f.eta, "gamma": f.gamma, "P": f.P, "train_loss": f.train_loss}
-                             for k, f in refs.items()},
+              "references": {k: references.record(f) for k, f in refs.items()}, "refused": out["refused"],
               "params_sha256": run.manifest["files"]["params.npz"], "provenance": prov}
     io.write_json(run.path / "analysis.json", result)
     fl = out["final"]["losses"]
@@ -511,7 +511,9 @@ def _analyze(args, loaded, fit_cfg, cache) -> int:
           f"p99.99 {t['p9999']:.4g}, max {t['max']:.4g}; Bayes {tails['bayes']['mean']:.4g}")
     print(f"{run.path / 'analysis.json'}: L={run.model.n_layers} identity max |err| {ident['max_abs_err']:.1e} "
           f"(exact={ident['exact']}); loss model {fl['model']:.4f}, "
-          + ", ".join(f"{k} {fl[k]:.4f}" for k in (*references.KINDS, "ridge")))
+          + ", ".join(f"{k} {fl[k]:.4f}" for k in (*references.KINDS, "ridge") if k in fl))
+    for kind, why in out["refused"].items():
+      print(f"{run.path}: reference {kind} refused, not compared: {why}; raise --fit-steps", file=sys.stderr)
   for arch, group in finals.items():  # only runs of one task and model are pooled
     if len(group) > 1:
       print(f"over {len(group)} runs of {arch}:")

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core.model import ModelConfig, Params, config_of, heads
-from lintheory.core.tasks import as_cov, x_covariance, x_fourth_cumulant
+from lintheory.core.tasks import as_cov, w0, x_covariance, x_fourth_cumulant
 
 
 def _steps(eta, n_steps: int | None) -> jax.Array:
@@ -217,6 +217,47 @@ def gd1_loss_for(task) -> float:
   loss = one_layer_loss(A, task.n_context, x_covariance(task), task.noise_std,
                         as_cov("w_cov", task.w_cov, task.d, psd=True), kappa=x_fourth_cumulant(task))
   return loss + (task.noise_std**2 if task.query_noise else 0.0)
+
+
+def one_layer_optimum(Sigma, N: int, noise_std: float = 0.0, w_cov=None, kappa: float = 0.0) -> np.ndarray:
+  """Γ* = Σ_w Σ K⁻¹, K = ((N+1)/N) Σ Σ_w Σ + (c/N) Σ + (κ/N) Diag(Σ_w), c = tr(Σ Σ_w) + σ²: the minimiser
+  over every d×d Γ of `one_layer_loss` (same family and arguments; docs/theory.md §9, §13)."""
+  S, Sw, K = _one_layer_normal_equations(Sigma, N, noise_std, w_cov, kappa)
+  return np.linalg.solve(K, (Sw @ S).T).T  # K is symmetric
+
+
+def one_step_optimum(Sigma, N: int, noise_std: float = 0.0, w_cov=None, kappa: float = 0.0) -> float:
+  """η* = tr(Σ Σ_w Σ) / tr(Σ K) (K of `one_layer_optimum`): the best one GD step, Γ = η I (docs/theory.md §9)."""
+  S, Sw, K = _one_layer_normal_equations(Sigma, N, noise_std, w_cov, kappa)
+  return float(np.trace(S @ Sw @ S) / np.trace(S @ K))
+
+
+def _one_layer_normal_equations(Sigma, N, noise_std, w_cov, kappa):
+  """(Σ, Σ_w, K): ∇_Γ one_layer_loss = 2 Σ (Γ K − Σ_w Σ), so the optimum solves Γ K = Σ_w Σ."""
+  S = np.asarray(Sigma, np.float64)
+  d = S.shape[0]
+  Sw = np.eye(d) if w_cov is None else np.asarray(w_cov, np.float64)
+  if kappa != 0 and np.any(S != np.diag(np.diag(S))):
+    raise ValueError("Sigma must be diagonal when kappa != 0 (independent non-Gaussian coordinates)")
+  c = np.trace(S @ Sw) + noise_std**2
+  K = (N + 1) / N * S @ Sw @ S + c / N * S + kappa / N * np.diag(np.diag(Sw))
+  return S, Sw, K
+
+
+def one_layer_family(task) -> tuple[np.ndarray, np.ndarray, float] | None:
+  """(Σ_x, E[w wᵀ], κ) when `one_layer_loss` is exact for a TaskConfig's family, else None.
+
+  Exact for Gaussian (any x_cov) and uniform inputs with all N demonstrations; the loss sees the
+  prior only through E[w wᵀ], which a fixed w₀ drawn with probability p moves to (1 − p)Σ_w + p w₀w₀ᵀ.
+  Mixed context lengths (n_context_min > 0) have no closed form here.
+  """
+  if task.x_dist not in ("gaussian", "uniform") or task.n_context_min:
+    return None
+  W2 = as_cov("w_cov", task.w_cov, task.d, psd=True)
+  if task.w0_prob:
+    w_0 = w0(task)
+    W2 = (1 - task.w0_prob) * W2 + task.w0_prob * np.outer(w_0, w_0)
+  return x_covariance(task), W2, x_fourth_cumulant(task)
 
 
 def gamma_star_loss(Sigma, N: int, noise_std: float = 0.0) -> float:

@@ -61,10 +61,12 @@ def analyze(params: Params, cfg: ModelConfig, task: TaskConfig, refs: dict[str, 
   """All comparison metrics of one model on one batch, as plain floats and lists.
 
   Keys: identity (the Theorem 1 check, as checks.trajectory_identity), layers (per-layer lists),
-  final (losses, model cos, final-layer comparisons), interpolation.
+  final (losses, model cos, final-layer comparisons), interpolation, refused ({kind: reason} for the
+  references whose fit did not converge: they appear nowhere else).
   """
   check_shapes(params, cfg)
   L = cfg.n_layers
+  refs, refused = references.usable(refs)  # an uncertified fit is not an optimum: nothing is compared with it
   for kind, f in refs.items():
     if len(f.eta) != L:
       raise ValueError(f"reference {kind!r} has {len(f.eta)} steps but the model has {L} layers")
@@ -90,4 +92,4 @@ def analyze(params: Params, cfg: ModelConfig, task: TaskConfig, refs: dict[str, 
   interp = {"reason": reason, "alpha": 0.5, "loss_model": losses["model"], **{k: float(v) for k, v in m["interp"].items()}}
   max_abs = float(m["identity"].max())
   return {"identity": {"exact": cfg.is_linear, "max_abs_err": max_abs, "max_rel_err": max_abs / scale},
-          "layers": layers, "final": final, "interpolation": interp}
+          "layers": layers, "final": final, "interpolation": interp, "refused": refused}

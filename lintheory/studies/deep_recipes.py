@@ -92,7 +92,7 @@ def _color(recipe: str) -> str:
 PROFILES = {
     "tiny": Settings(profiles.Profile(steps=40, batch_size=32, seeds=(0, 1), eval_tasks=4096),
                      ((2, ("f32_lr5e-3_clip1", "f64_lr5e-3_clip0.1", "f64_tail")),), eval_tasks=4096, d=3,
-                     n_context=8, fit=references.FitConfig(steps=30, batch_size=64)),
+                     n_context=8, fit=references.FitConfig(steps=30, n_tasks=512)),
     # 11 recipes × depths of 5 seeds, 1500 steps: training dominates, so it runs on its own, when the
     # recipes change (its measured time is in the report's cost table), not in `make figures`.
     "default": Settings(profiles.Profile(steps=1500, batch_size=256, seeds=(0, 1, 2, 3, 4), eval_tasks=100_000),
@@ -319,6 +319,9 @@ def _summary(err: np.ndarray) -> dict[str, float]:
 def run_reference(s: Settings, L: int, ctx: engine.Context, key, feats) -> None:
   task = TaskConfig(d=s.d, n_context=s.n_context)
   f = references.fitted(task, L, s.fit, ctx.cache_dir, kinds=("gd_pp",))["gd_pp"]
+  if not f.converged:  # an uncertified fit is no yardstick: the depth's recipes are judged against nothing
+    raise RuntimeError(f"L={L}: the fitted GD++ is refused: {references.usable({'gd_pp': f})[1]['gd_pp']}; "
+                       "raise Settings.fit.steps")
   model = ModelConfig(d=s.d, n_layers=L)
   with precision.x64():
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], references.construct(f))

@@ -41,7 +41,7 @@ class Settings:
 
 PROFILES = {
     "tiny": Settings(profiles.PROFILES["tiny"], ((0.0, (1, 2)),), eval_tasks=4096, trajectory_tasks=256,
-                     Ms=(10, 20), d=3, n_context=8, fit=references.FitConfig(steps=30, batch_size=64)),
+                     Ms=(10, 20), d=3, n_context=8, fit=references.FitConfig(steps=30, n_tasks=512)),
     "default": Settings(profiles.PROFILES["default"], ((0.0, (1, 2, 3, 4, 6)), (0.5, (1, 4))),
                         eval_tasks=100_000, trajectory_tasks=4096, Ms=(5, 10, 20, 40, 80), d=5),
     "long": Settings(profiles.PROFILES["long"], ((0.0, (1, 2, 3, 4, 6)), (0.5, (1, 2, 4))),
@@ -60,7 +60,13 @@ def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context, bayes: d
     ctx.fail("train", str(e), **keys)
     return
   ctx.add_training(tr, **keys)
-  refs = references.fitted(tr.task, L, s.fit, ctx.cache_dir)
+  fits = references.fitted(tr.task, L, s.fit, ctx.cache_dir)
+  for kind, f in fits.items():  # the certificate of every fit; a refused one is compared with nothing
+    ctx.add("ref_grad_norm", f.grad_norm, reference=kind, n_tasks=s.fit.n_tasks, **keys)
+    ctx.add("ref_converged", float(f.converged), reference=kind, **keys)
+  refs, refused = references.usable(fits)
+  for kind, why in refused.items():
+    ctx.log(f"σ={sigma} L={L}: reference {kind} refused: {why}")
   key = jax.random.key(EVAL_KEY)
   n = s.eval_tasks
   with precision.x64():
@@ -83,7 +89,7 @@ def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context, bayes: d
       params = {name: jnp.asarray(v, jnp.float64) for name, v in profiles.seed_params(tr.params, k).items()}
       a = analysis.analyze(params, tr.model, tr.task, refs, batch)
       ctx.add("identity_max_abs_err", a["identity"]["max_abs_err"], seed=seed, n_tasks=s.trajectory_tasks, **keys)
-      for kind in KINDS:
+      for kind in refs:
         per_layer = a["layers"]["references"][kind]
         for t in range(L):
           ctx.add("w_rel_dist", per_layer["rel_l2"][t], seed=seed, n_tasks=s.trajectory_tasks, reference=kind,
@@ -130,6 +136,8 @@ def plot(table: engine.Table, meta: dict, out) -> list:
               table.values("model_mean", sigma=sigma, L=L), "x", color="C3", ms=4,
               label="trained, mean error (each seed)" if j == 0 else None)
     for kind in (*KINDS, "ridge"):
+      if any(table.values("ref_mean", sigma=sigma, L=L, reference=kind, seed=None).size != 1 for L in Ls):
+        continue  # refused at some depth (ref_converged): no line rather than a line through gaps
       y = np.array([table.value("ref_mean", sigma=sigma, L=L, reference=kind, seed=None) for L in Ls])
       c, ls = STYLE[kind]
       if kind == "ridge" and y.max() < 1e-8:  # σ = 0 and N > d: ridge interpolates, its error is 0
@@ -153,6 +161,8 @@ def plot(table: engine.Table, meta: dict, out) -> list:
       c, ls = STYLE[kind]
       for n, seed in enumerate(table.seeds(measure="w_rel_dist", sigma=0.0, L=L)):
         y = table.values("w_rel_dist", sigma=0.0, L=L, reference=kind, seed=seed)
+        if y.size != L:
+          continue  # refused
         ax.plot(range(1, L + 1), y, color=c, ls=ls, lw=0.8, alpha=0.7,
                 label=LABELS[kind] if n == 0 else None)
     ax.set_title(f"L = {L}, σ = 0", fontsize=8)
@@ -164,6 +174,24 @@ def plot(table: engine.Table, meta: dict, out) -> list:
   fig.tight_layout()
   paths += figures.save(fig, out, "implicit_gd_trajectory")
   return paths
+
+
+def _ref_mean(table: engine.Table, sigma, L, kind) -> str:
+  v = table.values("ref_mean", sigma=sigma, L=L, reference=kind, seed=None)
+  if v.size == 1:
+    return text.num(v[0])
+  g = table.values("ref_grad_norm", sigma=sigma, L=L, reference=kind)
+  return f"refused (fit not converged, gradient norm {text.num(g[0]) if g.size else '?'})"
+
+
+def _certificate(table: engine.Table) -> str:
+  g, ok = table.values("ref_grad_norm"), table.values("ref_converged")
+  if not g.size:
+    return ""
+  return (f"\n\nEvery reference is at its optimum: the closed form at L = 1, otherwise a trust-region Newton fit "
+          f"on {table.n_tasks('ref_grad_norm') or 'a fixed sample of'} tasks stopped on its gradient norm (largest over "
+          f"all fits: {text.num(g.max(), 2)}); {int((ok == 0).sum())} fit(s) did not converge and are refused, "
+          "not compared (docs/theory.md §9).")
 
 
 def report(table: engine.Table, meta: dict) -> str:
@@ -178,14 +206,13 @@ def report(table: engine.Table, meta: dict) -> str:
                    text.num(np.median(table.values("model_median", sigma=sigma, L=L))),
                    ", ".join(text.num(m) for m in means),
                    text.num(table.values("model_max", sigma=sigma, L=L).max()),
-                   text.num(table.value("ref_mean", sigma=sigma, L=L, reference="gd_pp", seed=None)),
-                   text.num(table.value("ref_mean", sigma=sigma, L=L, reference="gd_step", seed=None)),
+                   _ref_mean(table, sigma, L, "gd_pp"), _ref_mean(table, sigma, L, "gd_step"),
                    text.num(table.value("ref_mean", sigma=sigma, L=L, reference="ridge", seed=None)),
                    f"{table.n_tasks('model_mean', sigma=sigma, L=L):,}"])
   ident = table.values("identity_max_abs_err")
   return ("The Theorem-1 identity (the implicit trajectory reproduces every forward pass) holds to "
           f"{text.num(ident.max())} (largest absolute error over all models, float64).\n\n"
-          + text.table(head, rows) +
+          + text.table(head, rows) + _certificate(table) +
           "\n\nMeans are listed per seed because a deep model's mean is dominated by its rarest tasks; "
           "the median task error is the typical behaviour.\n\n"
           "![loss vs depth](../figures/implicit_gd_loss_vs_L.png)\n\n*Exact per-task error against depth. "
@@ -207,9 +234,10 @@ def closest(table: engine.Table) -> dict:
     if not s:  # no converged seed: nothing to compare (the claim's row says so)
       out[L] = "no reference", np.array([])
       continue
+    kinds = [k for k in KINDS if table.values("w_rel_dist", sigma=0.0, L=L, reference=k, layer=L).size]
     final = {k: np.array([table.value("w_rel_dist", sigma=0.0, L=L, reference=k, layer=L, seed=x) for x in s])
-             for k in KINDS}
-    best = min(KINDS, key=lambda k: np.median(final[k]))
+             for k in kinds}  # refused references have no rows
+    best = min(kinds, key=lambda k: np.median(final[k]))
     out[L] = best, final[best]
   return out
 
