@@ -366,10 +366,17 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
   except RuntimeError as e:  # a diverged run is recorded, not hidden
     ctx.fail("train", str(e), model=arch.name)
     return
+  evaluate_trained(tr, s, arch, ctx)
+
+
+def evaluate_trained(tr: profiles.Trained, s: Settings, arch: Arch, ctx: engine.Context) -> None:
+  """The protocol on trained models: every candidate of every seed evaluated on arch.n_tasks tasks,
+  each family's per-task choice recorded as rows keyed by model=arch.name (the rows claims() and
+  compare() read). The positive control runs its planted models through this same function."""
   exact = arch.test_queries == 0
   if exact and not tr.model.is_linear:
     raise ValueError(f"arch {arch.name}: test_queries must be >= 1 for a model that is not linear attention")
-  L = s.layers
+  L = tr.model.n_layers
   t0 = time.perf_counter()
   # Exact errors (linear attention) in float64; sampled ones in float32, twice as fast on a CPU.
   dtype = jnp.float64 if exact else jnp.float32
@@ -395,7 +402,7 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
         else:
           val, test = (np.asarray(a, np.float64) for a in evaluate_all(
               params_CS, data, Sigma, tr.model, shots, tuple(s.Vs), tuple(s.val_noise), s.candidate_chunk))
-        val, test = val[:, :, :keep], np.asarray(tasks.normalised_error(test[:, :, :keep], s.d), np.float64)
+        val, test = val[:, :, :keep], np.asarray(tasks.normalised_error(test[:, :, :keep], tr.task.d), np.float64)
         _select_chunk(acc[shots], val, test, bayes_errors(data, tr.task, shots)[:keep], cands, xi, s, L)
       done = min(arch.n_tasks, (i + 1) * chunk)
       if (i + 1) % 10 == 0 or done == arch.n_tasks:
