@@ -60,16 +60,20 @@ class Claim(NamedTuple):
   ci: str  # its confidence interval, formatted
   seeds: int  # seeds behind it (the unit of inference)
   detail: str  # the regime, the task counts, what it rests on
+  power: str = ""  # the positive control's only: what its pipeline detects ("detects ≥ X % of headroom at n seeds")
 
 
 def powered(c: Claim, control: Claim | None) -> str:
   """c's verdict, marked not informative when it is negative on a claim that pruning helps and the positive
-  control of the same results (one profile) did not hold: the pipeline then has no stated power."""
+  control of the same results (one profile) did not hold: the pipeline then has no stated power. Where the
+  control holds, the power it states (positive_control.power) follows the verdict."""
   if c.id not in POWERED_BY_CONTROL or not c.verdict.startswith(("fails", "not shown")):
     return c.verdict
   if control is None:
     return f"{NO_CONTROL} ({c.verdict})"
-  return c.verdict if control.verdict == "holds" else f"{NOT_INFORMATIVE} ({c.verdict})"
+  if control.verdict != "holds":
+    return f"{NOT_INFORMATIVE} ({c.verdict})"
+  return f"{c.verdict} (power: {control.power})" if control.power else c.verdict
 
 
 def table(loaded: dict[str, tuple[engine.Table, dict]]) -> str:
