@@ -1,0 +1,54 @@
+"""The positive control's independent computation (docs/theory.md §17) and the trained models against it."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from lintheory.run import profiles
+from lintheory.studies import engine, positive_control as pc
+
+
+def settings(**kw):
+  return dataclasses.replace(pc.PROFILES["tiny"], **kw)
+
+
+def test_p_infinity_loss_is_the_closed_form_of_the_optimum():
+  """loss(Γ*_w) from §9's general formula equals tr Σ_w − tr(Γ*_w Σ_w) = Σ_j s_j (1 − γ_j) (Σ = I)."""
+  s = settings(d=5, k=2, n_context=7, noise_std=0.8)
+  sw = np.asarray(pc.w_cov(s))
+  c_w = sw.sum() + s.noise_std ** 2
+  gamma = sw / ((s.n_context + 1) / s.n_context * sw + c_w / s.n_context)
+  assert pc.ls_simulation(s, pc.INF_POOL, 1)["sim_inf"] == pytest.approx(np.sum(sw * (1 - gamma)) / s.d, rel=1e-12)
+
+
+def test_least_squares_excess_vanishes_as_the_pool_grows_and_truncation_beats_shrink_past_the_peak():
+  """The fit's excess over Γ*_w falls with P (≈ ρ²d²/P, §17) and, far past P ≈ d², rank-k truncation removes
+  more of it than the best uniform shrink. Γ*_w minimises the loss over every Γ, so no edit gains more than
+  the excess (exactly, fit by fit, hence for the means)."""
+  s = settings(d=4, k=1, n_context=5, noise_std=1.0)
+  sims = {P: pc.ls_simulation(s, P, 8) for P in (80, 320, 1280)}
+  excess = {P: r["sim_unpruned"] - r["sim_inf"] for P, r in sims.items()}
+  assert excess[80] > excess[320] > excess[1280] > 0
+  assert excess[1280] < 0.1 * sims[1280]["sim_inf"]
+  far = sims[1280]
+  assert far["sim_gain_rank_k"] > far["sim_gain_shrink"] > 0
+  for r in sims.values():
+    assert max(r["sim_gain_rank_k"], r["sim_gain_shrink"]) <= r["sim_unpruned"] - r["sim_inf"] + 1e-12
+
+
+@pytest.mark.slow
+def test_trained_models_match_the_least_squares_simulation():
+  """Tiny shapes, trained long enough to fit the pool: the P = ∞ model lands within 10 % of Γ*_w's loss, and
+  the pool model's excess is within a factor [0.5, 3] of the simulated one (the model has more features than
+  Γ, which can only add excess, and Adam stops short of the least-squares minimum, which can lower it)."""
+  prof = dataclasses.replace(profiles.PROFILES["tiny"], steps=1500, batch_size=128, seeds=(0, 1))
+  s = settings(train=prof, d=4, k=1, n_context=5, noise_std=1.0, pools=(160, pc.INF_POOL), n_tasks=4000,
+               modules=("attn",), sim_fits=8)
+  ctx = engine.Context(pc.KEYS, "runs/cache")
+  pc.run(s, ctx)
+  t = engine.Table(ctx.rows, pc.KEYS)
+  inf = pc._unpruned(t, "P=∞").mean()
+  assert inf == pytest.approx(t.value("sim_inf", model="P=∞"), rel=0.10)
+  sim_excess = t.value("sim_unpruned", model="P=160") - t.value("sim_inf", model="P=160")
+  assert 0.5 * sim_excess < pc.excess(t, "P=160").mean() < 3 * sim_excess
