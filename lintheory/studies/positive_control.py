@@ -376,5 +376,12 @@ def summary(table: engine.Table) -> str:
   dec = decisions(table)
   v, null = list(dec["planted"].values()), list(dec["null"].values())
   pw = power_text(table) if control_verdict(dec) == "holds" else ""  # power is stated only by a control that holds
+  c = min((pp.compare(table, r) for m in planted(table) for r in _regimes(table, m)),
+          key=lambda c: min(x["diff"].mean() for x in c["vs"].values()) if c["vs"] else np.inf)
+  weakest = ""
+  if c["vs"]:
+    ctl = pp.strongest_control(c)
+    weakest = (f"; smallest margin SVD − {ctl} {text.num(100 * c['vs'][ctl]['diff'].mean(), 2)} % "
+               f"{text.ci(*(100 * x for x in c['vs'][ctl]['ci']), 2)} % of headroom ({c['svd'].size} seeds)")
   return (f"the protocol's rule holds in {v.count('holds')} of {len(v)} planted regimes and fails (no SVD-specific "
-          f"gain) in {null.count('fails')} of {len(null)} at P = ∞" + (f"; power: {pw}" if pw else ""))
+          f"gain) in {null.count('fails')} of {len(null)} at P = ∞" + weakest + (f"; power: {pw}" if pw else ""))
