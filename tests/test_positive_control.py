@@ -13,6 +13,25 @@ def settings(**kw):
   return dataclasses.replace(pc.PROFILES["tiny"], **kw)
 
 
+def test_the_numbers_section_17_states_in_closed_form():
+  """P = 3d² for d = 16 lies a few times above the condition P ≫ ρ²(√d + √(d − k))²/(s_ε γ_1²), while the earlier
+  control (d = 5, k = 2, N = 20, σ = 0.5, P = 50) lies below it; P(χ²_1 < 0.1) ≈ 0.25; the paper's rates keep
+  ranks {15, 8, 4, 1, 0} of a 17×17 matrix (and the full rank 17)."""
+  from scipy import stats as st
+  from lintheory.core import prune
+
+  def right_side(d, k, N, sigma):
+    c_w = k + sigma ** 2  # ε → 0
+    g1, s_eps = N / (N + 1 + c_w), c_w / N
+    return (1 - g1) * k * (np.sqrt(d) + np.sqrt(d - k)) ** 2 / (s_eps * g1 ** 2)  # ρ² = k(1 − γ_1)
+
+  s = pc.PROFILES["default"]
+  assert 3 < s.pools[0] / right_side(s.d, s.k, s.n_context, s.noise_std) < 10 and s.pools[0] == 3 * s.d ** 2
+  assert right_side(5, 2, 20, 0.5) > 50
+  assert st.chi2.cdf(0.1, 1) == pytest.approx(0.25, abs=0.01)
+  assert sorted({prune.kept_rank((17, 17), xi=xi) for xi in prune.PAPER_RATES}) == [0, 1, 4, 8, 15, 17]
+
+
 def test_p_infinity_loss_is_the_closed_form_of_the_optimum():
   """loss(Γ*_w) from §9's general formula equals tr Σ_w − tr(Γ*_w Σ_w) = Σ_j s_j (1 − γ_j) (Σ = I)."""
   s = settings(d=5, k=2, n_context=7, noise_std=0.8)
