@@ -578,52 +578,90 @@ def test_paper_protocol_leaves_out_a_model_whose_rare_tasks_carry_its_error():
   assert paper_protocol.claims(engine.Table(heavy + tail, paper_protocol.KEYS), DEFAULT) == []
 
 
-# --- positive_control: a gain where pruning can help --------------------------------------------
+# --- positive_control: the headline's rule on a planted effect, P = ∞ its negative control ------
+
+PLANTED = "P=500"
+NO_SVD_GAIN = {"svd": [0.3, 0.35, 0.4], "null_gauss": [0.31, 0.34, 0.41]}  # P = ∞: SVD ≡ a control (TOST)
 
 
-def pc_table(gains):
-  """gains: (L, pool) → the chosen truncation's gain per seed (pool 0: fresh tasks, P = ∞)."""
-  return engine.Table([R("gain", g, seed=s, n_tasks=1000, L=L, pool=p) for (L, p), gs in gains.items()
-                       for s, g in enumerate(gs)], positive_control.KEYS)
+def pc_table(planted=None, null=None, regimes=((64, 0.0),)):
+  """planted / null: edit → per-seed gain (fraction of headroom) of the P=500 and the P=∞ model, in every
+  (V, σ_val) regime given; None leaves that pool out."""
+  rows = []
+  for model, rel in ((PLANTED, planted), ("P=∞", null)):
+    for V, z in regimes if rel else ():
+      rows += pp_rows(rel, model=model, shots=10, V=V, z=z)
+  return engine.Table(rows, positive_control.KEYS)
 
 
-def test_positive_control_holds_when_the_smallest_pool_gains():
-  c = only(positive_control.claims(pc_table({(1, 50): [0.1, 0.12, 0.11], (1, 0): [0.0] * 3}), DEFAULT),
+def mde_by_hand(diff):
+  """80 % power of 'CI above 0 and mean above 5 %' at the seeds' spread, t-quantiles for the noncentral t."""
+  se, df = np.std(diff, ddof=1) / np.sqrt(len(diff)), len(diff) - 1
+  return max((st.t.ppf(0.975, df) + st.t.ppf(0.8, df)) * se, 0.05 + st.t.ppf(0.8, df) * se)
+
+
+def test_positive_control_holds_when_svd_beats_every_control_and_p_infinity_gains_nothing():
+  c = only(positive_control.claims(pc_table({"svd": SVD, **CTRL}, NO_SVD_GAIN), DEFAULT),
            "positive_control")
+  diff = np.subtract(SVD, CTRL["null_shrink"])  # the strongest control
   assert c.verdict == "holds" and c.seeds == 3
-  assert c.ci == f"L=1 P=50: 0.110 {text.ci(*t_ci([0.1, 0.12, 0.11]))}; L=1 P=∞: 0 [0, 0]"
+  assert c.effect == (f"SVD − the strongest null control (null_shrink), % of headroom, in the planted regime where it "
+                      f"is smallest (P=500 N=10 V=64 σ_val=0): {text.num(100 * diff.mean(), 2)} % (every regime's "
+                      "decision is in the study's table)")
+  assert c.ci == text.ci(*(100 * x for x in t_ci(diff)), 2) + " %"
+  assert c.power == f"detects ≥ {text.num(100 * mde_by_hand(diff), 2)} % of headroom at 3 seeds"
+  assert tost(np.subtract(*NO_SVD_GAIN.values()), 0.05) and c.power in c.detail
 
 
-def test_positive_control_fails_when_no_depth_gains_at_its_smallest_pool():
-  """P = ∞ sorts last: its large gain does not decide; pool 50 is the smallest and its CI spans 0."""
-  c = only(positive_control.claims(pc_table({(1, 0): [1.0, 1.1, 1.2], (1, 200): [1.0, 1.1, 1.2],
-                                             (1, 50): [0.1, -0.1, 0.05]}), DEFAULT))
-  assert t_ci([0.1, -0.1, 0.05])[0] < 0 and c.verdict == "fails: no gain detected"
-  assert c.ci.startswith("L=1 P=50: ") and "P=∞" in c.ci and "P=200" not in c.ci
+def test_positive_control_fails_when_the_pipeline_misses_the_planted_effect():
+  """SVD equivalent (TOST) to the shrink control in the planted regime: the rule says fails there."""
+  shrink = [0.5, 0.61, 0.56]
+  assert tost(np.subtract(SVD, shrink), 0.05)
+  c = only(positive_control.claims(pc_table({"svd": SVD, "null_shrink": shrink}, NO_SVD_GAIN), DEFAULT))
+  assert c.verdict == "fails: the planted effect is missed in 1 of 1 regimes" and c.power == ""
 
 
-def test_positive_control_holds_when_some_depth_gains():
-  c = only(positive_control.claims(pc_table({(1, 50): [0.1, -0.1, 0.05], (2, 50): [0.3, 0.35, 0.4]}), DEFAULT))
-  assert c.verdict == "holds" and c.ci.count("L=1 P=50") == c.ci.count("L=2 P=50") == 1  # one pool: listed once
+def test_positive_control_fails_when_the_rule_finds_an_svd_gain_at_p_infinity():
+  c = only(positive_control.claims(pc_table({"svd": SVD, **CTRL}, {"svd": SVD, **CTRL}), DEFAULT))
+  assert c.verdict == "fails: at P = ∞ the rule finds an SVD gain where none is planted, in 1 of 1 regimes"
+  assert c.power == ""
 
 
-def test_positive_control_decides_nothing_on_an_empty_table():
-  assert positive_control.claims(pc_table({}), DEFAULT) == []
+def test_positive_control_is_undecided_when_p_infinity_is_undecided():
+  """At P = ∞ SVD − shrink spans 0 without being equivalent to it: the negative control is not reached."""
+  wide = {"svd": [0.9, 0.1, 0.6], "null_shrink": CTRL["null_shrink"]}
+  c = only(positive_control.claims(pc_table({"svd": SVD, **CTRL}, wide), DEFAULT))
+  assert c.verdict == "undecided"
 
 
-def test_positive_control_a_seed_gaining_plus_infinity_counts_as_a_gain():
-  """The unpruned model of one seed overflowed, the pruned one did not: gain +∞, kept. Every seed gains,
-  so the order-statistic interval [x_(1), x_(3)] (coverage 1 − 2·2⁻³) lies above 0."""
-  c = only(positive_control.claims(pc_table({(1, 50): [0.1, math.inf, 0.11]}), DEFAULT))
-  assert c.verdict == "holds" and c.seeds == 3
-  assert c.ci == ("L=1 P=50: 0.110 [0.100, ∞] (median; 75.0 % order-statistic interval over 3 seeds, 1 of them "
-                  "infinite)")
+def test_positive_control_is_undecided_when_neither_branch_is_reached():
+  """SVD − shrink has a CI spanning 0 and is not equivalent to 0: neither holds nor fails in the planted regime."""
+  wide = [0.9, 0.1, 0.6]
+  diff = np.subtract(wide, CTRL["null_shrink"])
+  assert t_ci(diff)[0] < 0 < t_ci(diff)[1] and not tost(diff, 0.05)
+  c = only(positive_control.claims(pc_table({"svd": wide, **CTRL}, NO_SVD_GAIN), DEFAULT))
+  assert c.verdict == "undecided"
 
 
-def test_positive_control_a_seed_gaining_minus_infinity_stays_in_and_no_gain_is_detected():
-  c = only(positive_control.claims(pc_table({(1, 50): [0.1, -math.inf, 0.11], (1, 0): [0.0] * 3}), DEFAULT))
-  assert c.verdict == "fails: no gain detected" and c.seeds == 3
-  assert c.ci.startswith("L=1 P=50: 0.100 [−∞, 0.110] (median; 75.0 % order-statistic interval over 3 seeds")
+def test_positive_control_needs_every_planted_regime_to_hold():
+  """Two (V, σ_val) regimes; the planted effect holds in one and is missed (equivalent to shrink) in the other."""
+  rows = pc_table({"svd": SVD, **CTRL}, NO_SVD_GAIN).rows
+  rows += pc_table({"svd": SVD, "null_shrink": [0.5, 0.61, 0.56]}, None, regimes=((16, 0.5),)).rows
+  c = only(positive_control.claims(engine.Table(rows, positive_control.KEYS), DEFAULT))
+  assert c.verdict == "fails: the planted effect is missed in 1 of 2 regimes"
+  assert "(P=500 N=10 V=16 σ_val=0.50)" in c.effect  # the weaker regime is the one quoted
+
+
+def test_positive_control_decides_nothing_without_a_planted_pool():
+  assert positive_control.claims(pc_table(None, NO_SVD_GAIN), DEFAULT) == []
+
+
+def test_minimal_detectable_effect_matches_the_formula_and_needs_two_seeds():
+  diff = [0.2, 0.3, 0.25, 0.1, 0.4]
+  assert positive_control.mde(diff) == pytest.approx(mde_by_hand(diff), rel=1e-12)
+  assert positive_control.mde([0.01, 0.011, 0.012]) == pytest.approx(mde_by_hand([0.01, 0.011, 0.012]))
+  assert mde_by_hand([0.01, 0.011, 0.012]) < 0.06  # a tight spread: the SESOI term decides
+  assert math.isnan(positive_control.mde([0.3]))
 
 
 # --- mismatch: per regime, does the chosen edit gain where training and test differ? ----------
@@ -899,7 +937,7 @@ def test_deep_recipes_decides_no_claim():
 ONE_SEED = {
     "one_layer": lambda: (one_layer.claims, one_layer_table({"iso": (0.5, [0.505])}), DEFAULT),
     "implicit_gd": lambda: (implicit_gd.claims, igd_table({1: {"gd_pp": [0.01]}}), DEFAULT),
-    "positive_control": lambda: (positive_control.claims, pc_table({(1, 50): [0.1]}), DEFAULT),
+    "positive_control": lambda: (positive_control.claims, pc_table({"svd": [0.5], "null_dirs": [0.1]}), DEFAULT),
     "mismatch": lambda: (mismatch.claims, engine.Table(mm_rows("shots", "fixed", [0.3]), mismatch.KEYS), META_MM),
     "in_weights": lambda: (in_weights.claims, iw_table({0.3: {("facts", "w0"): [0.02]}}, n_seeds=1), META_IW),
     "paper_protocol": lambda: (paper_protocol.claims, engine.Table(pp_rows({"svd": [0.5], "null_dirs": [0.1]}),
@@ -936,7 +974,8 @@ def test_pruning_and_prune_bound_decide_nothing_with_one_seed():
 
 def loaded(profile="default"):
   return {"one_layer": (one_layer_table({"iso": NEAR_CASE}), {"profile": profile}),
-          "positive_control": (pc_table({(1, 50): [0.1, -0.1, 0.05]}), {"profile": profile}),
+          "positive_control": (pc_table({"svd": SVD, "null_shrink": [0.5, 0.61, 0.56]}, NO_SVD_GAIN),
+                               {"profile": profile}),
           "pruning": (engine.Table(pruning_table({2: [[10, 1], [1, 10], [1, 1]]}), pruning.KEYS),
                       {"profile": profile})}
 
@@ -955,9 +994,11 @@ def test_verdict_table_renders_holds_fails_and_undecided_rows_and_the_claims_no_
       f"| {verdicts.CLAIMS['one_layer_gd'][0]} | **holds** | excess error of the learned step over the optimum | "
       f"iso: 2.0 % {text.ci(100 * lo, 100 * hi, 2)} | 3 | `one_layer`: holds where the CI lies below 5%; exact "
       "closed-form errors |")
-  assert " | **fails: no gain detected** | " in rows[verdicts.CLAIMS["positive_control"][0]]
-  assert rows[verdicts.CLAIMS["positive_control"][0]].endswith(" | 3 | `positive_control`: low-rank prior, fixed "
-                                                               "training pool |")
+  assert " | **fails: the planted effect is missed in 1 of 1 regimes** | " in rows[verdicts.CLAIMS["positive_control"][0]]
+  assert rows[verdicts.CLAIMS["positive_control"][0]].endswith(" | 3 | `positive_control`: one-layer models fitted to "
+                                                               "P prompts under a rank-k prior, through paper_protocol's "
+                                                               "per-task choice with its null controls and its rule; "
+                                                               "P = ∞ (fresh tasks) the negative control |")
   undecided = (" | **undecided** | deep − shallow log10 damage (attn, linear) | "
                f"L=2 attn: 0 {text.ci(*t_ci([-1, 1, 0]), 2)}")
   assert undecided in rows[verdicts.CLAIMS["deep_stable"][0]]
@@ -990,7 +1031,7 @@ def test_verdict_table_of_mixed_profiles_decides_only_the_full_ones():
   mixed = {**loaded(), "one_layer": (one_layer_table({"iso": NEAR_CASE}), {"profile": "tiny"})}
   rows = rows_of(verdicts.table(mixed))
   assert f" | {verdicts.SMOKE} | " in rows[verdicts.CLAIMS["one_layer_gd"][0]]
-  assert " | **fails: no gain detected** | " in rows[verdicts.CLAIMS["positive_control"][0]]
+  assert " | **fails: the planted effect is missed in 1 of 1 regimes** | " in rows[verdicts.CLAIMS["positive_control"][0]]
   assert " | not decided | " in rows[verdicts.CLAIMS["implicit_gd"][0]]
   assert set(line.split(" | ")[1] for line in verdicts.table({}).splitlines()[2:]) == {"not decided"}
 
@@ -1011,6 +1052,14 @@ def test_a_negative_verdict_on_a_pruning_gain_stands_only_where_the_positive_con
   assert verdicts.powered(c, None) == f"{verdicts.NO_CONTROL} ({verdict})"
 
 
+def test_a_negative_verdict_carries_the_power_the_holding_control_states():
+  control = verdicts.Claim("positive_control", "holds", "effect", "[0, 1]", 5, "detail",
+                           "detects ≥ 12 % of headroom at 5 seeds")
+  assert (verdicts.powered(_claim("pruning_enhances", "fails in 9 of 12 regimes"), control)
+          == "fails in 9 of 12 regimes (power: detects ≥ 12 % of headroom at 5 seeds)")
+  assert verdicts.powered(_claim("noise_shrink", "holds"), control) == "holds"  # a positive verdict needs no power
+
+
 def test_positive_verdicts_and_claims_that_are_not_about_a_gain_need_no_control():
   assert verdicts.powered(_claim("noise", "holds, never in distribution"), CONTROL_FAILS) == "holds, never in distribution"
   assert verdicts.powered(_claim("noise_shrink", "depends: helps in 1 of 3"), None) == "depends: helps in 1 of 3"
@@ -1022,14 +1071,16 @@ def test_positive_verdicts_and_claims_that_are_not_about_a_gain_need_no_control(
 def test_the_verdict_table_marks_negative_gain_verdicts_with_the_same_profiles_control():
   tab = engine.Table(mm_rows("noise", "clean", NULL, sigma_test=1.0, others={"shrink": SHRINK_WINS, "drop": HURTS}),
                      mismatch.KEYS)
-  failing = {**loaded(), "mismatch": (tab, META_MM)}  # loaded()'s positive control: no gain detected
+  failing = {**loaded(), "mismatch": (tab, META_MM)}  # loaded()'s positive control misses its planted effect
   rows = rows_of(verdicts.table(failing))
   assert f"| **{verdicts.NOT_INFORMATIVE} (fails: every mismatched" in rows[verdicts.CLAIMS["noise"][0]]
   assert " | **holds, never in distribution** | " in rows[verdicts.CLAIMS["noise_shrink"][0]]
-  holding = {**failing, "positive_control": (pc_table({(1, 50): [0.1, 0.12, 0.09]}), {"profile": "default"})}
+  holding = {**failing, "positive_control": (pc_table({"svd": SVD, **CTRL}, NO_SVD_GAIN), {"profile": "default"})}
   rows = rows_of(verdicts.table(holding))
   assert " | **holds** | " in rows[verdicts.CLAIMS["positive_control"][0]]
-  assert " | **fails: every mismatched condition is equivalent to no gain** | " in rows[verdicts.CLAIMS["noise"][0]]
+  power = f"detects ≥ {text.num(100 * mde_by_hand(np.subtract(SVD, CTRL['null_shrink'])), 2)} % of headroom at 3 seeds"
+  assert (f" | **fails: every mismatched condition is equivalent to no gain (power: {power})** | "
+          in rows[verdicts.CLAIMS["noise"][0]])
 
 
 def test_paper_protocol_a_seed_at_infinity_keeps_every_seed_and_reads_order_statistics():

@@ -393,11 +393,21 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
   except RuntimeError as e:  # a diverged run is recorded, not hidden
     ctx.fail("train", str(e), model=arch.name)
     return
+  evaluate_trained(tr, s, arch, ctx)
+
+
+def evaluate_trained(tr: profiles.Trained, s: Settings, arch: Arch, ctx: engine.Context) -> dict:
+  """The protocol on trained models: every candidate of every seed evaluated on arch.n_tasks tasks,
+  each family's per-task choice recorded as rows keyed by model=arch.name (the rows claims() and
+  compare() read). The positive control runs its planted models through this same function.
+  Returns, per shots, the candidates and their summed test errors on the first and the second half
+  of every chunk's tasks ("first", "second": [C, S], with "n_first", "n_second"), for a
+  population-level choice (one edit for all tasks) made on one half and scored on the other."""
   ctx.add_training(tr, model=arch.name)
   exact = arch.test_queries == 0
   if exact and not tr.model.is_linear:
     raise ValueError(f"arch {arch.name}: test_queries must be >= 1 for a model that is not linear attention")
-  L = s.layers
+  L = tr.model.n_layers
   t0 = time.perf_counter()
   # Exact errors (linear attention) in float64; sampled ones in float32, twice as fast on a CPU.
   dtype = jnp.float64 if exact else jnp.float32
@@ -412,7 +422,7 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
     xi = np.array([c.xi for c in cands])
     Sigma = jnp.asarray(tasks.x_covariance(tr.task), dtype)
     chunk = min(arch.n_tasks, TASK_CHUNK)
-    acc = {shots: {"base": [], "bayes": [], "chosen": {}, "rand0": []} for shots in arch.shots}
+    acc = {shots: {"base": [], "bayes": [], "chosen": {}, "rand0": [], "halves": []} for shots in arch.shots}
     for i in range(-(-arch.n_tasks // chunk)):  # the tasks in chunks; chunk i from fold_in(EVAL_KEY, i)
       data = sample_data(jax.random.fold_in(jax.random.key(EVAL_KEY), i), tr.task, chunk, max(s.Vs),
                          arch.test_queries, dtype)
@@ -423,10 +433,12 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
         else:
           val, test = (np.asarray(a, np.float64) for a in evaluate_all(
               params_CS, data, Sigma, tr.model, shots, tuple(s.Vs), tuple(s.val_noise), s.candidate_chunk))
-        val, test = val[:, :, :keep], np.asarray(tasks.normalised_error(test[:, :, :keep], s.d), np.float64)
+        val, test = val[:, :, :keep], np.asarray(tasks.normalised_error(test[:, :, :keep], tr.task.d), np.float64)
         _select_chunk(acc[shots], val, test, bayes_errors(data, tr.task, shots)[:keep], cands, xi, s, L)
         for k, v in spent_errors(data, tr.task, shots, tuple(s.Vs), tuple(s.val_noise)).items():
           acc[shots].setdefault(f"{k}_with_val", []).append(np.asarray(v, np.float64)[:keep])
+        acc[shots]["halves"].append((test[:, :, :keep // 2].sum(axis=2), test[:, :, keep // 2:].sum(axis=2),
+                                     keep // 2, keep - keep // 2))
       done = min(arch.n_tasks, (i + 1) * chunk)
       if (i + 1) % 10 == 0 or done == arch.n_tasks:
         io.progress(f"  {arch.name}: {done:,}/{arch.n_tasks:,} tasks, {time.perf_counter() - t0:.0f} s",
@@ -439,6 +451,9 @@ def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
       ctx.log(f"{arch.name} N={shots}: {len(cands)} candidates × {len(tr.seeds)} seeds × {arch.n_tasks} tasks; "
               f"unpruned mean {base.mean():.4g}, median {np.median(base):.4g}; "
               f"{time.perf_counter() - t0:.1f} s since the models were loaded")
+  return {shots: {"candidates": cands, "first": sum(h[0] for h in acc[shots]["halves"]),
+                  "second": sum(h[1] for h in acc[shots]["halves"]), "n_first": sum(h[2] for h in acc[shots]["halves"]),
+                  "n_second": sum(h[3] for h in acc[shots]["halves"])} for shots in arch.shots}
 
 
 TAIL_KEY = 31_415  # the tail check's tasks, disjoint from the protocol's
