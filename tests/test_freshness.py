@@ -63,6 +63,26 @@ def test_the_code_digest_covers_what_run_reaches_and_the_modules_it_imports_not_
   assert ident()["digest"] not in (before["digest"], after_c["digest"])
 
 
+def test_a_study_that_runs_another_studys_code_depends_on_that_code_only(tmp_path, monkeypatch):
+  """Study u's run calls s.helper: s counts as far as helper reaches (a.X, skipme), not s's report."""
+  files = {**FAKE, "studies/u.py": ("from lintheory.studies import s\n\n\ndef run(settings, ctx):\n"
+                                    "  return s.helper(settings)\n\n\ndef report(table, meta):\n  return s.report(table, meta)\n")}
+  for rel, src in files.items():
+    (tmp_path / "lintheory" / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "lintheory" / rel).write_text(src)
+  monkeypatch.setattr(provenance, "_PACKAGE", tmp_path / "lintheory")
+  ident = lambda: provenance.code_identity("lintheory.studies.u", ("run",), frozenset(),
+                                           frozenset({"lintheory.studies.s"}))
+  before = ident()
+  assert sorted(before["files"]) == ["lintheory/core/a.py", "lintheory/core/c.py", "lintheory/core/skipme.py",
+                                     "lintheory/studies/s.py", "lintheory/studies/u.py"]
+  s_file = tmp_path / "lintheory" / "studies" / "s.py"
+  s_file.write_text(s_file.read_text().replace("return fmt(d.V)", "return 'reworded ' + fmt(d.V)"))
+  assert ident() == before
+  s_file.write_text(s_file.read_text().replace("a.X + x", "a.X * x"))
+  assert ident()["files"]["lintheory/studies/s.py"] != before["files"]["lintheory/studies/s.py"]
+
+
 @pytest.mark.parametrize("name", studies.STUDIES)
 def test_each_studys_code_covers_the_engine_and_trainer_and_leaves_out_text_figures_and_verdicts(name):
   code = engine.code_of(name)

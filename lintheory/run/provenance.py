@@ -136,29 +136,34 @@ def _segment(lines: list[str], node: ast.stmt) -> str:
   return "\n".join(lines[first - 1:node.end_lineno])
 
 
-def code_identity(module: str, roots: tuple[str, ...], skip: frozenset[str] = frozenset()) -> dict:
+def code_identity(module: str, roots: tuple[str, ...], skip: frozenset[str] = frozenset(),
+                  partial: frozenset[str] = frozenset()) -> dict:
   """{"digest", "files": {path: sha256[:16]}}: the source of `module` and of every lintheory module it
   imports, transitively, except those in `skip` (not followed further). Of `module` itself only what
   `roots` can reach counts (_reached), and only the modules that part names (imports inside it, or names
-  it uses from the module's top-level imports); every other module counts whole, byte for byte, with all
-  it imports. Static: a module loaded by importlib is not followed. Read from the package's files, so it
-  works from an installed copy and without git."""
-  files, todo, seen = {}, [module], set()
+  it uses from the module's top-level imports). A module in `partial` (another study) imported by such
+  a part is followed the same way, from the names the part uses (any attribute or name it mentions: a
+  superset, so never too little). Every other module counts whole, byte for byte, with all it imports.
+  Static: a module loaded by importlib is not followed. Read from the package's files, so it works from
+  an installed copy and without git."""
+  files, todo, seen = {}, [(module, tuple(roots))], set()
   while todo:
-    name = todo.pop()
+    name, from_roots = todo.pop()
     path = module_file(name)
     if name in seen or name in skip or path is None:
       continue
     seen.add(name)
     source = path.read_text(encoding="utf-8")
     tree = ast.parse(source)
-    if name == module:
-      nodes = _reached(tree, roots)
+    if from_roots is not None:
+      nodes = _reached(tree, from_roots)
       used = {n.id for top in nodes for n in ast.walk(top) if isinstance(n, ast.Name)}
+      mentioned = tuple(sorted(used | {n.attr for top in nodes for n in ast.walk(top) if isinstance(n, ast.Attribute)}))
       source = "\n".join(_segment(source.splitlines(), n) for n in nodes)
-      todo += sorted(_imported(nodes, name, used) - seen)
+      todo += [(m, mentioned if m in partial else None)
+               for m in sorted(_imported(nodes, name, used) - seen)]
     else:
-      todo += sorted(_imported(tree.body, name) - seen)
+      todo += [(m, None) for m in sorted(_imported(tree.body, name) - seen)]
     files[path.relative_to(_PACKAGE.parent).as_posix()] = hashlib.sha256(source.encode()).hexdigest()[:16]
   listing = "".join(f"{p} {h}\n" for p, h in sorted(files.items()))
   return {"digest": hashlib.sha256(listing.encode()).hexdigest()[:16], "files": dict(sorted(files.items()))}

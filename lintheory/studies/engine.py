@@ -21,7 +21,9 @@ git commit, when the study ran in a checkout, is in its "provenance" (informativ
 The rows depend on: the part of the study module that `run` reaches (its functions and classes that
 `run` or module-level code such as PROFILES names, transitively; not plot, report, summary, claims or
 helpers only they call) and every lintheory module that part imports, transitively, each file whole
-(run.provenance.code_identity), except NOT_ROW_CODE, which computes no row. A results file is stale
+(run.provenance.code_identity), except NOT_ROW_CODE, which computes no row, and another study the part
+imports (positive_control runs paper_protocol's evaluation), which counts as far as the names the part
+mentions reach in it. A results file is stale
 (staleness) when its recorded revisions or digest differ from the code here, or when it records none
 (written before results recorded their code). So a wording change in a study's report, claims or
 summary, in text, figures or verdicts leaves its results fresh; a change to anything `run` executes
@@ -339,7 +341,9 @@ def code_of(name: str) -> dict:
   """{"revisions": {name: value}, "digest", "files": {path: digest}} of the code the study's rows depend on
   (the module docstring states the rule); computed from the package's files once per process."""
   study_module(name)  # an unknown name is refused here
-  ident = provenance.code_identity(f"lintheory.studies.{name}", ("run",), NOT_ROW_CODE)
+  from lintheory import studies
+  others = frozenset(f"lintheory.studies.{s}" for s in studies.STUDIES if s != name)  # a study's run may call another's
+  ident = provenance.code_identity(f"lintheory.studies.{name}", ("run",), NOT_ROW_CODE, others)
   return {"revisions": {k: f() for k, f in REVISIONS.items()}, **ident}
 
 
