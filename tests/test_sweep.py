@@ -80,6 +80,18 @@ def test_the_trajectory_change_is_the_median_over_tasks_of_each_task_relative_ch
   assert m["w_hat_maxabs"][0] == 0.0 and m["w_hat_maxabs"][1] > 1e9
 
 
+@pytest.mark.parametrize("n_nan", [2, 3])
+def test_an_overflowed_task_error_is_infinite_and_the_median_is_infinite_only_past_half(n_nan):
+  """NaN per-task errors (inf − inf in an overflowed forward pass) count as +inf: of 5 tasks, 2 leave the
+  median at the third smallest finite error, 3 make it +inf; the mean is +inf either way."""
+  err = np.array([0.3, 0.1, 0.2, 0.5, 0.4])
+  err[:n_nan] = np.nan
+  zeros = np.zeros((1, 5, 2, 2))
+  out = sweep._summary(None, jnp.asarray(err), (zeros, zeros, None), None, None, None, False)
+  assert float(out["icl_error_median"]) == (0.5 if n_nan == 2 else np.inf)
+  assert float(out["icl_error"]) == np.inf
+
+
 def test_interrupted_sweep_resumes_to_the_same_csv(params_S, full, tmp_path):
   res, out_full = full
 

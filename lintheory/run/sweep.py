@@ -280,6 +280,9 @@ def _metrics(p: Params, eval_b: tasks.Batch, ana_b: tasks.Batch, model_cfg: Mode
 
 def _summary(p, err_B, traj, ana_b, model_cfg, task_cfg, with_bounds) -> dict:
   dW, G, w_hat = traj
+  # A prediction that overflowed (inf − inf inside the forward pass gives NaN) has error +inf: the median
+  # is then +inf only where more than half of the tasks overflowed (docs/theory.md §14).
+  err_B = jnp.where(jnp.isnan(err_B), jnp.inf, err_B)
   fro = lambda A: jnp.mean(jnp.sqrt(jnp.sum(A**2, (-2, -1))), axis=1)
   out = {"icl_error": jnp.mean(err_B), "icl_error_se": jnp.std(err_B, ddof=1) / math.sqrt(err_B.shape[0]),
          "icl_error_median": jnp.median(err_B), "dW_norm": fro(dW), "G_norm": fro(G), "w_hat": w_hat}

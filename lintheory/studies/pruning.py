@@ -71,11 +71,8 @@ def run_model(s: Settings, m: Model, ctx: engine.Context) -> None:
                           n_eval=s.eval_tasks, n_analysis=64, bounds=False)
   res = sweep.run(tr.params, tr.seeds, tr.model, tr.task, cfg, progress=False)
 
-  def add(measure, value, **kw):  # an overflowed evaluation (NaN) is recorded as a failure, not a number
-    if value is None or np.isnan(value):
-      ctx.fail("evaluate", f"{measure} is NaN (overflow in the pruned model)", **kw)
-    else:
-      ctx.add(measure, value, **kw)
+  def add(measure, value, **kw):  # overflow is a value: NaN here comes only from inf − inf in a pruned model
+    ctx.add(measure, np.inf if np.isnan(value) else value, **kw)
 
   for r in res.rows:
     if r["mode"] == "rate":  # ξ = 0: the unpruned model, one row per (layer, module); keep one
@@ -111,7 +108,8 @@ def damage(table: engine.Table, model: str, L: int, module: str, seed: int) -> n
                                                   rank=r).rows]
   out = np.zeros(L)
   for layer in range(L):
-    # a configuration whose evaluation overflowed was recorded as a failure: infinite damage
+    # an overflowed median is +inf (infinite damage); results written before overflow was recorded as a
+    # value have no row for it, which reads the same
     v = [(lambda a: a[0] if a.size else np.inf)(table.values("median_error", model=model, L=L, module=module,
                                                              rank=r, layer=layer, seed=seed)) for r in ranks]
     with np.errstate(divide="ignore", over="ignore"):
