@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from lintheory.core import learners, tasks
-from lintheory.run import references
+from lintheory.run import references, runtime
 
 
 def losses(form: str, theta: dict, batch: tasks.Batch, L: int) -> jax.Array:
@@ -48,6 +48,7 @@ def steps_fn(form: str, task: tasks.TaskConfig, L: int, batch_size: int, n_steps
 
 
 def main(argv=None) -> int:
+  runtime.configure()  # before JAX's first computation
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--d", type=int, default=5)
   ap.add_argument("--n-context", type=int, default=20)

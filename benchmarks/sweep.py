@@ -28,7 +28,7 @@ import numpy as np
 from lintheory.core import precision, tasks
 from lintheory.core.model import ModelConfig, block, init_params, predict
 from lintheory.core.tasks import TaskConfig
-from lintheory.run import algorithm1 as alg, compile_cache, sweep
+from lintheory.run import algorithm1 as alg, compile_cache, runtime, sweep
 
 
 def clear_compiled() -> None:
@@ -72,6 +72,7 @@ def before_config_errors(params_S, model_cfg, configs, batch_S, block_size=32):
 
 
 def main(argv=None) -> int:
+  runtime.configure()  # before JAX's first computation
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--d", type=int, default=10)
   ap.add_argument("--n-context", type=int, default=20)

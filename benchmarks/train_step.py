@@ -35,7 +35,7 @@ import optax
 from lintheory.core import precision
 from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
-from lintheory.run import train
+from lintheory.run import runtime, train
 
 SETTINGS = [  # (L, d, N, batch, dtype, tail_frac, attention, mlp, seeds)
     (3, 5, 20, 2048, "float32", 0.0, "linear", None, 1),  # the benchmark's setting
@@ -132,6 +132,7 @@ def _time_setting(L, d, N, B, dtype, tail_frac, attention, mlp, S, K, repeats, r
 
 
 def main(argv=None) -> int:
+  runtime.configure()  # before JAX's first computation
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
   ap.add_argument("--repeats", type=int, default=5, help="timed runs per path (>= 5); the median is reported")

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from lintheory.run import runtime
 
 INT_MAX = 2**31 - 1  # steps, seeds and sizes are int32 inside JAX programs
 ALIASES = {"n_layers": ("--layers",), "n_heads": ("--heads",), "use_W_O": ("--output-proj",),
@@ -819,6 +820,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+  runtime.configure()  # before JAX's first computation
   try:
     args, extra = build_parser().parse_known_args(argv)
     if extra:  # reported by the subcommand, as its own errors are

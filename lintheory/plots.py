@@ -13,9 +13,11 @@ from pathlib import Path
 
 from lintheory import studies
 from lintheory.studies import engine
+from lintheory.run import runtime
 
 
 def main(argv=None) -> int:
+  runtime.configure()  # before JAX's first computation
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   engine.add_results_flags(ap, "draw")
   ap.add_argument("--figures", default=None, help="output directory for PNG and PDF files (default: figures/ for the "

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lintheory.run import io
+from lintheory.run import io, runtime
 from lintheory.studies import engine, text, verdicts
 
 
@@ -216,6 +216,7 @@ def with_blocks(doc: str, results: Path, where: str) -> str:
 
 
 def main(argv=None) -> int:
+  runtime.configure()  # before JAX's first computation
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   engine.add_results_flags(ap, "report")
   ap.add_argument("--out", default=None, help="the Markdown file to write (default: docs/report.md for the default "

@@ -8,6 +8,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Tests compile hundreds of small programs and run each once: XLA's cheapest CPU pipeline halves
 # compile time, and every assertion is a tolerance or a comparison of two programs compiled alike.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+from lintheory.run import runtime  # noqa: E402  (after the flags above: configure() adds to them)
+
+runtime.configure()  # as every entry point does, before the first computation
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from lintheory.run import runtime
 
 DTYPES = ("float64", "float32")
 SEEDS = (0, 1, 2, 3)
@@ -145,6 +146,7 @@ def cpu_model() -> dict:
 
 
 def main(argv=None) -> int:
+  runtime.configure()  # before JAX's first computation
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv[:1] == ["--worker"]:
     worker(argv[1], [int(k) for k in argv[2].split(",")])

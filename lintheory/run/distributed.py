@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from lintheory.run import io
+from lintheory.run import io, runtime
 
 ENV = ("LINTHEORY_COORDINATOR", "LINTHEORY_NUM_PROCESSES", "LINTHEORY_PROCESS_ID")
 
@@ -253,6 +253,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  runtime.configure()  # before JAX's first computation
   args = parser().parse_args(argv)
   try:
     cluster = Cluster(args.coordinator, args.num_processes, args.process_id)

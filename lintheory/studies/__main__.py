@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from lintheory import studies
-from lintheory.run import io, provenance
+from lintheory.run import io, provenance, runtime
 from lintheory.studies import engine
 
 
@@ -113,6 +113,7 @@ def overview() -> str:
 
 
 def main(argv=None) -> int:
+  runtime.configure()  # before JAX's first computation
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv and argv[0] == "--record-wall":
     return record_wall(argv)

@@ -1,0 +1,47 @@
+"""The XLA CPU settings every entry point applies (lintheory.run.runtime)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lintheory.run import runtime
+
+# Two independent batched solves and two batched pseudo-inverses in one program, run repeatedly: with
+# XLA's default CPU scheduler on a 2-thread pool this hangs (jaxlib 0.10's LAPACK kernels wait on the
+# pool they occupy); it must finish with runtime.configure().
+REPRODUCER = """
+import sys
+from lintheory.run import runtime
+if sys.argv[1] == "on":
+  runtime.configure()
+import jax, jax.numpy as jnp
+jax.config.update("jax_enable_x64", True)
+f = jax.jit(lambda A, B: jnp.linalg.solve(A, A[..., :1]).sum() + jnp.linalg.pinv(B).sum()
+            + jnp.linalg.solve(B, B[..., :1]).sum() + jnp.linalg.pinv(A).sum())
+A, B = (jax.random.normal(k, (4000, 6, 6)) for k in jax.random.split(jax.random.key(0)))
+for i in range(100):
+  f(A + i, B * i).block_until_ready()
+print("done")
+"""
+
+
+def test_configure_adds_the_flag_once_and_keeps_a_users_value(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+  runtime.configure()
+  runtime.configure()
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_backend_optimization_level=0", *runtime.CPU_FLAGS]
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=true")
+  runtime.configure()
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+  monkeypatch.delenv("XLA_FLAGS")
+  runtime.configure()
+  assert os.environ["XLA_FLAGS"] == " ".join(runtime.CPU_FLAGS)
+
+
+@pytest.mark.slow
+def test_independent_batched_linear_algebra_in_one_program_finishes_with_the_runtime_settings():
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", REPRODUCER, "on"], env=env, capture_output=True, text=True, timeout=120)
+  assert out.stdout.strip() == "done", out.stderr[-2000:]
