@@ -288,6 +288,13 @@ def plot(table: engine.Table, meta: dict, out) -> list:
   return figures.save(fig, out, "positive_control_gain")
 
 
+def _pct_interval(v) -> str:
+  """Centre and 95 % interval over seeds in % (paper_protocol's: the mean and its t-interval, the median and
+  its order-statistic interval where a seed is ±inf)."""
+  centre, lo, hi = pp._over_seeds(v)
+  return f"{text.num(100 * centre, 2)} % {text.ci(100 * lo, 100 * hi, 2)}"
+
+
 def report(table: engine.Table, meta: dict) -> str:
   s = meta["settings"]
   dec = decisions(table)
@@ -315,9 +322,8 @@ def report(table: engine.Table, meta: dict) -> str:
       continue
     vs = {k: rel["svd"] - v for k, v in rel.items() if k in edits.CONTROLS}
     ctl = min(vs, key=lambda k: vs[k].mean()) if vs else None
-    pop_rows.append([m[2:], *(f"{pp._pct(rel[k])} {text.ci(*(100 * x for x in pp._seed_ci(rel[k])), 2)}"
-                              for k in rel),
-                     f"{pp._pct(vs[ctl])} {text.ci(*(100 * x for x in pp._seed_ci(vs[ctl])), 2)} ({ctl})" if ctl else ""])
+    pop_rows.append([m[2:], *(_pct_interval(rel[k]) for k in rel),
+                     f"{_pct_interval(vs[ctl])} ({ctl})" if ctl else ""])
   pop_head = ["P", *(pp.LABELS.get(k, k) for k in table.unique("edit", measure="pop_gain")),
               "SVD − the strongest control [CI]"]
   sim_rows = []
