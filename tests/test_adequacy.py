@@ -39,6 +39,19 @@ def test_tail_is_the_median_of_the_last_tenth_and_its_halves_relative_change():
   np.testing.assert_allclose(change, [0.0, 1.0, 0.0])
 
 
+def test_skipped_steps_count_as_infinite_loss_and_never_give_nan():
+  """Steps skipped for a non-finite loss (NaN, inf) are +inf: the tail median stays finite while they are
+  fewer than half of it, a seed whose tail overflowed is +inf, stalled and still moving, never NaN."""
+  ok = np.full(40, 0.5)
+  ok[-3] = np.nan  # one skipped step in the tail (the last 4 steps)
+  bad = np.full(40, np.inf)
+  loss, change = adequacy.tail(np.stack([ok, np.full(40, 0.6), bad]))
+  assert loss.tolist() == [0.5, 0.6, np.inf] and change[2] == np.inf and not np.isnan(change).any()
+  gaps = adequacy.seed_gaps(loss)
+  assert gaps[2] == np.inf and not np.isnan(gaps).any()
+  assert "stalled" in adequacy.reason(change[2], None, gaps[2])
+
+
 def test_seed_gap_is_relative_to_the_median_seed():
   np.testing.assert_allclose(adequacy.seed_gaps([1.0, 1.1, 2.0, 0.9, 1.0]), [0.0, 0.1, 1.0, -0.1, 0.0])
 

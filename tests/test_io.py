@@ -40,6 +40,20 @@ def test_cached_fit_trains_once_then_reads_the_cache(tmp_path, monkeypatch, dtyp
     np.testing.assert_array_equal(p1[k], p2[k])
 
 
+def test_a_cached_diagnostic_of_another_version_is_recomputed_from_the_cached_model(tmp_path, monkeypatch):
+  """The model is read, not retrained; its diagnostic of an older version (a bare list, one value tampered)
+  is recomputed from the cached weights and losses, keeps the recorded restarts, and is saved versioned."""
+  from lintheory.run import adequacy
+  _, _, a1 = cache.cached_fit(TASK, MODEL, CFG, (0, 1), tmp_path)
+  (entry,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+  old = [{**s._asdict(), "train_loss": 123.0} for s in a1]
+  io.write_json(entry / "adequacy.json", old)
+  monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("retrained a cached model"))
+  _, _, a2 = cache.cached_fit(TASK, MODEL, CFG, (0, 1), tmp_path)
+  assert a2 == a1
+  assert io.read_json(entry / "adequacy.json")["version"] == adequacy.VERSION
+
+
 def test_lock_excludes_another_process(tmp_path):
   """While one process holds the lock, another cannot take it (so it would wait, not retrain)."""
   lock = tmp_path / "x.lock"

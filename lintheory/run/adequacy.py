@@ -36,6 +36,9 @@ from lintheory.core.tasks import TaskConfig
 from lintheory.run import train
 from lintheory.run.train import TrainConfig
 
+# Raised whenever the diagnostic of the same trained model changes: the model cache keeps each model's
+# diagnostic with its VERSION and recomputes it (diagnose, from the cached weights and losses) on a mismatch.
+VERSION = 2
 TAIL_FRAC = 0.1  # the share of the last steps the loss diagnostics read
 # Cosine decay ends at lr/10, so a settled fit is flat over its tail up to the batches' noise: the halves'
 # medians of settled default models differ by up to 13 % (L = 2, heavy-tailed batch losses).
@@ -85,15 +88,23 @@ def reason(rel_change: float, grad_norm: float | None, seed_gap: float | None) -
 
 def tail(losses_SN: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Per seed: the tail's median loss and its relative change between the two halves (window medians)."""
+  # A step skipped for a non-finite loss (TrainConfig.max_skipped) records NaN or ±inf: its loss is +inf,
+  # so a median is +inf only where more than half of the steps overflowed, and an undefined change
+  # (inf − inf) counts as still moving.
   losses = np.asarray(losses_SN, np.float64)
+  losses = np.where(np.isfinite(losses), losses, np.inf)
   n = max(2, int(round(TAIL_FRAC * losses.shape[1])))
   first, second = (np.median(h, axis=1) for h in np.array_split(losses[:, -n:], 2, axis=1))
-  return np.median(losses[:, -n:], axis=1), (first - second) / second
+  with np.errstate(invalid="ignore"):
+    change = np.nan_to_num((first - second) / second, nan=np.inf, posinf=np.inf, neginf=-np.inf)
+  return np.median(losses[:, -n:], axis=1), change
 
 
 def seed_gaps(tail_loss_S: np.ndarray) -> np.ndarray:
-  """Each seed's tail loss over the median seed's, minus 1."""
-  return np.asarray(tail_loss_S, np.float64) / np.median(tail_loss_S) - 1
+  """Each seed's tail loss over the median seed's, minus 1 (+inf for a seed whose loss is +inf)."""
+  with np.errstate(invalid="ignore"):
+    gaps = np.asarray(tail_loss_S, np.float64) / np.median(tail_loss_S) - 1
+  return np.nan_to_num(gaps, nan=np.inf, posinf=np.inf, neginf=-np.inf)
 
 
 def fit(task: TaskConfig, model: ModelConfig, cfg: TrainConfig, seeds,
@@ -139,7 +150,8 @@ def grad_norm(params: Params, batch: tasks.Batch, model: ModelConfig, exact: boo
   mean cross product of SPLITS independent parts' gradients, unbiased for the population's (clipped at 0)."""
   theta = {n: jnp.asarray(v, jnp.float64) for n, v in params.items()}
   value, g_sq, norm = (float(x) for x in _gradient(theta, batch, model, exact))
-  return math.sqrt(max(g_sq, 0.0)) * norm / value
+  out = math.sqrt(max(g_sq, 0.0)) * norm / value if math.isfinite(value) and math.isfinite(g_sq) else math.inf
+  return out if math.isfinite(out) else math.inf  # an overflowed objective or gradient: not stationary
 
 
 @functools.partial(jax.jit, static_argnames=("model", "exact"))

@@ -59,7 +59,14 @@ def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, see
     if all((path / f).exists() for f in ("params.npz", "losses.npy", "adequacy.json")):
       with np.load(path / "params.npz") as f:
         params = {k: f[k] for k in f.files}
-      return params, np.load(path / "losses.npy"), tuple(adequacy.Seed(**s) for s in read_json(path / "adequacy.json"))
+      losses, saved = np.load(path / "losses.npy"), read_json(path / "adequacy.json")
+      if isinstance(saved, dict) and saved.get("version") == adequacy.VERSION:
+        return params, losses, tuple(adequacy.Seed(**_floats(s)) for s in saved["seeds"])
+      # the diagnostic changed since this model was trained: recompute it, keeping the restarts it chose
+      old = saved["seeds"] if isinstance(saved, dict) else saved
+      diagnosed = adequacy.diagnose(task, model, train_cfg, seeds, params, losses, [s["restarts"] for s in old])
+      _write_adequacy(path, diagnosed)
+      return params, losses, diagnosed
     res, restarts = adequacy.fit(task, model, train_cfg, seeds, on_chunk=_train.print_progress(train_cfg.steps, label))
     if res.diverged:
       raise RuntimeError(f"{label}{res.diverged}")
@@ -70,5 +77,14 @@ def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, see
     params = {k: np.asarray(v) for k, v in res.params.items()}
     diagnosed = adequacy.diagnose(task, model, train_cfg, seeds, params, res.losses, restarts)
     write_npz(path / "params.npz", params)
-    write_json(path / "adequacy.json", [s._asdict() for s in diagnosed])  # last: it marks the entry complete
+    _write_adequacy(path, diagnosed)  # last: it marks the entry complete
     return params, res.losses, diagnosed
+
+
+def _write_adequacy(path: Path, diagnosed) -> None:
+  write_json(path / "adequacy.json", {"version": adequacy.VERSION, "seeds": [s._asdict() for s in diagnosed]})
+
+
+def _floats(seed: dict) -> dict:
+  """A diagnostic read back from JSON: ±inf was written as a string (io.write_json)."""
+  return {k: float(v) if isinstance(v, str) else v for k, v in seed.items()}
