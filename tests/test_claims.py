@@ -1122,3 +1122,16 @@ def test_paper_protocol_algorithm1_row_says_what_its_validation_labels_are_worth
   _, alg = paper_protocol.claims(table, DEFAULT)
   assert "its V labels used as demonstrations instead: 62.5 %, Bayes with N + V" in alg.effect
   assert paper_protocol.label_value(engine.Table(pp_rows({"svd": SVD}), paper_protocol.KEYS), reg).size == 0
+
+
+def test_positive_control_weakest_regime_reads_the_centre_over_every_seed_and_its_claim_quotes_it():
+  """Two planted regimes: at V = 16 one seed's margin is +∞ (its control overflowed), so that regime's centre is
+  the median, 0.4, above V = 64's mean 0.3: the weakest regime is V = 64, and the claim quotes its mean."""
+  svd = [0.5, 0.6, 0.55]
+  v16 = pp_rows({"svd": svd, "null_dirs": [0.1, 0.2, -np.inf]}, model=PLANTED, shots=10, V=16)
+  v64 = pp_rows({"svd": svd, "null_dirs": [0.2, 0.3, 0.25]}, model=PLANTED, shots=10, V=64)
+  table = engine.Table(v16 + v64, positive_control.KEYS)
+  label, c, ctl = positive_control.weakest(table)
+  assert ctl == "null_dirs" and label.endswith("V=64 σ_val=0") and c["vs"][ctl]["center"] == pytest.approx(0.3)
+  (claim,) = positive_control.claims(table, DEFAULT)
+  assert f"smallest ({label}): 30 %" in claim.effect

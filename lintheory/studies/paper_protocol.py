@@ -806,6 +806,13 @@ def plot(table: engine.Table, meta: dict, out) -> list:
 _GROUP_TEXT = {"all": "0, 1, L−2, L−1", "deep": "L−2, L−1 (deep)", "shallow": "0, 1 (shallow)"}
 
 
+def pct_interval(v) -> str:
+  """Per-seed fractions → 'centre % [lo, hi] %' over every seed (_over_seeds: the mean and its t-interval, or the
+  median and its order-statistic interval where a seed is ±inf)."""
+  centre, lo, hi = _over_seeds(v)
+  return f"{text.num(100 * centre, 2)} % {text.ci(100 * lo, 100 * hi, 2)}"
+
+
 def _pct(v) -> str:
   return f"{text.num(100 * float(np.mean(v)), 2)} %"
 
@@ -821,14 +828,13 @@ def regime_table(table: engine.Table) -> tuple[list[str], list[list[str]]]:
   rows = []
   for reg in regimes(table, tailed=True):
     c = compare(table, reg)
-    lo, hi = c["svd_ci"]
     f = [table.values(f"frac_{m}", edit="svd", layers="all", **reg).mean() for m in ("improved", "unchanged", "worsened")]
     deep, shallow = (table.values("rel_gain_mean", edit="svd", layers=g, **reg) for g in ("deep", "shallow"))
     stand = means_stand(table, reg["model"])
     unseen = "tail not seen"
     decided = [rule(c) if stand else "not counted" for rule in VERDICTS.values()]
     rows.append([reg["model"], str(reg["shots"]), str(reg["V"]), text.num(reg["val_noise"], 2),
-                 f"{text.num(100 * c['svd_center'], 2)} % {text.ci(100 * lo, 100 * hi, 2)}" if stand else unseen,
+                 pct_interval(c["svd"]) if stand else unseen,
                  *(_pct(c["rel"][k]) if stand else unseen for k in kinds if k != "svd"), *decided,
                  " / ".join(f"{100 * x:.0f} %" for x in f), f"{_pct(deep)} vs {_pct(shallow)}" if stand else unseen,
                  _pct(np.median(table.values("task_rel_gain_median", edit="svd", layers="all", **reg))),

@@ -176,6 +176,18 @@ def mde(diff_S) -> float:
   return float(max((t_a + t_b) * se, pp.SESOI + t_b * se))
 
 
+def weakest(table: engine.Table) -> tuple[str, dict, str] | None:
+  """The planted regime where SVD's margin over its strongest null control is smallest (the centre over
+  seeds, paper_protocol.compare): (its label, its compare(), that control); None without a control."""
+  cs = {pp._label(r): pp.compare(table, r) for m in planted(table) for r in _regimes(table, m)}
+  cs = {k: c for k, c in cs.items() if c["vs"]}
+  if not cs:
+    return None
+  margin = lambda c: c["vs"][pp.strongest_control(c)]["center"]
+  label_ = min(cs, key=lambda k: margin(cs[k]))
+  return label_, cs[label_], pp.strongest_control(cs[label_])
+
+
 def power(table: engine.Table) -> tuple[float, int] | None:
   """The largest minimal detectable effect (fraction of headroom, mde) over the planted regimes of
   SVD − its strongest null control, with the seed count: the smallest gain over every null control
@@ -233,14 +245,11 @@ def claims(table: engine.Table, meta: dict) -> list:
     return [Claim("positive_control", NO_INTERVAL, "SVD − strongest null control, % of headroom",
                   "(1 seed, no interval)", 1, detail)]
   verdict = control_verdict(decisions(table))
-  cs = {pp._label(r): pp.compare(table, r) for m in planted(table) for r in _regimes(table, m)}
-  worst = min(cs, key=lambda k: cs[k]["vs"][pp.strongest_control(cs[k])]["diff"].mean() if cs[k]["vs"] else np.inf)
-  c = cs[worst]
-  ctl = pp.strongest_control(c)
+  worst, c, ctl = weakest(table)
   diff, (lo, hi) = c["vs"][ctl]["diff"], c["vs"][ctl]["ci"]
   effect = (f"SVD − the strongest null control ({ctl}), % of headroom, in the planted regime where it is "
-            f"smallest ({worst}): {text.num(100 * diff.mean(), 2)} % (every regime's decision is in the study's "
-            "table)")
+            f"smallest ({worst}): {text.num(100 * c['vs'][ctl]['center'], 2)} % (every regime's decision is in the "
+            "study's table)")
   pw = power_text(table) if verdict == "holds" else ""  # a control that does not hold states no power
   return [Claim("positive_control", verdict, effect, text.ci(100 * lo, 100 * hi, 2) + " %", diff.size,
                 detail + (f"; power: {pw} (80 %)" if pw else ""), pw)]
@@ -288,13 +297,6 @@ def plot(table: engine.Table, meta: dict, out) -> list:
   return figures.save(fig, out, "positive_control_gain")
 
 
-def _pct_interval(v) -> str:
-  """Centre and 95 % interval over seeds in % (paper_protocol's: the mean and its t-interval, the median and
-  its order-statistic interval where a seed is ±inf)."""
-  centre, lo, hi = pp._over_seeds(v)
-  return f"{text.num(100 * centre, 2)} % {text.ci(100 * lo, 100 * hi, 2)}"
-
-
 def report(table: engine.Table, meta: dict) -> str:
   s = meta["settings"]
   dec = decisions(table)
@@ -309,8 +311,7 @@ def report(table: engine.Table, meta: dict) -> str:
       key = pp._label(reg)
       decided = dec["null" if m == label(INF_POOL) else "planted"][key]
       rows.append([m[2:], str(reg["V"]), text.num(reg["val_noise"], 2),
-                   f"{pp._pct(c['svd'])} {text.ci(*(100 * x for x in c['svd_ci']), 2)}",
-                   pp.LABELS.get(ctl, str(ctl)), f"{pp._pct(diff)} {text.ci(*(100 * x for x in c['vs'][ctl]['ci']), 2)}"
+                   pp.pct_interval(c["svd"]), pp.LABELS.get(ctl, str(ctl)), pp.pct_interval(diff)
                    if ctl else "n/a", decided, "" if m == label(INF_POOL) else f"{text.num(100 * mde(diff), 2)} %"])
   pop_rows = []
   for m in pools(table):
@@ -321,9 +322,9 @@ def report(table: engine.Table, meta: dict) -> str:
     if "svd" not in rel or rel["svd"].size < 2:
       continue
     vs = {k: rel["svd"] - v for k, v in rel.items() if k in edits.CONTROLS}
-    ctl = min(vs, key=lambda k: vs[k].mean()) if vs else None
-    pop_rows.append([m[2:], *(_pct_interval(rel[k]) for k in rel),
-                     f"{_pct_interval(vs[ctl])} ({ctl})" if ctl else ""])
+    ctl = min(vs, key=lambda k: pp._over_seeds(vs[k])[0]) if vs else None
+    pop_rows.append([m[2:], *(pp.pct_interval(rel[k]) for k in rel),
+                     f"{pp.pct_interval(vs[ctl])} ({ctl})" if ctl else ""])
   pop_head = ["P", *(pp.LABELS.get(k, k) for k in table.unique("edit", measure="pop_gain")),
               "SVD − the strongest control [CI]"]
   sim_rows = []
@@ -338,8 +339,8 @@ def report(table: engine.Table, meta: dict) -> str:
                      text.num(ex.mean(), 3), text.num(sim["sim_unpruned"] - sim["sim_inf"], 3),
                      text.num(svd.mean(), 3), text.num(sim["sim_gain_rank_k"], 3), text.num(sim["sim_gain_shrink"], 3)])
   pw = power_text(table) if control_verdict(dec) == "holds" else ""
-  margins = [pp.compare(table, r)["vs"] for m in planted(table) for r in _regimes(table, m)]
-  margin = min((min(v["diff"].mean() for v in vs.values()) for vs in margins if vs), default=None)
+  low = weakest(table)
+  margin = None if low is None else low[1]["vs"][low[2]]["center"]
   return (f"The headline's pipeline (paper_protocol.evaluate_trained: per-task choice on V validation queries "
           f"among the paper's rates × modules {tuple(s['modules'])}, with its null controls, and its rule) on "
           f"one-layer linear attention fitted to a fixed pool of P prompts, d = {s['d']}, prior w ~ N(0, diag(1 "
@@ -382,12 +383,10 @@ def summary(table: engine.Table) -> str:
   dec = decisions(table)
   v, null = list(dec["planted"].values()), list(dec["null"].values())
   pw = power_text(table) if control_verdict(dec) == "holds" else ""  # power is stated only by a control that holds
-  c = min((pp.compare(table, r) for m in planted(table) for r in _regimes(table, m)),
-          key=lambda c: min(x["diff"].mean() for x in c["vs"].values()) if c["vs"] else np.inf)
-  weakest = ""
-  if c["vs"]:
-    ctl = pp.strongest_control(c)
-    weakest = (f"; smallest margin SVD − {ctl} {text.num(100 * c['vs'][ctl]['diff'].mean(), 2)} % "
-               f"{text.ci(*(100 * x for x in c['vs'][ctl]['ci']), 2)} % of headroom ({c['svd'].size} seeds)")
+  low, smallest = weakest(table), ""
+  if low is not None:
+    _, c, ctl = low
+    smallest = (f"; smallest margin SVD − {ctl} {pp.pct_interval(c['vs'][ctl]['diff'])} of headroom "
+                f"({c['svd'].size} seeds)")
   return (f"the protocol's rule holds in {v.count('holds')} of {len(v)} planted regimes and fails (no SVD-specific "
-          f"gain) in {null.count('fails')} of {len(null)} at P = ∞" + weakest + (f"; power: {pw}" if pw else ""))
+          f"gain) in {null.count('fails')} of {len(null)} at P = ∞" + smallest + (f"; power: {pw}" if pw else ""))
