@@ -8,12 +8,16 @@ import pytest
 from lintheory import cli
 from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
-from lintheory.run import recipes
+from lintheory.run import flags, recipes
 from lintheory.run.train import TrainConfig
 
 OLD_FLAGS = ["--d", "--n-context", "--layers", "--steps", "--batch-size", "--seed", "--noise-std", "--out",
              "--resume", "--x-cov-diag", "--dtype", "--lr", "--warmup", "--heads", "--output-proj", "--mlp",
              "--attention", "--max-skipped"]
+
+
+def build(args, classes=cli.TRAIN_CLASSES):
+  return flags.build_configs(args, classes, aliases=cli.ALIASES)
 
 
 def train_parser():
@@ -25,12 +29,12 @@ def test_every_config_field_is_a_flag_with_its_comment_as_help():
   options = {o: a for a in train_parser()._actions for o in a.option_strings}
   seen = set()
   for cls in (TaskConfig, ModelConfig, TrainConfig):
-    comments = cli.field_comments(cls)
+    comments = flags.field_comments(cls)
     for f in dataclasses.fields(cls):
       if f.name in seen:  # d: one flag for the task and the model, its help from TaskConfig
         continue
       seen.add(f.name)
-      action = options[cli.flag_of(f.name)]
+      action = options[flags.flag_of(f.name)]
       assert comments[f.name] and action.help.startswith(comments[f.name]), f.name
       default = f"by depth, {recipes.describe(f.name)}" if f.name in recipes.FIELDS else f.default
       assert f"(default: {default})" in action.help
@@ -43,17 +47,15 @@ def test_todays_flag_names_still_work():
 
 def test_defaults_are_the_dataclass_defaults_and_aliases_set_the_same_field():
   args = train_parser().parse_args(["--out", "x"])
-  cfg = cli.build_configs(args, cli.train_classes())
+  cfg = build(args)
   assert (cfg["task"], cfg["model"], cfg["train"]) == (TaskConfig(), ModelConfig(), TrainConfig())
   for old, new in (["--layers", "--n-layers"], ["--heads", "--n-heads"]):
-    a = cli.build_configs(train_parser().parse_args(["--out", "x", old, "3"]), cli.train_classes())
-    b = cli.build_configs(train_parser().parse_args(["--out", "x", new, "3"]), cli.train_classes())
+    a = build(train_parser().parse_args(["--out", "x", old, "3"]))
+    b = build(train_parser().parse_args(["--out", "x", new, "3"]))
     assert a == b and a["model"] != ModelConfig()
-  a = cli.build_configs(train_parser().parse_args(["--out", "x", "--output-proj", "--x-cov-diag", "1", "2",
-                                                   "--d", "2"]), cli.train_classes())
+  a = build(train_parser().parse_args(["--out", "x", "--output-proj", "--x-cov-diag", "1", "2", "--d", "2"]))
   assert a["model"].use_W_O and a["task"].x_cov == (1.0, 2.0) and a["model"].d == a["task"].d == 2
-  m = cli.build_configs(train_parser().parse_args(["--out", "x", "--d", "2", "--x-cov", "2", "1", "1", "2"]),
-                        cli.train_classes())
+  m = build(train_parser().parse_args(["--out", "x", "--d", "2", "--x-cov", "2", "1", "1", "2"]))
   assert m["task"].x_cov == ((2.0, 1.0), (1.0, 2.0))  # d·d numbers: a matrix
 
 
@@ -65,10 +67,10 @@ def test_a_new_field_appears_on_the_command_line_by_itself():
     fancy: bool = False  # turn the fancy thing on
 
   p = cli.Parser(prog="t")
-  cli.add_config_flags(p, [Extra])
-  cfg = cli.build_configs(p.parse_args(["--temperature", "2", "--tag", "a", "--fancy"]), {"x": Extra})["x"]
+  flags.add_config_flags(p, [Extra])
+  cfg = build(p.parse_args(["--temperature", "2", "--tag", "a", "--fancy"]), {"x": Extra})["x"]
   assert cfg == Extra(2.0, "a", True)
-  assert cli.build_configs(p.parse_args([]), {"x": Extra})["x"] == Extra()
+  assert build(p.parse_args([]), {"x": Extra})["x"] == Extra()
   assert "softmax temperature" in p.format_help()
   with pytest.raises(cli.UsageError, match="--temperature: must be a finite number"):
     p.parse_args(["--temperature", "nan"])
@@ -80,7 +82,7 @@ def test_an_unsupported_annotation_is_a_loud_error():
     table: dict = None  # no command-line form
 
   with pytest.raises(TypeError, match="table"):
-    cli.add_config_flags(argparse.ArgumentParser(), [Odd])
+    flags.add_config_flags(argparse.ArgumentParser(), [Odd])
 
 
 def test_a_config_error_names_the_flag(capsys, tmp_path):
@@ -112,7 +114,7 @@ def test_help_exits_0_and_each_flag_has_its_own_text(capsys):
   out = " ".join(capsys.readouterr().out.split())
   assert "--tail-scale TAIL_SCALE the largest demonstration scale" in out
   assert "L <= 2: float32; L >= 3: float64" in out and "L <= 2: 0.005" in out  # the recipes' defaults
-  task, train_ = cli.field_comments(TaskConfig), cli.field_comments(TrainConfig)
+  task, train_ = flags.field_comments(TaskConfig), flags.field_comments(TrainConfig)
   assert task["n_context_min"].endswith("0: all N") and "In-weights" not in task["n_context_min"]
   assert "fixed pool of P prompts" in train_["pool_size"]  # an aligned continuation line still continues
 
@@ -122,7 +124,7 @@ def test_help_exits_0_and_each_flag_has_its_own_text(capsys):
     #             continued
     # A section comment, not a's.
     b: int = 0  # b's own text
-  assert cli.field_comments(Sections) == {"a": "first text, continued", "b": "b's own text"}
+  assert flags.field_comments(Sections) == {"a": "first text, continued", "b": "b's own text"}
 
 
 def test_studies_help_lists_the_studies_and_their_flags(capsys):

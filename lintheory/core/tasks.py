@@ -19,6 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Key of the held-out tasks that analyze, prune and sweeps evaluate a trained model on (by default):
+# every command and run sees the same tasks.
+EVAL_SEED = 20_240_406
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:

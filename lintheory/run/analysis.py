@@ -5,13 +5,15 @@ Returns plain floats and lists ready for io.write_json.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import implicit, learners
+from lintheory.core import evaluate, implicit, learners, stats, tasks
 from lintheory.core.compare import (compare, cosine, effective_steps, interpolate, interpolation_reason, mse,
                                     query_grad)
 from lintheory.core.model import ModelConfig, Params, check_shapes, forward, layer_predictions
@@ -93,3 +95,85 @@ def analyze(params: Params, cfg: ModelConfig, task: TaskConfig, refs: dict[str, 
   max_abs = float(m["identity"].max())
   return {"identity": {"exact": cfg.is_linear, "max_abs_err": max_abs, "max_rel_err": max_abs / scale},
           "layers": layers, "final": final, "interpolation": interp, "refused": refused}
+
+
+# --- a run directory's analysis.json --------------------------------------------------------
+
+
+def tails(params: Params, cfg: ModelConfig, task: TaskConfig, refs: dict[str, references.Fitted], key: jax.Array,
+          n: int) -> dict:
+  """Exact per-task errors (÷ d) on n fresh tasks: the model, each usable reference, the Bayes floor."""
+  out = {"units": "squared error of y_hat / d, exact per task for linear attention (sampled query otherwise)",
+         "model": stats.summary(evaluate.errors(params, cfg, task, key, n))}
+  if cfg.is_linear and cfg.n_heads == 1 and not cfg.use_W_O:
+    for kind, f in references.usable(refs)[0].items():
+      out[kind] = stats.summary(evaluate.errors(references.construct(f), cfg, task, key, n))
+  out["bayes"] = stats.summary(evaluate.bayes_errors(task, key, n))
+  return out
+
+
+def per_layer_records(layers: dict) -> list[dict]:
+  """analyze's per-layer lists → one record per layer k = 0..L−1 (prune --layer's index), holding what
+  the model has after that layer (its iterate ŵ, its prediction's loss)."""
+  recs = []
+  for t in range(len(layers["model_loss"])):
+    rec = {"layer": t}
+    rec.update({k: v[t] for k, v in layers.items() if k != "references"})
+    rec["references"] = {kind: {k: v[t] for k, v in m.items()} for kind, m in layers["references"].items()}
+    recs.append(rec)
+  return recs
+
+
+def of_run(run, fit_cfg: references.FitConfig, cache_dir, eval_tasks: int, tail_tasks: int, eval_seed: int,
+           provenance: dict) -> dict:
+  """A run directory's analysis.json (call inside precision.x64()): analyze on eval_tasks held-out tasks
+  of key eval_seed, tails on tail_tasks others, the references compared and the run it is of."""
+  params = {k: jnp.asarray(v, jnp.float64) for k, v in run.params.items()}
+  refs = references.fitted(run.task, run.model.n_layers, fit_cfg, cache_dir)
+  batch = tasks.sample(jax.random.key(eval_seed), run.task, eval_tasks, dtype=jnp.float64)
+  out = analyze(params, run.model, run.task, refs, batch)
+  ident = dict(out["identity"])
+  ident["note"] = ("Theorem 1 holds exactly: deviation is float64 round-off" if ident["exact"] else
+                   f"Theorem 1 does not cover attention={run.model.attention!r}, mlp={run.model.mlp!r}: "
+                   "this is the measured deviation of (I + W_t) h^0 from the forward pass")
+  return {"run": str(run.path), "task": dataclasses.asdict(run.task), "model": dataclasses.asdict(run.model),
+          "seed": run.seed, "eval_tasks": eval_tasks, "eval_seed": eval_seed, "dtype": "float64",
+          "fit": dataclasses.asdict(fit_cfg), "identity": ident, "layers": per_layer_records(out["layers"]),
+          "final": out["final"],
+          "tails": tails(params, run.model, run.task, refs, jax.random.fold_in(jax.random.key(eval_seed), 1),
+                         tail_tasks),
+          "interpolation": out["interpolation"], "references": {k: references.record(f) for k, f in refs.items()},
+          "refused": out["refused"], "params_sha256": run.manifest["files"]["params.npz"], "provenance": provenance}
+
+
+def summary(result: dict) -> list[str]:
+  """Two lines on an analysis.json: the expected error and its tail, the identity and the final losses."""
+  t, bayes, ident, fl = result["tails"]["model"], result["tails"]["bayes"], result["identity"], result["final"]["losses"]
+  return [f"{result['run']}: expected error (÷ d) on {t['n']:,} tasks: mean {t['mean']:.4g} "
+          f"[{t['mean_ci_lo']:.4g}, {t['mean_ci_hi']:.4g}], median {t['median']:.4g}, p99 {t['p99']:.4g}, "
+          f"p99.99 {t['p9999']:.4g}, max {t['max']:.4g}; Bayes {bayes['mean']:.4g}",
+          f"{Path(result['run']) / 'analysis.json'}: L={result['model']['n_layers']} identity max |err| "
+          f"{ident['max_abs_err']:.1e} (exact={ident['exact']}); loss model {fl['model']:.4f}, "
+          + ", ".join(f"{k} {fl[k]:.4f}" for k in (*references.KINDS, "ridge") if k in fl)]
+
+
+def architecture(run) -> str:
+  """A run's task and model configuration, as the fields that differ from the defaults."""
+  parts = [f"{k}={v}" for cfg in (run.task, run.model) for k, v in dataclasses.asdict(cfg).items()
+           if v != getattr(type(cfg), k, None) or k in ("d", "n_context", "n_layers")]
+  return ", ".join(dict.fromkeys(parts))
+
+
+def pooled(results: list[dict], runs) -> list[str]:
+  """Mean ± sd of each final loss over the runs of one task and model (architecture), where there are several."""
+  finals = {}
+  for result, run in zip(results, runs):
+    finals.setdefault(architecture(run), []).append(result["final"]["losses"])
+  lines = []
+  for arch, group in finals.items():
+    if len(group) > 1:
+      lines.append(f"over {len(group)} runs of {arch}:")
+      for k in group[0]:
+        v = np.array([f[k] for f in group])
+        lines.append(f"  {k} loss {v.mean():.4f} ± {v.std(ddof=1):.4f} (sd)")
+  return lines

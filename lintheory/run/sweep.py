@@ -55,7 +55,7 @@ class SweepConfig:
   ranks: tuple[int, ...] = ()  # kept ranks r (rows with mode "rank"); both lists may be given
   n_eval: int = 2048  # held-out tasks per seed for the ICL error
   n_analysis: int = 128  # tasks per seed for ŵ_t, ‖ΔW_t‖, ‖G_t‖ and the bound terms
-  eval_seed: int = 20_240_406  # key of the held-out tasks (folded with the model seed)
+  eval_seed: int = tasks.EVAL_SEED  # key of the held-out tasks (folded with the model seed)
   block: int = 16  # distinct configurations per jitted call (the first lane is the unpruned model)
   lanes: int = 0  # configurations vmapped together inside a call; 0 = auto: 1 on CPU (a sequential
   #   lax.map is fastest there: the tiny per-task matmuls do not batch), the whole block elsewhere
@@ -507,6 +507,93 @@ class SweepResult(NamedTuple):
   seconds: float
 
 
+# --- a sweep directory that already exists --------------------------------------------------
+
+FILES = ("sweep.csv", "sweep.json", "provenance.json")  # all a sweep directory may hold
+KEY_COLUMNS = ("seed", "layer", "module", "mode", "rank")  # never empty in a row a sweep wrote
+
+
+def default_modules(params: Params) -> list[str]:
+  """The prune.MODULES the model has, the whole attention first ("all", their union, left out)."""
+  return [m for m in sorted(prune.MODULES, key=lambda m: m != "attn")
+          if m != "all" and any(n in params for n in prune.MODULES[m])]
+
+
+def read_dir(out) -> tuple[dict | None, list[dict]]:
+  """(sweep.json, the parsed rows of sweep.csv) in `out`, (None or sweep.json, []) without a CSV; a
+  file no sweep wrote, or one cut short, is a ValueError naming it."""
+  csv_path, json_path = Path(out) / "sweep.csv", Path(out) / "sweep.json"
+  meta = None
+  if json_path.exists():
+    try:
+      meta = io.read_json(json_path)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{json_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("columns"), list):
+      raise ValueError(f"{json_path}: not a sweep description (no columns)")
+  if not csv_path.exists():
+    return meta, []
+  if meta is None:
+    raise ValueError(f"{csv_path}: no sweep.json beside it (a sweep interrupted in its first block, or a "
+                     "removed file); pass --overwrite to start again")
+  try:
+    with open(csv_path, newline="") as f:
+      table = list(csv.reader(f))
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise ValueError(f"{csv_path}: cannot be read ({type(e).__name__}: {e})") from None
+  if not table or table[0] != meta["columns"] or not set(KEY_COLUMNS) <= set(table[0]):
+    raise ValueError(f"{csv_path}: its header differs from sweep.json's columns")
+  key = [table[0].index(c) for c in KEY_COLUMNS]
+  for i, row in enumerate(table[1:]):
+    if len(row) != len(table[0]) or any(row[j] == "" for j in key):
+      raise ValueError(f"{csv_path}: row {i + 2} is truncated or malformed")
+  try:
+    return meta, read_csv(csv_path)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"{csv_path}: a value cannot be parsed ({e})") from None
+
+
+def check_dir(out: Path, overwrite: bool, flag: str = "--out") -> None:
+  """`out` is new, empty, or a sweep directory that can resume (read_dir); overwrite removes its files."""
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"{flag} {out} exists and is not a directory")
+  io.check_writable_dir(out, flag)
+  if not out.exists():
+    return
+  names = {p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))}
+  if names - set(FILES):
+    raise ValueError(f"{flag} {out} holds files a sweep does not write ({', '.join(sorted(names - set(FILES)))}); "
+                     "refusing to write into it")
+  if overwrite:
+    for name in FILES:
+      io.remove_tree(out / name)
+  else:
+    read_dir(out)
+
+
+def summary(res: SweepResult, modules, full_rank: int, csv_path) -> list[str]:
+  """What a sweep (written to csv_path) found: its size, the unpruned ICL error, and per module the configuration that
+  leaves the least ICL error (configurations with a non-finite one are left out and counted)."""
+  lines = [f"{csv_path}: {len(res.rows)} rows, {res.evaluated} configurations evaluated in {res.seconds:.1f} s "
+           f"(bound columns: {'yes' if res.meta['bounds'] else 'no'})"]
+  base = next((r["icl_error"] for r in res.rows if r["rank"] == full_rank and r["module"] in ("attn", "q", "k", "v")),
+              None)
+  if base is not None:
+    lines.append(f"  unpruned ICL error (MSE/d) {base:.4f}")
+  for m in modules:
+    rs = [r for r in res.rows if r["module"] == m and r["icl_error"] is not None and math.isfinite(r["icl_error"])]
+    n_bad = sum(1 for r in res.rows if r["module"] == m) - len(rs)
+    if not rs:
+      lines.append(f"  {m:>4}: no configuration has a finite ICL error")
+      continue
+    best = min(rs, key=lambda r: r["icl_error"])
+    what = f"ξ={best['xi']}" if best["mode"] == "rate" else f"rank {best['rank']}"
+    lines.append(f"  {m:>4}: best layer {best['layer']} at {what} (rank {best['rank']}): "
+                 f"{best['icl_error']:.4f} ± {best['icl_error_se']:.4f}"
+                 + (f" ({n_bad} configurations with a non-finite ICL error left out)" if n_bad else ""))
+  return lines
+
+
 def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, cfg: SweepConfig,
         out=None, on_block: Callable[[int, int], None] | None = None, progress: bool = True) -> SweepResult:
   """The sweep for models params_S (leading seed axis, one per entry of seeds).
@@ -546,14 +633,14 @@ def _run(params_S, seeds, model_cfg, task_cfg, cfg, out, on_block, progress) -> 
   csv_path = json_path = None
   if out is not None:
     csv_path, json_path = Path(out) / "sweep.csv", Path(out) / "sweep.json"
+    old, rows = read_dir(out)
     if csv_path.exists():
-      old = io.read_json(json_path) if json_path.exists() else {}
       strip = lambda m: {**m, "sweep": {k: v for k, v in (m.get("sweep") or {}).items() if k != "block"}}
       old, new = strip(old), strip(meta)
       for k in ("model", "task", "sweep", "seeds", "params_fingerprint", "columns"):
         if io._jsonable(old.get(k)) != io._jsonable(new[k]):
           raise ValueError(f"out={out} holds a different sweep ({k} differs); use a new --out directory")
-      done = {row_key(r): r for r in read_csv(csv_path)}
+      done = {row_key(r): r for r in rows}
 
   want = {row_key({"seed": s, "layer": c.layer, "module": c.module, "mode": c.mode,
                    "xi": c.value, "rank": c.value}): (i, s, c)

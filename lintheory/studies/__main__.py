@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from lintheory import studies
-from lintheory.run import io, provenance, runtime
+from lintheory.run import flags, io, provenance, runtime
 from lintheory.studies import engine
 
 
@@ -102,7 +102,7 @@ def overview() -> str:
   """The studies, each with the first line of its docstring, and the flags every study takes."""
   ap = argparse.ArgumentParser(prog="python -m lintheory.studies NAME", add_help=False,
                                usage="python -m lintheory.studies NAME [flags]   (NAME --help: that study's own)")
-  engine.add_dataclass_flags(ap.add_argument_group("flags of every study"), engine.Flags)
+  flags.add_dataclass_flags(ap.add_argument_group("flags of every study"), engine.Flags)
   width = max(map(len, studies.STUDIES))
   lines = [f"  {name:<{width}}  {(engine.study_module(name).__doc__ or '').strip().splitlines()[0]}"
            for name in studies.STUDIES]

@@ -43,7 +43,6 @@ import math
 import sys
 import time
 import traceback
-import typing
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -53,6 +52,7 @@ from lintheory.core import precision
 from lintheory.run import adequacy
 from lintheory.run import cache as run_cache
 from lintheory.run import compile_cache, io, provenance, train
+from lintheory.run import flags as run_flags
 from lintheory.run import profiles as run_profiles
 
 FIXED = ("seed", "measure", "value", "n_tasks")
@@ -441,44 +441,19 @@ def profile_of(loaded: dict[str, tuple[Table, dict]], where) -> str:
 # --- the command line, generated from Flags -------------------------------------------------
 
 
-def _field_help(cls) -> dict[str, str]:
-  """Each field's trailing comment, read from the source, as its --help text."""
-  import inspect
-  out = {}
-  for line in inspect.getsource(cls).splitlines():
-    if ":" in line and "#" in line:
-      name = line.split(":")[0].strip()
-      out[name] = line.split("#", 1)[1].strip()
-  return out
-
-
-def add_dataclass_flags(ap: argparse.ArgumentParser, cls) -> None:
-  """One --flag per field of a flat frozen dataclass (int, float, str, bool), defaults from it."""
-  helps = _field_help(cls)
-  hints = typing.get_type_hints(cls)
-  for f in dataclasses.fields(cls):
-    kind = hints[f.name]
-    flag = "--" + f.name.replace("_", "-")
-    if kind is bool:
-      ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name))
-    else:
-      shown = f" (default {f.default})" if f.default != "" else ""  # an empty default's comment says what it means
-      ap.add_argument(flag, type=kind, default=f.default, help=helps.get(f.name, "") + shown)
-
-
-def parse_flags(name: str, argv: Iterable[str] | None) -> Flags:
+def parse_flags(name: str, argv: Iterable[str] | None) -> tuple[Flags, bool]:
+  """The study's Flags and --debug from argv (exit 2 on a bad flag, argparse's usage error)."""
   study = study_module(name)
   ap = argparse.ArgumentParser(prog=f"python -m lintheory.studies {name}",
                                description=(study.__doc__ or name).strip().splitlines()[0])
-  add_dataclass_flags(ap, Flags)
+  run_flags.add_dataclass_flags(ap, Flags)
   ap.add_argument("--debug", action="store_true", help="full tracebacks")
   args = ap.parse_args(list(argv) if argv is not None else None)
   if args.profile not in study.PROFILES:
     ap.error(f"--profile must be one of {sorted(study.PROFILES)}, got {args.profile!r}")
   if not 0 <= args.seeds <= 1000:
     ap.error(f"--seeds must be in [0, 1000] (0 keeps the profile's), got {args.seeds}")
-  flags = Flags(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Flags)})
-  return flags, args.debug
+  return Flags(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Flags)}), args.debug
 
 
 def main(name: str, argv: Iterable[str] | None = None) -> int:
