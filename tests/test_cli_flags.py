@@ -134,3 +134,16 @@ def test_studies_help_lists_the_studies_and_their_flags(capsys):
   out = capsys.readouterr().out
   assert all(name in out for name in studies.STUDIES) and "--profile" in out and "--cache-dir" in out
   assert main([]) == 2 and "--help" in capsys.readouterr().err
+
+
+def test_a_study_flag_defaults_to_its_field_and_bools_have_a_no_form():
+  from lintheory.studies import engine
+
+  p = argparse.ArgumentParser()
+  flags.add_dataclass_flags(p, engine.Flags)
+  assert engine.Flags(**vars(p.parse_args([]))) == engine.Flags()
+  got = engine.Flags(**vars(p.parse_args(["--seeds", "3", "--no-compile-cache", "--profile", "tiny"])))
+  assert (got.seeds, got.compile_cache, got.profile) == (3, False, "tiny")
+  helps = {a.dest: a.help for a in p._actions}
+  assert helps["seeds"].startswith(flags.field_comments(engine.Flags)["seeds"]) and "(default 0)" in helps["seeds"]
+  assert helps["results"] == flags.field_comments(engine.Flags)["results"]  # an empty default is not shown

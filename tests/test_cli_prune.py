@@ -77,3 +77,36 @@ def test_sweep_cli_runs_every_layer_module_and_rate(run_dir, tmp_path, capsys):
   assert "best layer" in capsys.readouterr().out
   assert cli.main(argv) == 0  # resumes: nothing left to do, same rows
   assert sweep.read_csv(out / "sweep.csv") == rows
+
+
+def _sweep_dir(path, rows, columns=sweep.BASE_COLUMNS):
+  """A sweep directory holding sweep.json and a sweep.csv of the given text rows."""
+  path.mkdir()
+  io.write_json(path / "sweep.json", {"columns": list(columns)})
+  (path / "sweep.csv").write_text("\n".join([",".join(columns), *rows]) + "\n")
+  return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: (p.mkdir(), (p / "notes.txt").write_text("mine")), "holds files a sweep does not write (notes.txt)"),
+    (lambda p: _sweep_dir(p, ["7,0,attn,rate,0.5,,1.0,0.1,1.0"]), "row 2 is truncated or malformed"),  # no rank
+    (lambda p: _sweep_dir(p, ["7,0,attn,rank,,1,1.0,0.1"]), "row 2 is truncated or malformed"),  # a cell short
+    (lambda p: _sweep_dir(p, ["7,0,attn,rank,,one,1.0,0.1,1.0"]), "a value cannot be parsed"),
+    (lambda p: (_sweep_dir(p, []), (p / "sweep.json").unlink()), "no sweep.json beside it"),
+])
+def test_sweep_refuses_a_directory_it_cannot_resume(run_dir, tmp_path, capsys, make, message):
+  out = tmp_path / "sw"
+  make(out)
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  assert cli.main(["sweep", str(run_dir), "--eval-tasks", "8", "--analysis-tasks", "4", "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and message in err
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+
+
+def test_a_sweep_directory_reads_back_by_column_name(tmp_path):
+  row = "7,1,v,rank,,0,0.5,0.01,0.4"
+  meta, rows = sweep.read_dir(_sweep_dir(tmp_path / "sw", [row]))
+  assert meta["columns"] == list(sweep.BASE_COLUMNS)
+  assert rows == [{"seed": 7, "layer": 1, "module": "v", "mode": "rank", "xi": None, "rank": 0, "icl_error": 0.5,
+                   "icl_error_se": 0.01, "icl_error_median": 0.4}]

@@ -2,11 +2,14 @@
 
 A study is a module of lintheory.studies with
   NAME: str
-  Settings: a frozen dataclass (a comment per field), and PROFILES: {"tiny" | "default" | "long" | "full": Settings}
+  KEYS: tuple[str, ...]                    the table's key columns, in order (Table, Context)
+  Settings: a frozen dataclass (a comment per field), and PROFILES: {profile: Settings} for some of
+    PROFILE_NAMES ("tiny" | "default" | "long" | "full"; tiny and default always, deep_recipes has no long)
   run(settings, ctx: Context) -> None      adds rows to ctx (never draws)
   plot(table, meta, figures: Path) -> list[Path]   reads only the table (never trains)
   report(table, meta) -> str                 Markdown; every number comes from the table
   summary(table) -> str                      one line: the main number with its CI and seed/task counts
+  claims(table, meta) -> list[verdicts.Claim]   the paper's claims its numbers decide ([] for none)
 
 Results are one tidy table per study, RESULTS/<NAME>.csv, one row per setting × seed × measure:
   the study's key columns, then seed ("" for a row that is not per seed), measure, value, n_tasks
@@ -211,7 +214,8 @@ class Context:
 
 # --- the runner -----------------------------------------------------------------------------
 
-# Every study's PROFILES has these keys: tiny (tests), default and long (2 CPU cores), full (GPU).
+# The profiles a study may have: tiny (tests), default and long (2 CPU cores), full (GPU). Every study has
+# tiny and default; deep_recipes has no long (--profile names only a study's own: parse_flags).
 PROFILE_NAMES = ("tiny", "default", "long", "full")
 
 
