@@ -7,7 +7,6 @@ A profile other than `default` reads results/P/ and draws into figures/P/.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,8 +17,7 @@ from lintheory.run import runtime
 
 def main(argv=None) -> int:
   runtime.configure()  # before JAX's first computation
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  engine.add_results_flags(ap, "draw")
+  ap = engine.results_parser(__doc__, "draw")
   ap.add_argument("--figures", default=None, help="output directory for PNG and PDF files (default: figures/ for the "
                   "default profile, figures/PROFILE/ otherwise)")
   ap.add_argument("names", nargs="*", help=f"studies to draw (default: every one with results): {', '.join(studies.STUDIES)}")

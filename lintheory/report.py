@@ -12,7 +12,6 @@ digest, or none recorded) is marked in its verdict rows and under its section, w
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -217,8 +216,7 @@ def with_blocks(doc: str, results: Path, where: str) -> str:
 
 def main(argv=None) -> int:
   runtime.configure()  # before JAX's first computation
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  engine.add_results_flags(ap, "report")
+  ap = engine.results_parser(__doc__, "report")
   ap.add_argument("--out", default=None, help="the Markdown file to write (default: docs/report.md for the default "
                   "profile, docs/report-PROFILE.md otherwise)")
   ap.add_argument("--docs", nargs="*", default=[], help="also rewrite the generated blocks of these documents")

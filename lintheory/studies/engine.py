@@ -412,16 +412,19 @@ def load_all(results: str | Path) -> dict[str, tuple[Table, dict]]:
   return {name: load(results, name) for name in studies.STUDIES if (Path(results) / f"{name}.csv").exists()}
 
 
-def add_results_flags(ap: argparse.ArgumentParser, verb: str) -> None:
-  """--profile and --results of the commands that read a profile's results (plots, report)."""
+def results_parser(doc: str, verb: str) -> argparse.ArgumentParser:
+  """The parser of a command that reads a profile's results to `verb` them (plots, report): its
+  description the first line of doc, with --profile and --results (results_of)."""
+  ap = argparse.ArgumentParser(description=doc.splitlines()[0])
   ap.add_argument("--profile", choices=PROFILE_NAMES, default=None,
                   help=f"the profile whose results to {verb} (default: default, or the one --results holds)")
   ap.add_argument("--results", default=None, help="directory of the studies' results files (default: the profile's, "
                   "results/ or results/PROFILE/)")
+  return ap
 
 
 def results_of(args) -> Path:
-  """The results directory add_results_flags' flags name."""
+  """The results directory results_parser's flags name."""
   return Path(args.results) if args.results else results_dir(args.profile or "default")
 
 
