@@ -29,7 +29,7 @@ def test_multi_query_forward_equals_one_query_forward(attention, mlp):
   b = tasks.sample(jax.random.key(1), tasks.TaskConfig(d=3, n_context=6), 4, dtype=jnp.float64)
   Xq = jax.random.normal(jax.random.key(2), (4, 5, 3), jnp.float64)
   Zs = jnp.concatenate([b.X, b.y[..., None]], axis=-1)
-  many = jax.jit(pp.forward_queries, static_argnums=3)(p, Zs, Xq, cfg)
+  many = jax.jit(model.forward_queries, static_argnums=3)(p, Zs, Xq, cfg)
   one_query = jax.jit(jax.vmap(lambda x_q: model.forward(p, tasks.tokens(b.X, b.y, x_q), cfg)[0], in_axes=1, out_axes=1))
   one = one_query(Xq)
   np.testing.assert_allclose(many, one, rtol=1e-12, atol=1e-12)
@@ -57,7 +57,7 @@ def test_validation_errors_are_nested_means_with_scaled_noise():
   data = pp.sample_data(jax.random.key(0), task, 4, 8, 2, jnp.float64)
   val, _ = ERRORS(p, data, cfg, 6, (2, 8), (0.0, 0.5), jnp.eye(3))
   Zs = jnp.concatenate([data["X"], data["y"][..., None]], axis=-1)
-  y_hat = pp.forward_queries(p, Zs, data["Xv"], cfg)
+  y_hat = model.forward_queries(p, Zs, data["Xv"], cfg)
   y = jnp.einsum("bvd,bd->bv", data["Xv"], data["w"]) + 0.5 * data["eps"]
   np.testing.assert_allclose(val[:, 1, 1], jnp.mean((y_hat - y) ** 2, 1), rtol=1e-12)
   np.testing.assert_allclose(val[:, 0, 1], jnp.mean((y_hat[:, :2] - y[:, :2]) ** 2, 1), rtol=1e-12)
@@ -70,7 +70,7 @@ def test_exact_validation_errors_are_the_sampled_ones_in_closed_form():
   data = pp.sample_data(jax.random.key(5), task, 4, 8, 0, jnp.float64)
   val, _ = ERRORS(p, data, cfg, 6, (3, 8), (0.0, 0.5), jnp.eye(3))
   Zs = jnp.concatenate([data["X"], data["y"][..., None]], axis=-1)
-  y_hat = pp.forward_queries(p, Zs, data["Xv"], cfg)
+  y_hat = model.forward_queries(p, Zs, data["Xv"], cfg)
   for iz, sigma in enumerate((0.0, 0.5)):
     y = jnp.einsum("bvd,bd->bv", data["Xv"], data["w"]) + sigma * data["eps"]
     for iv, V in enumerate((3, 8)):

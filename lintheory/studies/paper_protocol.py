@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core import edits, evaluate, fast, learners, precision, prune, stats, tasks
-from lintheory.core.model import ModelConfig, Params, block, block_over
+from lintheory.core.model import ModelConfig, Params, forward_queries
 from lintheory.run import io, profiles
 from lintheory.studies import engine, figures, text
 
@@ -87,20 +87,6 @@ PROFILES = {
         dataclasses.replace(LINEAR, n_tasks=1_000_000), Arch("softmax", "softmax", None, 2000, 256, (20, 10)),
         Arch("linear+relu_mlp", "linear", "relu", 2000, 256, (20, 10)))),
 }
-
-
-# --- a forward pass with many queries per prompt ----------------------------------------------
-
-
-def forward_queries(params: Params, Zs_BND: jax.Array, Xq_BQd: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """ŷ [B, Q] for Q queries per prompt; the queries never act as keys or values, so each ŷ equals
-  core.model.forward on the prompt followed by that one query."""
-  N = Zs_BND.shape[1]
-  query = jnp.concatenate([Xq_BQd, jnp.zeros_like(Xq_BQd[..., :1])], axis=-1)
-  Z = jnp.concatenate([Zs_BND, query], axis=1)
-  first, last = ({n: v[:-1] for n, v in params.items()}, {n: v[-1] for n, v in params.items()})
-  Z, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg, n_demos=N), None), Z, first)
-  return -block_over(last, Z[:, N:], Z[:, :N], cfg)[..., -1]  # the last layer for the queries only
 
 
 # --- candidates ------------------------------------------------------------------------------
