@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from lintheory.core import edits, model, tasks
+from lintheory.core import edits, model, protocol, tasks
 from lintheory.core.model import ModelConfig
 from lintheory.studies import engine, paper_protocol as pp, text
 
-ERRORS = jax.jit(pp.task_errors, static_argnums=(2, 3, 4, 5))
+ERRORS = jax.jit(protocol.task_errors, static_argnums=(2, 3, 4, 5))
 ARCHS = [("linear", None), ("softmax", None), ("linear", "relu")]
 
 
@@ -35,6 +35,16 @@ def test_multi_query_forward_equals_one_query_forward(attention, mlp):
   np.testing.assert_allclose(many, one, rtol=1e-12, atol=1e-12)
 
 
+def search(params, s):
+  """The candidates paper_protocol searches under its settings s."""
+  return protocol.candidates(params, s.kinds, s.modules, s.rates)
+
+
+def edit(params_S, cands, s):
+  """Every candidate's stacked parameters as paper_protocol makes them under its settings s."""
+  return protocol.edited_params(jax.random.key(pp.EDIT_KEY), params_S, cands, s.rates, s.niter, s.cumulative)
+
+
 def linear_setup(shots=6, d=3):
   cfg = ModelConfig(d=d, n_layers=2)
   task = tasks.TaskConfig(d=d, n_context=shots)
@@ -45,7 +55,7 @@ def test_linear_error_is_the_exact_population_error():
   """For Σ = I the queries √d·e_j are an exact cubature of E_x (ŷ − w·x)², so the sampled-query path
   with those queries must give the exact path's (ŵ − w)ᵀ(ŵ − w)."""
   cfg, p, task = linear_setup()
-  data = pp.sample_data(jax.random.key(0), task, 5, 8, 0, jnp.float64)
+  data = protocol.sample_data(jax.random.key(0), task, 5, 8, 0, jnp.float64)
   _, exact = ERRORS(p, data, cfg, 6, (4, 8), (0.0,), jnp.eye(3))
   cubature = dict(data, Xt=jnp.broadcast_to(np.sqrt(3) * jnp.eye(3), (5, 3, 3)))
   _, sampled = ERRORS(p, cubature, cfg, 6, (4, 8), (0.0,), jnp.eye(3))
@@ -54,7 +64,7 @@ def test_linear_error_is_the_exact_population_error():
 
 def test_validation_errors_are_nested_means_with_scaled_noise():
   cfg, p, task = linear_setup()
-  data = pp.sample_data(jax.random.key(0), task, 4, 8, 2, jnp.float64)
+  data = protocol.sample_data(jax.random.key(0), task, 4, 8, 2, jnp.float64)
   val, _ = ERRORS(p, data, cfg, 6, (2, 8), (0.0, 0.5), jnp.eye(3))
   Zs = jnp.concatenate([data["X"], data["y"][..., None]], axis=-1)
   y_hat = model.forward_queries(p, Zs, data["Xv"], cfg)
@@ -67,7 +77,7 @@ def test_exact_validation_errors_are_the_sampled_ones_in_closed_form():
   """The linear path's quadratic form in ŵ − w equals the mean over the validation queries of the
   squared error of ŷ = forward on each query (every V, every noise level)."""
   cfg, p, task = linear_setup()
-  data = pp.sample_data(jax.random.key(5), task, 4, 8, 0, jnp.float64)
+  data = protocol.sample_data(jax.random.key(5), task, 4, 8, 0, jnp.float64)
   val, _ = ERRORS(p, data, cfg, 6, (3, 8), (0.0, 0.5), jnp.eye(3))
   Zs = jnp.concatenate([data["X"], data["y"][..., None]], axis=-1)
   y_hat = model.forward_queries(p, Zs, data["Xv"], cfg)
@@ -83,15 +93,13 @@ def test_candidates_started_from_the_shared_prefix_equal_the_full_evaluation():
   cfg = ModelConfig(d=3, n_layers=3)
   p_S = jax.tree_util.tree_map(lambda a: jnp.stack([a, 1.5 * a]), params_for(cfg, scale=0.4))
   s = dataclasses.replace(pp.PROFILES["tiny"], layers=3, Vs=(2, 5), modules=("attn", "v"))
-  cands = pp.candidates(p_S, s)
-  p_CS = pp.edited_params(p_S, cands, s)
-  data = pp.sample_data(jax.random.key(6), tasks.TaskConfig(d=3, n_context=6), 7, 5, 0, jnp.float64)
-  layer = np.array([2 if c.layer < 0 else c.layer for c in cands])
-  groups = {l: (np.flatnonzero(layer == l), {n: v[np.flatnonzero(layer == l)] for n, v in p_CS.items()})
-            for l in sorted(set(layer.tolist()))}
+  cands = search(p_S, s)
+  p_CS = edit(p_S, cands, s)
+  data = protocol.sample_data(jax.random.key(6), tasks.TaskConfig(d=3, n_context=6), 7, 5, 0, jnp.float64)
+  groups = protocol.layer_groups(cands, p_CS, 3)
   assert sorted(groups) == [0, 1, 2] and all(len(g[0]) > 2 for g in groups.values())
-  val, test = pp.evaluate_exact(groups, p_S, data, jnp.eye(3), 6, s, len(cands))
-  val_ref, test_ref = pp.evaluate_all(p_CS, data, jnp.eye(3), cfg, 6, (2, 5), tuple(s.val_noise), 4)
+  val, test = protocol.evaluate_exact(groups, p_S, data, jnp.eye(3), 6, s.Vs, s.val_noise, 4, len(cands))
+  val_ref, test_ref = protocol.evaluate_all(p_CS, data, jnp.eye(3), cfg, 6, (2, 5), tuple(s.val_noise), 4)
   np.testing.assert_allclose(test, test_ref, rtol=1e-11)
   np.testing.assert_allclose(val, val_ref, rtol=1e-11)
   assert len(np.unique(test[:, 0, 0].round(10))) > 5  # the candidates differ
@@ -106,19 +114,19 @@ def test_select_takes_the_validation_best_with_ties_to_the_smaller_xi():
                   [4.0, 1.0, 2.0, 5.0]])
   # column 0: ξ 0.1 (index 2) beats ξ 0.5 and the later ξ 0.1; column 1: ξ 0 (index 4) beats 0.5;
   # column 2: the unique best; column 3: ties among all finite ones → the first ξ = 0.
-  np.testing.assert_array_equal(pp.select(val, xi), [2, 4, 3, 0])
+  np.testing.assert_array_equal(protocol.select(val, xi), [2, 4, 3, 0])
   with pytest.raises(ValueError, match="val_CB must be"):
-    pp.select(val[:, 0], xi)
+    protocol.select(val[:, 0], xi)
 
 
 def test_candidates_deduplicate_ranks_and_match_across_families():
   cfg = ModelConfig(d=3, n_layers=4, mlp="relu", mlp_hidden=8)
   p = params_for(cfg)
   s = pp.PROFILES["tiny"]
-  cands = pp.candidates(p, s)
-  assert cands[0] == pp.UNPRUNED
+  cands = search(p, s)
+  assert cands[0] == protocol.UNPRUNED
   per_kind = {k: [c for c in cands if c.kind == k] for k in edits.KINDS}
-  ranks = pp.distinct_ranks((4, 4), s.rates)  # D = 4: ranks 4, 3, 2, 1, 0
+  ranks = protocol.distinct_ranks((4, 4), s.rates)  # D = 4: ranks 4, 3, 2, 1, 0
   assert ranks == (4, 3, 2, 1, 0)
   n_module_layers = 5 * 4  # attn, q, k, v, mlp × layers 0, 1, 2, 3
   assert len(per_kind["svd"]) == n_module_layers * 4  # the full rank is the unpruned model itself
@@ -126,7 +134,7 @@ def test_candidates_deduplicate_ranks_and_match_across_families():
   for k in edits.CONTROLS:
     assert [(c.module, c.layer, c.xi, c.ranks) for c in per_kind[k]] == \
            [(c.module, c.layer, c.xi, c.ranks) for c in per_kind["svd"]]
-  assert pp.layer_set(2) == (0, 1) and pp.layer_set(6) == (0, 1, 4, 5)
+  assert protocol.layer_set(2) == (0, 1) and protocol.layer_set(6) == (0, 1, 4, 5)
 
 
 def test_candidates_cover_the_paper_layers_whatever_the_number_of_seeds():
@@ -135,9 +143,9 @@ def test_candidates_cover_the_paper_layers_whatever_the_number_of_seeds():
   cfg = ModelConfig(d=3, n_layers=4)
   p_S = jax.tree_util.tree_map(lambda a: jnp.stack([a, 1.5 * a, 2 * a]), params_for(cfg))
   s = dataclasses.replace(pp.PROFILES["tiny"], modules=("v",), kinds=("svd",), layers=4)
-  cands = pp.candidates(p_S, s)
+  cands = search(p_S, s)
   assert sorted({c.layer for c in cands[1:]}) == [0, 1, 2, 3]
-  stacked = pp.edited_params(p_S, cands, s)
+  stacked = edit(p_S, cands, s)
   for i, c in enumerate(cands[1:], start=1):
     assert float(jnp.max(jnp.abs(stacked["W_V"][i][:, c.layer] - p_S["W_V"][:, c.layer]))) > 1e-3, c
 
@@ -146,8 +154,8 @@ def test_stacked_controls_match_the_svd_edit_matrix_by_matrix():
   cfg = ModelConfig(d=3, n_layers=2)
   p_S = jax.tree_util.tree_map(lambda a: jnp.stack([a, 2 * a]), params_for(cfg))
   s = dataclasses.replace(pp.PROFILES["tiny"], modules=("attn", "v"))
-  cands = pp.candidates(p_S, s)
-  stacked = pp.edited_params(p_S, cands, s)
+  cands = search(p_S, s)
+  stacked = edit(p_S, cands, s)
   svd = {(c.module, c.layer, c.ranks): i for i, c in enumerate(cands) if c.kind == "svd"}
   checked = 0
   for i, c in enumerate(cands):
@@ -198,16 +206,16 @@ def test_cumulative_search_chains_only_the_randomized_svd():
   cfg = ModelConfig(d=3, n_layers=2)
   p_S = jax.tree_util.tree_map(lambda a: jnp.stack([a, 2 * a]), params_for(cfg))
   s = dataclasses.replace(pp.PROFILES["tiny"], modules=("v",), kinds=("svd", "svd_rand"))
-  cands = pp.candidates(p_S, s)
-  flat = pp.edited_params(p_S, cands, s)["W_V"]
-  chained = pp.edited_params(p_S, cands, dataclasses.replace(s, cumulative=True))["W_V"]
+  cands = search(p_S, s)
+  flat = edit(p_S, cands, s)["W_V"]
+  chained = edit(p_S, cands, dataclasses.replace(s, cumulative=True))["W_V"]
   for i, c in enumerate(cands):
     if c.kind == "svd" or c.xi == 0.0:
       np.testing.assert_array_equal(chained[i], flat[i])
   rand = [i for i, c in enumerate(cands) if c.kind == "svd_rand" and c.layer == 1]
   prev, this = cands[rand[1]], cands[rand[2]]
   key = jax.random.split(jax.random.fold_in(jax.random.key(pp.EDIT_KEY),
-                                            pp._tag("svd_rand", "v", 1, this.ranks[0], "W_V")), 2)[0]
+                                            protocol.tag("svd_rand", "v", 1, this.ranks[0], "W_V")), 2)[0]
   expect = edits.truncate_randomized(key, chained[rand[1]][0, 1], this.ranks[0])
   np.testing.assert_allclose(chained[rand[2]][0, 1], expect, atol=1e-12)
   assert prev.ranks[0] > this.ranks[0]
@@ -219,8 +227,8 @@ def test_tail_check_error_is_the_exact_error_at_its_queries():
   from lintheory.core import fast
   cfg, p, task = linear_setup(shots=6, d=3)
   params_S = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), p, params_for(cfg, seed=1, scale=0.4))
-  data = pp.sample_data(jax.random.key(3), task, 16, 0, 5, jnp.float64)
-  err = pp._query_errors(params_S, data, cfg)
+  data = protocol.sample_data(jax.random.key(3), task, 16, 0, 5, jnp.float64)
+  err = protocol.query_errors(params_S, data, cfg)
   Zs = jnp.concatenate([data["X"], data["y"][..., None]], axis=-1)
   for k in range(2):
     w_hat = fast.w_hat(jax.tree_util.tree_map(lambda a: a[k], params_S), fast.gram_of(Zs), 6)
