@@ -23,6 +23,7 @@ from lintheory.core import edits, evaluate, fast, learners, prune, tasks
 from lintheory.core.model import ModelConfig, Params, forward_queries
 
 GROUPS = ("all", "deep", "shallow")  # layer sets searched: {0, 1, L−2, L−1}, {L−2, L−1}, {0, 1}
+QUANTILES = {"p01": 0.01, "p10": 0.10, "median": 0.5, "p90": 0.90, "p99": 0.99}  # the gain's tails reported
 
 
 # --- candidates ------------------------------------------------------------------------------
@@ -213,6 +214,23 @@ def evaluate_exact(groups: dict, params_S: Params, data: dict, Sigma, shots: int
   return val, test
 
 
+def chunk_errors(params_S: Params, params_CS: Params, groups: dict | None, data: dict, task: tasks.TaskConfig,
+                 cfg: ModelConfig, shots: int, Vs, val_noise, chunk: int, keep: int) -> dict[str, np.ndarray]:
+  """Every candidate on the first `keep` tasks of data, float64 numpy: "val" [C, S, B, nV, nN], "test"
+  ÷ d [C, S, B] (evaluate_exact over the layer groups where given, else evaluate_all), "bayes" [B] and
+  the spent errors "bayes_with_val", "ridge_with_val" [B, nV, nN]."""
+  Sigma = jnp.asarray(tasks.x_covariance(task), params_S["W_Q"].dtype)
+  if groups is not None:
+    val, test = evaluate_exact(groups, params_S, data, Sigma, shots, Vs, val_noise, chunk, params_CS["W_Q"].shape[0])
+  else:
+    val, test = (np.asarray(a, np.float64) for a in evaluate_all(params_CS, data, Sigma, cfg, shots, tuple(Vs),
+                                                                  tuple(val_noise), chunk))
+  out = {"val": val[:, :, :keep], "test": np.asarray(tasks.normalised_error(test[:, :, :keep], task.d), np.float64),
+         "bayes": bayes_errors(data, task, shots)[:keep]}
+  spent = spent_errors(data, task, shots, tuple(Vs), tuple(val_noise))
+  return out | {f"{k}_with_val": np.asarray(v, np.float64)[:keep] for k, v in spent.items()}
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def query_errors(params_S: Params, data: dict, cfg: ModelConfig) -> jax.Array:
   """Every seed's squared error per task, the mean over its test queries data["Xt"] [S, B] (unnormalised)."""
@@ -293,3 +311,63 @@ def chosen_errors(val_CSBVN: np.ndarray, test_CSB: np.ndarray, xi_C: np.ndarray,
     pick = select(val_k[..., iv, iz].reshape(c, S * B), xi_C[idx]).reshape(S, B)
     out[iv, iz] = np.take_along_axis(test_k, pick[None], axis=0)[0]
   return out
+
+
+def choices(val_CSBVN: np.ndarray, test_CSB: np.ndarray, xi_C: np.ndarray, cands: list[Candidate], kinds, Vs,
+            val_noise, L: int) -> dict[tuple, np.ndarray]:
+  """Algorithm 1 per task for every family × layer group (GROUPS) × V × noise level:
+  (kind, group, V, σ) → each task's test error under its choice [S, B] (chosen_errors)."""
+  out = {}
+  for kind in kinds:
+    for group in GROUPS:
+      chosen = chosen_errors(val_CSBVN, test_CSB, xi_C, family(cands, kind, group, L))
+      for iv, V in enumerate(Vs):
+        for iz, sigma in enumerate(val_noise):
+          out[kind, group, V, sigma] = chosen[iv, iz]
+  return out
+
+
+def rand0_change(test_CSB: np.ndarray, cands: list[Candidate]) -> np.ndarray:
+  """Per seed [S], the largest relative change of a task's test error that the randomized SVD at ξ = 0
+  (the identity only to round-off) makes to the unpruned model's."""
+  i0 = [i for i, c in enumerate(cands) if c.kind == "svd_rand" and c.xi == 0.0]
+  return np.max(np.abs(test_CSB[i0] - test_CSB[0]) / test_CSB[0], axis=(0, 2))
+
+
+def chunk_summary(e: dict, cands: list[Candidate], kinds, Vs, val_noise, L: int) -> dict:
+  """What the protocol keeps of one chunk's errors (chunk_errors): the unpruned model's "base" [S, B],
+  "bayes" [B], every choice (choices), "rand0" (rand0_change, where svd_rand is searched), the spent
+  errors, and the candidates' test errors summed over the first and second half of the tasks [C, S]."""
+  test, B = e["test"], e["test"].shape[2]
+  return {"base": test[0], "bayes": e["bayes"],
+          "chosen": choices(e["val"], test, np.array([c.xi for c in cands]), cands, kinds, Vs, val_noise, L),
+          "rand0": rand0_change(test, cands) if "svd_rand" in kinds else None,
+          "bayes_with_val": e["bayes_with_val"], "ridge_with_val": e["ridge_with_val"],
+          "first": test[:, :, :B // 2].sum(axis=2), "second": test[:, :, B // 2:].sum(axis=2),
+          "n_first": B // 2, "n_second": B - B // 2}
+
+
+def pool(chunks: list[dict]) -> dict:
+  """chunk_summary over every chunk, in order: tasks concatenated, half sums added, rand0 its maximum
+  over chunks (None where absent)."""
+  cat = lambda k, axis: np.concatenate([c[k] for c in chunks], axis=axis)
+  return {"base": cat("base", 1), "bayes": cat("bayes", 0),
+          "chosen": {k: np.concatenate([c["chosen"][k] for c in chunks], axis=1) for k in chunks[0]["chosen"]},
+          "rand0": None if chunks[0]["rand0"] is None else np.max(np.stack([c["rand0"] for c in chunks]), axis=0),
+          "bayes_with_val": cat("bayes_with_val", 0), "ridge_with_val": cat("ridge_with_val", 0),
+          **{k: sum(c[k] for c in chunks) for k in ("first", "second", "n_first", "n_second")}}
+
+
+def gain_summary(base_B: np.ndarray, chosen_B: np.ndarray, bayes_B: np.ndarray, unchanged_rel: float) -> dict:
+  """One seed's per-task gain g = unpruned − chosen error: its mean, in units of the headroom (unpruned
+  − Bayes mean error), tails, and the fractions of tasks improved, worsened and unchanged (|g| at most
+  unchanged_rel × the task's unpruned error)."""
+  g, tol = base_B - chosen_B, unchanged_rel * base_B
+  headroom = base_B.mean() - bayes_B.mean()
+  return {"gain_mean": g.mean(), "rel_gain_mean": g.mean() / headroom, "headroom": headroom,
+          "unpruned_mean": base_B.mean(), "chosen_mean": chosen_B.mean(),
+          "frac_improved": np.mean(g > tol), "frac_worsened": np.mean(g < -tol),
+          "frac_unchanged": np.mean(np.abs(g) <= tol),
+          **{f"gain_{q}": np.quantile(g, p) for q, p in QUANTILES.items()},
+          # per task gain ÷ its unpruned error: a rare blow-up of the unpruned model cannot dominate it
+          "task_rel_gain_median": np.median(g / base_B), "task_rel_gain_mean": np.mean(g / base_B)}

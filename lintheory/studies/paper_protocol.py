@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import edits, precision, protocol, prune, stats, tasks
+from lintheory.core import edits, precision, protocol, prune, stats
 from lintheory.core.model import Params
 from lintheory.run import io, profiles
 from lintheory.studies import engine, figures, text
@@ -39,7 +39,6 @@ TASK_CHUNK = 2000  # tasks evaluated together (the candidates' errors on them ar
 SESOI = 0.05  # smallest effect of interest: 5 % of the headroom (unpruned − Bayes error)
 RARE_SHARE_MAX = 0.10  # a sampled model's protocol means stand only if tasks rarer than 1 in n_tasks carry
 #                        less than this share of its error on the tail check's tasks (docs/theory.md §11)
-QUANTILES = {"p01": 0.01, "p10": 0.10, "median": 0.5, "p90": 0.90, "p99": 0.99}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,35 +90,15 @@ PROFILES = {
 # --- the study -------------------------------------------------------------------------------
 
 
-def _gain_rows(ctx, base_SB, chosen_SB, bayes_B, seeds, s: Settings, keys: dict) -> None:
-  """Per seed: the gain's mean, tails and fractions; over seeds (layers "all" only, it is the costly
-  part): the hierarchical bootstrap CI of the mean gain (stats.paired_gain)."""
-  gain_SB = base_SB - chosen_SB
-  tol = s.unchanged_rel * base_SB
-  for k, seed in enumerate(seeds):
-    g, n = gain_SB[k], gain_SB.shape[1]
-    headroom = base_SB[k].mean() - bayes_B.mean()
-    row = {"gain_mean": g.mean(), "rel_gain_mean": g.mean() / headroom, "headroom": headroom,
-           "unpruned_mean": base_SB[k].mean(), "chosen_mean": chosen_SB[k].mean(),
-           "frac_improved": np.mean(g > tol[k]), "frac_worsened": np.mean(g < -tol[k]),
-           "frac_unchanged": np.mean(np.abs(g) <= tol[k]),
-           **{f"gain_{q}": np.quantile(g, p) for q, p in QUANTILES.items()},
-           # per task gain ÷ its unpruned error: a rare blow-up of the unpruned model cannot dominate it
-           "task_rel_gain_median": np.median(g / base_SB[k]), "task_rel_gain_mean": np.mean(g / base_SB[k])}
-    ctx.add_many(row, seed=seed, n_tasks=n, **keys)
-  if keys["layers"] == "all" and len(seeds) >= 2:
-    pg = stats.paired_gain(base_SB, chosen_SB)
-    ctx.add_many({"gain_ci_lo": pg["ci_lo"], "gain_ci_hi": pg["ci_hi"]}, n_tasks=gain_SB.size, **keys)
-
-
-def run_arch(s: Settings, arch: Arch, ctx: engine.Context) -> None:
-  try:
-    tr = engine.trained(s, ctx, d=s.d, n_context=s.n_context, layers=s.layers, attention=arch.attention,
-                        mlp=arch.mlp)
-  except RuntimeError as e:  # a diverged run is recorded, not hidden
-    ctx.fail("train", str(e), model=arch.name)
-    return
-  evaluate_trained(tr, s, arch, ctx)
+def run(s: Settings, ctx: engine.Context) -> None:
+  for arch in s.archs:
+    try:
+      tr = engine.trained(s, ctx, d=s.d, n_context=s.n_context, layers=s.layers, attention=arch.attention,
+                          mlp=arch.mlp)
+    except RuntimeError as e:  # a diverged run is recorded, not hidden
+      ctx.fail("train", str(e), model=arch.name)
+      continue
+    evaluate_trained(tr, s, arch, ctx)
 
 
 def evaluate_trained(tr: profiles.Trained, s: Settings, arch: Arch, ctx: engine.Context) -> dict:
@@ -133,51 +112,37 @@ def evaluate_trained(tr: profiles.Trained, s: Settings, arch: Arch, ctx: engine.
   exact = arch.test_queries == 0
   if exact and not tr.model.is_linear:
     raise ValueError(f"arch {arch.name}: test_queries must be >= 1 for a model that is not linear attention")
-  L, Vs, noise = tr.model.n_layers, tuple(s.Vs), tuple(s.val_noise)
-  t0 = time.perf_counter()
+  L, t0 = tr.model.n_layers, time.perf_counter()
   # Exact errors (linear attention) in float64; sampled ones in float32, twice as fast on a CPU.
   dtype = jnp.float64 if exact else jnp.float32
   with precision.x64():
     params_S = {n: jnp.asarray(v, dtype) for n, v in tr.params.items()}
     cands = protocol.candidates(params_S, s.kinds, s.modules, s.rates)
     params_CS = protocol.edited_params(jax.random.key(EDIT_KEY), params_S, cands, s.rates, s.niter, s.cumulative)
-    groups = protocol.layer_groups(cands, params_CS, L) if exact else None  # by edited layer
-    xi = np.array([c.xi for c in cands])
-    Sigma = jnp.asarray(tasks.x_covariance(tr.task), dtype)
+    groups = protocol.layer_groups(cands, params_CS, L) if exact else None  # exact: start from the edited layer
     chunk = min(arch.n_tasks, TASK_CHUNK)
-    acc = {shots: {"base": [], "bayes": [], "chosen": {}, "rand0": [], "halves": []} for shots in arch.shots}
+    parts = {shots: [] for shots in arch.shots}
     for i in range(-(-arch.n_tasks // chunk)):  # the tasks in chunks; chunk i from fold_in(EVAL_KEY, i)
       data = protocol.sample_data(jax.random.fold_in(jax.random.key(EVAL_KEY), i), tr.task, chunk, max(s.Vs),
                                   arch.test_queries, dtype)
-      keep = min(chunk, arch.n_tasks - i * chunk)
       for shots in arch.shots:
-        if exact:
-          val, test = protocol.evaluate_exact(groups, params_S, data, Sigma, shots, Vs, noise, s.candidate_chunk,
-                                              len(cands))
-        else:
-          val, test = (np.asarray(a, np.float64) for a in protocol.evaluate_all(
-              params_CS, data, Sigma, tr.model, shots, Vs, noise, s.candidate_chunk))
-        val, test = val[:, :, :keep], np.asarray(tasks.normalised_error(test[:, :, :keep], tr.task.d), np.float64)
-        _select_chunk(acc[shots], val, test, protocol.bayes_errors(data, tr.task, shots)[:keep], cands, xi, s, L)
-        for k, v in protocol.spent_errors(data, tr.task, shots, Vs, noise).items():
-          acc[shots].setdefault(f"{k}_with_val", []).append(np.asarray(v, np.float64)[:keep])
-        acc[shots]["halves"].append((test[:, :, :keep // 2].sum(axis=2), test[:, :, keep // 2:].sum(axis=2),
-                                     keep // 2, keep - keep // 2))
+        e = protocol.chunk_errors(params_S, params_CS, groups, data, tr.task, tr.model, shots, s.Vs, s.val_noise,
+                                  s.candidate_chunk, min(chunk, arch.n_tasks - i * chunk))
+        parts[shots].append(protocol.chunk_summary(e, cands, s.kinds, s.Vs, s.val_noise, L))
       done = min(arch.n_tasks, (i + 1) * chunk)
       if (i + 1) % 10 == 0 or done == arch.n_tasks:
         io.progress(f"  {arch.name}: {done:,}/{arch.n_tasks:,} tasks, {time.perf_counter() - t0:.0f} s",
                     final=done == arch.n_tasks)
     if not exact:
       tail_check(ctx, tr, params_S, s, arch, dtype)
-    for shots in arch.shots:
-      _record(ctx, acc[shots], cands, tr.seeds, s, arch.name, shots, L)
-      base = np.concatenate(acc[shots]["base"], axis=1)
+    pooled = {shots: protocol.pool(parts[shots]) for shots in arch.shots}
+    for shots, p in pooled.items():
+      _record(ctx, p, cands, tr.seeds, s, arch.name, shots, L)
       ctx.log(f"{arch.name} N={shots}: {len(cands)} candidates × {len(tr.seeds)} seeds × {arch.n_tasks} tasks; "
-              f"unpruned mean {base.mean():.4g}, median {np.median(base):.4g}; "
+              f"unpruned mean {p['base'].mean():.4g}, median {np.median(p['base']):.4g}; "
               f"{time.perf_counter() - t0:.1f} s since the models were loaded")
-  return {shots: {"candidates": cands, "first": sum(h[0] for h in acc[shots]["halves"]),
-                  "second": sum(h[1] for h in acc[shots]["halves"]), "n_first": sum(h[2] for h in acc[shots]["halves"]),
-                  "n_second": sum(h[3] for h in acc[shots]["halves"])} for shots in arch.shots}
+  return {shots: {"candidates": cands, **{k: p[k] for k in ("first", "second", "n_first", "n_second")}}
+          for shots, p in pooled.items()}
 
 
 def tail_check(ctx, tr, params_S: Params, s: "Settings", arch: Arch, dtype) -> None:
@@ -195,45 +160,29 @@ def tail_check(ctx, tr, params_S: Params, s: "Settings", arch: Arch, dtype) -> N
           shots=s.n_context)
 
 
-def _select_chunk(acc: dict, val, test, bayes, cands, xi, s: Settings, L: int) -> None:
-  """One chunk of tasks: each family's per-task choice for every layer group, V and noise level."""
-  acc["base"].append(test[0])
-  acc["bayes"].append(bayes)
-  for kind in s.kinds:
-    for group in protocol.GROUPS:
-      chosen = protocol.chosen_errors(val, test, xi, protocol.family(cands, kind, group, L))  # [nV, nN, S, B]
-      for iv, V in enumerate(s.Vs):
-        for iz, sigma in enumerate(s.val_noise):
-          acc["chosen"].setdefault((kind, group, V, sigma), []).append(chosen[iv, iz])
-  if "svd_rand" in s.kinds:  # the randomized SVD at rate 0 is the identity only to round-off
-    i0 = [i for i, c in enumerate(cands) if c.kind == "svd_rand" and c.xi == 0.0]
-    acc["rand0"].append(np.max(np.abs(test[i0] - test[0]) / test[0], axis=(0, 2)))
-
-
-def _record(ctx, acc: dict, cands, seeds, s: Settings, name: str, shots: int, L: int) -> None:
-  base, bayes = np.concatenate(acc["base"], axis=1), np.concatenate(acc["bayes"])
+def _record(ctx, p: dict, cands, seeds, s: Settings, name: str, shots: int, L: int) -> None:
+  """The rows of one model and prompt size from its pooled chunks (core.protocol.pool)."""
+  base, bayes = p["base"], p["bayes"]
   ctx.add("bayes_mean", bayes.mean(), n_tasks=bayes.size, model=name, shots=shots)
   ctx.add("n_candidates", len(cands), model=name, shots=shots)
   for kind in s.kinds:
     ctx.add("n_candidates", len(protocol.family(cands, kind, "all", L)) - 1, model=name, shots=shots, edit=kind)
-  for (kind, group, V, sigma), parts in acc["chosen"].items():
-    _gain_rows(ctx, base, np.concatenate(parts, axis=1), bayes, seeds, s,
-               dict(model=name, shots=shots, edit=kind, layers=group, V=V, val_noise=sigma))
+  for (kind, group, V, sigma), chosen in p["chosen"].items():
+    keys = dict(model=name, shots=shots, edit=kind, layers=group, V=V, val_noise=sigma)
+    for k, seed in enumerate(seeds):
+      ctx.add_many(protocol.gain_summary(base[k], chosen[k], bayes, s.unchanged_rel), seed=seed, n_tasks=base.shape[1],
+                   **keys)
+    if group == "all" and len(seeds) >= 2:  # over seeds: the hierarchical bootstrap CI of the mean gain (costly)
+      pg = stats.paired_gain(base, chosen)
+      ctx.add_many({"gain_ci_lo": pg["ci_lo"], "gain_ci_hi": pg["ci_hi"]}, n_tasks=base.size, **keys)
   for k in ("bayes_with_val", "ridge_with_val"):  # the V validation examples used as demonstrations
-    e = np.concatenate(acc[k])
     for iv, V in enumerate(s.Vs):
       for iz, sigma in enumerate(s.val_noise):
-        ctx.add(f"{k}_mean", e[:, iv, iz].mean(), n_tasks=e.shape[0], model=name, shots=shots, V=V, val_noise=sigma)
-  if acc["rand0"]:
-    worst = np.max(np.stack(acc["rand0"]), axis=0)
-    for k, seed in enumerate(seeds):
-      ctx.add("rand_xi0_max_rel_change", worst[k], seed=seed, n_tasks=base.shape[1], model=name, shots=shots,
-              edit="svd_rand")
-
-
-def run(s: Settings, ctx: engine.Context) -> None:
-  for arch in s.archs:
-    run_arch(s, arch, ctx)
+        ctx.add(f"{k}_mean", p[k][:, iv, iz].mean(), n_tasks=p[k].shape[0], model=name, shots=shots, V=V,
+                val_noise=sigma)
+  for k, seed in enumerate(seeds if p["rand0"] is not None else ()):
+    ctx.add("rand_xi0_max_rel_change", p["rand0"][k], seed=seed, n_tasks=base.shape[1], model=name, shots=shots,
+            edit="svd_rand")
 
 
 # --- statistics over seeds -------------------------------------------------------------------
