@@ -14,9 +14,12 @@ basis; torch's current version, M = None), the randomized SVD of the paper's cod
 With q = min(m, n) it reconstructs W to round-off (rate 0 is a no-op only to round-off); with q = r on
 a rank-r matrix it is exact to round-off, otherwise an approximation of the best rank-r matrix.
 Every function is pure and jittable for a fixed rank (q sets shapes, so r must be static there).
+`edit_grid` makes every kind × rank edit of one matrix for a stack of seeds in a few compiled calls.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -150,3 +153,40 @@ def edit_traced(kind: str, key: jax.Array, W: jax.Array, rank) -> jax.Array:
   if kind == "null_shrink":
     return shrink(W, size)
   raise ValueError(f"kind must be one of {tuple(k for k in KINDS if k != 'svd_rand')}, got {kind!r}")
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _edit_ranks(key, tags_R, W_SMN, ranks_R, kind):
+  """One kind's edits of one matrix at every rank (traced) for every seed → [R, S, m, n]."""
+  def one(tag, r):
+    keys = jax.random.split(jax.random.fold_in(key, tag), W_SMN.shape[0])
+    return jax.vmap(lambda k, W: edit_traced(kind, k, W, r))(keys, W_SMN)
+  return jax.vmap(one)(tags_R, ranks_R)
+
+
+@functools.partial(jax.jit, static_argnames=("rank", "niter"))
+def _edit_rand(key, tag, W_SMN, rank, niter):
+  """The randomized SVD (q = r is a shape, so one compile per rank) for every seed → [S, m, n]."""
+  keys = jax.random.split(jax.random.fold_in(key, tag), W_SMN.shape[0])
+  return jax.vmap(lambda k, W: truncate_randomized(k, W, rank, niter))(keys, W_SMN)
+
+
+def edit_grid(key: jax.Array, tags_KR, W_SMN: jax.Array, kinds: tuple[str, ...], ranks: tuple[int, ...],
+              niter: int = 2, cumulative: bool = False) -> jax.Array:
+  """Every kind × rank edit of one matrix for every seed → [K, R, S, m, n] (docs/theory.md §7, §12).
+
+  Edit (k, r) of seed s draws its randomness from split(fold_in(key, tags_KR[k, r]), S)[s], so a
+  stable tag per edit gives the same edit whatever else is searched. cumulative chains the randomized
+  SVD through the ranks in order (the paper's search clips the previous rate's weights); the exact
+  truncations are nested, so for them it would change nothing."""
+  out = []
+  for i, kind in enumerate(kinds):
+    if kind != "svd_rand":
+      out.append(_edit_ranks(key, tags_KR[i], W_SMN, jnp.asarray(ranks), kind))
+      continue
+    row, prev = [], W_SMN
+    for j, r in enumerate(ranks):
+      prev = _edit_rand(key, tags_KR[i, j], prev if cumulative else W_SMN, r, niter)
+      row.append(prev)
+    out.append(jnp.stack(row))
+  return jnp.stack(out)

@@ -193,6 +193,17 @@ def forward_query(params: Params, Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Arr
   return predict(block_over(last, Z_BTD[:, N:], Z_BTD[:, :N], cfg))
 
 
+def forward_queries(params: Params, Zs_BND: jax.Array, Xq_BQd: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """ŷ [B, Q] for Q queries per prompt; the queries never act as keys or values, so each ŷ equals
+  core.model.forward on the prompt followed by that one query."""
+  N = Zs_BND.shape[1]
+  query = jnp.concatenate([Xq_BQd, jnp.zeros_like(Xq_BQd[..., :1])], axis=-1)
+  Z = jnp.concatenate([Zs_BND, query], axis=1)
+  first, last = ({n: v[:-1] for n, v in params.items()}, {n: v[-1] for n, v in params.items()})
+  Z, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg, n_demos=N), None), Z, first)
+  return -block_over(last, Z[:, N:], Z[:, :N], cfg)[..., -1]  # the last layer for the queries only
+
+
 def predict(Z_BTD: jax.Array) -> jax.Array:
   """ŷ = −(the query's y-slot) (von Oswald / Ahn sign)."""
   return -Z_BTD[..., -1, -1]

@@ -23,6 +23,7 @@ import functools
 import numpy as np
 
 from lintheory.core import edits, learners
+from lintheory.core.protocol import family, select
 from lintheory.run import profiles
 from lintheory.studies import engine, figures, paper_protocol as pp, text
 
@@ -132,13 +133,13 @@ def run(s: Settings, ctx: engine.Context) -> None:
 def population_rows(ctx, halves: dict, seeds, ps: pp.Settings, name: str, shots: int) -> None:
   """The population-level choice per family and seed: the one candidate (the unpruned model among them)
   with the lowest mean test error on the first half of the protocol's tasks, scored on the second half
-  (pop_gain: unpruned − chosen there, normalised errors; ties to the smaller ξ, as paper_protocol.select)."""
+  (pop_gain: unpruned − chosen there, normalised errors; ties to the smaller ξ, as core.protocol.select)."""
   cands = halves["candidates"]
   first, second = halves["first"] / halves["n_first"], halves["second"] / halves["n_second"]  # [C, S]
   xi = np.array([c.xi for c in cands])
   for kind in ps.kinds:
-    idx = pp.family(cands, kind, "all", 1)
-    pick = idx[pp.select(first[idx], xi[idx])]  # [S]
+    idx = family(cands, kind, "all", 1)
+    pick = idx[select(first[idx], xi[idx])]  # [S]
     gain = second[0] - second[pick, np.arange(len(seeds))]
     for i, seed in enumerate(seeds):
       ctx.add("pop_gain", gain[i], seed=seed, n_tasks=halves["n_second"], model=name, shots=shots, edit=kind,
