@@ -65,7 +65,7 @@ def test_task_features_are_those_of_the_tasks_evaluate_scores():
   eta = learners.eta_star(3, 6)
   params = learners.construct(3, np.array([eta]), dtype=jnp.float64)
   err = evaluate.errors(params, ModelConfig(d=3), task, key, n, chunk=chunk, dtype="float64")
-  feats = dr.task_features(task, key, n, chunk)
+  feats = evaluate.task_features(task, key, n, chunk)
   X, y, w = [], [], []
   for i in range(-(-n // chunk)):
     b = tasks.sample(jax.random.fold_in(key, i), task, chunk, dtype=jnp.float64)

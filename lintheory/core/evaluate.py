@@ -191,6 +191,23 @@ def context_errors(params: Params, cfg: ModelConfig, task_cfg: TaskConfig, key: 
   return {M: out[j, :, :n_tasks] for j, M in enumerate(contexts)}
 
 
+def task_features(task: TaskConfig, key: jax.Array, n: int, chunk: int = 8192) -> dict[str, np.ndarray]:
+  """Per task, in `errors`' order (chunk i from fold_in(key, i), the last one cut): λ_max of the
+  demonstrations' covariance X̂ᵀX̂/N and the task norm ‖w‖ → {"lam_max", "w_norm"} [n] float64."""
+  chunk = min(chunk, n)
+
+  @jax.jit
+  def one(i):
+    b = tasks.sample(jax.random.fold_in(key, i), task, chunk, dtype=jnp.float64)
+    cov = jnp.einsum("bni,bnj->bij", b.X, b.X) / b.X.shape[1]
+    return jnp.linalg.eigvalsh(cov)[:, -1], jnp.linalg.norm(b.w, axis=-1)
+
+  with precision.x64():
+    parts = [one(i) for i in range(-(-n // chunk))]
+  return {"lam_max": np.concatenate([np.asarray(p[0]) for p in parts])[:n],
+          "w_norm": np.concatenate([np.asarray(p[1]) for p in parts])[:n]}
+
+
 def bayes_predictor(task_cfg: TaskConfig, X_BND: jax.Array, y_BN: jax.Array) -> jax.Array:
   """The posterior mean of w under the task prior N(0, Σ_w) and noise σ² → [B, d] (docs/theory.md §9).
 

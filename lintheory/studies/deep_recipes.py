@@ -207,23 +207,6 @@ def train_models(s: Settings, L: int, name: str, cache_dir: str):
 # --- where the mean comes from --------------------------------------------------------------
 
 
-def task_features(task: TaskConfig, key: jax.Array, n: int, chunk: int = 8192) -> dict[str, np.ndarray]:
-  """Per task, in evaluate.errors' order (chunk i from fold_in(key, i), the last one cut):
-  λ_max of the demonstrations' covariance X̂ᵀX̂/N and the task norm ‖w‖."""
-  chunk = min(chunk, n)
-
-  @jax.jit
-  def one(i):
-    b = tasks.sample(jax.random.fold_in(key, i), task, chunk, dtype=jnp.float64)
-    cov = jnp.einsum("bni,bnj->bij", b.X, b.X) / b.X.shape[1]
-    return jnp.linalg.eigvalsh(cov)[:, -1], jnp.linalg.norm(b.w, axis=-1)
-
-  with precision.x64():
-    parts = [one(i) for i in range(-(-n // chunk))]
-  return {"lam_max": np.concatenate([np.asarray(p[0]) for p in parts])[:n],
-          "w_norm": np.concatenate([np.asarray(p[1]) for p in parts])[:n]}
-
-
 def attribution(err: np.ndarray, feats: dict[str, np.ndarray]) -> dict[str, float]:
   """Shares of the summed error: of the worst tasks, and of the tasks with an extreme spectrum or norm;
   where the single worst task's λ_max ranks among all tasks (1 = the largest)."""
@@ -338,7 +321,7 @@ def run(s: Settings, ctx: engine.Context) -> None:
     if name not in CANDIDATES:
       raise ValueError(f"recipe must be one of {tuple(CANDIDATES)}, got {name!r}")
   key = jax.random.key(EVAL_KEY)
-  feats = task_features(TaskConfig(d=s.d, n_context=s.n_context), key, s.eval_tasks)
+  feats = evaluate.task_features(TaskConfig(d=s.d, n_context=s.n_context), key, s.eval_tasks)
   for L, names in s.grid:
     run_reference(s, L, ctx, key, feats)
     for name in names:

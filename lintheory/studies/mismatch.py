@@ -189,29 +189,13 @@ class Condition:
             "steps": self.tr.train.steps}
 
 
-@functools.lru_cache(maxsize=16)
-def _paired_fn(cfg: ModelConfig, task: TaskConfig, chunk: int):
-  """Jitted (params [P, ...], key, i) → [P, chunk] errors of P models on ONE batch of chunk i.
-
-  evaluate.errors with paired_seeds draws the same tasks once per model; sampling once here is what
-  makes a hundred edits affordable. Chunk i holds tasks.sample(fold_in(key, i), task, chunk), the tasks
-  evaluate.bayes_errors draws with the same key and chunk.
-  """
-
-  def fn(params_P, key, i):
-    batch = tasks.sample(jax.random.fold_in(key, i), task, chunk, dtype=jnp.float64)
-    return evaluate.in_sub_batches(lambda b: jax.vmap(lambda p: evaluate.per_task_error(p, cfg, b, task))(params_P),
-                                   batch)
-
-  return jax.jit(fn)
-
-
 def _errors(params_P: dict, c: Condition, key: jax.Array, n: int, chunk: int) -> np.ndarray:
   """Exact per-task errors ÷ d of P models on the same n tasks → [P, n] float64."""
   if c.pad_to:
     params_P = padded_as_truncated(params_P, c.test.n_context, c.pad_to)
   chunk = min(chunk, n)
-  fn = _paired_fn(c.tr.model, c.test, chunk)
+  # one draw of the tasks, every model on it: sampling once is what makes a hundred edits affordable
+  fn = evaluate.chunk_fn(c.tr.model, c.test, chunk, "float64", seeds=True, paired_seeds=True, normalise=True)
   parts = [np.asarray(fn(params_P, key, i)) for i in range(-(-n // chunk))]
   return np.concatenate(parts, axis=-1)[:, :n]
 
