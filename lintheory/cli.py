@@ -645,7 +645,7 @@ def check_sweep_dir(out: Path, overwrite: bool) -> None:
       io.remove_tree(out / name)
     return
   csv_path, json_path = out / "sweep.csv", out / "sweep.json"
-  meta = rundir._read_json(json_path) if json_path.exists() else None
+  meta = rundir.read_json(json_path) if json_path.exists() else None
   if csv_path.exists() and meta is None:
     raise rundir.RunError(f"{csv_path}: no sweep.json beside it (a sweep interrupted in its first block, or a "
                           "removed file); pass --overwrite to start again")

@@ -17,8 +17,6 @@ Fits are cached per (task; L; fit recipe) in runs/cache/references/.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -355,8 +353,7 @@ def cache_key(task: TaskConfig, L: int, cfg: FitConfig) -> dict:
 
 
 def cache_path(task: TaskConfig, L: int, cfg: FitConfig, cache_dir="runs/cache") -> Path:
-  key = json.dumps(io._jsonable(cache_key(task, L, cfg)), sort_keys=True)
-  name = f"d{task.d}_N{task.n_context}_L{L}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+  name = f"d{task.d}_N{task.n_context}_L{L}_{io.digest(cache_key(task, L, cfg))[:12]}.json"
   return Path(cache_dir) / "references" / name
 
 
