@@ -11,7 +11,9 @@ gradient norm 0. Deeper references minimise the exact query error on a fixed sam
 trust-region Newton method in float64, in units where the loss and the step sizes are scale-free, and
 stop on the gradient norm; a fit whose gradient norm is still above FitConfig.tol is marked
 `converged=False`, and analysis and the studies refuse it (`usable`) instead of comparing with it.
-Fits are cached per (task; L; fit recipe) in runs/cache/references/.
+Fits are cached per (task; L; fit recipe) in runs/cache/references/, one JSON file per entry named by
+io.digest of its key and written atomically (io.write_json): a file is whole or absent, and a fit of a kind
+it lacks is added to it under the entry's lock.
 """
 
 from __future__ import annotations
