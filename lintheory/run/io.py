@@ -102,7 +102,7 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> None:
 
 
 def jsonable(x: Any) -> Any:
-  """`x` as plain JSON values: arrays as lists, numpy scalars as Python numbers, NaN → None, ±inf → "inf"/"-inf"."""
+  """`x` as plain JSON values: arrays as lists, numpy scalars as numbers, NaN → None, ±inf → "inf"/"-inf"."""
   if isinstance(x, dict):
     return {k: jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
@@ -198,7 +198,7 @@ def cached_dir(root: str | os.PathLike, key: Any, files: tuple[str, ...], build:
   every name of `files` exists), and load reads it without an error of UNREADABLE. Anything else is a miss:
   build writes `files` (and any others it likes) into an empty temporary directory beside the entry, then
   the manifest is written, everything is fsynced and the directory renamed into place, so a process killed
-  at any point leaves the old entry or a complete new one. A lock (root/<name>.lock) makes a second process
+  at any point leaves no entry, the old one or a complete new one, never a part of one. A lock (root/<name>.lock) makes a second process
   that wants the same entry wait, then find it.
   """
   root = Path(root)
@@ -229,13 +229,13 @@ def _is_complete(path: Path, key: Any, files: tuple[str, ...]) -> bool:
     return all((path / f).is_file() for f in files)
   try:
     manifest = read_json(path / MANIFEST)
-  except UNREADABLE:
+    listed = manifest["files"]
+    if manifest["key"] != jsonable(key) or not set(files) <= set(listed):
+      return False
+    return all((path / f).is_file() and (path / f).stat().st_size == rec["size"]
+               and sha256_file(path / f) == rec["sha256"] for f, rec in listed.items())
+  except (*UNREADABLE, TypeError, AttributeError):  # a manifest cut short or not of this form
     return False
-  listed = manifest.get("files") if isinstance(manifest, dict) else None
-  if not isinstance(listed, dict) or manifest.get("key") != jsonable(key) or not set(files) <= set(listed):
-    return False
-  return all((path / f).is_file() and (path / f).stat().st_size == rec["size"] and sha256_file(path / f) == rec["sha256"]
-             for f, rec in listed.items())
 
 
 def _seal(tmp: Path, key: Any, files: tuple[str, ...]) -> None:
