@@ -88,3 +88,92 @@ def test_check_writable_dir_names_the_problem(tmp_path):
     io.check_writable_dir(tmp_path / "f" / "below", "--out")
   with pytest.raises(ValueError, match="cannot write in /proc"):
     io.check_writable_dir("/proc/lintheory-x", "--out")
+
+
+def _cached(root, key, calls: list, raise_after=None):
+  """An io.cached_dir entry of two files whose values count the builds; load fails on a truncated file."""
+  def build(path):
+    calls.append(len(calls) + 1)
+    io.write_npy(path / "a.npy", np.arange(1000.0) * len(calls))
+    if raise_after:
+      raise raise_after
+    io.write_json(path / "b.json", {"n": len(calls)})
+    return float(np.load(path / "a.npy")[1]), len(calls)
+  load = lambda path: (float(np.load(path / "a.npy")[1]), io.read_json(path / "b.json")["n"])
+  return io.cached_dir(root, key, ("a.npy", "b.json"), build, load)
+
+
+def test_a_cache_entry_is_found_again_by_an_equal_key_built_anew(tmp_path):
+  """The entry's name is digest(key)[:16]; tuples for lists and numpy scalars for numbers make the same key;
+  nothing but the entry, its lock and no temporary directory is left."""
+  calls = []
+  assert _cached(tmp_path, {"seeds": [0, 1], "lr": 0.5}, calls) == (1.0, 1)
+  assert _cached(tmp_path, {"lr": np.float64(0.5), "seeds": (np.int64(0), 1)}, calls) == (1.0, 1)
+  assert calls == [1]
+  name = io.digest({"seeds": [0, 1], "lr": 0.5})[:16]
+  assert sorted(p.name for p in tmp_path.iterdir()) == [name, f"{name}.lock"]
+  assert io.read_json(tmp_path / name / io.MANIFEST)["key"] == {"seeds": [0, 1], "lr": 0.5}
+  assert _cached(tmp_path, {"seeds": [0, 2], "lr": 0.5}, calls) == (2.0, 2)  # another key: another entry
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "same size, other bytes"])
+def test_a_cache_entry_with_a_damaged_file_is_a_miss_then_rebuilt(tmp_path, damage):
+  calls = []
+  _cached(tmp_path, "k", calls)
+  f = tmp_path / io.digest("k")[:16] / "b.json"
+  if damage == "missing":
+    f.unlink()
+  elif damage == "truncated":
+    f.write_bytes(f.read_bytes()[:3])
+  else:
+    f.write_bytes(f.read_bytes().replace(b"1", b"7"))
+  assert _cached(tmp_path, "k", calls) == (2.0, 2) and calls == [1, 2]
+  assert _cached(tmp_path, "k", calls) == (2.0, 2) and calls == [1, 2]  # and the rebuilt entry is a hit
+
+
+def test_a_build_killed_before_it_finishes_leaves_no_entry_and_is_built_again(tmp_path):
+  calls = []
+  with pytest.raises(KeyboardInterrupt):
+    _cached(tmp_path, "k", calls, raise_after=KeyboardInterrupt())
+  name = io.digest("k")[:16]
+  assert [p.name for p in tmp_path.iterdir()] == [f"{name}.lock"]
+  (tmp_path / f".{name}.x1y2.tmp").mkdir()  # what a SIGKILL during a build leaves
+  assert _cached(tmp_path, "k", calls) == (2.0, 2)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [name, f"{name}.lock"]
+
+
+def test_an_entry_written_before_manifests_is_a_hit_unless_a_file_is_cut_short(tmp_path):
+  """The code before io.cached_dir wrote no manifest: its complete entries are hits (no rebuild), and one it
+  left with a file cut short (deep_recipes wrote losses.npy with a plain np.save after params.npz) is rebuilt."""
+  calls = []
+  _cached(tmp_path, "k", calls)
+  entry = tmp_path / io.digest("k")[:16]
+  (entry / io.MANIFEST).unlink()
+  assert _cached(tmp_path, "k", calls) == (1.0, 1) and calls == [1]
+  (entry / io.MANIFEST).write_text("")  # an unreadable manifest is a miss too
+  assert _cached(tmp_path, "k", calls) == (2.0, 2)
+  (entry / io.MANIFEST).unlink()
+  (entry / "a.npy").write_bytes((entry / "a.npy").read_bytes()[:200])
+  assert _cached(tmp_path, "k", calls) == (3.0, 3)
+
+
+def test_deep_recipes_entry_with_losses_cut_short_after_its_params_is_retrained(tmp_path, monkeypatch):
+  """The kill between params.npz and losses.npy: the entry is a miss and is trained again, not a failure."""
+  from lintheory.studies import deep_recipes as dr
+  trained = []
+
+  def fit_own(task, model, c, prof):
+    trained.append(1)
+    return {"W_Q": np.full((1, 2, 2), len(trained), np.float32)}, np.full((2, 3), float(len(trained)))
+
+  monkeypatch.setattr(dr, "fit_own", fit_own)
+  args = (TASK, MODEL, dr.CANDIDATES[next(iter(dr.CANDIDATES))], dr.PROFILES["tiny"].train, str(tmp_path), "L=1")
+  p1, l1 = dr.cached_own(*args)
+  (entry,) = [p for p in (tmp_path / dr.NAME).iterdir() if p.is_dir()]
+  assert sorted(p.name for p in entry.iterdir()) == sorted(["key.json", "params.npz", "losses.npy", io.MANIFEST])
+  p2, l2 = dr.cached_own(*args)
+  assert len(trained) == 1 and np.array_equal(l1, l2) and np.array_equal(p1["W_Q"], p2["W_Q"])
+  (entry / io.MANIFEST).unlink()  # as the code before manifests left it, killed inside np.save
+  (entry / "losses.npy").write_bytes((entry / "losses.npy").read_bytes()[:90])
+  p3, l3 = dr.cached_own(*args)
+  assert len(trained) == 2 and np.all(l3 == 2.0) and np.all(p3["W_Q"] == 2)

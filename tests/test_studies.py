@@ -80,6 +80,37 @@ def test_table_round_trips_through_csv():
   assert back.rows == t.rows
 
 
+def _committed_tables():
+  from pathlib import Path
+  files = sorted((Path(__file__).resolve().parents[1] / "results").glob("*.csv"))
+  assert len(files) >= len(studies.STUDIES)
+  return files
+
+
+@pytest.mark.parametrize("lines", [400, pytest.param(None, marks=pytest.mark.slow)])
+def test_codec_reads_and_writes_every_committed_results_csv_byte_for_byte(lines):
+  """The one CSV codec (run.tables, engine.Table's) reproduces each committed results table (its first
+  `lines` lines; all of it in the slow run) from the rows it reads: every cell's text is the form it writes."""
+  from lintheory.run import tables
+  for f in _committed_tables():
+    text = "".join(f.read_text().splitlines(keepends=True)[:lines])
+    cols, rows = tables.from_csv(text)
+    assert tables.to_csv(cols, rows) == text, f.name
+    if f.stem in studies.STUDIES:
+      assert engine.Table.from_csv(text, tuple(cols[:-len(engine.FIXED)])).to_csv() == text, f.name
+
+
+def test_codec_cells_read_back_as_the_values_written():
+  from lintheory.run import tables
+  import numpy as np
+  values = [None, True, False, 0, -7, np.int64(3), 0.1 + 0.2, -0.0, float("inf"), np.float32(0.1), 1e-300, "attn"]
+  back = [tables.parse(tables.cell(v)) for v in values]
+  assert back == [None, True, False, 0, -7, 3, 0.1 + 0.2, -0.0, float("inf"), float(np.float32(0.1)), 1e-300, "attn"]
+  assert [type(v) for v in back[3:6]] == [int] * 3 and str(back[7]) == "-0.0"
+  with pytest.raises(ValueError, match="line 3 has 1 cells, the header 2"):
+    tables.from_csv("a,b\n1,2\n3\n")
+
+
 def test_bad_profile_is_one_line_exit_2(capsys):
   with pytest.raises(SystemExit) as e:
     engine.main("one_layer", ["--profile", "nope"])

@@ -1,5 +1,7 @@
 """The vectorised pruning sweep: equal to the loop, bit-exact where nothing is pruned, resumable."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +92,24 @@ def test_an_overflowed_task_error_is_infinite_and_the_median_is_infinite_only_pa
   out = sweep._summary(None, jnp.asarray(err), (zeros, zeros, None), None, None, None, False)
   assert float(out["icl_error_median"]) == (0.5 if n_nan == 2 else np.inf)
   assert float(out["icl_error"]) == np.inf
+
+
+def test_sweep_csv_reads_back_typed_and_writes_the_same_bytes(full, tmp_path):
+  res, out = full
+  rows = sweep.read_csv(out / "sweep.csv")
+  # ints for seed/layer/rank, floats for measures, None for the empty xi of a rank row (written as "")
+  assert rows == [{**r, "xi": None if r["xi"] == "" else r["xi"]} for r in res.rows]
+  cols = sweep.io.read_json(out / "sweep.json")["columns"]
+  sweep.write_csv(tmp_path / "again.csv", cols, rows)
+  assert (tmp_path / "again.csv").read_bytes() == (out / "sweep.csv").read_bytes()
+
+
+def test_a_cached_sweep_is_read_back_by_an_equal_key_without_running(params_S, full, tmp_path, monkeypatch):
+  res, out = full
+  first = sweep.cached(params_S, list(SEEDS), MODEL, TASK, CFG, tmp_path, progress=False)
+  monkeypatch.setattr(sweep, "run", lambda *a, **k: pytest.fail("ran a cached sweep again"))
+  again = sweep.cached(params_S, tuple(SEEDS), MODEL, TASK, dataclasses.replace(CFG, block=CFG.block + 1), tmp_path)
+  assert first.rows == res.rows and again.rows == sweep.read_csv(out / "sweep.csv") and again.meta["complete"]
 
 
 def test_interrupted_sweep_resumes_to_the_same_csv(params_S, full, tmp_path):

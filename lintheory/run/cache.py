@@ -1,15 +1,13 @@
 """The cache of trained models that studies share (runs/cache/<digest>/).
 
 Keyed by every field of the task, model and training configurations, the seeds and the trainer's
-revision (train.TRAINER); a file lock makes a model that two parallel studies need get trained once.
+revision (train.TRAINER); an entry is an io.cached_dir (atomic, verified on its manifest, and locked, so a
+model that two parallel studies need gets trained once).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io as _io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from lintheory.core.model import ModelConfig, Params
 from lintheory.core.tasks import TaskConfig
 from lintheory.run import adequacy
 from lintheory.run import train as _train
-from lintheory.run.io import _jsonable, atomic_write_bytes, locked, read_json, write_json, write_npz
+from lintheory.run.io import cached_dir, digest, read_json, write_json, write_npy, write_npz
 from lintheory.run.train import TrainConfig
 
 
@@ -36,9 +34,7 @@ def cache_key(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, seed
           "train": dataclasses.asdict(train_cfg), "seeds": list(seeds), "trainer": _train.TRAINER}
 
 
-def key_digest(key: dict) -> str:
-  """The cache directory's name for a key."""
-  return hashlib.sha256(json.dumps(_jsonable(key), sort_keys=True).encode()).hexdigest()[:16]
+FILES = ("key.json", "losses.npy", "params.npz")  # an entry's product; adequacy.json beside it is derived from them
 
 
 def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, seeds, cache_dir="runs/cache",
@@ -46,39 +42,39 @@ def cached_fit(task: TaskConfig, model: ModelConfig, train_cfg: TrainConfig, see
   """Train one model per seed (vmapped; a stalled seed restarted, run.adequacy.fit), or load them if this
   exact configuration was trained.
 
-  Studies share trained models through this cache (keyed by every config field and the seeds),
-  so a study that needs a model another study trained does not retrain it.
+  Studies share trained models through this cache (keyed by every config field and the seeds; an entry of
+  io.cached_dir), so a study that needs a model another study trained does not retrain it.
   Returns (params with a leading seed axis, as numpy arrays in the training dtype, losses [S, steps],
   the training diagnostic per seed): the same whether trained now or read back, whatever the caller's x64 mode.
   """
   train_cfg = _train.resolve(train_cfg, model)  # a field left to the recipe keys as its value
   key = cache_key(task, model, train_cfg, seeds)
-  digest = key_digest(key)
-  path = Path(cache_dir) / digest
-  with locked(Path(cache_dir) / f"{digest}.lock", f"training {label or digest}"):
-    if all((path / f).exists() for f in ("params.npz", "losses.npy", "adequacy.json")):
-      with np.load(path / "params.npz") as f:
-        params = {k: f[k] for k in f.files}
-      losses, saved = np.load(path / "losses.npy"), read_json(path / "adequacy.json")
-      if isinstance(saved, dict) and saved.get("version") == adequacy.VERSION:
-        return params, losses, tuple(adequacy.Seed(**_floats(s)) for s in saved["seeds"])
-      # the diagnostic changed since this model was trained: recompute it, keeping the restarts it chose
-      old = saved["seeds"] if isinstance(saved, dict) else saved
-      diagnosed = adequacy.diagnose(task, model, train_cfg, seeds, params, losses, [s["restarts"] for s in old])
-      _write_adequacy(path, diagnosed)
-      return params, losses, diagnosed
+
+  def build(path: Path):
     res, restarts = adequacy.fit(task, model, train_cfg, seeds, on_chunk=_train.print_progress(train_cfg.steps, label))
     if res.diverged:
       raise RuntimeError(f"{label}{res.diverged}")
-    write_json(path / "key.json", key)
-    buf = _io.BytesIO()
-    np.save(buf, res.losses)
-    atomic_write_bytes(path / "losses.npy", buf.getvalue())
     params = {k: np.asarray(v) for k, v in res.params.items()}
     diagnosed = adequacy.diagnose(task, model, train_cfg, seeds, params, res.losses, restarts)
+    write_json(path / "key.json", key)
+    write_npy(path / "losses.npy", res.losses)
     write_npz(path / "params.npz", params)
-    _write_adequacy(path, diagnosed)  # last: it marks the entry complete
+    _write_adequacy(path, diagnosed)
     return params, res.losses, diagnosed
+
+  def load(path: Path):
+    with np.load(path / "params.npz") as f:
+      params = {k: f[k] for k in f.files}
+    losses, saved = np.load(path / "losses.npy"), read_json(path / "adequacy.json")
+    if isinstance(saved, dict) and saved.get("version") == adequacy.VERSION:
+      return params, losses, tuple(adequacy.Seed(**_floats(s)) for s in saved["seeds"])
+    # the diagnostic changed since this model was trained: recompute it, keeping the restarts it chose
+    old = saved["seeds"] if isinstance(saved, dict) else saved
+    diagnosed = adequacy.diagnose(task, model, train_cfg, seeds, params, losses, [s["restarts"] for s in old])
+    _write_adequacy(path, diagnosed)
+    return params, losses, diagnosed
+
+  return cached_dir(cache_dir, key, FILES, build, load, f"training {label or digest(key)[:16]}")
 
 
 def _write_adequacy(path: Path, diagnosed) -> None:

@@ -1,9 +1,11 @@
-"""Atomic file writes and the small I/O helpers every floor above core shares.
+"""Atomic file writes, the cache-key digest, the cached directory and the small I/O helpers every floor
+above core shares.
 
 Every write goes to a temporary file beside its target and is renamed into place, so a reader never
 sees half a file; JSON is strict (NaN → null, ±inf → "inf"/"-inf"). Every write and rename that
 commits state goes through `atomic_write_bytes` or `replace`, the two points fault-injection tests
-interrupt.
+interrupt. Every cache (trained models, fitted references, sweeps, deep_recipes' models) names an
+entry by `digest` of its key; the directory caches build and find entries through `cached_dir`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -99,13 +101,14 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> None:
     raise ValueError(f"{what} {path}: cannot write in {probe} ({e.strerror or e})") from None
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+  """`x` as plain JSON values: arrays as lists, numpy scalars as numbers, NaN → None, ±inf → "inf"/"-inf"."""
   if isinstance(x, dict):
-    return {k: _jsonable(v) for k, v in x.items()}
+    return {k: jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
+    return [jsonable(v) for v in x]
   if isinstance(x, (np.ndarray, jax.Array)):
-    return _jsonable(np.asarray(x).tolist())
+    return jsonable(np.asarray(x).tolist())
   if isinstance(x, (np.floating, float)):
     x = float(x)
     if not np.isfinite(x):
@@ -122,11 +125,17 @@ def write_json(path, obj: Any) -> None:
 
 
 def json_bytes(obj: Any) -> bytes:
-  return (json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n").encode()
+  return (json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n").encode()
 
 
 def read_json(path) -> Any:
-  return json.loads(Path(path).read_text())
+  return json.loads(Path(path).read_bytes())
+
+
+def digest(key: Any) -> str:
+  """sha256 (hex) of the canonical JSON of a cache key: sorted keys, jsonable's values, so equal keys built
+  from tuples or numpy scalars name the same entry."""
+  return hashlib.sha256(json.dumps(jsonable(key), sort_keys=True).encode()).hexdigest()
 
 
 def npz_bytes(arrays: dict[str, Any]) -> bytes:
@@ -143,6 +152,12 @@ def npz_bytes(arrays: dict[str, Any]) -> bytes:
 
 def write_npz(path, arrays: dict[str, Any]) -> None:
   atomic_write_bytes(path, npz_bytes(arrays))
+
+
+def write_npy(path, array) -> None:
+  buf = _io.BytesIO()
+  np.save(buf, np.asarray(array), allow_pickle=False)
+  atomic_write_bytes(path, buf.getvalue())
 
 
 def progress(msg: str, final: bool) -> None:
@@ -166,3 +181,71 @@ def locked(path: str | os.PathLike, what: str = ""):
       yield
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
+
+
+MANIFEST = "MANIFEST.json"  # a cache entry's list of files with their size and sha256, written last
+CACHE_FORMAT = "lintheory-cache/1"
+UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)  # a file cut short or garbled
+
+
+def cached_dir(root: str | os.PathLike, key: Any, files: tuple[str, ...], build: Callable[[Path], Any],
+               load: Callable[[Path], Any], what: str = "") -> Any:
+  """The value of the cache entry root/<digest(key)[:16]>: build(tmp)'s return where the entry is built now,
+  else load(entry).
+
+  A hit is decided on the whole entry: its MANIFEST.json records this key and every name of `files` with a
+  size and sha256 that the files on disk match (an entry written before manifests, with none, is a hit when
+  every name of `files` exists), and load reads it without an error of UNREADABLE. Anything else is a miss:
+  build writes `files` (and any others it likes) into an empty temporary directory beside the entry, then
+  the manifest is written, everything is fsynced and the directory renamed into place, so a process killed
+  at any point leaves no entry, the old one or a complete new one, never a part of one. A lock (root/<name>.lock) makes a second process
+  that wants the same entry wait, then find it.
+  """
+  root = Path(root)
+  name = digest(key)[:16]
+  path = root / name
+  with locked(root / f"{name}.lock", what or name):
+    if _is_complete(path, key, files):
+      try:
+        return load(path)
+      except UNREADABLE:
+        pass
+    for stale in root.glob(f".{name}.*.tmp"):  # left by a build that was killed
+      remove_tree(stale)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
+    try:
+      value = build(tmp)
+      _seal(tmp, key, files)
+      remove_tree(path)
+      replace(tmp, path)
+    except BaseException:
+      remove_tree(tmp)
+      raise
+    return value
+
+
+def _is_complete(path: Path, key: Any, files: tuple[str, ...]) -> bool:
+  if not (path / MANIFEST).is_file():
+    return all((path / f).is_file() for f in files)
+  try:
+    manifest = read_json(path / MANIFEST)
+    listed = manifest["files"]
+    if manifest["key"] != jsonable(key) or not set(files) <= set(listed):
+      return False
+    return all((path / f).is_file() and (path / f).stat().st_size == rec["size"]
+               and sha256_file(path / f) == rec["sha256"] for f, rec in listed.items())
+  except (*UNREADABLE, TypeError, AttributeError):  # a manifest cut short or not of this form
+    return False
+
+
+def _seal(tmp: Path, key: Any, files: tuple[str, ...]) -> None:
+  """Check build wrote every promised file, fsync them, write the manifest last."""
+  missing = [f for f in files if not (tmp / f).is_file()]
+  if missing:
+    raise RuntimeError(f"building the cache entry {tmp.name}: {', '.join(missing)} not written")
+  for f in files:
+    with open(tmp / f, "rb") as fh:
+      os.fsync(fh.fileno())
+  listed = {f: {"size": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in files}
+  write_json(tmp / MANIFEST, {"format": CACHE_FORMAT, "key": key, "files": listed})
+  fsync_dir(tmp)

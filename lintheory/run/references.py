@@ -11,14 +11,14 @@ gradient norm 0. Deeper references minimise the exact query error on a fixed sam
 trust-region Newton method in float64, in units where the loss and the step sizes are scale-free, and
 stop on the gradient norm; a fit whose gradient norm is still above FitConfig.tol is marked
 `converged=False`, and analysis and the studies refuse it (`usable`) instead of comparing with it.
-Fits are cached per (task; L; fit recipe) in runs/cache/references/.
+Fits are cached per (task; L; fit recipe) in runs/cache/references/, one JSON file per entry named by
+io.digest of its key and written atomically (io.write_json): a file is whole or absent, and a fit of a kind
+it lacks is added to it under the entry's lock.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -355,8 +355,7 @@ def cache_key(task: TaskConfig, L: int, cfg: FitConfig) -> dict:
 
 
 def cache_path(task: TaskConfig, L: int, cfg: FitConfig, cache_dir="runs/cache") -> Path:
-  key = json.dumps(io._jsonable(cache_key(task, L, cfg)), sort_keys=True)
-  name = f"d{task.d}_N{task.n_context}_L{L}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+  name = f"d{task.d}_N{task.n_context}_L{L}_{io.digest(cache_key(task, L, cfg))[:12]}.json"
   return Path(cache_dir) / "references" / name
 
 

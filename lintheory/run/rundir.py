@@ -166,9 +166,10 @@ def save_run(out, task: TaskConfig, model: ModelConfig, train: TrainConfig | Non
 # --- loading: verify, then validate -------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+  """io.read_json, with a file that cannot be read or parsed as a RunError naming it."""
   try:
-    return json.loads(path.read_bytes())
+    return io.read_json(path)
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise RunError(f"{path}: not valid JSON ({e})") from None
   except OSError as e:
@@ -198,7 +199,7 @@ def verify(path) -> dict:
     raise RunError(f"{path} is not a run directory (not a directory)")
   if not (path / MANIFEST).exists():
     raise RunError(f"{path} is not a run directory of this lintheory ({MANIFEST} is missing)")
-  manifest = _read_json(path / MANIFEST)
+  manifest = read_json(path / MANIFEST)
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
     raise RunError(f"{path / MANIFEST}: not a manifest of format {FORMAT}")
   for name in REQUIRED:
@@ -268,11 +269,11 @@ def load_run(path) -> Run:
   path = Path(path)
   recover(path)
   manifest = verify(path)
-  config = _read_json(path / "config.json")
+  config = read_json(path / "config.json")
   task, model, train, seed = _config(path, config)
   params = _read_npz(path / "params.npz")
   check_params(path / "params.npz", params, model, train.dtype if train else None)
-  metrics = _read_json(path / "metrics.json") if "metrics.json" in manifest["files"] else {}
+  metrics = read_json(path / "metrics.json") if "metrics.json" in manifest["files"] else {}
   if not isinstance(metrics, dict):
     raise RunError(f"{path / 'metrics.json'}: expected a JSON object")
   return Run(path, task, model, train, seed, params, metrics, config, manifest)
@@ -318,7 +319,7 @@ def config_mismatch(run: Run, task: TaskConfig, model: ModelConfig, train: Train
   new = config_dict(task, model, resolve(train, model), seed)
   out = []
   for section in ("task", "model", "train"):
-    a, b = io._jsonable(saved[section] or {}), io._jsonable(new[section] or {})
+    a, b = io.jsonable(saved[section] or {}), io.jsonable(new[section] or {})
     out += [f"{section}.{k} (saved {a.get(k)!r}, given {b.get(k)!r})" for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k) and f"{section}.{k}" not in RESUMABLE_CHANGES]
   if seed != run.seed:

@@ -26,12 +26,9 @@ block; a restarted sweep skips the configurations already in the CSV.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import hashlib
-import io as _io
-import json
 import math
 import time
 from pathlib import Path
@@ -42,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core import fast, implicit, precision, prune, tasks
-from lintheory.run import io
+from lintheory.run import io, tables
 from lintheory.core.model import ModelConfig, Params, block, forward, heads
 from lintheory.core.tasks import TaskConfig
 
@@ -454,42 +451,16 @@ def row_key(row: dict) -> tuple:
   return int(row["seed"]), int(row["layer"]), row["module"], row["mode"], v
 
 
-def _fmt(v) -> str:
-  if v is None:
-    return ""
-  if isinstance(v, str):
-    return v
-  if isinstance(v, (int, np.integer)):
-    return str(int(v))
-  return repr(float(v))
+COLUMN_KINDS = {"module": str, "mode": str, "seed": int, "layer": int, "rank": int}  # every other column: float
 
 
 def write_csv(path: Path, cols: list[str], rows: list[dict]) -> None:
-  buf = _io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-  w.writeheader()
-  for r in rows:
-    w.writerow({c: _fmt(r[c]) for c in cols})
-  io.atomic_write_bytes(path, buf.getvalue().encode())
+  tables.write(path, cols, rows)
 
 
 def read_csv(path) -> list[dict]:
   """Rows with numbers parsed (int for seed/layer/rank, float otherwise; '' → None)."""
-  rows = []
-  with open(path, newline="") as f:
-    for r in csv.DictReader(f):
-      out = {}
-      for k, v in r.items():
-        if k in ("module", "mode"):
-          out[k] = v
-        elif v == "":
-          out[k] = None
-        elif k in ("seed", "layer", "rank"):
-          out[k] = int(v)
-        else:
-          out[k] = float(v)
-      rows.append(out)
-  return rows
+  return tables.read(path, COLUMN_KINDS, float)[1]
 
 
 def fingerprint(params_S: Params) -> str:
@@ -638,7 +609,7 @@ def _run(params_S, seeds, model_cfg, task_cfg, cfg, out, on_block, progress) -> 
       strip = lambda m: {**m, "sweep": {k: v for k, v in (m.get("sweep") or {}).items() if k != "block"}}
       old, new = strip(old), strip(meta)
       for k in ("model", "task", "sweep", "seeds", "params_fingerprint", "columns"):
-        if io._jsonable(old.get(k)) != io._jsonable(new[k]):
+        if io.jsonable(old.get(k)) != io.jsonable(new[k]):
           raise ValueError(f"out={out} holds a different sweep ({k} differs); use a new --out directory")
       done = {row_key(r): r for r in rows}
 
@@ -753,9 +724,10 @@ def run_loop(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConf
 
 def cached(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, cfg: SweepConfig,
            cache_dir="runs/cache/sweeps", progress: bool = True) -> SweepResult:
-  """`run` into a directory keyed by the models and the sweep, so studies share (and resume) sweeps."""
+  """`run` into an io.cached_dir entry keyed by the models and the sweep, so studies share sweeps."""
   key = {"model": dataclasses.asdict(model_cfg), "task": dataclasses.asdict(task_cfg),
          "sweep": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "block"},
          "seeds": [int(s) for s in seeds], "params": fingerprint(params_S)}
-  digest = hashlib.sha256(json.dumps(io._jsonable(key), sort_keys=True).encode()).hexdigest()[:16]
-  return run(params_S, seeds, model_cfg, task_cfg, cfg, out=Path(cache_dir) / digest, progress=progress)
+  build = lambda path: run(params_S, seeds, model_cfg, task_cfg, cfg, out=path, progress=progress)
+  load = lambda path: SweepResult(read_csv(path / "sweep.csv"), io.read_json(path / "sweep.json"), 0, 0.0)
+  return io.cached_dir(cache_dir, key, ("sweep.csv", "sweep.json"), build, load, "a sweep")

@@ -15,8 +15,6 @@ uses); the tail-aware ones through this module's own loop (same optimiser, init 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 
 import jax
@@ -169,16 +167,12 @@ def fit_own(task: TaskConfig, model: ModelConfig, c: Candidate, prof: profiles.P
 
 
 def cached_own(task, model, c: Candidate, prof: profiles.Profile, cache_dir: str, label: str):
-  """fit_own, once per configuration (runs/cache/deep_recipes/<digest>/); non-finite → RuntimeError."""
+  """fit_own, once per configuration (an io.cached_dir entry, runs/cache/deep_recipes/<digest>/); non-finite →
+  RuntimeError."""
   key = {"task": dataclasses.asdict(task), "model": dataclasses.asdict(model), "candidate": dataclasses.asdict(c),
          "steps": prof.steps, "batch_size": prof.batch_size, "seeds": list(prof.seeds), "trainer": train.TRAINER}
-  digest = hashlib.sha256(json.dumps(io._jsonable(key), sort_keys=True).encode()).hexdigest()[:16]
-  path = Path(cache_dir) / NAME / digest
-  with io.locked(path.with_suffix(".lock"), f"training {label}"):
-    if (path / "params.npz").exists():
-      with np.load(path / "params.npz") as f:
-        params = {k: f[k] for k in f.files}
-      return params, np.load(path / "losses.npy")
+
+  def build(path: Path):
     engine.Context.log(f"  {label}: training {prof.steps} steps, seeds {prof.seeds} (own loop)")
     params, losses = fit_own(task, model, c, prof)
     if not all(np.all(np.isfinite(v)) for v in params.values()):
@@ -186,8 +180,16 @@ def cached_own(task, model, c: Candidate, prof: profiles.Profile, cache_dir: str
       raise RuntimeError(f"{label}: non-finite parameters (first non-finite loss at step {bad})")
     io.write_json(path / "key.json", key)
     io.write_npz(path / "params.npz", params)
-    np.save(path / "losses.npy", losses)  # read only once params.npz (written atomically) exists
+    io.write_npy(path / "losses.npy", losses)
     return params, losses
+
+  def load(path: Path):
+    with np.load(path / "params.npz") as f:
+      params = {k: f[k] for k in f.files}
+    return params, np.load(path / "losses.npy")
+
+  return io.cached_dir(Path(cache_dir) / NAME, key, ("key.json", "params.npz", "losses.npy"), build, load,
+                       f"training {label}")
 
 
 def train_models(s: Settings, L: int, name: str, cache_dir: str):

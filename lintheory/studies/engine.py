@@ -37,24 +37,22 @@ summary, in text, figures or verdicts leaves its results fresh; a change to anyt
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import functools
 import importlib
-import io as _io
 import math
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 
 from lintheory.core import precision
 from lintheory.run import adequacy
 from lintheory.run import cache as run_cache
-from lintheory.run import compile_cache, io, provenance, train
+from lintheory.run import compile_cache, io, provenance, tables, train
 from lintheory.run import flags as run_flags
 from lintheory.run import profiles as run_profiles
 
@@ -62,29 +60,6 @@ FIXED = ("seed", "measure", "value", "n_tasks")
 
 
 # --- the table ------------------------------------------------------------------------------
-
-
-def _cell(v: Any) -> str:
-  if v is None:
-    return ""
-  if isinstance(v, (bool, np.bool_)):
-    return "true" if v else "false"
-  if isinstance(v, (float, np.floating)):
-    return repr(float(v))  # shortest round-trip form: the CSV holds the exact float
-  return str(v)
-
-
-def _parse(v: str) -> Any:
-  if v == "":
-    return None
-  if v in ("true", "false"):
-    return v == "true"
-  for kind in (int, float):
-    try:
-      return kind(v)
-    except ValueError:
-      pass
-  return v
 
 
 class Table:
@@ -121,21 +96,13 @@ class Table:
     return [s for s in self.unique("seed", **match) if s is not None]
 
   def to_csv(self) -> str:
-    buf = _io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    cols = self.keys + FIXED
-    w.writerow(cols)
-    for r in self.rows:
-      w.writerow([_cell(r.get(c)) for c in cols])
-    return buf.getvalue()
+    return tables.to_csv(self.keys + FIXED, self.rows)
 
   @classmethod
   def from_csv(cls, text: str, keys: tuple[str, ...]) -> "Table":
-    reader = csv.reader(_io.StringIO(text))
-    cols = next(reader)
+    cols, rows = tables.from_csv(text)
     if tuple(cols) != keys + FIXED:
       raise ValueError(f"columns {cols} differ from the study's {list(keys + FIXED)}")
-    rows = [dict(zip(cols, map(_parse, line))) for line in reader]
     for r in rows:
       r["value"] = float(r["value"]) if r["value"] is not None else float("nan")
     return cls(rows, keys)
