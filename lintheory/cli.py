@@ -353,7 +353,7 @@ def _train(args, out, saved, task, model, tcfg, seed) -> int:
     opt_state, step, prev = rundir.load_checkpoint(saved, fresh.opt_state)
     if step > tcfg.steps:
       raise ValueError(f"--steps {tcfg.steps} is below the {step} steps the run at {out} has done")
-    state = train.TrainState({k: jnp.asarray(v)[None] for k, v in saved.params.items()}, opt_state, step)
+    state = train.resumed(fresh, {k: jnp.asarray(v)[None] for k, v in saved.params.items()}, opt_state, step)
     print(f"resuming {out} from step {step}", file=sys.stderr)
 
   def progress(st, chunk_losses):
