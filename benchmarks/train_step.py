@@ -5,7 +5,7 @@ lax.scan over a chunk of steps, fresh tasks sampled inside every step, Adam + cl
 vmapped as in train.fit), as the MEDIAN of --repeats timings, the paths interleaved:
   * plain: the loop before the NNX model (a plain parameter dict, optax directly) on the reference
     forward (model.forward, every token through every layer): the baseline of the ratios;
-  * query-only: make_chunk(use_fast=False), the reference layers with the last one run for the query
+  * query-only: make_chunk(forward_kind="query"), the reference layers with the last one run for the query
     token only (model.forward_query), which softmax and MLP models train with;
   * fast: make_chunk(), the Gram-matrix forward train.fit and `lintheory train` use for linear
     attention (C built from the tasks' X, y; layers unrolled; the last layer reads out only the
@@ -112,12 +112,13 @@ def _time_setting(L, d, N, B, dtype, tail_frac, attention, mlp, S, K, repeats, r
   seeds = tuple(range(S))
   state = train.init_state(model, tcfg, seeds)
   keys, pool_keys = train.seed_keys(seeds, 1), train.seed_keys(seeds, 2)
-  chunks = {PLAIN: optax_chunk(task, model, tcfg, K),
-            "query-only: NNX loop, model.forward_query": train.make_chunk(task, model, tcfg, K, use_fast=False)}
+  plain = optax_chunk(task, model, tcfg, K)
+  opt_state = jax.vmap(train.optimizer(train.resolve(tcfg, model)).init)(state.params)
+  chunks = {"query-only: NNX loop, model.forward_query": train.make_chunk(task, model, tcfg, K, forward_kind="query")}
   if model.is_linear:
     chunks["fast: NNX loop, core/fast.py"] = train.make_chunk(task, model, tcfg, K)
-  run = {name: (lambda c=c: jax.block_until_ready(c(state.params, state.opt_state, keys, pool_keys, 0)))
-         for name, c in chunks.items()}
+  run = {PLAIN: lambda: jax.block_until_ready(plain(state.params, opt_state, keys, pool_keys, 0)),
+         **{name: (lambda c=c: jax.block_until_ready(c(state, keys, pool_keys))) for name, c in chunks.items()}}
   for fn in run.values():
     fn()  # compile
   t = {name: v / K for name, v in medians(run, repeats).items()}

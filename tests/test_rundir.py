@@ -3,13 +3,17 @@
 import json
 import subprocess
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from lintheory.core.model import ModelConfig, param_shapes
+from lintheory.core import implicit, tasks
+from lintheory.core.model import LinearTransformer, ModelConfig, param_shapes, params_of
 from lintheory.core.tasks import TaskConfig
-from lintheory.run import io, provenance, rundir
+from lintheory.run import io, profiles, provenance, rundir, train
 from lintheory.run.train import TrainConfig, resolve
+from conftest import batch64
 
 TASK, MODEL, TRAIN = TaskConfig(d=2, n_context=4), ModelConfig(d=2, n_layers=2), TrainConfig(steps=10, batch_size=8)
 PROV = {"versions": {}, "git": {"commit": None}}  # collect() is tested on its own
@@ -36,6 +40,29 @@ def test_save_then_load_round_trips_and_lists_every_file(tmp_path):
   assert files == {"config.json", "params.npz", "metrics.json", "loss_curve.csv", "provenance.json"}
   assert sorted(x.name for x in (tmp_path / "r").iterdir()) == sorted(files | {rundir.MANIFEST})
   assert [x.name for x in tmp_path.iterdir()] == ["r"]  # no .new / .old siblings left
+
+
+def test_a_trained_modules_state_round_trips_and_the_loaded_module_is_implicit_gd(tmp_path):
+  """nnx.state of a trained model, saved in a run directory, loads into a fresh module; on it Theorem 1
+  (docs/theory.md §5) holds: h_{N+1}^t = (I + W_t) h_{N+1}^0 at every layer and ŷ = ŵ_L·x_q (float64)."""
+  tc = TrainConfig(steps=3, batch_size=8, chunk=3, dtype="float64")
+  trained = profiles.seed_params(train.fit(TASK, MODEL, tc, seeds=(3,)).state.model, 0)
+  run = rundir.load_run(rundir.save_run(tmp_path / "r", TASK, MODEL, tc, 3, nnx.state(trained), {"step": 3},
+                                        provenance=PROV))
+  assert sorted(run.params) == ["W_K", "W_Q", "W_V"]  # params.npz keeps its keys: numpy reads it alone
+  loaded = LinearTransformer(run.model, rngs=nnx.Rngs(0), dtype=jnp.float64)
+  nnx.update(loaded, run.params)
+  for k, v in params_of(trained).items():
+    np.testing.assert_array_equal(params_of(loaded)[k], v)
+  b = batch64(TASK.d, TASK.n_context)
+  Z = tasks.batch_tokens(b)
+  y_hat, states = loaded(Z, return_states=True)
+  traj = implicit.trajectory(params_of(loaded), Z, run.model)
+  h = jnp.einsum("lbij,bj->lbi", jnp.eye(MODEL.D) + traj.W_traj, Z[:, -1])
+  scale = float(jnp.max(jnp.abs(states)))
+  np.testing.assert_allclose(h, states[1:, :, -1], rtol=0, atol=1e-12 * scale)
+  np.testing.assert_allclose(jnp.einsum("bd,bd->b", traj.w_hat[-1], b.x_q), y_hat, rtol=0,
+                             atol=1e-12 * float(jnp.max(jnp.abs(y_hat))))
 
 
 def test_params_bytes_depend_on_the_values_alone(tmp_path):

@@ -6,14 +6,16 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintheory.core import learners, model, precision
-from lintheory.run import train
+from lintheory.core import learners, model, precision, tasks
+from lintheory.run import profiles, train
 from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
 from lintheory.run.train import TrainConfig
+from conftest import batch64
 
 
 def test_one_layer_training_reaches_the_closed_form_optimum():
@@ -23,7 +25,7 @@ def test_one_layer_training_reaches_the_closed_form_optimum():
   task, cfg = TaskConfig(d=d, n_context=N), ModelConfig(d=d)
   res = train.fit(task, cfg, TrainConfig(steps=300, batch_size=512, lr=1e-2, warmup=30, chunk=300), seeds=(0,))
   assert res.diverged is None and res.losses.shape == (1, 300)
-  params = train.seed_params(res.params, 0)
+  params = profiles.seed_params(res.params, 0)
   closed = learners.gd1_loss_star(d, N)
   G = np.asarray(learners.effective_preconditioner(params), np.float64)
   eta = learners.eta_star(d, N)
@@ -60,7 +62,8 @@ def test_resume_continues_exactly_and_seeds_are_independent():
   leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(saved[20].opt_state)]
   opt_state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(fresh.opt_state), leaves)
   params = {k: np.asarray(v) for k, v in saved[20].params.items()}
-  rest = train.fit(SMALL["task"], SMALL["model"], tc, seeds=(0, 1), state=train.TrainState(params, opt_state, 20))
+  rest = train.fit(SMALL["task"], SMALL["model"], tc, seeds=(0, 1),
+                   state=train.resumed(fresh, params, opt_state, 20))
   assert rest.state.step == 40 and rest.losses.shape == (2, 20)
   np.testing.assert_array_equal(rest.losses, full.losses[:, 20:])
   for k in full.params:
@@ -77,6 +80,7 @@ def test_resume_continues_exactly_and_seeds_are_independent():
     (dict(optimizer="sgd"), "optimizer"), (dict(weight_decay=-0.1), "weight_decay"),
     (dict(clip_norm=-1.0), "clip_norm"), (dict(dtype="bfloat16"), "dtype"),
     (dict(pool_size=-1), "pool_size"), (dict(pool_size=2.0), "pool_size"),
+    (dict(huber_delta=-1.0), "huber_delta"), (dict(forward="fast"), "forward"),
 ])
 def test_invalid_train_config(kwargs, name):
   with pytest.raises(ValueError, match=name):
@@ -89,8 +93,8 @@ def test_invalid_fit_arguments():
     train.fit(TaskConfig(d=3), ModelConfig(d=2), tc)
   with pytest.raises(ValueError, match="seeds"):
     train.fit(SMALL["task"], SMALL["model"], tc, seeds=())
-  with pytest.raises(ValueError, match="use_fast"):
-    train.make_chunk(SMALL["task"], ModelConfig(d=2, mlp="relu"), tc, 1, use_fast=True)
+  with pytest.raises(ValueError, match="fast"):
+    train.make_chunk(SMALL["task"], ModelConfig(d=2, mlp="relu"), tc, 1, forward_kind="fast")
 
 
 def test_float64_training_needs_no_global_64_bit_mode():
@@ -104,29 +108,45 @@ def test_float64_training_needs_no_global_64_bit_mode():
 def test_init_state_is_the_pure_init_of_every_seed():
   """One NNX model per seed with the weights model.init_params draws from fold_in(key(seed), 0)."""
   cfg = ModelConfig(d=2, n_layers=2, n_heads=2)
-  st = train.init_state(cfg, TrainConfig(), (3, 5))
+  tc = TrainConfig(max_skipped=3)  # apply_if_finite: optax's state fields are not in name order
+  st = train.init_state(cfg, tc, (3, 5))
   assert st.step == 0
   for i, s in enumerate((3, 5)):
     expected = model.init_params(jax.random.fold_in(jax.random.key(s), 0), cfg)
-    for k, v in train.seed_params(st.params, i).items():
+    for k, v in profiles.seed_params(st.params, i).items():
       np.testing.assert_array_equal(v, expected[k])
-  # optax's own state for the parameter dict: what a checkpoint stores and restores
-  expected = train.optimizer(train.resolve(TrainConfig(), cfg)).init(train.seed_params(st.params, 0))
-  assert jax.tree_util.tree_structure(jax.tree.map(lambda x: x[0], st.opt_state)) == \
-      jax.tree_util.tree_structure(expected)
+  # a checkpoint stores the optimiser's leaves in the order of optax's own state for the parameter
+  # dict (run directories written before the NNX optimiser stay resumable)
+  params0 = profiles.seed_params(st.params, 0)
+  expected = jax.tree_util.tree_leaves(train.optimizer(train.resolve(tc, cfg)).init(params0))
+  got = jax.tree_util.tree_leaves(profiles.seed_params(st.opt_state, 0))
+  assert [(np.shape(a), np.asarray(a).dtype) for a in got] == [(np.shape(a), np.asarray(a).dtype) for a in expected]
+  assert [np.shape(a) for a in got].count(params0["W_Q"].shape) == 3 * 2  # W_Q, W_K, W_V in mu and nu
+
+
+def test_the_model_of_a_training_state_is_a_module_with_a_seed_axis():
+  """state.model is the NNX model itself: seed i of it, called on tokens, is model.forward of seed i's weights."""
+  tc = TrainConfig(steps=3, batch_size=8, chunk=3, dtype="float64")
+  res = train.fit(SMALL["task"], SMALL["model"], tc, seeds=(0, 1))
+  assert res.state.optimizer.step[...].tolist() == [3, 3]
+  Z = tasks.batch_tokens(batch64(2, 4))
+  one = profiles.seed_params(res.state.model, 1)
+  assert isinstance(one, model.LinearTransformer)
+  np.testing.assert_array_equal(one(Z), model.forward(profiles.seed_params(res.params, 1), Z, SMALL["model"])[0])
 
 
 def test_training_through_the_gram_forward_is_training_through_the_reference():
-  """In float64 the fast and the reference training loops give the same losses and weights."""
+  """In float64 the fast, the query-only and the full reference forward train the same weights."""
   task, cfg = TaskConfig(d=3, n_context=5), ModelConfig(d=3, n_layers=3, n_heads=2, use_W_O=True)
   tc = TrainConfig(steps=10, batch_size=8, lr=1e-2, warmup=2, chunk=10, dtype="float64")
   st = train.init_state(cfg, tc, (0,))
-  args = (st.params, st.opt_state, train.seed_keys((0,), 1), train.seed_keys((0,), 2), 0)
-  p_fast, _, l_fast = train.make_chunk(task, cfg, tc, 10)(*args)
-  p_ref, _, l_ref = train.make_chunk(task, cfg, tc, 10, use_fast=False)(*args)
-  np.testing.assert_allclose(l_fast, l_ref, rtol=1e-11)
-  for k in p_ref:
-    np.testing.assert_allclose(p_fast[k], p_ref[k], rtol=1e-11, atol=1e-14)
+  args = (st, train.seed_keys((0,), 1), train.seed_keys((0,), 2))
+  fast, l_fast = train.make_chunk(task, cfg, tc, 10)(*args)
+  for kind in ("query", "full"):
+    ref, l_ref = train.make_chunk(task, cfg, tc, 10, forward_kind=kind)(*args)
+    np.testing.assert_allclose(l_fast, l_ref, rtol=1e-11)
+    for k, v in ref.params.items():
+      np.testing.assert_allclose(fast.params[k], v, rtol=1e-11, atol=1e-14)
   assert train.fit(task, cfg, tc).losses.tolist() == np.asarray(l_fast).tolist()  # fit takes the fast path
 
 
@@ -143,7 +163,7 @@ def test_a_fixed_pool_trainer_samples_only_its_pool():
       for name in ("X", "y", "x_q", "y_q"):
         np.testing.assert_array_equal(getattr(batch, name), getattr(pool, name)[hits.argmax(axis=1)])
     step0 = train.draw(jax.random.fold_in(train.seed_keys((4,), 1)[0], 0), task, tc, pool)
-    params0 = train.seed_params(train.init_state(SMALL["model"], tc, (4,)).params, 0)
+    params0 = profiles.seed_params(train.init_state(SMALL["model"], tc, (4,)).params, 0)
     expected = float(train.mse(params0, step0, SMALL["model"]))
   res = train.fit(task, SMALL["model"], tc, seeds=(4,))
   assert res.losses[0, 0] == pytest.approx(expected, rel=1e-12)
@@ -168,6 +188,13 @@ def test_float32_training_does_not_depend_on_the_callers_64_bit_mode(tmp_path):
     np.testing.assert_array_equal(here.losses, there["losses"])
     for k, v in here.params.items():
       np.testing.assert_array_equal(np.asarray(v), there[k])
+
+
+def test_huber_loss_is_the_squared_error_below_delta_and_linear_above():
+  r = jnp.array([-0.5, 0.3, 2.0, -4.0])
+  want = np.mean([0.25, 0.09, 2 * 2.0 - 1, 2 * 4.0 - 1])
+  assert float(train.query_loss(1.0)(r)) == pytest.approx(want, rel=1e-12)
+  assert float(train.query_loss()(r)) == pytest.approx(np.mean(np.asarray(r) ** 2), rel=1e-12)
 
 
 def test_defaults_are_the_studies_recipe_for_the_depth_and_flags_override():

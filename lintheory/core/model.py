@@ -215,10 +215,11 @@ def layer_predictions(states_LBTD: jax.Array) -> jax.Array:
 
 
 class LinearTransformer(nnx.Module):
-  """The transformer as an NNX module: W_Q, W_K, W_V (+ W_O, W_1, W_2) are `nnx.Param`s.
+  """The transformer as an NNX module (docs/theory.md §2): W_Q, W_K, W_V (+ W_O, W_1, W_2) are `nnx.Param`s.
 
-  Training differentiates and updates the module; the pure functions of core take its parameter
-  dict (`params_of`), and calling it runs `forward`, the reference math.
+  A thin owner of its parameters: calling it runs `forward`, the one math, on them (`params_of`, the
+  dict the pure functions of core take). Training differentiates and updates the module itself with an
+  nnx.Optimizer (run.train); its nnx.state is what a run directory saves (run.rundir).
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
@@ -239,6 +240,7 @@ class LinearTransformer(nnx.Module):
     return model
 
   def __call__(self, Z_BTD: jax.Array, return_states: bool = False):
+    """Tokens [B, T, D] → ŷ [B] (and forward's states [L+1, B, T, D] when return_states)."""
     y_hat, states = forward(params_of(self), Z_BTD, self.cfg)
     return (y_hat, states) if return_states else y_hat
 

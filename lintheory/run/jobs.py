@@ -31,7 +31,7 @@ def train_run(out: Path, task: TaskConfig, model: ModelConfig, tcfg: train.Train
     opt_state, step, prev = rundir.load_checkpoint(saved, fresh.opt_state)
     if step > tcfg.steps:
       raise ValueError(f"--steps {tcfg.steps} is below the {step} steps the run at {out} has done")
-    state = train.TrainState({k: jnp.asarray(v)[None] for k, v in saved.params.items()}, opt_state, step)
+    state = train.resumed(fresh, {k: jnp.asarray(v)[None] for k, v in saved.params.items()}, opt_state, step)
     print(f"resuming {out} from step {step}", file=sys.stderr)
   done = [np.asarray(prev)]
   last_save = [state.step if state else 0]

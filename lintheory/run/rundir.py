@@ -6,6 +6,8 @@ state and the losses so far, for resuming), and MANIFEST.json (the step and the 
 other file). A save is one commit: every file is written into a sibling `.NAME.new`, the manifest
 last, then two renames swap it in, so a reader sees the old run or the new one, never a mix.
 `load_run` verifies the manifest, then the contents, and raises `RunError` naming file and problem.
+A model's nnx.state is saved as params.npz (its arrays by name, readable with numpy alone) and loads
+into a fresh module with nnx.update(LinearTransformer(run.model, ...), run.params).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from flax import nnx
 
 from lintheory.core.model import ModelConfig, Params, param_shapes
 from lintheory.core.tasks import TaskConfig
@@ -69,7 +72,8 @@ def loss_curve_bytes(losses: np.ndarray) -> bytes:
 
 
 def checkpoint_arrays(opt_state, step: int, losses: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """Optimiser-state leaves, the step, and the exact losses so far (for a bit-identical resume)."""
+  """Optimiser-state leaves (train.TrainState.opt_state: optax's order), the step, and the exact losses
+  so far (for a bit-identical resume, train.resumed)."""
   import jax
   leaves = jax.tree_util.tree_leaves(opt_state)
   arrays = {"step": np.asarray(step, np.int64), **{f"opt_{i}": np.asarray(l) for i, l in enumerate(leaves)}}
@@ -144,11 +148,13 @@ def recover(path) -> None:
 
 
 def save_run(out, task: TaskConfig, model: ModelConfig, train: TrainConfig | None, seed: int,
-             params: Params, metrics: dict, losses: np.ndarray | None = None, extra: dict | None = None,
+             params: Params | nnx.State, metrics: dict, losses: np.ndarray | None = None, extra: dict | None = None,
              checkpoint: dict[str, np.ndarray] | None = None, provenance: dict | None = None) -> Path:
-  """Commit a whole run directory; `checkpoint` is checkpoint_arrays(...) when it can be resumed.
-  A training field left to the recipe (None) is saved as the recipe's value (train.resolve)."""
+  """Commit a whole run directory; params: the parameter dict or the model's nnx.state; `checkpoint` is
+  checkpoint_arrays(...) when it can be resumed. A training field left to the recipe (None) is saved as
+  the recipe's value (train.resolve)."""
   train = None if train is None else resolve(train, model)
+  params = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
   files = {"config.json": io.json_bytes(config_dict(task, model, train, seed, extra)),
            "params.npz": io.npz_bytes(params), "metrics.json": io.json_bytes(metrics)}
   if losses is not None:

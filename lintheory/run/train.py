@@ -1,11 +1,11 @@
 """Training the NNX model on in-context regression tasks (fresh every step, or a fixed pool).
 
-One `LinearTransformer` and one `nnx.Optimizer` per seed. The inner loop is one jitted `lax.scan`
-over a chunk of steps, vmapped over seeds, carrying the split NNX state (merge/split happen at trace
-time only); Python only runs between chunks (progress, divergence check). At the boundary the
-parameters are a plain dict with a leading seed axis and the optimiser state is optax's.
-Linear attention without MLP trains through the Gram-matrix forward of core/fast.py, other models
-through model.forward_query (the reference layers, the last one for the query token only).
+One `LinearTransformer` and its `nnx.Optimizer(model, tx, wrt=nnx.Param)` per seed, held as one
+model and one optimiser whose arrays carry a leading seed axis (TrainState). A chunk of steps is
+nnx.split, one jitted `lax.scan` over the steps vmapped over the seeds, nnx.merge; Python only runs
+between chunks (progress, divergence check). The loss's forward is TrainConfig.forward: linear
+attention without MLP trains through the Gram-matrix forward of core/fast.py, other models through
+model.forward_query (the reference layers, the last one for the query token only).
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ from lintheory.run import io, recipes
 from lintheory.core.model import LinearTransformer, ModelConfig, Params, forward, forward_query, params_of
 from lintheory.core.tasks import TaskConfig
 
-DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 DRAW_DTYPE = jnp.float32  # training tasks are drawn in float32 and widened to the training dtype (tasks.sample)
 # The trainer's revision: part of the model cache's key (run.cache), raised whenever one configuration
 # starts to train different weights (here: float32 draws; softmax and MLP models through
 # forward_query; 3: a seed whose fit stalls far above its siblings' is re-initialised, run.adequacy), so a
 # cache never hands back models of an older trainer.
 TRAINER = 3
+
+
+FORWARDS = ("auto", "query", "full")  # TrainConfig.forward; objective also takes "fast" (core/fast.py or an error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,10 @@ class TrainConfig:
   tail_frac: float | None = None  # share of each fresh batch whose demonstrations (their labels follow, the
   #                                 query does not) are scaled by s ~ U[1, tail_scale]; None: the recipe's
   tail_scale: float | None = None  # the largest demonstration scale s of tail_frac (>= 1); None: the recipe's
+  huber_delta: float = 0.0  # > 0: the loss is the Huber loss of the query error with this δ, doubled (r² for
+  #                           |r| <= δ, linear above), instead of the squared error
+  forward: str = "auto"  # the loss's forward: "auto" (core/fast.py's Gram form where it applies, else "query"),
+  #                        "query" (model.forward_query) or "full" (model.forward: every layer on every token)
 
   def __post_init__(self):
     for name, lo in (("steps", 1), ("batch_size", 1), ("warmup", 0), ("chunk", 1), ("max_skipped", 0),
@@ -70,12 +76,16 @@ class TrainConfig:
       raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
     if not self.weight_decay >= 0 or not (self.clip_norm is None or self.clip_norm >= 0):
       raise ValueError("weight_decay and clip_norm must be >= 0")
-    if self.dtype is not None and self.dtype not in DTYPES:
-      raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+    if self.dtype is not None and self.dtype not in precision.DTYPES:
+      raise ValueError(f"dtype must be one of {tuple(precision.DTYPES)}, got {self.dtype!r}")
     if self.tail_frac is not None and not 0 <= self.tail_frac <= 1:
       raise ValueError(f"tail_frac must be in [0, 1], got {self.tail_frac!r}")
     if self.tail_scale is not None and not (math.isfinite(self.tail_scale) and self.tail_scale >= 1):
       raise ValueError(f"tail_scale must be a finite number >= 1, got {self.tail_scale!r}")
+    if not (math.isfinite(self.huber_delta) and self.huber_delta >= 0):
+      raise ValueError(f"huber_delta must be a finite number >= 0, got {self.huber_delta!r}")
+    if self.forward not in FORWARDS:
+      raise ValueError(f"forward must be one of {FORWARDS}, got {self.forward!r}")
 
   @property
   def resolved(self) -> bool:
@@ -90,9 +100,19 @@ def resolve(train_cfg: TrainConfig, model_cfg: ModelConfig) -> TrainConfig:
 
 
 class TrainState(NamedTuple):
-  params: Params  # leading seed axis [S, ...]
-  opt_state: optax.OptState
+  model: LinearTransformer  # every seed's model: each nnx.Param with a leading seed axis [S, ...]
+  optimizer: nnx.Optimizer  # its nnx.Optimizer(model, tx, wrt=nnx.Param), the same seed axis
   step: int
+
+  @property
+  def params(self) -> Params:
+    """The parameters [S, ...] as the dict the pure functions take."""
+    return params_of(self.model)
+
+  @property
+  def opt_state(self):
+    """The optimiser's optax state (leaves [S, ...], in optax's order): what a checkpoint stores."""
+    return self.optimizer.opt_state
 
 
 class TrainResult(NamedTuple):
@@ -126,82 +146,105 @@ def mse(params: Params, batch: tasks.Batch, model_cfg: ModelConfig) -> jax.Array
   return jnp.mean((y_hat - batch.y_q) ** 2)
 
 
-def predict(params: Params, batch: tasks.Batch, model_cfg: ModelConfig, use_fast: bool) -> jax.Array:
-  """The query predictions [B] the training loss is computed from."""
-  if use_fast:  # the Gram matrix straight from the tasks: no [B, T, D] tokens
+def predict(params: Params, batch: tasks.Batch, model_cfg: ModelConfig, forward_kind: str) -> jax.Array:
+  """The query predictions [B] the training loss is computed from, through the forward `forward_kind`
+  ("fast", "query" or "full"; TrainConfig.forward)."""
+  if forward_kind == "fast":  # the Gram matrix straight from the tasks: no [B, T, D] tokens
     C_BDD, q_BD = fast.gram_tasks(batch.X, batch.y, batch.x_q)
     return fast.forward_gram(params, C_BDD, q_BD, batch.X.shape[1])
-  return forward_query(params, tasks.batch_tokens(batch), model_cfg)  # the last layer for the query only
+  if forward_kind == "query":  # the last layer for the query only
+    return forward_query(params, tasks.batch_tokens(batch), model_cfg)
+  return forward(params, tasks.batch_tokens(batch), model_cfg)[0]
 
 
-def objective(model_cfg: ModelConfig, use_fast: bool | None = None) -> Callable:
-  """objective(params, batch): the training loss (the MSE of `mse`), through core/fast.py where it applies
-  (use_fast None)."""
-  use_fast = fast.applies(model_cfg) if use_fast is None else use_fast
-  if use_fast and not fast.applies(model_cfg):
-    raise ValueError(f"use_fast needs linear attention without MLP, got {model_cfg}")
-  return lambda params, batch: jnp.mean((predict(params, batch, model_cfg, use_fast) - batch.y_q) ** 2)
+def query_loss(huber_delta: float = 0.0) -> Callable:
+  """loss(r): the mean over tasks of the squared query error r, or with huber_delta > 0 of its Huber
+  version, doubled so that it is r² for |r| <= δ (TrainConfig.huber_delta)."""
+  if huber_delta > 0:
+    return lambda r: jnp.mean(optax.huber_loss(r, delta=huber_delta) * 2)
+  return lambda r: jnp.mean(r ** 2)
 
 
-def loss_fn(model_cfg: ModelConfig, use_fast: bool | None = None) -> Callable:
+def objective(model_cfg: ModelConfig, forward_kind: str = "auto", huber_delta: float = 0.0) -> Callable:
+  """objective(params, batch): the training loss (query_loss of the predictions' error) through the
+  forward `forward_kind` (TrainConfig.forward; "fast" insists on core/fast.py)."""
+  if forward_kind == "fast" and not fast.applies(model_cfg):
+    raise ValueError(f"forward 'fast' needs linear attention without MLP, got {model_cfg}")
+  if forward_kind not in FORWARDS + ("fast",):
+    raise ValueError(f"forward must be one of {FORWARDS + ('fast',)}, got {forward_kind!r}")
+  if forward_kind == "auto":
+    forward_kind = "fast" if fast.applies(model_cfg) else "query"
+  loss = query_loss(huber_delta)
+  return lambda params, batch: loss(predict(params, batch, model_cfg, forward_kind) - batch.y_q)
+
+
+def loss_fn(model_cfg: ModelConfig, forward_kind: str = "auto", huber_delta: float = 0.0) -> Callable:
   """loss(model, batch): `objective` of the model's parameters."""
-  of_params = objective(model_cfg, use_fast)
+  of_params = objective(model_cfg, forward_kind, huber_delta)
   return lambda model, batch: of_params(params_of(model), batch)
 
 
-def modules(model_cfg: ModelConfig, tx: optax.GradientTransformation, params: Params,
-            opt_state: optax.OptState | None = None) -> tuple[LinearTransformer, nnx.Optimizer]:
-  """The model holding `params` and its optimiser, holding `opt_state` (fresh when None)."""
-  model = LinearTransformer.from_params(model_cfg, params)
-  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  if opt_state is not None:
-    nnx.update(opt.opt_state, nnx.state(opt_state))
-  return model, opt
+def build(model_cfg: ModelConfig, train_cfg: TrainConfig, key: jax.Array) -> tuple[LinearTransformer, nnx.Optimizer]:
+  """A fresh model (its weights from `key`, in the training dtype) and its optimiser (train_cfg resolved)."""
+  model = LinearTransformer(model_cfg, rngs=nnx.Rngs(params=key), dtype=precision.DTYPES[train_cfg.dtype])
+  return model, nnx.Optimizer(model, optimizer(train_cfg), wrt=nnx.Param)
+
+
+def graphdef(model_cfg: ModelConfig, train_cfg: TrainConfig) -> nnx.GraphDef:
+  """The graph of build's (model, optimiser), without computing any array."""
+  return nnx.graphdef(nnx.eval_shape(lambda: build(model_cfg, train_cfg, jax.random.key(0))))
 
 
 def task_pool(key: jax.Array, task_cfg: TaskConfig, train_cfg: TrainConfig) -> tasks.Batch:
   """The fixed pool of train_cfg.pool_size prompts of one seed (pool_size > 0)."""
-  return tasks.sample(key, task_cfg, train_cfg.pool_size, dtype=DTYPES[train_cfg.dtype], draw_dtype=DRAW_DTYPE)
+  return tasks.sample(key, task_cfg, train_cfg.pool_size, dtype=precision.DTYPES[train_cfg.dtype],
+                      draw_dtype=DRAW_DTYPE)
 
 
 def draw(key: jax.Array, task_cfg: TaskConfig, train_cfg: TrainConfig, pool: tasks.Batch | None) -> tasks.Batch:
   """One step's batch: fresh tasks, or batch_size prompts drawn with replacement from the pool."""
   if pool is None and train_cfg.tail_frac:  # None (not resolved) or 0: no tail
     k_b, k_s = jax.random.split(key)
-    b = tasks.sample(k_b, task_cfg, train_cfg.batch_size, dtype=DTYPES[train_cfg.dtype], draw_dtype=DRAW_DTYPE)
+    b = tasks.sample(k_b, task_cfg, train_cfg.batch_size, dtype=precision.DTYPES[train_cfg.dtype],
+                     draw_dtype=DRAW_DTYPE)
     return tasks.scale_demonstrations(k_s, b, train_cfg.tail_frac, train_cfg.tail_scale)
   if pool is None:
-    return tasks.sample(key, task_cfg, train_cfg.batch_size, dtype=DTYPES[train_cfg.dtype], draw_dtype=DRAW_DTYPE)
+    return tasks.sample(key, task_cfg, train_cfg.batch_size, dtype=precision.DTYPES[train_cfg.dtype],
+                     draw_dtype=DRAW_DTYPE)
   idx = jax.random.randint(key, (train_cfg.batch_size,), 0, train_cfg.pool_size)
   return jax.tree.map(lambda a: a[idx], pool)
 
 
 def make_chunk(task_cfg: TaskConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, n_steps: int,
-               use_fast: bool | None = None):
-  """A jitted f(params, opt_state, data_keys, pool_keys, step0) running n_steps for every seed.
+               forward_kind: str | None = None) -> Callable:
+  """chunk(state, data_keys, pool_keys) → (the TrainState n_steps later, losses [S, n_steps]): nnx.split of
+  the models and optimisers, one jitted lax.scan over the steps vmapped over the seeds, nnx.merge.
 
-  use_fast: None takes the Gram-matrix forward wherever it applies; False forces the reference.
+  forward_kind: the loss's forward (objective; None: train_cfg.forward).
   """
   train_cfg = resolve(train_cfg, model_cfg)
-  tx = optimizer(train_cfg)
-  loss = loss_fn(model_cfg, use_fast)
+  loss = loss_fn(model_cfg, train_cfg.forward if forward_kind is None else forward_kind, train_cfg.huber_delta)
+  graph = graphdef(model_cfg, train_cfg)  # this config's optimiser, whichever built the state
 
-  def one_seed(params, opt_state, key, pool_key, step0):
+  def one_seed(nodes, key, pool_key, step0):
     pool = task_pool(pool_key, task_cfg, train_cfg) if train_cfg.pool_size else None
-    graphdef, state = nnx.split(modules(model_cfg, tx, params, opt_state))
 
-    def step(state, i):
-      model, opt = nnx.merge(graphdef, state)
+    def step(nodes, i):
+      model, opt = nnx.merge(graph, nodes)
       batch = draw(jax.random.fold_in(key, step0 + i), task_cfg, train_cfg, pool)
       value, grads = nnx.value_and_grad(loss)(model, batch)
       opt.update(model, grads)
-      return nnx.split((model, opt))[1], value
+      return nnx.state((model, opt)), value
 
-    state, losses = jax.lax.scan(step, state, jnp.arange(n_steps))
-    model, opt = nnx.merge(graphdef, state)
-    return params_of(model), optax_state(opt), losses
+    return jax.lax.scan(step, nodes, jnp.arange(n_steps))
 
-  return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, 0, 0, None)))
+  run = jax.jit(jax.vmap(one_seed, in_axes=(0, 0, 0, None)))
+
+  def chunk(state: TrainState, data_keys: jax.Array, pool_keys: jax.Array) -> tuple[TrainState, jax.Array]:
+    nodes, losses = run(nnx.state((state.model, state.optimizer)), data_keys, pool_keys, state.step)
+    return TrainState(*nnx.merge(graph, nodes), state.step + n_steps), losses
+
+  return chunk
 
 
 def init_key(seed: int, restart: int = 0) -> jax.Array:
@@ -213,28 +256,26 @@ def init_key(seed: int, restart: int = 0) -> jax.Array:
 
 def init_state(model_cfg: ModelConfig, train_cfg: TrainConfig, seeds, restarts=None) -> TrainState:
   """One model per seed (parameters from init_key(seed, restart), restart 0 unless `restarts` gives one
-  per seed) and its fresh optimiser state."""
+  per seed) and its fresh optimiser."""
   train_cfg = resolve(train_cfg, model_cfg)
-  dtype = DTYPES[train_cfg.dtype]
-  tx = optimizer(train_cfg)
   restarts = (0,) * len(seeds) if restarts is None else tuple(restarts)
   keys = jnp.stack([init_key(s, r) for s, r in zip(seeds, restarts, strict=True)])
-
-  def build(key):
-    model = LinearTransformer(model_cfg, rngs=nnx.Rngs(params=key), dtype=dtype)
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(keys[0])))
-  state = jax.vmap(lambda k: nnx.split(build(k))[1])(keys)
-  model, opt = nnx.merge(graphdef, state)
-  return TrainState(params_of(model), optax_state(opt), 0)
+  nodes = jax.vmap(lambda k: nnx.state(build(model_cfg, train_cfg, k)))(keys)
+  return TrainState(*nnx.merge(graphdef(model_cfg, train_cfg), nodes), 0)
 
 
-def optax_state(opt: nnx.Optimizer) -> optax.OptState:
-  """The optimiser's state as optax builds it for the parameter dict (plain dicts, plain arrays)."""
-  is_state = lambda x: isinstance(x, nnx.State)
-  return jax.tree.map(lambda x: nnx.to_pure_dict(x) if is_state(x) else x, nnx.as_pure(opt.opt_state),
-                      is_leaf=is_state)
+def resumed(fresh: TrainState, params: Params, opt_state, step: int) -> TrainState:
+  """`fresh` (init_state's, left as it is) holding a checkpoint: the parameters [S, ...], the optimiser
+  state (shaped like fresh.opt_state, as rundir.load_checkpoint rebuilds it) and the step."""
+  graph, nodes = nnx.split((fresh.model, fresh.optimizer))
+  model, opt = nnx.merge(graph, nodes)
+  nnx.update(model, {k: jnp.asarray(v) for k, v in params.items()})
+  is_var = lambda x: isinstance(x, nnx.Variable)
+  for var, value in zip(jax.tree_util.tree_leaves(opt.opt_state, is_leaf=is_var),
+                        jax.tree_util.tree_leaves(opt_state), strict=True):
+    var[...] = jnp.asarray(value)
+  opt.step[...] = jnp.full_like(opt.step[...], step)
+  return TrainState(model, opt, step)
 
 
 def seed_keys(seeds, stream: int) -> jax.Array:
@@ -272,17 +313,16 @@ def _fit(task_cfg, model_cfg, train_cfg, seeds, state, on_chunk, restarts) -> Tr
     n = min(train_cfg.chunk, train_cfg.steps - state.step)
     if n not in chunks:  # at most two compilations: the full chunk and the remainder
       chunks[n] = make_chunk(task_cfg, model_cfg, train_cfg, n)
-    params, opt_state, chunk_losses = chunks[n](state.params, state.opt_state, data_keys, pool_keys,
-                                                 state.step)
+    new, chunk_losses = chunks[n](state, data_keys, pool_keys)
     chunk_losses = np.asarray(chunk_losses)
     finite = np.isfinite(chunk_losses)
-    params_ok = all(bool(jnp.all(jnp.isfinite(v))) for v in params.values())
+    params_ok = all(bool(jnp.all(jnp.isfinite(v))) for v in new.params.values())
     if not params_ok or (train_cfg.max_skipped == 0 and not finite.all()):
       bad = int(np.argmax(~np.all(finite, axis=0))) if not finite.all() else n - 1
       diverged = (f"non-finite training loss at step {state.step + bad} (seeds {seeds}); kept the "
                   f"parameters of step {state.step}. Lower --lr or raise --warmup.")
       break
-    state = TrainState(params, opt_state, state.step + n)
+    state = new
     losses.append(chunk_losses)
     if on_chunk is not None:
       on_chunk(state, chunk_losses)
@@ -297,10 +337,6 @@ def print_progress(total: int, label: str = "") -> Callable[[TrainState, np.ndar
     loss = np.array2string(chunk_losses[:, -1], precision=4, threshold=8)
     io.progress(f"  {label}step {state.step:>6}/{total}  loss {loss}", final=state.step >= total)
   return report
-
-
-def seed_params(params: Params, i: int) -> Params:
-  return {k: v[i] for k, v in params.items()}
 
 
 def evaluate(params: Params, task_cfg: TaskConfig, model_cfg: ModelConfig, key: jax.Array,

@@ -124,10 +124,8 @@ def tail_batch(key: jax.Array, task: TaskConfig, n: int, c: Candidate, dtype) ->
 
 
 def query_loss(c: Candidate):
-  """Mean over tasks of the squared query error, or of its Huber version (quadratic up to δ)."""
-  if c.huber > 0:
-    return lambda r: jnp.mean(optax.huber_loss(r, delta=c.huber) * 2)  # = r² for |r| ≤ δ
-  return lambda r: jnp.mean(r ** 2)
+  """Mean over tasks of the squared query error, or of its Huber version (train.query_loss)."""
+  return train.query_loss(c.huber)
 
 
 def fit_own(task: TaskConfig, model: ModelConfig, c: Candidate, prof: profiles.Profile) -> tuple[dict, np.ndarray]:
@@ -515,7 +513,7 @@ def report(table: engine.Table, meta: dict) -> str:
           f"{table.n_tasks('model_mean', L=table.unique('L', measure='model_mean')[0], recipe='gd_pp'):,} "
           "fresh tasks, the same tasks for every model and for the fitted GD++ of that depth. "
           f"{meta['settings']['train']['steps']} Adam steps of {meta['settings']['train']['batch_size']} fresh "
-          "tasks (× the recipe's batch factor), init 0.1, d = "
+          f"tasks (× the recipe's batch factor), init {meta['settings']['train']['init_scale']:g}, d = "
           f"{meta['settings']['d']}, N = {meta['settings']['n_context']}.\n\n" + legend + "\n\n"
           + text.table(head, rows) +
           "\n\n'worst 0.01 % carry': the share of the summed error carried by the worst 0.01 % of tasks; "
