@@ -6,7 +6,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from lintheory.core import evaluate, learners, tasks
@@ -18,12 +17,13 @@ from lintheory.studies import engine
 
 
 def test_tail_batch_rescales_demonstrations_consistently():
-  """A rescaled task is still a noiseless linear task: y_i = x_iᵀw, its query untouched, the
-  spectrum of X̂ᵀX̂/N scaled by s² ∈ [1, tail_scale²]."""
+  """A tail-aware batch (TrainConfig.tail_frac, what the tail recipes train on) is still a noiseless
+  linear task: y_i = x_iᵀw, its query untouched, the spectrum of X̂ᵀX̂/N scaled by s² ∈ [1, tail_scale²]."""
   task = TaskConfig(d=4, n_context=9)
   c = dataclasses.replace(dr.CANDIDATES["f64_tail"], tail_frac=0.5, tail_scale=1.4)
+  cfg = dr.own_config(c, profiles.Profile(steps=9, batch_size=512, seeds=(0,), eval_tasks=1))
   key = jax.random.key(3)
-  b = dr.tail_batch(key, task, 512, c, jnp.float64)
+  b = train.draw(key, task, cfg, None)
   plain = tasks.sample(jax.random.split(key, 3)[0], task, 512, dtype=jnp.float64, draw_dtype=train.DRAW_DTYPE)
   np.testing.assert_allclose(b.y, jnp.einsum("bnd,bd->bn", b.X, b.w), rtol=1e-12, atol=1e-12)
   np.testing.assert_array_equal(b.x_q, plain.x_q)
@@ -31,27 +31,21 @@ def test_tail_batch_rescales_demonstrations_consistently():
   s = np.asarray(b.X[:, 0, 0] / plain.X[:, 0, 0])
   assert np.all(s >= 1 - 1e-12) and np.all(s <= 1.4 + 1e-12)
   assert 0.4 < np.mean(s > 1 + 1e-12) < 0.6
-  off = dataclasses.replace(c, tail_frac=0.0)
-  np.testing.assert_array_equal(dr.tail_batch(key, task, 512, off, jnp.float64).X,
+  off = dataclasses.replace(cfg, tail_frac=0.0)
+  np.testing.assert_array_equal(train.draw(key, task, off, None).X,
                                 tasks.sample(key, task, 512, dtype=jnp.float64, draw_dtype=train.DRAW_DTYPE).X)
 
 
-def test_huber_loss_is_the_squared_error_below_delta_and_linear_above():
-  r = jnp.array([-0.5, 0.3, 2.0, -4.0])
-  got = dr.query_loss(dataclasses.replace(dr.CANDIDATES["f64_huber"], huber=1.0))(r)
-  want = np.mean([0.25, 0.09, 2 * 2.0 - 1, 2 * 4.0 - 1])
-  assert float(got) == pytest.approx(want, rel=1e-12)
-  assert float(dr.query_loss(dr.CANDIDATES["f64_tail"])(r)) == pytest.approx(np.mean(np.asarray(r) ** 2), rel=1e-12)
-
-
-def test_own_loop_is_train_fit_when_the_recipe_is_plain():
-  """Without tail batches or Huber loss, fit_own takes train.fit's steps exactly (init, data, optimiser)."""
-  task, model = TaskConfig(d=2, n_context=4), ModelConfig(d=2, n_layers=1, init_scale=0.1)
-  c = dataclasses.replace(dr.CANDIDATES["f64_tail"], tail_frac=0.0, warmup=3)
+def test_a_tail_recipe_trains_through_train_fit_with_its_loss_on_the_full_forward():
+  """fit_own is train.fit with the candidate's batch, Huber loss and the full reference forward; in float64
+  that trains, up to round-off, the weights of the fast forward (the forward changes no arithmetic identity)."""
+  task, model = TaskConfig(d=2, n_context=4), ModelConfig(d=2, n_layers=2, init_scale=0.1)
+  c = dataclasses.replace(dr.CANDIDATES["f64_huber"], warmup=3)
   prof = profiles.Profile(steps=9, batch_size=8, seeds=(0, 1), eval_tasks=1)
+  cfg = dr.own_config(c, prof)
+  assert (cfg.huber_delta, cfg.forward, cfg.warmup, cfg.chunk, cfg.dtype) == (c.huber, "full", 3, 9, "float64")
   params, losses = dr.fit_own(task, model, c, prof)
-  ref = train.fit(task, model, train.TrainConfig(steps=9, batch_size=8, lr=c.lr, warmup=3, clip_norm=c.clip_norm,
-                                                 chunk=9, dtype="float64"), seeds=(0, 1))
+  ref = train.fit(task, model, dataclasses.replace(cfg, forward="auto"), seeds=(0, 1))
   np.testing.assert_allclose(losses, ref.losses, rtol=1e-10)
   for k in ref.params:
     np.testing.assert_allclose(params[k], ref.params[k], rtol=1e-10, atol=1e-14)

@@ -8,8 +8,9 @@ error on ≥ 10⁵ fresh tasks (mean with median, p99, p99.99, max, share above 
 the fitted GD++ of the same depth on the same tasks (docs/theory.md §5, §11), the training curve,
 and where the mean comes from: the share of the summed error carried by the worst 0.01 % of tasks,
 and by the tasks whose demonstrations' covariance X̂ᵀX̂/N has its largest eigenvalue in the top
-0.1 %. Recipes that train.fit expresses go through run.profiles.trained (the path every study
-uses); the tail-aware ones through this module's own loop (same optimiser, init and data keys).
+0.1 %. Every recipe trains through train.fit: the plain ones through run.profiles.trained (the path
+every study uses, a stalled seed restarted), the tail-aware ones (tail batches, Huber loss) straight
+from fit_own, through the full reference forward (TrainConfig.forward "full").
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from lintheory.core import evaluate, precision, stats, tasks
-from lintheory.core.model import ModelConfig, forward, init_params
+from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
 from lintheory.run import io, profiles, references, train
 from lintheory.studies import engine, figures, text
@@ -52,8 +52,8 @@ class Candidate:
 
   @property
   def own_loop(self) -> bool:
-    """True for a tail-aware batch or loss: this study trains those with its own loop (train.fit has
-    since gained tail_frac / tail_scale, which profiles.RECIPES uses; the Huber loss it lacks)."""
+    """True for a tail-aware batch or loss: fit_own trains those (train.fit without profiles.trained's
+    restarts, through the full forward), cached by cached_own."""
     return self.tail_frac > 0 or self.huber > 0
 
 
@@ -112,56 +112,23 @@ def train_config(c: Candidate, prof: profiles.Profile):
   return dataclasses.replace(prof, batch_size=prof.batch_size * c.batch_mult, recipes=(r,))
 
 
-def tail_batch(key: jax.Array, task: TaskConfig, n: int, c: Candidate, dtype) -> tasks.Batch:
-  """Fresh tasks where a share c.tail_frac has its demonstrations x_i scaled by s ~ U[1, c.tail_scale]
-  (labels follow, y_i = x_iᵀw + noise); queries keep the test distribution. The same draw as
-  run.train.draw with TrainConfig.tail_frac (float32 draws, train.DRAW_DTYPE)."""
-  sample = lambda k: tasks.sample(k, task, n, dtype=dtype, draw_dtype=train.DRAW_DTYPE)
-  if c.tail_frac == 0:  # the plain batch train.fit draws from the same key
-    return sample(key)
-  k_b, k_s = jax.random.split(key)
-  return tasks.scale_demonstrations(k_s, sample(k_b), c.tail_frac, c.tail_scale)
-
-
-def query_loss(c: Candidate):
-  """Mean over tasks of the squared query error, or of its Huber version (train.query_loss)."""
-  return train.query_loss(c.huber)
+def own_config(c: Candidate, prof: profiles.Profile) -> train.TrainConfig:
+  """train.fit's configuration of a tail-aware candidate: Adam after global-norm clipping, warm-up (at most
+  a third of the steps) then cosine decay to lr/10, non-finite steps skipped up to the profile's
+  max_skipped, the loss through the full forward (model.forward), all steps in one jitted scan."""
+  return train.TrainConfig(steps=prof.steps, batch_size=prof.batch_size * c.batch_mult, lr=c.lr,
+                           warmup=min(c.warmup, prof.steps // 3), clip_norm=c.clip_norm, chunk=prof.steps,
+                           dtype=c.dtype, max_skipped=prof.max_skipped, tail_frac=c.tail_frac,
+                           tail_scale=c.tail_scale, huber_delta=c.huber, forward="full")
 
 
 def fit_own(task: TaskConfig, model: ModelConfig, c: Candidate, prof: profiles.Profile) -> tuple[dict, np.ndarray]:
-  """Train one model per seed with the candidate's batch and loss → (params [S, ...], losses [S, steps]).
-
-  The optimiser, the initialisation and the data keys are train.fit's (Adam after global-norm
-  clipping, warm-up then cosine decay to lr/10, non-finite steps skipped up to the profile's
-  max_skipped; init from fold_in(seed, 0), data from fold_in(seed, 1)).
-  """
-  dtype = precision.DTYPES[c.dtype]
-  n, B = prof.steps, prof.batch_size * c.batch_mult
-  warmup = min(c.warmup, n // 3)
-  lr = optax.warmup_cosine_decay_schedule(0.0, c.lr, max(warmup, 1), max(n, warmup + 1), end_value=c.lr / 10)
-  tx = optax.chain(optax.clip_by_global_norm(c.clip_norm), optax.adam(lr))
-  if prof.max_skipped:  # as train.fit: a batch that overflows is skipped and counted (a non-finite loss)
-    tx = optax.apply_if_finite(tx, prof.max_skipped)
-  loss_of = query_loss(c)
-
-  def one_seed(seed_key):
-    params = init_params(jax.random.fold_in(seed_key, 0), model, dtype)
-    data = jax.random.fold_in(seed_key, 1)
-
-    def step(carry, i):
-      params, opt = carry
-      b = tail_batch(jax.random.fold_in(data, i), task, B, c, dtype)
-      loss, g = jax.value_and_grad(lambda p: loss_of(forward(p, tasks.batch_tokens(b), model)[0] - b.y_q))(params)
-      upd, opt = tx.update(g, opt, params)
-      return (optax.apply_updates(params, upd), opt), loss
-
-    (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(n))
-    return params, losses
-
-  with precision.for_dtype(c.dtype):
-    keys = jnp.stack([jax.random.key(s) for s in prof.seeds])
-    params, losses = jax.jit(jax.vmap(one_seed))(keys)
-    return jax.tree_util.tree_map(np.asarray, params), np.asarray(losses, np.float64)
+  """train.fit of one model per seed with the candidate's batch and loss (own_config) → (params [S, ...],
+  losses [S, steps]); a run stopped on non-finite parameters → RuntimeError."""
+  res = train.fit(task, model, own_config(c, prof), prof.seeds)
+  if res.diverged is not None:
+    raise RuntimeError(f"{res.diverged}")
+  return jax.tree_util.tree_map(np.asarray, res.params), np.asarray(res.losses, np.float64)
 
 
 def cached_own(task, model, c: Candidate, prof: profiles.Profile, cache_dir: str, label: str):
