@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import precision, tasks
+from lintheory.core import precision, prune, tasks
 from lintheory.core.model import ModelConfig, block, init_params, predict
 from lintheory.core.tasks import TaskConfig
 from lintheory.run import algorithm1 as alg, compile_cache, runtime, sweep
@@ -55,7 +55,7 @@ def median_time(fn, repeats: int, cold: bool) -> tuple[float, float, object]:
 def before_config_errors(params_S, model_cfg, configs, batch_S, block_size=32):
   """Algorithm 1's evaluation as it was: every configuration runs all layers, vmapped 32-wide."""
   def one(params, svd, keep, Z, y_q):
-    Z, _ = jax.lax.scan(lambda Z, p: (block(p, Z, model_cfg), None), Z, sweep.masked_params(params, svd, keep))
+    Z, _ = jax.lax.scan(lambda Z, p: (block(p, Z, model_cfg), None), Z, prune.masked_params(params, svd, keep))
     return tasks.normalised_error((predict(Z) - y_q) ** 2, model_cfg.d)
 
   fn = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, None, 0, None, None)), in_axes=(0, 0, None, 0, 0)))

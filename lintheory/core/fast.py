@@ -32,8 +32,8 @@ from lintheory.core.model import ModelConfig, Params, heads
 
 
 def applies(cfg: ModelConfig) -> bool:
-  """True when every layer is linear attention (any heads, with or without W_O) and no MLP."""
-  return cfg.attention == "linear" and cfg.mlp is None
+  """True when this form computes the model: `ModelConfig.is_linear` (any heads, with or without W_O)."""
+  return cfg.is_linear
 
 
 def gram_of(Zs_BND: jax.Array) -> jax.Array:
@@ -62,7 +62,8 @@ def _value_maps(p: dict[str, jax.Array], N: int) -> tuple[jax.Array, jax.Array]:
 
 
 def layer_map(p: dict[str, jax.Array], C_BDD: jax.Array, N: int) -> jax.Array:
-  """M [B, D, D] of one layer: h ← (I + M) h for every token of the task (column form)."""
+  """M [B, D, D] of one layer: h ← (I + M) h for every token of the task (column form); M = ΔW_t,
+  Lemma 1's update (docs/theory.md §4) from the Gram matrix C of the layer's input demonstrations."""
   W_V, G_HDD = _value_maps(p, N)
   if W_V.shape[0] == 1:  # two plain matmuls over the whole batch, no per-task product
     return jnp.einsum("ij,bjk->bik", W_V[0], C_BDD) @ G_HDD[0]
@@ -102,6 +103,11 @@ def _bmm_bwd(res, g):
 bmm.defvjp(_bmm_fwd, _bmm_bwd)
 
 
+def moved(A_BDD: jax.Array, C_BDD: jax.Array) -> jax.Array:
+  """A C Aᵀ [B, D, D]: the Gram matrix of demonstrations that the map A moved (h ← A h)."""
+  return bmm(bmm(A_BDD, C_BDD), jnp.swapaxes(A_BDD, -1, -2))
+
+
 def _mv(A_BIJ: jax.Array, v_BJ: jax.Array) -> jax.Array:
   """A v per task [B, I]."""
   return jnp.einsum("bij,bj->bi", A_BIJ, v_BJ)
@@ -111,8 +117,7 @@ def layer(p: dict[str, jax.Array], C_BDD: jax.Array, q_BD: jax.Array, N: int):
   """One layer on (C, q): C ← (I + M) C (I + M)ᵀ, q ← (I + M) q."""
   M = layer_map(p, C_BDD, N)
   A = M + jnp.eye(C_BDD.shape[-1], dtype=C_BDD.dtype)
-  C_BDD = bmm(bmm(A, C_BDD), jnp.swapaxes(A, -1, -2))
-  return C_BDD, q_BD + _mv(M, q_BD)
+  return moved(A, C_BDD), q_BD + _mv(M, q_BD)
 
 
 def readout(p: dict[str, jax.Array], C_BDD: jax.Array, q_BD: jax.Array, N: int) -> jax.Array:
@@ -140,7 +145,7 @@ def readout_row(params: Params, C_BDD: jax.Array, N: int) -> jax.Array:
   As = []
   for l in range(L - 2):
     A = layer_map(at(l), C_BDD, N) + eye
-    C_BDD = bmm(bmm(A, C_BDD), jnp.swapaxes(A, -1, -2))
+    C_BDD = moved(A, C_BDD)
     As.append(A)
   W_V, G_HDD = _value_maps(at(L - 1), N)
   u_HD = W_V[:, -1]
@@ -171,7 +176,7 @@ def prefix(params: Params, C_BDD: jax.Array, N: int, l: int) -> tuple[jax.Array,
   P_BDD = jnp.broadcast_to(jnp.eye(C_BDD.shape[-1], dtype=C_BDD.dtype), C_BDD.shape)
   for j in range(l):
     A = layer_map({k: v[j] for k, v in params.items()}, C_BDD, N) + jnp.eye(C_BDD.shape[-1], dtype=C_BDD.dtype)
-    C_BDD, P_BDD = bmm(bmm(A, C_BDD), jnp.swapaxes(A, -1, -2)), bmm(A, P_BDD)
+    C_BDD, P_BDD = moved(A, C_BDD), bmm(A, P_BDD)
   return C_BDD, P_BDD
 
 

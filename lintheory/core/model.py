@@ -186,11 +186,24 @@ def forward(params: Params, Z_BTD: jax.Array, cfg: ModelConfig | None = None):
 def forward_query(params: Params, Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
   """ŷ [B] of `forward`, with the last layer run for the query token only: nothing else of it reaches
   ŷ, and training reads nothing but ŷ (a quarter of the work at L = 4, half at L = 2)."""
-  N = Z_BTD.shape[1] - 1
+  return forward_from(params, Z_BTD[:, :-1], Z_BTD[:, -1:], cfg)[:, 0]
+
+
+def forward_from(params: Params, Zs_BND: jax.Array, Zq_BQD: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """ŷ [B, Q] for Q query tokens per prompt after the layers in params, from the tokens entering the
+  first of them: the demonstrations Zs [B, N, D] and the queries Zq [B, Q, D] (a model's layers from
+  layer k on, with its tokens entering layer k, continue its forward pass there).
+
+  Queries never act as keys or values, so each ŷ equals `forward` of the prompt followed by that one
+  query; the last layer runs for the queries only. core/fast.py's Gram form is the fast path of this
+  for linear attention without MLP.
+  """
+  N = Zs_BND.shape[1]
   first = {k: v[:-1] for k, v in params.items()}
-  Z_BTD, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg), None), Z_BTD, first)
+  Z_BTD, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg, n_demos=N), None),
+                          jnp.concatenate([Zs_BND, Zq_BQD], axis=1), first)
   last = {k: v[-1] for k, v in params.items()}
-  return predict(block_over(last, Z_BTD[:, N:], Z_BTD[:, :N], cfg))
+  return -block_over(last, Z_BTD[:, N:], Z_BTD[:, :N], cfg)[..., -1]
 
 
 def predict(Z_BTD: jax.Array) -> jax.Array:

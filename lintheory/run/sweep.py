@@ -4,15 +4,12 @@ Every matrix is decomposed once (exact SVD); a configuration is a kept rank per 
 and truncation is a mask on the singular values (docs/theory.md §7). Unpruned matrices are passed
 through bit-exact (`jnp.where`), and configurations that keep the same ranks (e.g. every ξ that
 leaves rank 0 of an 11×11 matrix) are evaluated once.
-Work is shared across configurations: the unpruned model's inputs to each layer are computed once
-per seed (`base_of`), a configuration pruned at layer k starts from them at layer k, runs layers
-k … L−2, and the last layer only for the query's y-slot. For linear attention without an MLP the
-state is not the tokens but the demonstrations' Gram matrix C and the query row z (a layer maps
-Z ↦ Z(I + E) with E = ΔW_tᵀ, so C ↦ (I + E)ᵀ C (I + E)), carried by core/fast.py, and the
-trajectory before layer k is the base model's. Configurations are grouped by pruned layer k, which
-is static in the compiled program (one program per k: only layers k … L−1 are in it); within a
-group one jitted function maps over blocks of equal width (the last padded); results equal
-prune-then-forward to round-off.
+Work is shared across configurations (core/from_layer.py): the unpruned model's inputs to each layer
+are computed once per seed (`base_of`), and a configuration first pruned at layer k continues from
+them at layer k (`predict_from`, `trajectory_from`; the trajectory before layer k is the base
+model's). Configurations are grouped by k, which is static in the compiled program (one program per
+k: only layers k … L−1 are in it); within a group one jitted function maps over blocks of equal
+width (the last padded); results equal prune-then-forward to round-off.
 
 Per configuration × seed (one CSV row): the ICL error on held-out tasks (normalised squared
 error, docs/theory.md §1: mean, standard error, median), for every layer t (from 0, like `layer`;
@@ -41,9 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import fast, implicit, precision, prune, tasks
+from lintheory.core import implicit, precision, prune, tasks
 from lintheory.run import io
-from lintheory.core.model import ModelConfig, Params, block, forward, heads
+from lintheory.core.from_layer import base_of, predict_from, trajectory_from
+from lintheory.core.model import ModelConfig, Params, forward
 from lintheory.core.tasks import TaskConfig
 
 
@@ -137,132 +135,6 @@ def kept_rank_of(c: Config, params: Params) -> int:
 # --- the vectorised evaluation -------------------------------------------------------------
 
 
-def masked_params(params: Params, svd: dict, keep: dict) -> Params:
-  """Truncate every matrix to keep[name] [L] via the precomputed SVD; full rank stays bit-exact."""
-  out = dict(params)
-  for name, (U, s, Vh) in svd.items():
-    W, k = params[name], s.shape[-1]
-    r = jnp.broadcast_to(keep[name].reshape(keep[name].shape + (1,) * (s.ndim - 2)), s.shape[:-1])
-    W_r = prune.truncate_with_svd(U, s, Vh, r)
-    out[name] = jnp.where(r[..., None, None] >= k, W, W_r.astype(W.dtype))
-  return out
-
-
-def layer_of(p: Params, j: jax.Array) -> dict:
-  """Layer j's matrices of a parameter dict (j may be traced)."""
-  return {name: jax.lax.dynamic_index_in_dim(W, j, keepdims=False) for name, W in p.items()}
-
-
-def query_prediction(p_t: dict, Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """ŷ [B] after the last layer p_t from its input Z_BTD, computing only the query's token (the query
-  attends to the demonstrations' keys and values; nothing reads the other tokens' outputs)."""
-  N = Z_BTD.shape[1] - 1
-  Zs, z_q = Z_BTD[:, :N], Z_BTD[:, -1]
-  W_Q, W_K, W_V = heads(p_t["W_Q"]), heads(p_t["W_K"]), heads(p_t["W_V"])
-  q = jnp.einsum("bd,hed->bhe", z_q, W_Q)
-  K = jnp.einsum("bnd,hed->bhne", Zs, W_K)
-  V = jnp.einsum("bnd,hed->bhne", Zs, W_V)
-  if cfg.attention == "linear":
-    out = jnp.einsum("bhe,bhef->bf", q, jnp.einsum("bhne,bhnf->bhef", K, V)) / N
-  else:
-    out = jnp.einsum("bhn,bhnf->bf", jax.nn.softmax(jnp.einsum("bhe,bhne->bhn", q, K), axis=-1), V)
-  if "W_O" in p_t:
-    out = out @ p_t["W_O"].T
-  h = z_q + out
-  if cfg.mlp is not None:
-    hidden = h @ p_t["W_1"].T
-    hidden = jax.nn.relu(hidden) if cfg.mlp == "relu" else hidden
-    h = h + hidden @ p_t["W_2"].T
-  return -h[:, -1]
-
-
-def value_out(p_t: dict) -> tuple[jax.Array, jax.Array]:
-  """Per head A = W_Qᵀ W_K and B = W_Vᵀ W_Oᵀ [H, D, D]: linear attention maps a token row h to
-  h (I + Σ_h A C B / N) with C = Σ_i h_i h_iᵀ over the demonstrations (docs/theory.md §4)."""
-  W_Q, W_K, W_V = heads(p_t["W_Q"]), heads(p_t["W_K"]), heads(p_t["W_V"])
-  A = jnp.einsum("hed,heg->hdg", W_Q, W_K)
-  B = jnp.swapaxes(W_V, -1, -2) if "W_O" not in p_t else jnp.einsum("hfd,ef->hde", W_V, p_t["W_O"])
-  return A, B
-
-
-def linear_E(p_t: dict, C_BDD: jax.Array, N: int) -> jax.Array:
-  """E = Σ_h A C B / N [B, D, D]: a linear-attention layer maps tokens Z ↦ Z (I + E), and E = ΔW_tᵀ."""
-  A, B = value_out(p_t)
-  return jnp.einsum("bhdf,hfg->bdg", jnp.einsum("hde,bef->bhdf", A, C_BDD), B) / N
-
-
-def base_of(p: Params, Z_BTD: jax.Array, cfg: ModelConfig, analysis: bool = False) -> dict:
-  """What configurations pruned from layer k on share: the unpruned model's inputs to each layer.
-
-  Linear attention without MLP: the demonstrations' Gram matrices C [L, B, D, D] and the query rows
-  z [L, B, D] carry everything (Z ↦ Z P gives C ↦ Pᵀ C P, z ↦ z P); otherwise the token states
-  Z [L, B, T, D]. With analysis, also the base trajectory dW, G, W [L, B, D, D] (docs/theory.md §5).
-  """
-  _, states = forward(p, Z_BTD, cfg)
-  states, N = states[:-1], Z_BTD.shape[1] - 1
-  if cfg.is_linear:
-    out = {"C": jnp.einsum("lbnd,lbne->lbde", states[:, :, :N], states[:, :, :N]), "z": states[:, :, -1]}
-  else:
-    out = {"Z": states}
-  if analysis:
-    traj = implicit.trajectory(p, Z_BTD, cfg)
-    out.update(dW=traj.delta_W, G=traj.G, W=traj.W_traj)
-  return out
-
-
-def predict_from(p: Params, base: dict, k: int, cfg: ModelConfig, N: int) -> jax.Array:
-  """ŷ [B] of params p that equal the base model's in layers < k, from base_of's shared inputs.
-
-  k is static (a Python int): the program holds layers k … L−1 only. Layers k … L−2 run in full,
-  the last one only for the query's y-slot (for linear attention core/fast.py's Gram form, whose
-  last two layers need no per-task matrix product). k = L − 1 for the unpruned model. Equals
-  model.forward of p to round-off.
-  """
-  k = int(k)
-  if not cfg.is_linear:
-    L = base["Z"].shape[0]
-    Z = base["Z"][k]
-    for j in range(k, L - 1):
-      Z = block(layer_of(p, j), Z, cfg)
-    return query_prediction(layer_of(p, L - 1), Z, cfg)
-  return fast.forward_gram({n: v[k:] for n, v in p.items()}, base["C"][k], base["z"][k], N)
-
-
-def trajectory_from(p: Params, base: dict, k: int, cfg: ModelConfig, N: int):
-  """(ΔW_t, G_t, ŵ_t) for every layer (docs/theory.md §5), as implicit.trajectory: the base
-  model's for t < k (bit-exact), recomputed from layer k on (k static, as in predict_from)."""
-  k = int(k)
-  D = cfg.D
-  eye = jnp.eye(D, dtype=base["dW"].dtype)
-  L = base["dW"].shape[0]
-  if not cfg.is_linear:
-    step = lambda j, S: S.at[j + 1].set(block(layer_of(p, j), S[j], cfg))
-    S = jax.lax.fori_loop(k, L - 1, step, base["Z"])
-    lp = {"W_Q": jax.vmap(heads)(p["W_Q"]), "W_K": jax.vmap(heads)(p["W_K"]), "W_V": implicit.value_maps(p)}
-    dW = jax.vmap(implicit.delta_W)(lp, S[:, :, :N])
-
-    def recur(W_prev, dW_t):
-      G_t = dW_t @ (eye + W_prev)
-      return W_prev + G_t, (G_t, W_prev + G_t)
-
-    _, (G, W_traj) = jax.lax.scan(recur, jnp.zeros_like(dW[0]), dW)
-    return dW, G, -W_traj[..., D - 1, : D - 1]
-
-  def step(j, carry):
-    C, W_prev, dW, G, W = carry
-    E = linear_E(layer_of(p, j), C, N)
-    dW_j = jnp.swapaxes(E, -1, -2)
-    G_j = dW_j @ (eye + W_prev)
-    P = eye + E
-    C = jnp.einsum("bdi,bde,bej->bij", P, C, P)
-    return C, W_prev + G_j, dW.at[j].set(dW_j), G.at[j].set(G_j), W.at[j].set(W_prev + G_j)
-
-  W_prev = base["W"][k - 1] if k > 0 else jnp.zeros_like(base["W"][0])
-  init = (base["C"][k], W_prev, base["dW"], base["G"], base["W"])
-  _, _, dW, G, W = jax.lax.fori_loop(k, L, step, init)
-  return dW, G, -W[..., D - 1, : D - 1]
-
-
 def first_pruned_layer(keep: dict, full: dict, n_layers: int) -> int:
   """The first layer any matrix keeps less than its full rank in; L − 1 when none does."""
   pruned = [l for l in range(n_layers) if any(keep[n][l] < full[n] for n in keep)]
@@ -345,7 +217,7 @@ def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: boo
   N = task_cfg.n_context
 
   def one(params, svd, keep, eval_base, y_q, ana_base, ana_b):
-    p = masked_params(params, svd, keep)
+    p = prune.masked_params(params, svd, keep)
     err = tasks.normalised_error((predict_from(p, eval_base, k, model_cfg, N) - y_q) ** 2, task_cfg.d)
     traj = trajectory_from(p, ana_base, k, model_cfg, N)
     return _summary(p, err, traj, ana_b, model_cfg, task_cfg, with_bounds)
@@ -363,7 +235,7 @@ def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: boo
 def _errors_fn(model_cfg: ModelConfig, lanes: int, N: int, k: int) -> Callable:
   def per_seed(params, svd, keeps, base, y_q):
     def one(kp):
-      y_hat = predict_from(masked_params(params, svd, kp), base, k, model_cfg, N)
+      y_hat = predict_from(prune.masked_params(params, svd, kp), base, k, model_cfg, N)
       return tasks.normalised_error((y_hat - y_q) ** 2, model_cfg.d)
     return _over_configs(one, keeps, lanes)
   return jax.jit(jax.vmap(per_seed, in_axes=(0, 0, None, 0, 0)))
