@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintheory.run import sweep
+from lintheory.run import sweep, sweep_eval
 from lintheory.core import precision, tasks
 from lintheory.core.model import ModelConfig, forward, init_params
 
@@ -72,7 +72,7 @@ def test_the_trajectory_change_is_the_median_over_tasks_of_each_task_relative_ch
   w[1, 2] *= 1e12  # one task blows up at layer 1
   w[0] = w0[0]  # layer 0 unchanged
   w[2, 4] = np.nan  # one task overflows at layer 2: an infinite change, not a NaN median
-  m = sweep._compare({"w_hat": w}, w0)
+  m = sweep_eval.compare({"w_hat": w}, w0)
   per_task = np.linalg.norm(w - w0, axis=-1) / np.linalg.norm(w0, axis=-1)
   per_task[2, 4] = np.inf
   np.testing.assert_allclose(m["w_hat_rel"], np.median(per_task, axis=1), rtol=1e-12)
@@ -87,7 +87,7 @@ def test_an_overflowed_task_error_is_infinite_and_the_median_is_infinite_only_pa
   err = np.array([0.3, 0.1, 0.2, 0.5, 0.4])
   err[:n_nan] = np.nan
   zeros = np.zeros((1, 5, 2, 2))
-  out = sweep._summary(None, jnp.asarray(err), (zeros, zeros, None), None, None, None, False)
+  out = sweep_eval.summary(None, jnp.asarray(err), (zeros, zeros, None), None, None, None, False)
   assert float(out["icl_error_median"]) == (0.5 if n_nan == 2 else np.inf)
   assert float(out["icl_error"]) == np.inf
 
@@ -135,19 +135,19 @@ def test_sweep_rejects_what_the_model_lacks(params_S):
 
 def test_task_errors_lanes_and_blocks_agree_and_compile_once_per_layer(params_S):
   p0 = jax.tree_util.tree_map(lambda a: a[0], params_S)
-  full = sweep.full_ranks(p0)
+  full = sweep_eval.full_ranks(p0)
   keeps = {n: np.full((7, MODEL.n_layers), k, np.int32) for n, k in full.items()}
   for c, (layer, r) in enumerate([(0, 0), (1, 2), (2, 1), (2, 3), (0, 3), (1, 0)], start=1):
     keeps["W_V"][c, layer] = r
   batch_S = sweep.sample_stacked(jnp.stack([jax.random.key(s) for s in SEEDS]), TASK, 5, dtype=jnp.float64)
-  e1 = sweep.task_errors(params_S, MODEL, keeps, batch_S, block_size=4, lanes=1)
-  e4 = sweep.task_errors(params_S, MODEL, keeps, batch_S, block_size=4, lanes=4)  # vmapped: mixed trip counts
+  e1 = sweep_eval.task_errors(params_S, MODEL, keeps, batch_S, block_size=4, lanes=1)
+  e4 = sweep_eval.task_errors(params_S, MODEL, keeps, batch_S, block_size=4, lanes=4)  # vmapped: mixed trip counts
   np.testing.assert_allclose(e4, e1, rtol=1e-12, atol=0)
   assert e1.shape == (len(SEEDS), 7, 5)
-  sweep._errors_fn.cache_clear()
+  sweep_eval._errors_fn.cache_clear()
   for _ in range(2):  # one program per first pruned layer (0, 1, 2: the unpruned model is k = L − 1)
-    sweep.task_errors(params_S, MODEL, keeps, batch_S, block_size=2, lanes=1)
-  assert [sweep._errors_fn(MODEL, 1, TASK.n_context, k)._cache_size() for k in range(3)] == [1, 1, 1]
+    sweep_eval.task_errors(params_S, MODEL, keeps, batch_S, block_size=2, lanes=1)
+  assert [sweep_eval._errors_fn(MODEL, 1, TASK.n_context, k)._cache_size() for k in range(3)] == [1, 1, 1]
   for s in range(len(SEEDS)):
     p = jax.tree_util.tree_map(lambda a: a[s], params_S)
     b = jax.tree_util.tree_map(lambda a: a[s], batch_S)

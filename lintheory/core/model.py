@@ -23,6 +23,14 @@ ATTENTIONS = ("linear", "softmax")
 MLPS = (None, "linear", "relu")
 
 
+def check_ints(config: Any, lows: dict[str, int]) -> None:
+  """ValueError naming the first field of config (in lows' order) that is not an integer >= its low."""
+  for name, lo in lows.items():
+    v = getattr(config, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+      raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   d: int = 10  # input dimension; the token dimension is D = d + 1
@@ -35,10 +43,7 @@ class ModelConfig:
   init_scale: float = 0.1  # std of the Gaussian initialisation of every matrix (0.02 leaves L >= 2 on a long plateau)
 
   def __post_init__(self):
-    for name, lo in (("d", 1), ("n_layers", 1), ("n_heads", 1), ("mlp_hidden", 0)):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    check_ints(self, {"d": 1, "n_layers": 1, "n_heads": 1, "mlp_hidden": 0})
     if self.attention not in ATTENTIONS:
       raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
     if self.mlp not in MLPS:
