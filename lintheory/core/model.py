@@ -208,7 +208,7 @@ def forward_from(params: Params, Zs_BND: jax.Array, Zq_BQD: jax.Array, cfg: Mode
   Z_BTD, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg, n_demos=N), None),
                           jnp.concatenate([Zs_BND, Zq_BQD], axis=1), first)
   last = {k: v[-1] for k, v in params.items()}
-  return -block_over(last, Z_BTD[:, N:], Z_BTD[:, :N], cfg)[..., -1]
+  return predict(block_over(last, Z_BTD[:, N:], Z_BTD[:, :N], cfg)[..., None, :])  # each query its own last token
 
 
 def predict(Z_BTD: jax.Array) -> jax.Array:
