@@ -9,7 +9,7 @@ configurations on the same tasks in one process:
   warm: compiled functions reused.
 Every figure is the median of --repeats timings, wall and CPU seconds (CPU is steadier on a loaded machine). Algorithm 1's evaluation (config_errors on
 n_val + n_test tasks) is timed before (every configuration re-runs all layers, 32 configurations
-vmapped, as the project did) and after (run.sweep.task_errors).
+vmapped, as the project did) and after (run.sweep_eval.task_errors).
 Targets: sweep ≥ 5× the loop warm and ≥ 1× cold.
 Run `flock /tmp/lintheory-bench.lock python benchmarks/sweep.py [--n-eval 1024] [--layers 4] [--seeds 3]`.
 """
@@ -25,16 +25,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import precision, tasks
+from lintheory.core import precision, prune, tasks
 from lintheory.core.model import ModelConfig, block, init_params, predict
 from lintheory.core.tasks import TaskConfig
-from lintheory.run import algorithm1 as alg, compile_cache, runtime, sweep
+from lintheory.run import algorithm1 as alg, compile_cache, runtime, sweep, sweep_eval
 
 
 def clear_compiled() -> None:
   """Forget every compiled function, so the next call pays compilation again."""
   jax.clear_caches()
-  for f in (sweep.make_block_fn, sweep._errors_fn, sweep._base_fn, sweep._sampler, sweep._loop_metrics_fn):
+  for f in (sweep_eval.make_block_fn, sweep_eval._errors_fn, sweep_eval._base_fn, sweep._sampler, sweep._loop_metrics_fn):
     f.cache_clear()
 
 
@@ -55,12 +55,12 @@ def median_time(fn, repeats: int, cold: bool) -> tuple[float, float, object]:
 def before_config_errors(params_S, model_cfg, configs, batch_S, block_size=32):
   """Algorithm 1's evaluation as it was: every configuration runs all layers, vmapped 32-wide."""
   def one(params, svd, keep, Z, y_q):
-    Z, _ = jax.lax.scan(lambda Z, p: (block(p, Z, model_cfg), None), Z, sweep.masked_params(params, svd, keep))
+    Z, _ = jax.lax.scan(lambda Z, p: (block(p, Z, model_cfg), None), Z, prune.masked_params(params, svd, keep))
     return tasks.normalised_error((predict(Z) - y_q) ** 2, model_cfg.d)
 
   fn = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, None, 0, None, None)), in_axes=(0, 0, None, 0, 0)))
   names = sorted(configs.keep)
-  svd = sweep.svd_of(params_S, names)
+  svd = sweep_eval.svd_of(params_S, names)
   Z = jax.vmap(tasks.batch_tokens)(batch_S)
   C = len(configs.layer)
   out = []

@@ -106,10 +106,15 @@ def assert_gd_equivalent(params: Any, batch: Batch, reference: Reference, tol: f
   """Raise AssertionError unless every layer matches the reference to relative `tol`."""
   _check_tol(tol, batch.X)
   dev = gd_deviation(params, batch, reference, cfg)
-  if not dev.max_rel <= tol:
-    raise AssertionError(f"transformer deviates from the reference: per-layer relative error "
-                         f"{[f'{e:.2e}' for e in dev.per_layer.tolist()]} > tol={tol}")
-  return dev
+  return _within(dev, tol, lambda: f"transformer deviates from the reference: per-layer relative error "
+                 f"{[f'{e:.2e}' for e in dev.per_layer.tolist()]} > tol={tol}")
+
+
+def _within(check, tol: float, message: Callable[[], str]):
+  """check, unless its max_rel exceeds tol (or is NaN): then AssertionError(message())."""
+  if not check.max_rel <= tol:
+    raise AssertionError(message())
+  return check
 
 
 class IdentityCheck(NamedTuple):
@@ -147,10 +152,8 @@ def assert_trajectory_identity(params: Any, batch_or_Z, tol: float = 1e-10,
   Z = batch_tokens(batch_or_Z) if isinstance(batch_or_Z, Batch) else batch_or_Z
   _check_tol(tol, Z)
   check = trajectory_identity(params, Z, cfg)
-  if not check.max_rel <= tol:
-    raise AssertionError(f"Theorem 1 identity off by {check.max_rel:.2e} (relative) > tol={tol}; "
-                         f"per layer {check.per_layer.tolist()}")
-  return check
+  return _within(check, tol, lambda: f"Theorem 1 identity off by {check.max_rel:.2e} (relative) > tol={tol}; "
+                 f"per layer {check.per_layer.tolist()}")
 
 
 def assert_same_predictions(user_predict: Callable[[Batch], Any], model: Any, batch: Batch, tol: float = 1e-5,

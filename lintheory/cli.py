@@ -19,7 +19,7 @@ import numpy as np
 from lintheory.core import precision, prune
 from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import EVAL_SEED, TaskConfig
-from lintheory.run import interop, io, jobs, memory, provenance, recipes, rundir, runtime, sweep, train
+from lintheory.run import interop, io, jobs, memory, provenance, recipes, rundir, runtime, sweep, sweep_files, train
 from lintheory.run.flags import (INT_MAX, add_config_flags, build_configs, float_arg, in_range, int_arg, naming,
                                   out_dir)
 
@@ -268,12 +268,12 @@ def cmd_sweep(args) -> int:
                lambda n: memory.eval_bytes(run.task, run.model, n, itemsize, factor=6))
   memory.check("--analysis-tasks", args.analysis_tasks, 2,
                lambda n: memory.eval_bytes(run.task, run.model, n, itemsize, factor=6 * L * D))
-  sweep.check_dir(out, args.overwrite)
+  sweep_files.check_dir(out, args.overwrite)
   with precision.for_dtype(str(run.params["W_Q"].dtype)):
     io.write_json(out / "provenance.json", provenance.collect())
     params_S = {k: np.asarray(v)[None] for k, v in run.params.items()}
     res = sweep.run(params_S, (run.seed,), run.model, run.task, cfg, out=out)
-  print("\n".join(sweep.summary(res, modules, min(run.params["W_Q"].shape[-2:]), out / "sweep.csv")))
+  print("\n".join(sweep_files.summary(res, modules, min(run.params["W_Q"].shape[-2:]), out / "sweep.csv")))
   return 0
 
 

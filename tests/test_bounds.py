@@ -204,8 +204,8 @@ def test_per_demo_gradients_lie_in_V_t(heads, W_O):
   bd = bounds.theorem2(params, b, cfg, tc)
   assert float(bd.spectrum.residual.max()) < 1e-13
   assert np.all(np.asarray(bd.spectrum.dimV) == 6)  # D = 3: D(D+1)/2 < D² = 9
-  A = bounds.subspace_map(bounds._layer_weights(params)["W_Q"][0], bounds._layer_weights(params)["W_K"][0],
-                          bounds._layer_weights(params)["W_V"][0], jnp.zeros((3, 3)))
+  A = bounds.subspace_map(implicit.layer_weights(params)["W_Q"][0], implicit.layer_weights(params)["W_K"][0],
+                          implicit.layer_weights(params)["W_V"][0], jnp.zeros((3, 3)))
   Q, k = bounds.subspace_basis(A)
   x = np.random.default_rng(0).normal(size=9)
   assert int(k) == 6 and np.linalg.norm(x - Q @ (Q.T @ x)) > 0.1 * np.linalg.norm(x)

@@ -6,7 +6,7 @@ import pytest
 
 from lintheory import cli
 from lintheory.core import learners
-from lintheory.run import io, rundir, sweep
+from lintheory.run import io, rundir, sweep, sweep_files
 from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
 
@@ -72,14 +72,14 @@ def test_sweep_cli_runs_every_layer_module_and_rate(run_dir, tmp_path, capsys):
   argv = ["sweep", str(run_dir), "--modules", "attn", "v", "--rates", "0", "0.5", "--ranks", "0",
           "--eval-tasks", "64", "--analysis-tasks", "8", "--block", "4", "--no-bounds", "--out", str(out)]
   assert cli.main(argv) == 0
-  rows = sweep.read_csv(out / "sweep.csv")
+  rows = sweep_files.read_csv(out / "sweep.csv")
   assert len(rows) == 2 * 2 * 3 and {r["seed"] for r in rows} == {7}
   assert "best layer" in capsys.readouterr().out
   assert cli.main(argv) == 0  # resumes: nothing left to do, same rows
-  assert sweep.read_csv(out / "sweep.csv") == rows
+  assert sweep_files.read_csv(out / "sweep.csv") == rows
 
 
-def _sweep_dir(path, rows, columns=sweep.BASE_COLUMNS):
+def _sweep_dir(path, rows, columns=sweep_files.BASE_COLUMNS):
   """A sweep directory holding sweep.json and a sweep.csv of the given text rows."""
   path.mkdir()
   io.write_json(path / "sweep.json", {"columns": list(columns)})
@@ -106,7 +106,7 @@ def test_sweep_refuses_a_directory_it_cannot_resume(run_dir, tmp_path, capsys, m
 
 def test_a_sweep_directory_reads_back_by_column_name(tmp_path):
   row = "7,1,v,rank,,0,0.5,0.01,0.4"
-  meta, rows = sweep.read_dir(_sweep_dir(tmp_path / "sw", [row]))
-  assert meta["columns"] == list(sweep.BASE_COLUMNS)
+  meta, rows = sweep_files.read_dir(_sweep_dir(tmp_path / "sw", [row]))
+  assert meta["columns"] == list(sweep_files.BASE_COLUMNS)
   assert rows == [{"seed": 7, "layer": 1, "module": "v", "mode": "rank", "xi": None, "rank": 0, "icl_error": 0.5,
                    "icl_error_se": 0.01, "icl_error_median": 0.4}]

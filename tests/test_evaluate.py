@@ -39,6 +39,8 @@ def test_implicit_predictor_is_theorem1_and_the_forward_pass():
   np.testing.assert_allclose(w_hat, traj.w_hat[-1], atol=1e-12 * scale)
   y_hat, _ = forward(params, tasks.batch_tokens(b), cfg)
   np.testing.assert_allclose(jnp.einsum("bd,bd->b", w_hat, b.x_q), y_hat, atol=1e-12 * scale)
+  with pytest.raises(ValueError, match="linear attention without MLP"):
+    evaluate.implicit_predictor(params, dataclasses.replace(cfg, attention="softmax"), b.X, b.y)
 
 
 @pytest.mark.parametrize("task", [

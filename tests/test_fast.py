@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lintheory.core import fast, model, tasks
+from lintheory.core import fast, implicit, model, tasks
 from lintheory.core.model import ModelConfig
 
 
@@ -98,6 +98,16 @@ def test_a_layer_maps_every_token_by_one_matrix():
   assert rel_err(M, jnp.zeros_like(M)) > 0.1  # the layer does something
 
 
+def test_the_layer_map_on_the_gram_matrix_is_lemma1s_delta_W_from_the_tokens():
+  """M = fast.layer_map(C) is ΔW_t of Lemma 1 (implicit.delta_W, from the demonstrations' tokens), float64."""
+  cfg = ModelConfig(d=3, n_layers=2, n_heads=2, use_W_O=True)
+  params = {k: 0.4 * v for k, v in model.init_params(jax.random.key(0), cfg, jnp.float64).items()}
+  Zs = jax.random.normal(jax.random.key(1), (3, 5, 4), jnp.float64)
+  want = implicit.delta_W({k: v[1] for k, v in implicit.layer_weights(params).items()}, Zs)
+  got = fast.layer_map({k: v[1] for k, v in params.items()}, fast.gram_of(Zs), 5)
+  assert rel_err(got, want) <= 1e-13
+
+
 def test_gram_is_over_the_demonstrations_only():
   Z = jax.random.normal(jax.random.key(1), (2, 5, 3), jnp.float64)
   C, q = fast.gram(Z)
@@ -130,7 +140,7 @@ def test_readout_is_the_last_layer_applied_to_the_query():
 @pytest.mark.parametrize("cfg", [ModelConfig(d=2, attention="softmax"), ModelConfig(d=2, mlp="relu"),
                                  ModelConfig(d=2, mlp="linear")], ids=["softmax", "relu", "linear-mlp"])
 def test_only_linear_attention_without_mlp(cfg):
-  assert not fast.applies(cfg)
+  assert not cfg.is_linear
   params = model.init_params(jax.random.key(0), cfg)
   with pytest.raises(ValueError, match="attention"):
     fast.forward(params, jnp.zeros((1, 3, 3)), cfg)

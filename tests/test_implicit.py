@@ -25,6 +25,20 @@ def test_theorem1_identity_random_weights(d, N, L, H, W_O, seed):
   assert check.max_rel <= 1e-10
 
 
+def test_the_recurrence_multiplies_the_layers_maps():
+  """G_t = ΔW_t (I + W_{t−1}), W_t = W_{t−1} + G_t is I + W_t = (I + ΔW_t)(I + W_{t−1}): from any W_prev,
+  I + W_L = (I + ΔW_L) ⋯ (I + ΔW_1)(I + W_prev), float64."""
+  rng = np.random.default_rng(0)
+  dW, W_prev = jnp.asarray(0.5 * rng.standard_normal((3, 2, 4, 4))), jnp.asarray(rng.standard_normal((2, 4, 4)))
+  G, W = implicit.recurrence(dW, W_prev)
+  P = jnp.eye(4) + W_prev
+  for t in range(3):
+    P = (jnp.eye(4) + dW[t]) @ P
+    np.testing.assert_allclose(jnp.eye(4) + W[t], P, rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(P))))
+  np.testing.assert_allclose(G[0], dW[0] @ (jnp.eye(4) + W_prev), rtol=0, atol=1e-13)
+  np.testing.assert_array_equal(implicit.recurrence(dW)[1][0], dW[0])  # W_0 = 0 by default: W_1 = ΔW_1
+
+
 def test_implicit_predictions_are_the_forward_pass():
   cfg = ModelConfig(d=3, n_layers=3, n_heads=2, use_W_O=True)
   params, b = random_params(cfg, 1), batch64(3, 5, B=8)

@@ -77,6 +77,24 @@ def test_forward_query_is_the_literal_forward_with_a_query_only_last_layer(cfg):
   np.testing.assert_allclose(y_hat, reference_forward(params, Z, cfg), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("cfg", [ModelConfig(d=2, n_layers=3, n_heads=2, use_W_O=True),
+                                 ModelConfig(d=2, n_layers=3, attention="softmax", mlp="relu", mlp_hidden=3)],
+                         ids=["linear", "softmax+mlp"])
+def test_forward_from_layer_k_with_Q_queries_is_forward_on_each_prompt_with_that_query(cfg):
+  """Q queries per prompt, continued from the tokens entering layer k, are each `forward` of the prompt
+  followed by that one query (queries are never keys or values), float64."""
+  params = {k: v * 4 for k, v in model.init_params(jax.random.key(1), cfg, jnp.float64).items()}
+  Zs = jax.random.normal(jax.random.key(2), (3, 5, cfg.D), jnp.float64)
+  Zq = jax.random.normal(jax.random.key(3), (3, 4, cfg.D), jnp.float64).at[..., -1].set(0.0)
+  one = lambda q: forward(params, jnp.concatenate([Zs, Zq[:, q:q + 1]], axis=1), cfg)
+  want = jnp.stack([one(q)[0] for q in range(4)], axis=1)
+  close = lambda got: np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(want))))
+  close(model.forward_from(params, Zs, Zq, cfg))
+  for k in (1, 2):
+    states = jnp.stack([one(q)[1][k] for q in range(4)], axis=1)  # [B, Q, T, D] entering layer k
+    close(model.forward_from({n: v[k:] for n, v in params.items()}, states[:, 0, :5], states[:, :, 5], cfg))
+
+
 def test_query_is_not_a_key_or_value():
   cfg = ModelConfig(d=3, n_layers=3)
   params = {k: v * 20 for k, v in model.init_params(jax.random.key(1), cfg, jnp.float64).items()}

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lintheory.run import sweep
-from lintheory.core import implicit, precision, tasks
+from lintheory.run import sweep, sweep_eval, sweep_files
+from lintheory.core import precision, tasks
 from lintheory.core.model import ModelConfig, forward, init_params
 
 MODEL = ModelConfig(d=3, n_layers=3, init_scale=0.4)
@@ -35,7 +35,7 @@ def test_vectorised_sweep_equals_the_loop(params_S, full):
   loop = sweep.run_loop(params_S, SEEDS, MODEL, TASK, CFG)
   assert len(res.rows) == len(loop.rows) == 3 * 2 * 5 * len(SEEDS)
   for a, b in zip(res.rows, loop.rows):
-    assert sweep.row_key(a) == sweep.row_key(b) and a["rank"] == b["rank"]
+    assert sweep_files.row_key(a) == sweep_files.row_key(b) and a["rank"] == b["rank"]
     for k, v in a.items():
       if isinstance(v, float) and not k.startswith("w_hat_maxabs"):
         np.testing.assert_allclose(v, b[k], rtol=1e-9, atol=1e-12, err_msg=k)
@@ -74,7 +74,7 @@ def test_the_trajectory_change_is_the_median_over_tasks_of_each_task_relative_ch
   w[1, 2] *= 1e12  # one task blows up at layer 1
   w[0] = w0[0]  # layer 0 unchanged
   w[2, 4] = np.nan  # one task overflows at layer 2: an infinite change, not a NaN median
-  m = sweep._compare({"w_hat": w}, w0)
+  m = sweep_eval.compare({"w_hat": w}, w0)
   per_task = np.linalg.norm(w - w0, axis=-1) / np.linalg.norm(w0, axis=-1)
   per_task[2, 4] = np.inf
   np.testing.assert_allclose(m["w_hat_rel"], np.median(per_task, axis=1), rtol=1e-12)
@@ -89,27 +89,19 @@ def test_an_overflowed_task_error_is_infinite_and_the_median_is_infinite_only_pa
   err = np.array([0.3, 0.1, 0.2, 0.5, 0.4])
   err[:n_nan] = np.nan
   zeros = np.zeros((1, 5, 2, 2))
-  out = sweep._summary(None, jnp.asarray(err), (zeros, zeros, None), None, None, None, False)
+  out = sweep_eval.summary(None, jnp.asarray(err), (zeros, zeros, None), None, None, None, False)
   assert float(out["icl_error_median"]) == (0.5 if n_nan == 2 else np.inf)
   assert float(out["icl_error"]) == np.inf
 
 
 def test_sweep_csv_reads_back_typed_and_writes_the_same_bytes(full, tmp_path):
   res, out = full
-  rows = sweep.read_csv(out / "sweep.csv")
+  rows = sweep_files.read_csv(out / "sweep.csv")
   # ints for seed/layer/rank, floats for measures, None for the empty xi of a rank row (written as "")
   assert rows == [{**r, "xi": None if r["xi"] == "" else r["xi"]} for r in res.rows]
   cols = sweep.io.read_json(out / "sweep.json")["columns"]
-  sweep.write_csv(tmp_path / "again.csv", cols, rows)
+  sweep_files.write_csv(tmp_path / "again.csv", cols, rows)
   assert (tmp_path / "again.csv").read_bytes() == (out / "sweep.csv").read_bytes()
-
-
-def test_a_cached_sweep_is_read_back_by_an_equal_key_without_running(params_S, full, tmp_path, monkeypatch):
-  res, out = full
-  first = sweep.cached(params_S, list(SEEDS), MODEL, TASK, CFG, tmp_path, progress=False)
-  monkeypatch.setattr(sweep, "run", lambda *a, **k: pytest.fail("ran a cached sweep again"))
-  again = sweep.cached(params_S, tuple(SEEDS), MODEL, TASK, dataclasses.replace(CFG, block=CFG.block + 1), tmp_path)
-  assert first.rows == res.rows and again.rows == sweep.read_csv(out / "sweep.csv") and again.meta["complete"]
 
 
 def test_interrupted_sweep_resumes_to_the_same_csv(params_S, full, tmp_path):
@@ -121,13 +113,13 @@ def test_interrupted_sweep_resumes_to_the_same_csv(params_S, full, tmp_path):
 
   with pytest.raises(KeyboardInterrupt):
     sweep.run(params_S, SEEDS, MODEL, TASK, CFG, out=tmp_path, on_block=stop, progress=False)
-  partial = sweep.read_csv(tmp_path / "sweep.csv")
+  partial = sweep_files.read_csv(tmp_path / "sweep.csv")
   meta = sweep.io.read_json(tmp_path / "sweep.json")
   assert 0 < len(partial) < len(res.rows) and meta["complete"] is False
   again = sweep.run(params_S, SEEDS, MODEL, TASK, CFG, out=tmp_path, progress=False)
   assert 0 < again.evaluated < res.evaluated  # only what was missing
   assert (tmp_path / "sweep.csv").read_bytes() == (out_full / "sweep.csv").read_bytes()
-  keys = [sweep.row_key(r) for r in sweep.read_csv(tmp_path / "sweep.csv")]
+  keys = [sweep_files.row_key(r) for r in sweep_files.read_csv(tmp_path / "sweep.csv")]
   assert len(keys) == len(set(keys)) == len(res.rows)
   assert sweep.run(params_S, SEEDS, MODEL, TASK, CFG, out=tmp_path, progress=False).evaluated == 0
   # a different sweep into the same directory is refused rather than mixed in
@@ -153,66 +145,21 @@ def test_sweep_rejects_what_the_model_lacks(params_S):
     sweep.run(params_S, (0,), MODEL, TASK, CFG, progress=False)
 
 
-# --- the shared-state evaluation equals plain prune-then-forward -----------------------------
-
-VARIANTS = {"linear": ModelConfig(d=3, n_layers=3, init_scale=0.4),
-            "heads+W_O": ModelConfig(d=3, n_layers=3, n_heads=2, use_W_O=True, init_scale=0.4),
-            "softmax": ModelConfig(d=3, n_layers=3, attention="softmax", init_scale=0.4),
-            "relu MLP": ModelConfig(d=3, n_layers=3, mlp="relu", mlp_hidden=5, init_scale=0.4)}
-
-
-def _pruned(cfg, dtype, layer, module="attn", rank=1, B=9, N=6):
-  p = init_params(jax.random.key(3), cfg, dtype)
-  b = tasks.sample(jax.random.key(4), tasks.TaskConfig(d=cfg.d, n_context=N), B, dtype=dtype)
-  return p, sweep.prune.prune(p, layer, module, rank=rank), tasks.batch_tokens(b)
-
-
-@pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_shared_state_evaluation_is_prune_then_forward_in_float64(name):
-  cfg = VARIANTS[name]
-  close = lambda got, ref: np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(ref))))
-  p, _, Z = _pruned(cfg, jnp.float64, 0)
-  N = Z.shape[1] - 1
-  base = sweep.base_of(p, Z, cfg, analysis=True)
-  shared = jax.jit(lambda q, k: (sweep.predict_from(q, base, k, cfg, N), sweep.trajectory_from(q, base, k, cfg, N)),
-                   static_argnums=1)
-  plain = jax.jit(lambda q: (forward(q, Z, cfg)[0], implicit.trajectory(q, Z, cfg)))
-  base_traj = plain(p)[1]
-  for layer in range(cfg.n_layers):
-    q = sweep.prune.prune(p, layer, "attn", rank=1)
-    (y, (dW, G, w_hat)), (y_ref, traj) = shared(q, layer), plain(q)
-    close(y, y_ref)
-    for got, ref in ((dW, traj.delta_W), (G, traj.G), (w_hat, traj.w_hat)):
-      close(got, ref)
-    assert jnp.array_equal(w_hat[:layer], base_traj.w_hat[:layer])  # the base model's, bit for bit
-  close(shared(p, cfg.n_layers - 1)[0], plain(p)[0])  # the unpruned model (k = L − 1), same path
-
-
-@pytest.mark.parametrize("name", ["linear", "softmax"])
-def test_shared_state_evaluation_in_float32_is_round_off(name):
-  cfg = VARIANTS[name]
-  p, q, Z = _pruned(cfg, jnp.float32, 0, module="v", rank=2)
-  y = sweep.predict_from(q, sweep.base_of(p, Z, cfg), 0, cfg, Z.shape[1] - 1)
-  y_ref, _ = forward(q, Z, cfg)
-  assert y.dtype == jnp.float32
-  np.testing.assert_allclose(y, y_ref, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(y_ref))))
-
-
 def test_task_errors_lanes_and_blocks_agree_and_compile_once_per_layer(params_S):
   p0 = jax.tree_util.tree_map(lambda a: a[0], params_S)
-  full = sweep.full_ranks(p0)
+  full = sweep_eval.full_ranks(p0)
   keeps = {n: np.full((7, MODEL.n_layers), k, np.int32) for n, k in full.items()}
   for c, (layer, r) in enumerate([(0, 0), (1, 2), (2, 1), (2, 3), (0, 3), (1, 0)], start=1):
     keeps["W_V"][c, layer] = r
   batch_S = sweep.sample_stacked(jnp.stack([jax.random.key(s) for s in SEEDS]), TASK, 5, dtype=jnp.float64)
-  e1 = sweep.task_errors(params_S, MODEL, keeps, batch_S, block_size=4, lanes=1)
-  e4 = sweep.task_errors(params_S, MODEL, keeps, batch_S, block_size=4, lanes=4)  # vmapped: mixed trip counts
+  e1 = sweep_eval.task_errors(params_S, MODEL, keeps, batch_S, block_size=4, lanes=1)
+  e4 = sweep_eval.task_errors(params_S, MODEL, keeps, batch_S, block_size=4, lanes=4)  # vmapped: mixed trip counts
   np.testing.assert_allclose(e4, e1, rtol=1e-12, atol=0)
   assert e1.shape == (len(SEEDS), 7, 5)
-  sweep._errors_fn.cache_clear()
+  sweep_eval._errors_fn.cache_clear()
   for _ in range(2):  # one program per first pruned layer (0, 1, 2: the unpruned model is k = L − 1)
-    sweep.task_errors(params_S, MODEL, keeps, batch_S, block_size=2, lanes=1)
-  assert [sweep._errors_fn(MODEL, 1, TASK.n_context, k)._cache_size() for k in range(3)] == [1, 1, 1]
+    sweep_eval.task_errors(params_S, MODEL, keeps, batch_S, block_size=2, lanes=1)
+  assert [sweep_eval._errors_fn(MODEL, 1, TASK.n_context, k)._cache_size() for k in range(3)] == [1, 1, 1]
   for s in range(len(SEEDS)):
     p = jax.tree_util.tree_map(lambda a: a[s], params_S)
     b = jax.tree_util.tree_map(lambda a: a[s], batch_S)

@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core import implicit
-from lintheory.core.model import ModelConfig, Params, heads
+from lintheory.core.model import ModelConfig, Params
 from lintheory.core.tasks import Batch, TaskConfig, as_cov, batch_tokens, sample, tokens, x_covariance
 
 ALPHA = 0.05  # one-sided level of each bound's Monte-Carlo upper confidence bound (jointly over its estimates)
@@ -212,11 +212,6 @@ def subspace_basis(A: jax.Array, rtol: float | None = None) -> tuple[jax.Array, 
   return U * keep[..., None, :], keep.sum(-1)
 
 
-def _layer_weights(params: Params) -> dict:
-  return {"W_Q": jax.vmap(heads)(params["W_Q"]), "W_K": jax.vmap(heads)(params["W_K"]),
-          "W_V": implicit.value_maps(params)}
-
-
 def subspace_dim(params: Params, W_prev: jax.Array | None = None, *, layer: int = 0,
                  rtol: float | None = None) -> jax.Array:
   """dim V_t of `layer` (from 0) from the weights alone; W_prev [..., D, D] (default 0: the first layer).
@@ -229,7 +224,7 @@ def subspace_dim(params: Params, W_prev: jax.Array | None = None, *, layer: int 
   then depends on rank M alone). Truncating W_K with W_V singular can RAISE it (range(M) → P·range(M)
   is not nested; tests/test_bounds.py has a 3×3 example, 3 → 4).
   """
-  lw = _layer_weights(params)
+  lw = implicit.layer_weights(params)
   L, D = lw["W_Q"].shape[0], lw["W_Q"].shape[-1]
   if not _is_int(layer) or not 0 <= layer < L:
     raise ValueError(f"layer must be an integer in [0, {L - 1}], got {layer!r}")
@@ -255,7 +250,7 @@ class SubspaceSpectrum(NamedTuple):
 
 def subspace_spectrum(params: Params, traj: implicit.Trajectory, rtol: float) -> SubspaceSpectrum:
   """Project the per-demonstration gradients on a weights-only orthonormal basis of V_t."""
-  lw = _layer_weights(params)
+  lw = implicit.layer_weights(params)
   A = jax.vmap(lambda q, k, v, Wp: jax.vmap(lambda w: subspace_map(q, k, v, w))(Wp))(
       lw["W_Q"], lw["W_K"], lw["W_V"], _W_prev(traj))  # [L, B, D², m]
   Q, k = subspace_basis(A, rtol)
@@ -280,7 +275,7 @@ def noisy_trajectory(params: Params, Z_BTD: jax.Array, key: jax.Array, c, eps=No
   Σ_i z_i (g_{t,i} − G_t) with z ~ N(0, I_N) has covariance C_t exactly. ŵ = −W_L[y, :d] as for ŵ_L.
   eps (None: no floor) adds sqrt(ε)·Q_t z' with Q_t the orthonormal basis of V_t (relative rtol).
   """
-  lw = _layer_weights(params)
+  lw = implicit.layer_weights(params)
   B, T, D = Z_BTD.shape
   N = T - 1
   eye = jnp.eye(D, dtype=Z_BTD.dtype)

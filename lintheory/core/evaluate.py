@@ -18,29 +18,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core import bounds, fast, implicit, precision, tasks
-from lintheory.core.model import ModelConfig, Params, forward_query, heads, param_shapes
+from lintheory.core.model import ModelConfig, Params, forward_query, param_shapes
 from lintheory.core.tasks import Batch, TaskConfig
 
 
 def implicit_predictor(params: Params, cfg: ModelConfig, X_BND: jax.Array, y_BN: jax.Array) -> jax.Array:
   """ŵ = −W_L[y, :d] → [B, d], from the demonstrations alone (linear attention, Theorem 1).
 
-  Every token j gets h_j ← h_j + ΔW_t h_j, so only the demonstrations and W_t are carried;
+  Every token j gets h_j ← h_j + ΔW_t h_j, so only the demonstrations are carried to find each ΔW_t;
   the query never enters (it is never a key or value).
   """
-  layer = {"W_Q": jax.vmap(heads)(params["W_Q"]), "W_K": jax.vmap(heads)(params["W_K"]),
-           "W_V": implicit.value_maps(params)}
-  Zs = jnp.concatenate([X_BND, y_BN[..., None]], axis=-1)
-  eye = jnp.eye(cfg.D, dtype=Zs.dtype)
+  if not cfg.is_linear:
+    raise ValueError(f"the implicit predictor needs linear attention without MLP, got {cfg}")
 
-  def step(carry, p):
-    Zs, W = carry
+  def step(Zs, p):
     dW = implicit.delta_W(p, Zs)
-    return (Zs + jnp.einsum("bnd,bed->bne", Zs, dW), W + dW @ (eye + W)), None
+    return Zs + jnp.einsum("bnd,bed->bne", Zs, dW), dW
 
-  W0 = jnp.zeros(Zs.shape[:1] + (cfg.D, cfg.D), Zs.dtype)
-  (_, W), _ = jax.lax.scan(step, (Zs, W0), layer)
-  return -W[:, cfg.d, : cfg.d]
+  Zs = jnp.concatenate([X_BND, y_BN[..., None]], axis=-1)
+  _, dW = jax.lax.scan(step, Zs, implicit.layer_weights(params))
+  return implicit.predictor(implicit.recurrence(dW)[1][-1])
 
 
 def per_task_error(params: Params, cfg: ModelConfig, batch: Batch, task_cfg: TaskConfig,

@@ -31,11 +31,6 @@ import jax.numpy as jnp
 from lintheory.core.model import ModelConfig, Params, heads
 
 
-def applies(cfg: ModelConfig) -> bool:
-  """True when every layer is linear attention (any heads, with or without W_O) and no MLP."""
-  return cfg.attention == "linear" and cfg.mlp is None
-
-
 def gram_of(Zs_BND: jax.Array) -> jax.Array:
   """The demonstrations' Gram matrix C = Z_sᵀ Z_s [B, D, D] from their tokens [B, N, D]."""
   return jnp.einsum("bni,bnj->bij", Zs_BND, Zs_BND)
@@ -62,7 +57,8 @@ def _value_maps(p: dict[str, jax.Array], N: int) -> tuple[jax.Array, jax.Array]:
 
 
 def layer_map(p: dict[str, jax.Array], C_BDD: jax.Array, N: int) -> jax.Array:
-  """M [B, D, D] of one layer: h ← (I + M) h for every token of the task (column form)."""
+  """M [B, D, D] of one layer: h ← (I + M) h for every token of the task (column form); M = ΔW_t,
+  Lemma 1's update (docs/theory.md §4) from the Gram matrix C of the layer's input demonstrations."""
   W_V, G_HDD = _value_maps(p, N)
   if W_V.shape[0] == 1:  # two plain matmuls over the whole batch, no per-task product
     return jnp.einsum("ij,bjk->bik", W_V[0], C_BDD) @ G_HDD[0]
@@ -102,6 +98,11 @@ def _bmm_bwd(res, g):
 bmm.defvjp(_bmm_fwd, _bmm_bwd)
 
 
+def moved(A_BDD: jax.Array, C_BDD: jax.Array) -> jax.Array:
+  """A C Aᵀ [B, D, D]: the Gram matrix of demonstrations that the map A moved (h ← A h)."""
+  return bmm(bmm(A_BDD, C_BDD), jnp.swapaxes(A_BDD, -1, -2))
+
+
 def _mv(A_BIJ: jax.Array, v_BJ: jax.Array) -> jax.Array:
   """A v per task [B, I]."""
   return jnp.einsum("bij,bj->bi", A_BIJ, v_BJ)
@@ -111,8 +112,7 @@ def layer(p: dict[str, jax.Array], C_BDD: jax.Array, q_BD: jax.Array, N: int):
   """One layer on (C, q): C ← (I + M) C (I + M)ᵀ, q ← (I + M) q."""
   M = layer_map(p, C_BDD, N)
   A = M + jnp.eye(C_BDD.shape[-1], dtype=C_BDD.dtype)
-  C_BDD = bmm(bmm(A, C_BDD), jnp.swapaxes(A, -1, -2))
-  return C_BDD, q_BD + _mv(M, q_BD)
+  return moved(A, C_BDD), q_BD + _mv(M, q_BD)
 
 
 def readout(p: dict[str, jax.Array], C_BDD: jax.Array, q_BD: jax.Array, N: int) -> jax.Array:
@@ -140,7 +140,7 @@ def readout_row(params: Params, C_BDD: jax.Array, N: int) -> jax.Array:
   As = []
   for l in range(L - 2):
     A = layer_map(at(l), C_BDD, N) + eye
-    C_BDD = bmm(bmm(A, C_BDD), jnp.swapaxes(A, -1, -2))
+    C_BDD = moved(A, C_BDD)
     As.append(A)
   W_V, G_HDD = _value_maps(at(L - 1), N)
   u_HD = W_V[:, -1]
@@ -171,7 +171,7 @@ def prefix(params: Params, C_BDD: jax.Array, N: int, l: int) -> tuple[jax.Array,
   P_BDD = jnp.broadcast_to(jnp.eye(C_BDD.shape[-1], dtype=C_BDD.dtype), C_BDD.shape)
   for j in range(l):
     A = layer_map({k: v[j] for k, v in params.items()}, C_BDD, N) + jnp.eye(C_BDD.shape[-1], dtype=C_BDD.dtype)
-    C_BDD, P_BDD = bmm(bmm(A, C_BDD), jnp.swapaxes(A, -1, -2)), bmm(A, P_BDD)
+    C_BDD, P_BDD = moved(A, C_BDD), bmm(A, P_BDD)
   return C_BDD, P_BDD
 
 
@@ -184,7 +184,7 @@ def w_hat_from(params_from_l: Params, C_l: jax.Array, P_l: jax.Array, N: int) ->
 def forward(params: Params, Z_BTD: jax.Array, cfg: ModelConfig | None = None) -> jax.Array:
   """ŷ [B] of `model.forward` (same tokens, same parameters) through (C, q) only."""
   cfg = ModelConfig.from_params(params) if cfg is None else cfg
-  if not applies(cfg):
+  if not cfg.is_linear:
     raise ValueError(f"the Gram-matrix forward needs linear attention without MLP, got "
                      f"attention={cfg.attention!r} mlp={cfg.mlp!r}")
   if Z_BTD.ndim != 3 or Z_BTD.shape[-1] != cfg.D or Z_BTD.shape[1] < 2:

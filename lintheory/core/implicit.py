@@ -47,9 +47,31 @@ def delta_W(params_t: dict, Zs_BND: jax.Array) -> jax.Array:
   return jnp.einsum("hef,bfg,hkg,hkl->bel", params_t["W_V"], C, params_t["W_K"], params_t["W_Q"]) / N
 
 
-def _layer_params(params: Params) -> dict:
+def layer_weights(params: Params) -> dict:
+  """What Lemma 1 needs of every layer: W_Q and W_K per head, W_V per head with W_O folded in → each
+  [L, H, D, D] (one head gets a head axis of 1)."""
   return {"W_Q": jax.vmap(heads)(params["W_Q"]), "W_K": jax.vmap(heads)(params["W_K"]),
           "W_V": value_maps(params)}
+
+
+def recurrence(dW_LBDD: jax.Array, W_prev_BDD: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Theorem 1's recurrence over the layers of dW_LBDD: G_t = ΔW_t (I + W_{t−1}), W_t = W_{t−1} + G_t,
+  from W_prev (default W_0 = 0) → (G, W) [L, B, D, D] (docs/theory.md §5)."""
+  eye = jnp.eye(dW_LBDD.shape[-1], dtype=dW_LBDD.dtype)
+
+  def step(W_prev, dW_t):
+    G_t = dW_t @ (eye + W_prev)
+    W_t = W_prev + G_t
+    return W_t, (G_t, W_t)
+
+  _, (G, W) = jax.lax.scan(step, jnp.zeros_like(dW_LBDD[0]) if W_prev_BDD is None else W_prev_BDD, dW_LBDD)
+  return G, W
+
+
+def predictor(W_BDD: jax.Array) -> jax.Array:
+  """ŵ = −W[y, :d] [..., d]: the implicit predictor of the accumulated W_t (ŷ = ŵ·x_q)."""
+  D = W_BDD.shape[-1]
+  return -W_BDD[..., D - 1, : D - 1]
 
 
 def trajectory(params: Params, Z_BTD: jax.Array, cfg: ModelConfig | None = None) -> Trajectory:
@@ -60,24 +82,17 @@ def trajectory(params: Params, Z_BTD: jax.Array, cfg: ModelConfig | None = None)
   """
   cfg = config_of(params, cfg)
   _, states = forward(params, Z_BTD, cfg)
-  N, D = Z_BTD.shape[1] - 1, cfg.D
-  dW = jax.vmap(delta_W)(_layer_params(params), states[:-1, :, :N])
-  eye = jnp.eye(D, dtype=Z_BTD.dtype)
-
-  def step(W_prev, dW_t):
-    G_t = dW_t @ (eye + W_prev)
-    W_t = W_prev + G_t
-    return W_t, (G_t, W_t)
-
-  _, (G, W_traj) = jax.lax.scan(step, jnp.zeros_like(dW[0]), dW)
-  return Trajectory(dW, G, W_traj, -W_traj[..., D - 1, : D - 1], states)
+  N = Z_BTD.shape[1] - 1
+  dW = jax.vmap(delta_W)(layer_weights(params), states[:-1, :, :N])
+  G, W_traj = recurrence(dW)
+  return Trajectory(dW, G, W_traj, predictor(W_traj), states)
 
 
 def per_demo_G(params: Params, traj: Trajectory) -> jax.Array:
   """Per-demonstration terms of G_t, g_{t,i} = ΔW_{t,i}(I + W_{t-1}), Σ_i g_{t,i} = G_t → [L, B, N, D, D]."""
   N = traj.states.shape[2] - 1
   D = traj.states.shape[-1]
-  dW_i = jax.vmap(per_demo_delta_W)(_layer_params(params), traj.states[:-1, :, :N])
+  dW_i = jax.vmap(per_demo_delta_W)(layer_weights(params), traj.states[:-1, :, :N])
   W_prev = jnp.concatenate([jnp.zeros_like(traj.W_traj[:1]), traj.W_traj[:-1]], axis=0)
   return jnp.einsum("lbnde,lbef->lbndf", dW_i, jnp.eye(D, dtype=W_prev.dtype) + W_prev)
 

@@ -23,6 +23,14 @@ ATTENTIONS = ("linear", "softmax")
 MLPS = (None, "linear", "relu")
 
 
+def check_ints(config: Any, lows: dict[str, int]) -> None:
+  """ValueError naming the first field of config (in lows' order) that is not an integer >= its low."""
+  for name, lo in lows.items():
+    v = getattr(config, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+      raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   d: int = 10  # input dimension; the token dimension is D = d + 1
@@ -35,10 +43,7 @@ class ModelConfig:
   init_scale: float = 0.1  # std of the Gaussian initialisation of every matrix (0.02 leaves L >= 2 on a long plateau)
 
   def __post_init__(self):
-    for name, lo in (("d", 1), ("n_layers", 1), ("n_heads", 1), ("mlp_hidden", 0)):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    check_ints(self, {"d": 1, "n_layers": 1, "n_heads": 1, "mlp_hidden": 0})
     if self.attention not in ATTENTIONS:
       raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
     if self.mlp not in MLPS:
@@ -186,22 +191,29 @@ def forward(params: Params, Z_BTD: jax.Array, cfg: ModelConfig | None = None):
 def forward_query(params: Params, Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
   """ŷ [B] of `forward`, with the last layer run for the query token only: nothing else of it reaches
   ŷ, and training reads nothing but ŷ (a quarter of the work at L = 4, half at L = 2)."""
-  N = Z_BTD.shape[1] - 1
+  return forward_from(params, Z_BTD[:, :-1], Z_BTD[:, -1:], cfg)[:, 0]
+
+
+def forward_from(params: Params, Zs_BND: jax.Array, Zq_BQD: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """ŷ [B, Q] for Q query tokens per prompt after the layers in params, from the tokens entering the
+  first of them: the demonstrations Zs [B, N, D] and the queries Zq [B, Q, D] (a model's layers from
+  layer k on, with its tokens entering layer k, continue its forward pass there).
+
+  Queries never act as keys or values, so each ŷ equals `forward` of the prompt followed by that one
+  query; the last layer runs for the queries only. core/fast.py's Gram form is the fast path of this
+  for linear attention without MLP.
+  """
+  N = Zs_BND.shape[1]
   first = {k: v[:-1] for k, v in params.items()}
-  Z_BTD, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg), None), Z_BTD, first)
+  Z_BTD, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg, n_demos=N), None),
+                          jnp.concatenate([Zs_BND, Zq_BQD], axis=1), first)
   last = {k: v[-1] for k, v in params.items()}
-  return predict(block_over(last, Z_BTD[:, N:], Z_BTD[:, :N], cfg))
+  return predict(block_over(last, Z_BTD[:, N:], Z_BTD[:, :N], cfg)[..., None, :])  # each query its own last token
 
 
 def forward_queries(params: Params, Zs_BND: jax.Array, Xq_BQd: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """ŷ [B, Q] for Q queries per prompt; the queries never act as keys or values, so each ŷ equals
-  core.model.forward on the prompt followed by that one query."""
-  N = Zs_BND.shape[1]
-  query = jnp.concatenate([Xq_BQd, jnp.zeros_like(Xq_BQd[..., :1])], axis=-1)
-  Z = jnp.concatenate([Zs_BND, query], axis=1)
-  first, last = ({n: v[:-1] for n, v in params.items()}, {n: v[-1] for n, v in params.items()})
-  Z, _ = jax.lax.scan(lambda Z, p: (block(p, Z, cfg, n_demos=N), None), Z, first)
-  return -block_over(last, Z[:, N:], Z[:, :N], cfg)[..., -1]  # the last layer for the queries only
+  """ŷ [B, Q] for Q query inputs x_q [B, Q, d] per prompt (their y-slots zero): `forward_from` on the input."""
+  return forward_from(params, Zs_BND, jnp.concatenate([Xq_BQd, jnp.zeros_like(Xq_BQd[..., :1])], axis=-1), cfg)
 
 
 def predict(Z_BTD: jax.Array) -> jax.Array:

@@ -77,6 +77,17 @@ def truncate_with_svd(U, s, Vh, r) -> jax.Array:
   return (U * jnp.where(keep, s, 0)[..., None, :]) @ Vh
 
 
+def masked_params(params: Params, svd: dict, keep: dict) -> Params:
+  """Truncate every matrix to keep[name] [L] via the precomputed SVD; full rank stays bit-exact."""
+  out = dict(params)
+  for name, (U, s, Vh) in svd.items():
+    W, k = params[name], s.shape[-1]
+    r = jnp.broadcast_to(keep[name].reshape(keep[name].shape + (1,) * (s.ndim - 2)), s.shape[:-1])
+    W_r = truncate_with_svd(U, s, Vh, r)
+    out[name] = jnp.where(r[..., None, None] >= k, W, W_r.astype(W.dtype))
+  return out
+
+
 def module_names(params: Params, module: str) -> tuple[str, ...]:
   """The parameter names `module` prunes in this model; ValueError if unknown or absent."""
   if module not in MODULES:

@@ -7,7 +7,7 @@ validation set (ties to the smaller ξ). Our extension picks the best (layer, mo
 
 Candidates are kept ranks: every ξ keeps r = ⌊D(1 − ξ)⌋ of a D×D matrix, and a larger rank
 always means a smaller ξ, so "paper rates plus all ranks" is the rank set {0, …, D} with ties
-broken towards the larger rank (the smaller ξ). The evaluation is the sweep's (sweep.task_errors):
+broken towards the larger rank (the smaller ξ). The evaluation is the sweep's (sweep_eval.task_errors):
 one jitted call per block of configurations, SVD once per matrix, the unpruned model's state at
 the pruned layer shared by every configuration of that layer, the last layer for the query only.
 """
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core import prune, tasks
-from lintheory.run import sweep
+from lintheory.run import sweep, sweep_eval
 from lintheory.core.model import ModelConfig, Params
 
 
@@ -83,7 +83,7 @@ class Configs(NamedTuple):
 def all_configs(params: Params, modules: Sequence[str]) -> Configs:
   """The unpruned model (index 0), then every (layer, module, rank < full) (params without seed axis)."""
   L = params["W_Q"].shape[0]
-  full = sweep.full_ranks(params)
+  full = sweep_eval.full_ranks(params)
   layer, module, rank, keeps = [-1], ["none"], [min(full.values())], [dict(full)]
   for l in range(L):
     for m in modules:
@@ -105,8 +105,8 @@ def all_configs(params: Params, modules: Sequence[str]) -> Configs:
 def config_errors(params_S: Params, model_cfg: ModelConfig, configs: Configs, batch_S: tasks.Batch,
                   block_size: int = 32) -> np.ndarray:
   """Per-task normalised errors of every configuration → [S, C, B] (float64 numpy), by the sweep's
-  evaluation (sweep.task_errors: the base model's state at the pruned layer is shared)."""
-  return sweep.task_errors(params_S, model_cfg, configs.keep, batch_S, block_size=block_size)
+  evaluation (sweep_eval.task_errors: the base model's state at the pruned layer is shared)."""
+  return sweep_eval.task_errors(params_S, model_cfg, configs.keep, batch_S, block_size=block_size)
 
 
 def stacked_batches(task_cfg: tasks.TaskConfig, seeds, n_tasks: int, key_seed: int, n_context: int | None = None,

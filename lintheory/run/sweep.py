@@ -4,15 +4,11 @@ Every matrix is decomposed once (exact SVD); a configuration is a kept rank per 
 and truncation is a mask on the singular values (docs/theory.md §7). Unpruned matrices are passed
 through bit-exact (`jnp.where`), and configurations that keep the same ranks (e.g. every ξ that
 leaves rank 0 of an 11×11 matrix) are evaluated once.
-Work is shared across configurations: the unpruned model's inputs to each layer are computed once
-per seed (`base_of`), a configuration pruned at layer k starts from them at layer k, runs layers
-k … L−2, and the last layer only for the query's y-slot. For linear attention without an MLP the
-state is not the tokens but the demonstrations' Gram matrix C and the query row z (a layer maps
-Z ↦ Z(I + E) with E = ΔW_tᵀ, so C ↦ (I + E)ᵀ C (I + E)), carried by core/fast.py, and the
-trajectory before layer k is the base model's. Configurations are grouped by pruned layer k, which
-is static in the compiled program (one program per k: only layers k … L−1 are in it); within a
-group one jitted function maps over blocks of equal width (the last padded); results equal
-prune-then-forward to round-off.
+Work is shared across configurations (core/from_layer.py): the unpruned model's inputs to each layer
+are computed once per seed, and a configuration first pruned at layer k continues from them at layer
+k (the trajectory before layer k is the base model's); run/sweep_eval.py runs the blocks. Configurations are grouped by k, which is static in the compiled program (one program per
+k: only layers k … L−1 are in it); within a group one jitted function maps over blocks of equal
+width (the last padded); results equal prune-then-forward to round-off.
 
 Per configuration × seed (one CSV row): the ICL error on held-out tasks (normalised squared
 error, docs/theory.md §1: mean, standard error, median), for every layer t (from 0, like `layer`;
@@ -28,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -38,10 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lintheory.core import fast, implicit, precision, prune, tasks
-from lintheory.run import io, tables
-from lintheory.core.model import ModelConfig, Params, block, forward, heads
+from lintheory.core import precision, prune, tasks
+from lintheory.run import io
+from lintheory.core.model import ModelConfig, Params, check_ints
 from lintheory.core.tasks import TaskConfig
+from lintheory.run.sweep_files import SweepResult, columns, fingerprint, read_dir, row_key, write_csv
+from lintheory.run.sweep_eval import (base_states, block_width, chunks, compare, first_pruned_layer, full_ranks,
+                                      lanes_for, loop_metrics, make_block_fn, svd_of)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +57,7 @@ class SweepConfig:
   bounds: bool = True  # add the bound-term columns of core.bounds.sweep_metrics
 
   def __post_init__(self):
-    for name, lo in (("n_eval", 2), ("n_analysis", 2), ("block", 2), ("lanes", 0)):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    check_ints(self, {"n_eval": 2, "n_analysis": 2, "block": 2, "lanes": 0})
     if self.lanes and self.block % self.lanes:
       raise ValueError(f"block ({self.block}) must be a multiple of lanes ({self.lanes})")
     if not self.modules:
@@ -107,10 +102,6 @@ def configurations(cfg: SweepConfig, params: Params) -> list[Config]:
   return out
 
 
-def full_ranks(params: Params) -> dict[str, int]:
-  return {name: min(W.shape[-2:]) for name, W in params.items()}
-
-
 def keep_pattern(c: Config, params: Params) -> tuple[tuple[str, tuple[int, ...]], ...]:
   """The kept rank of every matrix in every layer under configuration c (hashable)."""
   L = params["W_Q"].shape[0]
@@ -129,280 +120,6 @@ def kept_rank_of(c: Config, params: Params) -> int:
   """The smallest rank kept among the module's matrices (they all share it for D×D blocks)."""
   pat = dict(keep_pattern(c, params))
   return min(pat[name][c.layer] for name in prune.module_names(params, c.module))
-
-
-# --- the vectorised evaluation -------------------------------------------------------------
-
-
-def masked_params(params: Params, svd: dict, keep: dict) -> Params:
-  """Truncate every matrix to keep[name] [L] via the precomputed SVD; full rank stays bit-exact."""
-  out = dict(params)
-  for name, (U, s, Vh) in svd.items():
-    W, k = params[name], s.shape[-1]
-    r = jnp.broadcast_to(keep[name].reshape(keep[name].shape + (1,) * (s.ndim - 2)), s.shape[:-1])
-    W_r = prune.truncate_with_svd(U, s, Vh, r)
-    out[name] = jnp.where(r[..., None, None] >= k, W, W_r.astype(W.dtype))
-  return out
-
-
-def layer_of(p: Params, j: jax.Array) -> dict:
-  """Layer j's matrices of a parameter dict (j may be traced)."""
-  return {name: jax.lax.dynamic_index_in_dim(W, j, keepdims=False) for name, W in p.items()}
-
-
-def query_prediction(p_t: dict, Z_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """ŷ [B] after the last layer p_t from its input Z_BTD, computing only the query's token (the query
-  attends to the demonstrations' keys and values; nothing reads the other tokens' outputs)."""
-  N = Z_BTD.shape[1] - 1
-  Zs, z_q = Z_BTD[:, :N], Z_BTD[:, -1]
-  W_Q, W_K, W_V = heads(p_t["W_Q"]), heads(p_t["W_K"]), heads(p_t["W_V"])
-  q = jnp.einsum("bd,hed->bhe", z_q, W_Q)
-  K = jnp.einsum("bnd,hed->bhne", Zs, W_K)
-  V = jnp.einsum("bnd,hed->bhne", Zs, W_V)
-  if cfg.attention == "linear":
-    out = jnp.einsum("bhe,bhef->bf", q, jnp.einsum("bhne,bhnf->bhef", K, V)) / N
-  else:
-    out = jnp.einsum("bhn,bhnf->bf", jax.nn.softmax(jnp.einsum("bhe,bhne->bhn", q, K), axis=-1), V)
-  if "W_O" in p_t:
-    out = out @ p_t["W_O"].T
-  h = z_q + out
-  if cfg.mlp is not None:
-    hidden = h @ p_t["W_1"].T
-    hidden = jax.nn.relu(hidden) if cfg.mlp == "relu" else hidden
-    h = h + hidden @ p_t["W_2"].T
-  return -h[:, -1]
-
-
-def value_out(p_t: dict) -> tuple[jax.Array, jax.Array]:
-  """Per head A = W_Qᵀ W_K and B = W_Vᵀ W_Oᵀ [H, D, D]: linear attention maps a token row h to
-  h (I + Σ_h A C B / N) with C = Σ_i h_i h_iᵀ over the demonstrations (docs/theory.md §4)."""
-  W_Q, W_K, W_V = heads(p_t["W_Q"]), heads(p_t["W_K"]), heads(p_t["W_V"])
-  A = jnp.einsum("hed,heg->hdg", W_Q, W_K)
-  B = jnp.swapaxes(W_V, -1, -2) if "W_O" not in p_t else jnp.einsum("hfd,ef->hde", W_V, p_t["W_O"])
-  return A, B
-
-
-def linear_E(p_t: dict, C_BDD: jax.Array, N: int) -> jax.Array:
-  """E = Σ_h A C B / N [B, D, D]: a linear-attention layer maps tokens Z ↦ Z (I + E), and E = ΔW_tᵀ."""
-  A, B = value_out(p_t)
-  return jnp.einsum("bhdf,hfg->bdg", jnp.einsum("hde,bef->bhdf", A, C_BDD), B) / N
-
-
-def base_of(p: Params, Z_BTD: jax.Array, cfg: ModelConfig, analysis: bool = False) -> dict:
-  """What configurations pruned from layer k on share: the unpruned model's inputs to each layer.
-
-  Linear attention without MLP: the demonstrations' Gram matrices C [L, B, D, D] and the query rows
-  z [L, B, D] carry everything (Z ↦ Z P gives C ↦ Pᵀ C P, z ↦ z P); otherwise the token states
-  Z [L, B, T, D]. With analysis, also the base trajectory dW, G, W [L, B, D, D] (docs/theory.md §5).
-  """
-  _, states = forward(p, Z_BTD, cfg)
-  states, N = states[:-1], Z_BTD.shape[1] - 1
-  if cfg.is_linear:
-    out = {"C": jnp.einsum("lbnd,lbne->lbde", states[:, :, :N], states[:, :, :N]), "z": states[:, :, -1]}
-  else:
-    out = {"Z": states}
-  if analysis:
-    traj = implicit.trajectory(p, Z_BTD, cfg)
-    out.update(dW=traj.delta_W, G=traj.G, W=traj.W_traj)
-  return out
-
-
-def predict_from(p: Params, base: dict, k: int, cfg: ModelConfig, N: int) -> jax.Array:
-  """ŷ [B] of params p that equal the base model's in layers < k, from base_of's shared inputs.
-
-  k is static (a Python int): the program holds layers k … L−1 only. Layers k … L−2 run in full,
-  the last one only for the query's y-slot (for linear attention core/fast.py's Gram form, whose
-  last two layers need no per-task matrix product). k = L − 1 for the unpruned model. Equals
-  model.forward of p to round-off.
-  """
-  k = int(k)
-  if not cfg.is_linear:
-    L = base["Z"].shape[0]
-    Z = base["Z"][k]
-    for j in range(k, L - 1):
-      Z = block(layer_of(p, j), Z, cfg)
-    return query_prediction(layer_of(p, L - 1), Z, cfg)
-  return fast.forward_gram({n: v[k:] for n, v in p.items()}, base["C"][k], base["z"][k], N)
-
-
-def trajectory_from(p: Params, base: dict, k: int, cfg: ModelConfig, N: int):
-  """(ΔW_t, G_t, ŵ_t) for every layer (docs/theory.md §5), as implicit.trajectory: the base
-  model's for t < k (bit-exact), recomputed from layer k on (k static, as in predict_from)."""
-  k = int(k)
-  D = cfg.D
-  eye = jnp.eye(D, dtype=base["dW"].dtype)
-  L = base["dW"].shape[0]
-  if not cfg.is_linear:
-    step = lambda j, S: S.at[j + 1].set(block(layer_of(p, j), S[j], cfg))
-    S = jax.lax.fori_loop(k, L - 1, step, base["Z"])
-    lp = {"W_Q": jax.vmap(heads)(p["W_Q"]), "W_K": jax.vmap(heads)(p["W_K"]), "W_V": implicit.value_maps(p)}
-    dW = jax.vmap(implicit.delta_W)(lp, S[:, :, :N])
-
-    def recur(W_prev, dW_t):
-      G_t = dW_t @ (eye + W_prev)
-      return W_prev + G_t, (G_t, W_prev + G_t)
-
-    _, (G, W_traj) = jax.lax.scan(recur, jnp.zeros_like(dW[0]), dW)
-    return dW, G, -W_traj[..., D - 1, : D - 1]
-
-  def step(j, carry):
-    C, W_prev, dW, G, W = carry
-    E = linear_E(layer_of(p, j), C, N)
-    dW_j = jnp.swapaxes(E, -1, -2)
-    G_j = dW_j @ (eye + W_prev)
-    P = eye + E
-    C = jnp.einsum("bdi,bde,bej->bij", P, C, P)
-    return C, W_prev + G_j, dW.at[j].set(dW_j), G.at[j].set(G_j), W.at[j].set(W_prev + G_j)
-
-  W_prev = base["W"][k - 1] if k > 0 else jnp.zeros_like(base["W"][0])
-  init = (base["C"][k], W_prev, base["dW"], base["G"], base["W"])
-  _, _, dW, G, W = jax.lax.fori_loop(k, L, step, init)
-  return dW, G, -W[..., D - 1, : D - 1]
-
-
-def first_pruned_layer(keep: dict, full: dict, n_layers: int) -> int:
-  """The first layer any matrix keeps less than its full rank in; L − 1 when none does."""
-  pruned = [l for l in range(n_layers) if any(keep[n][l] < full[n] for n in keep)]
-  return pruned[0] if pruned else n_layers - 1
-
-
-def _metrics(p: Params, eval_b: tasks.Batch, ana_b: tasks.Batch, model_cfg: ModelConfig,
-             task_cfg: TaskConfig, with_bounds: bool) -> dict:
-  """The plain evaluation: prune-then-forward on every task (the loop's, and the reference)."""
-  y_hat, _ = forward(p, tasks.batch_tokens(eval_b), model_cfg)
-  traj = implicit.trajectory(p, tasks.batch_tokens(ana_b), model_cfg)
-  return _summary(p, tasks.normalised_error((y_hat - eval_b.y_q) ** 2, task_cfg.d),
-                  (traj.delta_W, traj.G, traj.w_hat), ana_b, model_cfg, task_cfg, with_bounds)
-
-
-def _summary(p, err_B, traj, ana_b, model_cfg, task_cfg, with_bounds) -> dict:
-  dW, G, w_hat = traj
-  # A prediction that overflowed (inf − inf inside the forward pass gives NaN) has error +inf: the median
-  # is then +inf only where more than half of the tasks overflowed (docs/theory.md §14).
-  err_B = jnp.where(jnp.isnan(err_B), jnp.inf, err_B)
-  fro = lambda A: jnp.mean(jnp.sqrt(jnp.sum(A**2, (-2, -1))), axis=1)
-  out = {"icl_error": jnp.mean(err_B), "icl_error_se": jnp.std(err_B, ddof=1) / math.sqrt(err_B.shape[0]),
-         "icl_error_median": jnp.median(err_B), "dW_norm": fro(dW), "G_norm": fro(G), "w_hat": w_hat}
-  if with_bounds:
-    from lintheory.core import bounds
-    out.update({f"bd_{k}": v for k, v in bounds.sweep_metrics(p, ana_b, model_cfg, task_cfg).items()})
-  return out
-
-
-def _compare(m: dict, w_hat0: jax.Array) -> dict:
-  """Replace ŵ_t [L, B, d] by its change against the unpruned ŵ_t⁰: the median over tasks of
-  ‖ŵ_t − ŵ_t⁰‖ / ‖ŵ_t⁰‖ (a median, because a few tasks' ŵ blow up and the analysis tasks are few;
-  a task whose ŵ_t overflowed counts as an infinite change) and the largest |ŵ_t − ŵ_t⁰| (exactly 0
-  for t before the pruned layer)."""
-  m = dict(m)
-  w = m.pop("w_hat")
-  diff = w - w_hat0
-  change = jnp.sqrt(jnp.sum(diff**2, -1))
-  rel = jnp.where(change == 0, 0.0, change / jnp.sqrt(jnp.sum(w_hat0**2, -1)))  # 0, not 0/0, where unchanged
-  m["w_hat_rel"] = jnp.median(jnp.where(jnp.isnan(rel), jnp.inf, rel), axis=1)
-  m["w_hat_maxabs"] = jnp.max(jnp.abs(diff), (1, 2))
-  return m
-
-
-def lanes_for(lanes: int, block_size: int) -> int:
-  """Configurations vmapped together: 1 on CPU (a sequential lax.map is fastest there: the tiny
-  per-task matmuls do not batch), the block elsewhere."""
-  if lanes:
-    return lanes
-  return 1 if jax.default_backend() == "cpu" else block_size
-
-
-def _over_configs(f, xs, lanes: int):
-  return jax.lax.map(f, xs, batch_size=lanes if lanes > 1 else None)
-
-
-def block_width(group_sizes, most: int, lanes: int = 0) -> int:
-  """One width for every block of a call: the largest group split evenly into the fewest blocks of
-  at most `most`, rounded up to a multiple of lanes (lanes = 0: no rounding)."""
-  n = max(group_sizes, default=1) or 1
-  w = math.ceil(n / math.ceil(n / most))
-  return min(most, math.ceil(w / lanes) * lanes) if lanes else w
-
-
-def chunks(items: list, width: int) -> list[list]:
-  """items in blocks of `width`, the last padded with copies of its last item (one compiled shape)."""
-  out = [items[i:i + width] for i in range(0, len(items), width)]
-  return [c + [c[-1]] * (width - len(c)) for c in out]
-
-
-@functools.lru_cache(maxsize=64)  # a second sweep of the same shapes in one process does not recompile
-def make_block_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: bool, lanes: int, k: int) -> Callable:
-  """jit(vmap over seeds of a map over configurations first pruned at layer k, `lanes` vmapped at
-  a time).
-
-  Arguments: params, svd (seed axis), keeps (name → [C, L]), base_of the held-out tasks, their y_q,
-  base_of the analysis tasks (with analysis=True), the analysis tasks.
-  Configuration 0 must be the unpruned one: it is the reference of ŵ_t.
-  """
-  N = task_cfg.n_context
-
-  def one(params, svd, keep, eval_base, y_q, ana_base, ana_b):
-    p = masked_params(params, svd, keep)
-    err = tasks.normalised_error((predict_from(p, eval_base, k, model_cfg, N) - y_q) ** 2, task_cfg.d)
-    traj = trajectory_from(p, ana_base, k, model_cfg, N)
-    return _summary(p, err, traj, ana_b, model_cfg, task_cfg, with_bounds)
-
-  def block_fn(params, svd, keeps, eval_base, y_q, ana_base, ana_b):
-    m = _over_configs(lambda kp: one(params, svd, kp, eval_base, y_q, ana_base, ana_b), keeps, lanes)
-    # The reference is configuration 0 of the same program, so layers before the pruned one
-    # compare bit-exactly (the same inputs through the same compiled ops).
-    return jax.vmap(_compare, in_axes=(0, None))(m, m["w_hat"][0])
-
-  return jax.jit(jax.vmap(block_fn, in_axes=(0, 0, None, 0, 0, 0, 0)))
-
-
-@functools.lru_cache(maxsize=64)
-def _errors_fn(model_cfg: ModelConfig, lanes: int, N: int, k: int) -> Callable:
-  def per_seed(params, svd, keeps, base, y_q):
-    def one(kp):
-      y_hat = predict_from(masked_params(params, svd, kp), base, k, model_cfg, N)
-      return tasks.normalised_error((y_hat - y_q) ** 2, model_cfg.d)
-    return _over_configs(one, keeps, lanes)
-  return jax.jit(jax.vmap(per_seed, in_axes=(0, 0, None, 0, 0)))
-
-
-@functools.lru_cache(maxsize=16)
-def _base_fn(model_cfg: ModelConfig, analysis: bool) -> Callable:
-  return jax.jit(jax.vmap(lambda p, b: base_of(p, tasks.batch_tokens(b), model_cfg, analysis)))
-
-
-def base_states(params_S: Params, batch_S: tasks.Batch, model_cfg: ModelConfig, analysis: bool = False) -> dict:
-  """base_of for every seed's model and tasks, stacked [S, ...] (computed once per sweep)."""
-  return _base_fn(model_cfg, analysis)(params_S, batch_S)
-
-
-def task_errors(params_S: Params, model_cfg: ModelConfig, keeps: dict, batch_S: tasks.Batch,
-                block_size: int = 32, lanes: int = 0) -> np.ndarray:
-  """Per-task normalised squared errors of C configurations → [S, C, B] (float64 numpy).
-
-  keeps: name → int [C, L], the kept rank of every matrix in every layer (a full rank keeps the
-  matrix bit-exact). Each configuration reuses the base model's state at its first pruned layer;
-  configurations are evaluated in groups of one first pruned layer, blocks of at most block_size.
-  """
-  names = sorted(keeps)
-  p0 = jax.tree_util.tree_map(lambda a: a[0], params_S)
-  full, L = full_ranks(p0), p0["W_Q"].shape[0]
-  keeps = {n: np.asarray(keeps[n], np.int32) for n in names}
-  C = keeps[names[0]].shape[0]
-  k_C = np.asarray([first_pruned_layer({n: keeps[n][c] for n in names}, full, L) for c in range(C)], np.int32)
-  groups = {k: list(np.flatnonzero(k_C == k)) for k in sorted(set(k_C.tolist()))}
-  lanes = lanes_for(lanes, block_size)
-  width = block_width([len(g) for g in groups.values()], block_size, lanes if lanes > 1 else 0)
-  svd = svd_of(params_S, names)
-  base = base_states(params_S, batch_S, model_cfg)
-  out = np.empty((params_S["W_Q"].shape[0], C, batch_S.y_q.shape[-1]), np.float64)
-  for k, idx in groups.items():
-    fn = _errors_fn(model_cfg, lanes, batch_S.X.shape[-2], k)
-    for block in chunks(idx, width):
-      e = np.asarray(fn(params_S, svd, {n: jnp.asarray(keeps[n][block]) for n in names}, base, batch_S.y_q),
-                     np.float64)
-      out[:, block] = e  # a padded copy writes its configuration's row again
-  return out
 
 
 # --- tasks ---------------------------------------------------------------------------------
@@ -427,142 +144,10 @@ def batches(task_cfg: TaskConfig, seeds, cfg: SweepConfig, dtype) -> tuple[tasks
           sample_stacked(fold(1), task_cfg, cfg.n_analysis, dtype=dtype))
 
 
-def svd_of(params_S: Params, names) -> dict:
-  return {name: jnp.linalg.svd(params_S[name], full_matrices=False) for name in names}
-
-
-# --- rows, CSV, metadata -------------------------------------------------------------------
-
-BASE_COLUMNS = ("seed", "layer", "module", "mode", "xi", "rank", "icl_error", "icl_error_se",
-                "icl_error_median")
-PER_LAYER = ("w_hat_rel", "w_hat_maxabs", "dW_norm", "G_norm")
-
-
-def columns(n_layers: int, bound_keys=()) -> list[str]:
-  cols = list(BASE_COLUMNS)
-  for name in PER_LAYER:
-    cols += [f"{name}_{t}" for t in range(n_layers)]
-  return cols + sorted(bound_keys)
-
-
-def row_key(row: dict) -> tuple:
-  """(seed, layer, module, mode, value) identifying a row, from a parsed or a fresh row."""
-  v = float(row["xi"]) if row["mode"] == "rate" else int(row["rank"])
-  return int(row["seed"]), int(row["layer"]), row["module"], row["mode"], v
-
-
-COLUMN_KINDS = {"module": str, "mode": str, "seed": int, "layer": int, "rank": int}  # every other column: float
-
-
-def write_csv(path: Path, cols: list[str], rows: list[dict]) -> None:
-  tables.write(path, cols, rows)
-
-
-def read_csv(path) -> list[dict]:
-  """Rows with numbers parsed (int for seed/layer/rank, float otherwise; '' → None)."""
-  return tables.read(path, COLUMN_KINDS, float)[1]
-
-
-def fingerprint(params_S: Params) -> str:
-  h = hashlib.sha256()
-  for name in sorted(params_S):
-    a = np.ascontiguousarray(np.asarray(params_S[name]))
-    h.update(name.encode() + str(a.shape).encode() + str(a.dtype).encode() + a.tobytes())
-  return h.hexdigest()[:16]
-
-
-class SweepResult(NamedTuple):
-  rows: list[dict]  # one per configuration × seed, in configuration order
-  meta: dict  # what sweep.json holds
-  evaluated: int  # distinct configurations evaluated in this call (resumed ones excluded)
-  seconds: float
-
-
-# --- a sweep directory that already exists --------------------------------------------------
-
-FILES = ("sweep.csv", "sweep.json", "provenance.json")  # all a sweep directory may hold
-KEY_COLUMNS = ("seed", "layer", "module", "mode", "rank")  # never empty in a row a sweep wrote
-
-
 def default_modules(params: Params) -> list[str]:
   """The prune.MODULES the model has, the whole attention first ("all", their union, left out)."""
   return [m for m in sorted(prune.MODULES, key=lambda m: m != "attn")
           if m != "all" and any(n in params for n in prune.MODULES[m])]
-
-
-def read_dir(out) -> tuple[dict | None, list[dict]]:
-  """(sweep.json, the parsed rows of sweep.csv) in `out`, (None or sweep.json, []) without a CSV; a
-  file no sweep wrote, or one cut short, is a ValueError naming it."""
-  csv_path, json_path = Path(out) / "sweep.csv", Path(out) / "sweep.json"
-  meta = None
-  if json_path.exists():
-    try:
-      meta = io.read_json(json_path)
-    except (OSError, ValueError) as e:
-      raise ValueError(f"{json_path}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("columns"), list):
-      raise ValueError(f"{json_path}: not a sweep description (no columns)")
-  if not csv_path.exists():
-    return meta, []
-  if meta is None:
-    raise ValueError(f"{csv_path}: no sweep.json beside it (a sweep interrupted in its first block, or a "
-                     "removed file); pass --overwrite to start again")
-  try:
-    with open(csv_path, newline="") as f:
-      table = list(csv.reader(f))
-  except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise ValueError(f"{csv_path}: cannot be read ({type(e).__name__}: {e})") from None
-  if not table or table[0] != meta["columns"] or not set(KEY_COLUMNS) <= set(table[0]):
-    raise ValueError(f"{csv_path}: its header differs from sweep.json's columns")
-  key = [table[0].index(c) for c in KEY_COLUMNS]
-  for i, row in enumerate(table[1:]):
-    if len(row) != len(table[0]) or any(row[j] == "" for j in key):
-      raise ValueError(f"{csv_path}: row {i + 2} is truncated or malformed")
-  try:
-    return meta, read_csv(csv_path)
-  except (ValueError, TypeError) as e:
-    raise ValueError(f"{csv_path}: a value cannot be parsed ({e})") from None
-
-
-def check_dir(out: Path, overwrite: bool, flag: str = "--out") -> None:
-  """`out` is new, empty, or a sweep directory that can resume (read_dir); overwrite removes its files."""
-  if out.exists() and not out.is_dir():
-    raise ValueError(f"{flag} {out} exists and is not a directory")
-  io.check_writable_dir(out, flag)
-  if not out.exists():
-    return
-  names = {p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))}
-  if names - set(FILES):
-    raise ValueError(f"{flag} {out} holds files a sweep does not write ({', '.join(sorted(names - set(FILES)))}); "
-                     "refusing to write into it")
-  if overwrite:
-    for name in FILES:
-      io.remove_tree(out / name)
-  else:
-    read_dir(out)
-
-
-def summary(res: SweepResult, modules, full_rank: int, csv_path) -> list[str]:
-  """What a sweep (written to csv_path) found: its size, the unpruned ICL error, and per module the configuration that
-  leaves the least ICL error (configurations with a non-finite one are left out and counted)."""
-  lines = [f"{csv_path}: {len(res.rows)} rows, {res.evaluated} configurations evaluated in {res.seconds:.1f} s "
-           f"(bound columns: {'yes' if res.meta['bounds'] else 'no'})"]
-  base = next((r["icl_error"] for r in res.rows if r["rank"] == full_rank and r["module"] in ("attn", "q", "k", "v")),
-              None)
-  if base is not None:
-    lines.append(f"  unpruned ICL error (MSE/d) {base:.4f}")
-  for m in modules:
-    rs = [r for r in res.rows if r["module"] == m and r["icl_error"] is not None and math.isfinite(r["icl_error"])]
-    n_bad = sum(1 for r in res.rows if r["module"] == m) - len(rs)
-    if not rs:
-      lines.append(f"  {m:>4}: no configuration has a finite ICL error")
-      continue
-    best = min(rs, key=lambda r: r["icl_error"])
-    what = f"ξ={best['xi']}" if best["mode"] == "rate" else f"rank {best['rank']}"
-    lines.append(f"  {m:>4}: best layer {best['layer']} at {what} (rank {best['rank']}): "
-                 f"{best['icl_error']:.4f} ± {best['icl_error_se']:.4f}"
-                 + (f" ({n_bad} configurations with a non-finite ICL error left out)" if n_bad else ""))
-  return lines
 
 
 def run(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, cfg: SweepConfig,
@@ -689,7 +274,7 @@ def _run(params_S, seeds, model_cfg, task_cfg, cfg, out, on_block, progress) -> 
 
 @functools.lru_cache(maxsize=16)
 def _loop_metrics_fn(model_cfg: ModelConfig, task_cfg: TaskConfig, with_bounds: bool) -> Callable:
-  return jax.jit(lambda p, e, a: _metrics(p, e, a, model_cfg, task_cfg, with_bounds))
+  return jax.jit(lambda p, e, a: loop_metrics(p, e, a, model_cfg, task_cfg, with_bounds))
 
 
 def run_loop(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, cfg: SweepConfig) -> SweepResult:
@@ -708,7 +293,7 @@ def run_loop(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConf
     w_hat0 = metrics(p, e, a)["w_hat"]
     for c in confs:
       kw = {"xi": c.value} if c.mode == "rate" else {"rank": c.value}
-      m = jax.device_get(_compare(metrics(prune.prune(p, c.layer, c.module, **kw), e, a), w_hat0))
+      m = jax.device_get(compare(metrics(prune.prune(p, c.layer, c.module, **kw), e, a), w_hat0))
       r = {"seed": s, "layer": c.layer, "module": c.module, "mode": c.mode,
            "xi": c.value if c.mode == "rate" else "", "rank": kept_rank_of(c, p0)}
       for k, v in m.items():
@@ -720,14 +305,3 @@ def run_loop(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConf
                                        r["xi"] if r["mode"] == "rate" else r["rank"])] * len(seeds)
             + seeds.index(r["seed"]))
   return SweepResult(rows, {}, len(confs) * len(seeds), time.perf_counter() - t0)
-
-
-def cached(params_S: Params, seeds, model_cfg: ModelConfig, task_cfg: TaskConfig, cfg: SweepConfig,
-           cache_dir="runs/cache/sweeps", progress: bool = True) -> SweepResult:
-  """`run` into an io.cached_dir entry keyed by the models and the sweep, so studies share sweeps."""
-  key = {"model": dataclasses.asdict(model_cfg), "task": dataclasses.asdict(task_cfg),
-         "sweep": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "block"},
-         "seeds": [int(s) for s in seeds], "params": fingerprint(params_S)}
-  build = lambda path: run(params_S, seeds, model_cfg, task_cfg, cfg, out=path, progress=progress)
-  load = lambda path: SweepResult(read_csv(path / "sweep.csv"), io.read_json(path / "sweep.json"), 0, 0.0)
-  return io.cached_dir(cache_dir, key, ("sweep.csv", "sweep.json"), build, load, "a sweep")

@@ -168,12 +168,12 @@ def query_loss(huber_delta: float = 0.0) -> Callable:
 def objective(model_cfg: ModelConfig, forward_kind: str = "auto", huber_delta: float = 0.0) -> Callable:
   """objective(params, batch): the training loss (query_loss of the predictions' error) through the
   forward `forward_kind` (TrainConfig.forward; "fast" insists on core/fast.py)."""
-  if forward_kind == "fast" and not fast.applies(model_cfg):
+  if forward_kind == "fast" and not model_cfg.is_linear:
     raise ValueError(f"forward 'fast' needs linear attention without MLP, got {model_cfg}")
   if forward_kind not in FORWARDS + ("fast",):
     raise ValueError(f"forward must be one of {FORWARDS + ('fast',)}, got {forward_kind!r}")
   if forward_kind == "auto":
-    forward_kind = "fast" if fast.applies(model_cfg) else "query"
+    forward_kind = "fast" if model_cfg.is_linear else "query"
   loss = query_loss(huber_delta)
   return lambda params, batch: loss(predict(params, batch, model_cfg, forward_kind) - batch.y_q)
 
