@@ -23,14 +23,14 @@ git commit, when the study ran in a checkout, is in its "provenance" (informativ
 The rows depend on: the part of the study module that `run` reaches (its functions and classes that
 `run` or module-level code such as PROFILES names, transitively; not claims or helpers only they call;
 the view is another module, which no study imports) and every lintheory module that part imports,
-transitively, each file whole (run.provenance.code_identity), except NOT_ROW_CODE, which computes no row, and another study the part
-imports (positive_control runs paper_protocol's evaluation), which counts as far as the names the part
-mentions reach in it. A results file is stale
-(staleness) when its recorded revisions or digest differ from the code here, or when it records none
-(written before results recorded their code). So a wording change in a study's view or claims, in
-text or verdicts leaves its results fresh; a change to anything `run` executes
-(this engine, run.*, core.*, the study's PROFILES) makes them stale. `python -m lintheory.studies
---stale` lists stale studies, `make figures` reruns them and the report marks them.
+transitively, each file whole (run.provenance.code_identity), except NOT_ROW_CODE, which computes no
+row, and another study the part imports (positive_control runs paper_protocol's evaluation), which
+counts as far as the names the part mentions reach in it. A results file is stale (staleness) when its
+recorded revisions or digest differ from the code here, or when it records none (written before results
+recorded their code). So a wording change in a study's view or claims, in text or verdicts leaves its
+results fresh; a change to anything `run` executes (this engine, run.*, core.*, the study's PROFILES)
+makes them stale. `python -m lintheory.studies --stale` lists stale studies, `make figures` reruns them
+and the report marks them.
 """
 
 from __future__ import annotations
