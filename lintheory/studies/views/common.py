@@ -27,6 +27,12 @@ def subplots(rows: int, cols: int, figsize: tuple[float, float], **kw):
   return pyplot().subplots(rows, cols, figsize=figsize, squeeze=False, **kw)
 
 
+def title_and_legend(ax, title: str) -> None:
+  """A panel's title and legend in the house sizes."""
+  ax.set_title(title, fontsize=8)
+  ax.legend(fontsize=6)
+
+
 def save_tight(fig, figures: Path, name: str, rect=None, ylabel: str | None = None) -> list[Path]:
   """save after a tight layout, inside rect (left, bottom, right, top) where a legend or note sits below;
   ylabel: the first panel's, which the panels of its row share."""

@@ -57,8 +57,7 @@ def plot(table: engine.Table, meta: dict, out) -> list:
                 label=r if n == 0 else None)
     ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_title(f"L = {L}", fontsize=8)
-    ax.legend(fontsize=6)
+    common.title_and_legend(ax, f"L = {L}")
   paths += common.save_tight(fig, out, "deep_recipes_curves",
                              ylabel="training loss (median per window,\nsquared query error, log)")
 
@@ -94,8 +93,7 @@ def plot(table: engine.Table, meta: dict, out) -> list:
     ax.set_xticks(range(len(LAM_BINS)))
     ax.set_xticklabels(ticks, rotation=30, ha="right", fontsize=6)
     ax.set_xlabel("tasks by the percentile of λ_max(X̂ᵀX̂/N)", fontsize=7)
-    ax.set_title(f"L = {L}", fontsize=8)
-    ax.legend(fontsize=6)
+    common.title_and_legend(ax, f"L = {L}")
   paths += common.save_tight(fig, out, "deep_recipes_spectrum",
                              ylabel=f"mean error / d in the band (log;\nabove {CAP:.0e} drawn at {CAP:.0e})")
   return paths

@@ -92,8 +92,7 @@ def plot(table: engine.Table, meta: dict, out) -> list:
     ax.set_xticks(range(len(ps)))
     ax.set_xticklabels([f"p = {p}" for p in ps])
     ax.set_yscale("symlog", linthresh=1.0)
-    ax.set_title(f"edit chosen on {'fresh' if edit == 'icl' else 'w₀'} tasks ({edit!r})", fontsize=8)
-    ax.legend(fontsize=6)
+    common.title_and_legend(ax, f"edit chosen on {'fresh' if edit == 'icl' else 'w₀'} tasks ({edit!r})")
   paths += common.save_tight(fig, out, "in_weights_gain",
                              ylabel="confirmation gain, % of headroom\n(unpruned − floor), each dot a seed")
   return paths

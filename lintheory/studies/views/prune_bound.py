@@ -56,8 +56,7 @@ def plot(table: engine.Table, meta: dict, out) -> list:
       n_gap = table.n_tasks(GAPS[bound], L=L)
       ax.set_xlabel(f"measured gap ({'clipped loss' if bound == 'cmi_bound' else 'squared loss'}, {n_gap:,} tasks)")
       ax.set_ylabel(label)
-      ax.set_title(f"L = {L}: one point per pruned configuration", fontsize=8)
-      ax.legend(fontsize=6)
+      common.title_and_legend(ax, f"L = {L}: one point per pruned configuration")
   return common.save_tight(fig, out, "prune_bound_scatter")
 
 
