@@ -1,5 +1,5 @@
-"""What every view shares: figures in one style written as deterministic PNG + PDF files, and percentages
-over seeds as every report and summary prints them."""
+"""What the views share: figures in one style, written as deterministic PNG + PDF files, and a share over
+seeds printed as a percentage with its interval (pct_interval)."""
 
 from __future__ import annotations
 
