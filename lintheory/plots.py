@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     return 2
   figures = Path(args.figures) if args.figures else engine.figures_dir(held)
   for name, (table, meta) in loaded.items():
-    for p in engine.study_module(name).plot(table, meta, figures):
+    for p in engine.view_module(name).plot(table, meta, figures):
       print(p)
   return 0
 

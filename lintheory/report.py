@@ -34,8 +34,7 @@ def build(results: Path, loaded: dict | None = None) -> str:
       "## What each profile cost", "", profile_costs(engine.results_root(results, profile)), ""]
   figures = f"](../{engine.figures_dir(profile).as_posix()}/"
   for name, (table, meta) in loaded.items():
-    study = engine.study_module(name)
-    title = (study.__doc__ or name).strip().splitlines()[0]
+    title = (engine.study_module(name).__doc__ or name).strip().splitlines()[0]
     prov = meta.get("provenance", {})
     parts += [f"## {title}", "",
               f"`python -m lintheory.studies {name} --profile {meta['profile']}` → "
@@ -44,7 +43,7 @@ def build(results: Path, loaded: dict | None = None) -> str:
               f"{len(meta['failures'])} recorded failures; ran {meta['seconds']:.0f} s on "
               f"{prov.get('machine', 'an unrecorded machine')}.", "",
               *([stale_line(name, meta, stale[name]), ""] if name in stale else []),
-              study.report(table, meta).rstrip().replace("](../figures/", figures), ""]
+              engine.view_module(name).report(table, meta).rstrip().replace("](../figures/", figures), ""]
     for f in meta["failures"]:
       parts.append(f"- failure: {f['stage']} {', '.join(f'{k}={v}' for k, v in f.items() if k not in ('stage', 'reason'))}: {f['reason']}")
     parts.append("")

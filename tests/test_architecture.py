@@ -10,6 +10,7 @@ FLOOR = {"core": 0, "run": 1, "studies": 2}  # anything else under lintheory/ is
 FACES_ON_CORE = {"lintheory.checks"}  # importable by researchers' tests: core only at import time
 # ... and these inside a function only (a check given a run directory's path loads it)
 LAZY_FOR_FACES_ON_CORE = {"lintheory.run.rundir"}
+VIEWS = "lintheory.studies.views"  # a study's figures and report text: on the studies' floor, above every study
 
 
 def module_name(path: Path) -> str:
@@ -60,6 +61,29 @@ def test_checks_need_only_core():
     path = ROOT.parent / (mod.replace(".", "/") + ".py")
     assert all(floor(m) == 0 for m in imports_of(path, module_level_only=True)), sorted(GRAPH[mod])
     assert all(floor(m) == 0 or m in LAZY_FOR_FACES_ON_CORE for m in GRAPH[mod]), sorted(GRAPH[mod])
+
+
+def is_view(mod: str) -> bool:
+  return mod == VIEWS or mod.startswith(VIEWS + ".")
+
+
+def test_no_study_imports_a_view():
+  """A view imports its study (for the helpers its claims use), never the reverse: what a study's rows depend on
+  (engine.code_of follows imports) holds no figure or wording."""
+  for mod, deps in GRAPH.items():
+    if mod.startswith("lintheory.studies") and not is_view(mod):
+      assert not sorted(filter(is_view, deps)), f"{mod} imports a view: {sorted(filter(is_view, deps))}"
+
+
+def test_every_study_has_a_view_and_keeps_no_presentation_of_its_own():
+  from lintheory import studies
+  for name in studies.STUDIES:
+    view = ROOT / "studies" / "views" / f"{name}.py"
+    assert view.exists(), f"{name} has no view {view.name}"
+    study_defs = {n.name for n in ast.parse((ROOT / "studies" / f"{name}.py").read_text()).body
+                  if isinstance(n, ast.FunctionDef)}
+    view_defs = {n.name for n in ast.parse(view.read_text()).body if isinstance(n, ast.FunctionDef)}
+    assert {"plot", "report", "summary"} <= view_defs - study_defs, name
 
 
 def test_no_import_cycle():

@@ -14,6 +14,7 @@ from scipy import stats as st
 
 from lintheory.studies import (deep_recipes, engine, implicit_gd, in_weights, mismatch, one_layer, paper_protocol,
                                positive_control, prune_bound, pruning, text, verdicts)
+from lintheory.studies.views import paper_protocol as pp_view
 
 DEFAULT = {"profile": "default"}
 
@@ -554,7 +555,7 @@ def test_paper_protocol_table_shows_every_regime_behind_the_counts_with_its_deci
            for m, layers in (("frac_improved", "all"), ("frac_unchanged", "all"), ("frac_worsened", "all"),
                              ("task_rel_gain_median", "all"), ("rel_gain_mean", "deep"), ("rel_gain_mean", "shallow"))]
   table = engine.Table(noisy + quiet + heavy + tail + extra, paper_protocol.KEYS)
-  head, rows = paper_protocol.regime_table(table)
+  head, rows = pp_view.regime_table(table)
   col = {h: i for i, h in enumerate(head)}
   got = {(r[col["model"]], r[col["σ_val"]]): (r[col["SVD beats every null control"]], r[col["Algorithm 1 gains"]])
          for r in rows}
@@ -961,7 +962,7 @@ def test_one_seed_summaries_say_no_interval_and_do_not_raise():
   one = {one_layer: ONE_SEED["one_layer"]()[1], positive_control: ONE_SEED["positive_control"]()[1],
          in_weights: ONE_SEED["in_weights"]()[1]}
   for study, table in one.items():
-    assert "(1 seed, no interval)" in study.summary(table)
+    assert "(1 seed, no interval)" in engine.view_module(study.NAME).summary(table)
 
 
 def test_pruning_and_prune_bound_decide_nothing_with_one_seed():

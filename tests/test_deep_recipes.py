@@ -14,6 +14,7 @@ from lintheory.core.tasks import TaskConfig
 from lintheory.run import profiles, train
 from lintheory.studies import deep_recipes as dr
 from lintheory.studies import engine
+from lintheory.studies.views import deep_recipes as dr_view
 
 
 def test_tail_batch_rescales_demonstrations_consistently():
@@ -122,9 +123,9 @@ def test_tiny_profile_end_to_end(tmp_path):
     assert np.all((shares > 0) & (shares <= 1))
   assert table.values("train_loss_median", L=L, recipe="f64_tail", seed=0).size == dr.WINDOWS
   assert dr.decide(table)[L]["recipe"] in names
-  paths = dr.plot(table, meta, tmp_path / "figures")
+  paths = dr_view.plot(table, meta, tmp_path / "figures")
   assert len(paths) == 8 and all(p.stat().st_size > 0 for p in paths)
-  assert "Decision" in dr.report(table, meta)
+  assert "Decision" in dr_view.report(table, meta)
 
 
 def test_spectrum_bands_partition_the_tasks():

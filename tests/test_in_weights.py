@@ -11,6 +11,7 @@ from scipy import stats as st
 from lintheory.core import tasks
 from lintheory.core.tasks import TaskConfig
 from lintheory.studies import engine, in_weights, text
+from lintheory.studies.views import in_weights as in_weights_view
 
 sample = jax.jit(tasks.sample, static_argnums=(1, 2), static_argnames=("n_context", "dtype"))
 
@@ -87,7 +88,7 @@ def test_tiny_study_runs_and_reads_back(tmp_path):
   assert f"p={p}: on w₀ {text.num(g.mean())} {text.ci(*ci(g))}, on fresh " in c.ci and g.size == c.seeds
   assert c.ci.endswith(f"edit chosen on fresh tasks, on fresh {text.num(icl.mean())} {text.ci(*ci(icl))}")
   assert (c.verdict == "holds" or c.verdict.startswith("fails: w₀ tasks gain")) == (ci(g)[0] > 0)
-  paths = in_weights.plot(table, meta, tmp_path / "figures")
+  paths = in_weights_view.plot(table, meta, tmp_path / "figures")
   assert all(p.exists() and p.stat().st_size > 0 for p in paths)
-  md = in_weights.report(table, meta)
+  md = in_weights_view.report(table, meta)
   assert "in_weights_tradeoff.png" in md and "n/a" not in md

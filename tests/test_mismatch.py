@@ -19,6 +19,7 @@ from lintheory.core import evaluate, prune, tasks
 from lintheory.core.model import ModelConfig, forward, init_params
 from lintheory.core.tasks import TaskConfig
 from lintheory.studies import engine, mismatch, text
+from lintheory.studies.views import mismatch as mismatch_view
 
 
 def _kept(batch):
@@ -171,9 +172,9 @@ def test_tiny_profile_end_to_end(tmp_path):
         if mismatch.family_of_label(table.where(measure="chosen", seed=x, **k).rows[0]["edit"]) == f:
           assert table.value(f"gain_{f}", seed=x, **k) == table.value("gain", seed=x, **k)
   assert {k["model"] for k in mismatch.condition_keys(table, "shots")} == {"fixed", "mixed"}
-  paths = mismatch.plot(table, meta, tmp_path / "figures")
+  paths = mismatch_view.plot(table, meta, tmp_path / "figures")
   assert paths and all(p.stat().st_size > 0 for p in paths)
-  assert "mismatch_gain.png" in mismatch.report(table, meta)
+  assert "mismatch_gain.png" in mismatch_view.report(table, meta)
   # each claim reports the mismatched condition with the largest mean share of headroom, its t-interval over
   # the run's seeds (scipy) and their count
   full = s.train.steps

@@ -13,6 +13,7 @@ from lintheory.core import edits, model, protocol, tasks
 from lintheory.core.model import ModelConfig
 from lintheory.studies import engine, paper_protocol as pp, text
 from conftest import random_params
+from lintheory.studies.views import paper_protocol as pp_view
 
 ERRORS = jax.jit(protocol.task_errors, static_argnums=(2, 3, 4, 5))
 ARCHS = [("linear", None), ("softmax", None), ("linear", "relu")]
@@ -175,9 +176,9 @@ def test_smoke_tiny_run_plot_report_claims(tmp_path):
   engine.run_study("paper_protocol", flags)
   table, meta = engine.load(tmp_path / "results", "paper_protocol")
   assert not meta["failures"]
-  paths = pp.plot(table, meta, tmp_path / "figures")
+  paths = pp_view.plot(table, meta, tmp_path / "figures")
   assert {p.name for p in paths} >= {"paper_protocol_gain.png", "paper_protocol_fraction.png"}
-  md = pp.report(table, meta)
+  md = pp_view.report(table, meta)
   assert "paper_protocol_gain.png" in md and "n/a" not in md
   # every family, layer group, V and validation noise is scored against the same unpruned errors
   for m in table.unique("model", measure="unpruned_mean"):

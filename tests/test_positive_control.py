@@ -7,6 +7,7 @@ import pytest
 
 from lintheory.run import profiles
 from lintheory.studies import engine, positive_control as pc
+from lintheory.studies.views import positive_control as pc_view
 
 
 def settings(**kw):
@@ -68,7 +69,7 @@ def test_trained_models_match_the_least_squares_simulation(tmp_path):
   ctx = engine.Context(pc.KEYS, str(tmp_path))
   pc.run(s, ctx)
   t = engine.Table(ctx.rows, pc.KEYS)
-  inf = pc._unpruned(t, "P=∞").mean()
+  inf = pc_view._unpruned(t, "P=∞").mean()
   assert inf == pytest.approx(t.value("sim_inf", model="P=∞"), rel=0.10)
   sim_excess = t.value("sim_unpruned", model="P=160") - t.value("sim_inf", model="P=160")
-  assert 0.5 * sim_excess < pc.excess(t, "P=160").mean() < 3 * sim_excess
+  assert 0.5 * sim_excess < pc_view.excess(t, "P=160").mean() < 3 * sim_excess

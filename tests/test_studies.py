@@ -34,9 +34,9 @@ def test_study_writes_a_tidy_table_and_draws_it(ran, name):
   assert meta["seeds"] and meta["provenance"]
   for r in table.rows:
     assert r["value"] == r["value"], f"{name}: NaN in {r}"  # NaN is refused by Context.add
-  paths = engine.study_module(name).plot(table, meta, root / "figures")
+  paths = engine.view_module(name).plot(table, meta, root / "figures")
   assert paths and all(p.stat().st_size > 0 for p in paths)
-  assert engine.study_module(name).report(table, meta).strip()
+  assert engine.view_module(name).report(table, meta).strip()
 
 
 def test_report_regenerates_byte_identical(ran):
@@ -120,10 +120,10 @@ def test_bad_profile_is_one_line_exit_2(capsys):
 
 @pytest.mark.parametrize("values", [[-2e3, 0.5, 30.0], [1e-9, 1e12], [0.0]])
 def test_symlog_axis_labels_at_most_max_ticks_and_zero(values):
-  from lintheory.studies import figures
-  plt = figures.pyplot()
+  from lintheory.studies.views import common
+  plt = common.pyplot()
   fig, ax = plt.subplots()
-  figures.symlog(ax, "x", values, max_ticks=7)
+  common.symlog(ax, "x", values, max_ticks=7)
   ticks = list(ax.get_xticks())
   plt.close(fig)
   assert 0.0 in ticks and len(ticks) <= 7 and ticks == sorted(ticks)
@@ -337,6 +337,6 @@ def test_a_report_of_mixed_profiles_is_refused(ran, tmp_path, capsys):
 @pytest.mark.parametrize("name", studies.STUDIES)
 def test_each_study_summarises_the_committed_results_in_one_line_with_a_number(name):
   table, _ = engine.load(REPO / "results", name)
-  line = engine.study_module(name).summary(table)
+  line = engine.view_module(name).summary(table)
   assert "\n" not in line and any(c.isdigit() for c in line)
   assert "[" in line or name == "deep_recipes"  # a CI or the seeds' range, except where the study reports seeds' extremes

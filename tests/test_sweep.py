@@ -1,6 +1,5 @@
 """The vectorised pruning sweep: equal to the loop, bit-exact where nothing is pruned, resumable."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -6,10 +6,11 @@ A study is a module of lintheory.studies with
   Settings: a frozen dataclass (a comment per field), and PROFILES: {profile: Settings} for some of
     PROFILE_NAMES ("tiny" | "default" | "long" | "full"; tiny and default always, deep_recipes has no long)
   run(settings, ctx: Context) -> None      adds rows to ctx (never draws)
+  claims(table, meta) -> list[verdicts.Claim]   optional: its verdicts on the paper's claims
+and a view, the module lintheory.studies.views.NAME (view_module), which only reads what run wrote:
   plot(table, meta, figures: Path) -> list[Path]   reads only the table (never trains)
   report(table, meta) -> str                 Markdown; every number comes from the table
   summary(table) -> str                      one line: the main number with its CI and seed/task counts
-  claims(table, meta) -> list[verdicts.Claim]   the paper's claims its numbers decide ([] for none)
 
 Results are one tidy table per study, RESULTS/<NAME>.csv, one row per setting × seed × measure:
   the study's key columns, then seed ("" for a row that is not per seed), measure, value, n_tasks
@@ -22,16 +23,16 @@ Freshness. RESULTS/<NAME>.json's "code" records what produced the rows (code_of)
 (REVISIONS: train.TRAINER) and a digest of the code the rows depend on, with one digest per file; the
 git commit, when the study ran in a checkout, is in its "provenance" (informative, never required).
 The rows depend on: the part of the study module that `run` reaches (its functions and classes that
-`run` or module-level code such as PROFILES names, transitively; not plot, report, summary, claims or
-helpers only they call) and every lintheory module that part imports, transitively, each file whole
-(run.provenance.code_identity), except NOT_ROW_CODE, which computes no row, and another study the part
-imports (positive_control runs paper_protocol's evaluation), which counts as far as the names the part
-mentions reach in it. A results file is stale
-(staleness) when its recorded revisions or digest differ from the code here, or when it records none
-(written before results recorded their code). So a wording change in a study's report, claims or
-summary, in text, figures or verdicts leaves its results fresh; a change to anything `run` executes
-(this engine, run.*, core.*, the study's PROFILES) makes them stale. `python -m lintheory.studies
---stale` lists stale studies, `make figures` reruns them and the report marks them.
+`run` or module-level code such as PROFILES names, transitively; not claims or helpers only they call;
+the view is another module, which no study imports) and every lintheory module that part imports,
+transitively, each file whole (run.provenance.code_identity), except NOT_ROW_CODE, which computes no
+row, and another study the part imports (positive_control runs paper_protocol's evaluation), which
+counts as far as the names the part mentions reach in it. A results file is stale (staleness) when its
+recorded revisions or digest differ from the code here, or when it records none (written before results
+recorded their code). So a wording change in a study's view or claims, in text or verdicts leaves its
+results fresh; a change to anything `run` executes (this engine, run.*, core.*, the study's PROFILES)
+makes them stale. `python -m lintheory.studies --stale` lists stale studies, `make figures` reruns them
+and the report marks them.
 """
 
 from __future__ import annotations
@@ -233,6 +234,12 @@ def study_module(name: str):
   return importlib.import_module(f"lintheory.studies.{name}")
 
 
+def view_module(name: str):
+  """The study's view (lintheory.studies.views): its plot, report and summary."""
+  study_module(name)  # an unknown name is refused here
+  return importlib.import_module(f"lintheory.studies.views.{name}")
+
+
 def with_seeds(settings, n: int):
   """The settings with the training profile's seeds replaced by 0..n-1 (n = 0: unchanged)."""
   if n == 0:
@@ -271,14 +278,14 @@ def run_study(name: str, flags: Flags) -> Path:
   io.write_json(out / f"{name}.json", meta)
   ctx.log(f"{name}: {len(ctx.rows)} rows, {len(ctx.failures)} failures, {seconds:.1f} s → {out / name}.csv")
   smoke = f" (profile {flags.profile}: a smoke test, it decides nothing)" if flags.profile in SMOKE_PROFILES else ""
-  ctx.log(f"{name}: {summary_line(study, table)}{smoke}")
+  ctx.log(f"{name}: {summary_line(view_module(name), table)}{smoke}")
   return out / f"{name}.csv"
 
 
-def summary_line(study, table: Table) -> str:
-  """The study's main number (its summary(table)); a table it cannot summarise says why, in the same line."""
+def summary_line(view, table: Table) -> str:
+  """The study's main number (its view's summary(table)); a table it cannot summarise says why, in the same line."""
   try:
-    return study.summary(table)
+    return view.summary(table)
   except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as e:  # the results are written already
     return f"no summary ({type(e).__name__}: {e})"
 
@@ -302,8 +309,8 @@ def refuse_other_profile(meta_path: Path, profile: str) -> None:
 # trainer's, also in the model cache's key); each is recorded and compared by name.
 REVISIONS = {"trainer": lambda: train.TRAINER}
 # Code a study imports that computes no row: the list of studies (which exist, in the report's order) and
-# the provenance record (which also computes these digests). Text, figures and verdicts need no entry:
-# only a study's plot, report, summary and claims use them, and those are not followed.
+# the provenance record (which also computes these digests). Text, views and verdicts need no entry:
+# only a study's claims and its view use them, and those are not followed.
 NOT_ROW_CODE = frozenset({"lintheory.studies", "lintheory.run.provenance"})
 
 

@@ -26,18 +26,15 @@ verdicts count SVD truncation only; another family that wins gets a row of its o
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lintheory.core import evaluate, precision, prune, stats, tasks
-from lintheory.core.model import ModelConfig
 from lintheory.core.tasks import TaskConfig
 from lintheory.run import profiles
-from lintheory.studies import engine, figures, text
+from lintheory.studies import engine, text
 
 NAME = "mismatch"
 KEYS = ("regime", "L", "model", "N_train", "M", "sigma_train", "sigma_test", "steps", "edit")
@@ -46,8 +43,6 @@ SELECT_KEY, CONFIRM_KEY = 2718, 3141  # disjoint task streams (the training stre
 BAYES_CHUNK = 8192  # the confirmation tasks are drawn in chunks of this size, as bayes_errors draws them
 MARGIN = 0.05  # equivalence margin, as a fraction of the headroom (unpruned − Bayes)
 FAMILIES = ("svd", "shrink", "drop")  # edit families, each chosen and scored on its own
-FAMILY_TEXT = {"svd": "SVD truncation (rank ≥ 1)", "shrink": "a uniform shrink of the last W_V",
-               "drop": "dropping layers (W_V = 0: the last k, or one layer's attn or v at rank 0)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,79 +367,6 @@ def describe(k: dict) -> str:
   return f"{k['steps']} steps"
 
 
-def plot(table: engine.Table, meta: dict, out) -> list:
-  plt = figures.pyplot()
-  Ls = table.unique("L", measure="gain")
-  regimes = [r for r in REGIMES if condition_keys(table, r)]
-  fig, axes = plt.subplots(len(Ls), len(regimes), figsize=(4.2 * len(regimes), 3.2 * len(Ls)), squeeze=False)
-  full = meta["settings"]["train"]["steps"]
-  for i, L in enumerate(Ls):
-    for ax, regime in zip(axes[i], regimes):
-      ks = [k for k in condition_keys(table, regime) if k["L"] == L]
-      for j, k in enumerate(ks):
-        figures.seed_points(ax, j, 100 * np.clip(table.values("gain_frac", **k), -1, None),
-                            color="C3" if mismatched(k, full) else "C2")
-      ax.axhline(0, color="k", lw=0.8)
-      for y in (-100 * MARGIN, 100 * MARGIN):
-        ax.axhline(y, color="0.5", lw=0.6, ls=":")
-      ax.set_xticks(range(len(ks)))
-      ax.set_xticklabels([describe(k).replace(" ", "\n", 1) for k in ks], fontsize=6.5)
-      ax.set_xlim(-0.6, len(ks) - 0.4)
-      y = np.concatenate([np.clip(table.values("gain_frac", **k), -1, 1) for k in ks]) * 100 if ks else np.zeros(1)
-      ax.set_ylim(min(-10, y.min() - 5), max(10, y.max() + 5))  # the ±5 % band always shows
-      ax.set_title(f"{regime.replace('_', ' ')}, L = {L}", fontsize=8)
-    axes[i, 0].set_ylabel("gain of the chosen edit\n(% of unpruned − Bayes error)")
-  fig.text(0.01, 0.005, "Each dot a seed, bar the median; red: train/test mismatch, green: its in-distribution "
-           "control (mixed lengths, σ_train = σ_test, full training); dotted: ±5 % equivalence margin; "
-           "below −100 % drawn at −100 %.", fontsize=6.5)
-  fig.tight_layout(rect=(0, 0.03, 1, 1))
-  return figures.save(fig, out, "mismatch_gain")
-
-
-def report(table: engine.Table, meta: dict) -> str:
-  s = meta["settings"]
-  rows, fam_rows = [], []
-  for regime in REGIMES:
-    for k in condition_keys(table, regime):
-      v = verdict_of(table, k)
-      seeds = table.seeds(measure="gain", **k)
-      edits = [table.where(measure="chosen", seed=x, **{c: k[c] for c in k}).rows[0]["edit"] for x in seeds]
-      rows.append([regime, str(k["L"]), describe(k), str(len(seeds)),
-                   text.num(np.median(table.values("unpruned_mean", **k))),
-                   text.num(np.max(table.values("unpruned_max", **k))),
-                   text.num(table.value("bayes_mean", seed=None, **k)),
-                   text.interval(v["gain"]),
-                   f"{text.num(100 * v['center'], 2)} % {text.ci(100 * v['lo'], 100 * v['hi'], 2)}",
-                   v["call"], "; ".join(edits)])
-      fam_rows.append([regime, str(k["L"]), describe(k)] + [_family_cell(table, k, f) for f in FAMILIES])
-  n = table.n_tasks("gain", **condition_keys(table, REGIMES[0])[0]) if condition_keys(table, REGIMES[0]) else 0
-  return (f"Each seed's edit is chosen on {s['select_tasks']:,} tasks and scored on {n:,} others (exact "
-          f"per-task errors ÷ d). Fixed-length models see an M-shot prompt with 1/M scaling; mixed-length "
-          f"models (trained with M ~ U{{{s['mixed_min']}, …, N}}) see it zero-padded to N, as in training. "
-          f"Headroom = unpruned − Bayes error. Calls read gain / headroom per seed: helps / hurts when its 95 % "
-          f"t-interval over seeds excludes 0, null when its 90 % interval lies within ±{100 * MARGIN:g} % (TOST), "
-          f"else inconclusive.\n\n"
-          + text.table(["regime", "L", "condition", "seeds", "unpruned mean error (median over seeds)",
-                        "worst task (max over seeds)", "Bayes error", "gain, mean [95 % CI over seeds]",
-                        "gain / headroom, mean [95 % CI] (any edit)", "call", "chosen edit per seed"], rows)
-          + "\n\nThe same choice made within each edit family ("
-          + "; ".join(f"{f}: {t}" for f, t in FAMILY_TEXT.items()) + "), scored on the same tasks: gain / headroom, mean [95 % CI] over seeds, and its call. The verdicts "
-          "on pruning read the SVD column; another family that wins has a verdict of its own.\n\n"
-          + text.table(["regime", "L", "condition", *FAMILIES], fam_rows)
-          + "\n\n![gain](../figures/mismatch_gain.png)\n\n*Each dot is a seed's gain as a share of the headroom "
-          "between the unpruned model and the Bayes error. Gains well above the dotted band say an edit "
-          "repairs a mismatch; dots inside it say the unpruned model is already as good as edits can make it.*\n")
-
-
-def _family_cell(table: engine.Table, k: dict, fam: str) -> str:
-  v = verdict_of(table, k, fam)
-  if v is None:
-    return "no edit"
-  if v["missing"]:
-    return call_text(v)
-  return f"{text.num(100 * v['center'], 2)} % {text.ci(100 * v['lo'], 100 * v['hi'], 2)} {v['call']}"
-
-
 def mismatched(k: dict, full_steps: int) -> bool:
   """Is the condition a train/test mismatch, rather than its in-distribution control?"""
   if k["regime"] == "shots":
@@ -501,22 +423,6 @@ def _claim(table: engine.Table, regime: str, full_steps: int, fam: str):
   lo, hi = 100 * v["lo"], 100 * v["hi"]
   return Claim(cid, verdict, f"{text.num(100 * v['center'], 2)} % of the headroom ({describe(k)}, "
                f"L={k['L']}, the largest)", f"{text.ci(lo, hi, 2)} %", len(v["frac"]), calls)
-
-
-def summary(table: engine.Table) -> str:
-  """Per regime, the condition where the SVD truncation chosen per seed gains most (% of headroom, what
-  the verdicts read), with its 95 % CI, and the same for the edit chosen among every family."""
-  parts = []
-  for regime in REGIMES:
-    for fam, what in (("svd", "SVD truncation"), (None, "any edit")):
-      vs = [(k, v) for k in condition_keys(table, regime) for v in [verdict_of(table, k, fam)]
-            if v is not None and not v["missing"]]
-      if vs:
-        k, v = max(vs, key=lambda kv: kv[1]["center"])
-        parts.append(f"{regime} ({what}): {describe(k)}, L={k['L']} {text.num(100 * v['center'], 2)} % "
-                     f"{text.ci(100 * v['lo'], 100 * v['hi'], 2)} % ({len(v['frac'])} seeds, "
-                     f"{table.n_tasks('gain', **k):,} tasks)")
-  return "largest gain of the chosen edit, % of the headroom, 95 % CI over seeds: " + "; ".join(parts)
 
 
 def claims(table: engine.Table, meta: dict) -> list:

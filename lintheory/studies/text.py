@@ -51,6 +51,13 @@ def over_seeds(values_S) -> stats.SeedInterval | None:
   return stats.seed_interval(v) if v.size >= 2 else None
 
 
+def centre_interval(values_S) -> tuple[float, float, float]:
+  """(centre, lo, hi) of over_seeds: the mean and its t-interval, or, where a seed is ±inf, the median and its
+  order-statistic interval (docs/theory.md §14); NaN below 2 seeds."""
+  iv = over_seeds(values_S)
+  return (math.nan,) * 3 if iv is None else (iv.center, iv.lo, iv.hi)
+
+
 def seed_ci(values_S, sig: int = 3) -> str:
   """over_seeds as text: '[lo, hi]' for the t-interval; an order-statistic interval says so, with its
   coverage and how many seeds are infinite; fewer than 2 seeds: '(1 seed, no interval)'."""

@@ -1,10 +1,13 @@
-"""Figure helpers every study's plot() uses: one style, deterministic PNG + PDF files."""
+"""What the views share: figures in one style, written as deterministic PNG + PDF files, and a share over
+seeds printed as a percentage with its interval (pct_interval)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from lintheory.studies import text
 
 STYLE = {"figure.dpi": 110, "savefig.dpi": 110, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
          "svg.hashsalt": "lintheory", "pdf.fonttype": 42}
@@ -17,6 +20,26 @@ def pyplot():
   import matplotlib.pyplot as plt
   plt.rcParams.update(STYLE)
   return plt
+
+
+def subplots(rows: int, cols: int, figsize: tuple[float, float], **kw):
+  """(fig, axes) in the house style, axes always a rows × cols grid (pyplot.subplots with squeeze=False)."""
+  return pyplot().subplots(rows, cols, figsize=figsize, squeeze=False, **kw)
+
+
+def title_and_legend(ax, title: str) -> None:
+  """A panel's title and legend in the house sizes."""
+  ax.set_title(title, fontsize=8)
+  ax.legend(fontsize=6)
+
+
+def save_tight(fig, figures: Path, name: str, rect=None, ylabel: str | None = None) -> list[Path]:
+  """save after a tight layout, inside rect (left, bottom, right, top) where a legend or note sits below;
+  ylabel: the first panel's, which the panels of its row share."""
+  if ylabel is not None:
+    fig.axes[0].set_ylabel(ylabel)
+  fig.tight_layout(rect=rect)
+  return save(fig, figures, name)
 
 
 def save(fig, figures: Path, name: str) -> list[Path]:
@@ -53,3 +76,10 @@ def symlog(ax, axis: str, values, linthresh: float = 1e-3, max_ticks: int = 7):
   ticks = sorted([0.0] + [s * 10.0 ** k for k in exps[::-1][::step] for s in (-1, 1)])
   getattr(ax, f"set_{axis}scale")("symlog", linthresh=linthresh)
   getattr(ax, f"set_{axis}ticks")(ticks)
+
+
+def pct_interval(v) -> str:
+  """Per-seed fractions → 'centre % [lo, hi] %' over every seed (text.centre_interval: the mean and its t-interval,
+  or the median and its order-statistic interval where a seed is ±inf)."""
+  centre, lo, hi = text.centre_interval(v)
+  return f"{text.num(100 * centre, 2)} % {text.ci(100 * lo, 100 * hi, 2)}"
