@@ -152,6 +152,23 @@ def test_add_training_records_every_seed_and_training_reads_the_reason_back():
   assert engine.training(table, case="other") == {}
 
 
+def test_context_train_records_the_diagnostic_or_the_divergence_never_both(monkeypatch):
+  diag = (adequacy.Seed(1.0, 0.01, 0.2, False, 0.0, 0),)
+  tr = profiles.Trained(TASK, MODEL, CFG, (0,), {}, np.zeros((1, 1)), diag)
+  ctx = engine.Context(one_layer.KEYS, "")
+  monkeypatch.setattr(engine, "trained", lambda settings, c, **model: tr)
+  assert ctx.train(None, {"case": "ok"}, d=2) is tr and not ctx.failures
+  assert engine.Table(ctx.rows, one_layer.KEYS).values("restarts", case="ok").tolist() == [0]
+
+  def diverged(settings, c, **model):
+    raise RuntimeError("loss is NaN at step 7")
+
+  monkeypatch.setattr(engine, "trained", diverged)
+  n_rows = len(ctx.rows)
+  assert ctx.train(None, {"case": "bad"}, d=2) is None and len(ctx.rows) == n_rows
+  assert ctx.failures == [{"stage": "train", "reason": "loss is NaN at step 7", "seed": None, "case": "bad"}]
+
+
 def training_rows(seed_gaps, **keys):
   """Diagnostic rows as add_training writes them: every seed settled, gap as given."""
   rows = []

@@ -69,7 +69,7 @@ def is_view(mod: str) -> bool:
 
 def test_no_study_imports_a_view():
   """A view imports its study (for the helpers its claims use), never the reverse: what a study's rows depend on
-  (engine.code_of follows imports) holds no figure or wording."""
+  (freshness.code_of follows imports) holds no figure or wording."""
   for mod, deps in GRAPH.items():
     if mod.startswith("lintheory.studies") and not is_view(mod):
       assert not sorted(filter(is_view, deps)), f"{mod} imports a view: {sorted(filter(is_view, deps))}"

@@ -9,7 +9,7 @@ import pytest
 from lintheory import report, studies
 from lintheory.run import io, provenance, train
 from lintheory.studies import __main__ as studies_main
-from lintheory.studies import engine, verdicts
+from lintheory.studies import engine, freshness, verdicts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_a_study_that_runs_another_studys_code_depends_on_that_code_only(tmp_pat
 
 @pytest.mark.parametrize("name", studies.STUDIES)
 def test_each_studys_code_covers_the_engine_and_trainer_and_leaves_out_text_views_and_verdicts(name):
-  code = engine.code_of(name)
+  code = freshness.code_of(name)
   assert code["revisions"] == {"trainer": train.TRAINER}
   assert {f"lintheory/studies/{name}.py", "lintheory/studies/engine.py", "lintheory/run/train.py",
           "lintheory/core/model.py"} <= set(code["files"])
@@ -95,20 +95,20 @@ def test_each_studys_code_covers_the_engine_and_trainer_and_leaves_out_text_view
 
 
 def meta(name, profile="default", **code):
-  return {"study": name, "profile": profile, "code": {**engine.code_of(name), **code}}
+  return {"study": name, "profile": profile, "code": {**freshness.code_of(name), **code}}
 
 
 def test_a_results_file_of_another_trainer_another_digest_or_no_digest_is_stale_and_a_fresh_one_is_not():
-  now = engine.code_of("pruning")
-  assert engine.staleness("pruning", meta("pruning")) == []
+  now = freshness.code_of("pruning")
+  assert freshness.staleness("pruning", meta("pruning")) == []
   old = meta("pruning", revisions={"trainer": train.TRAINER - 1})
-  assert engine.staleness("pruning", old) == [f"produced by trainer {train.TRAINER - 1}, now {train.TRAINER}"]
+  assert freshness.staleness("pruning", old) == [f"produced by trainer {train.TRAINER - 1}, now {train.TRAINER}"]
   files = {**now["files"], "lintheory/run/train.py": "0" * 16, "lintheory/core/gone.py": "1" * 16}
   moved = meta("pruning", digest="abcdef0123456789", files=files)
-  assert engine.staleness("pruning", moved) == [f"code digest abcdef01 ≠ current {now['digest'][:8]}"]
-  assert engine.changed_files("pruning", moved) == ["lintheory/core/gone.py", "lintheory/run/train.py"]
-  assert engine.staleness("pruning", {"profile": "default"}) == ["no trainer revision or code digest recorded"]
-  assert engine.staleness("pruning", {**old, "code": {**old["code"], "digest": "x"}}) == [
+  assert freshness.staleness("pruning", moved) == [f"code digest abcdef01 ≠ current {now['digest'][:8]}"]
+  assert freshness.changed_files("pruning", moved) == ["lintheory/core/gone.py", "lintheory/run/train.py"]
+  assert freshness.staleness("pruning", {"profile": "default"}) == ["no trainer revision or code digest recorded"]
+  assert freshness.staleness("pruning", {**old, "code": {**old["code"], "digest": "x"}}) == [
       f"produced by trainer {train.TRAINER - 1}, now {train.TRAINER}", f"code digest x ≠ current {now['digest'][:8]}"]
 
 
@@ -149,7 +149,7 @@ def _report_with(results: Path, code: dict | None) -> str:
 def test_the_report_marks_a_stale_file_in_its_verdict_row_and_section_and_a_fresh_one_not_at_all(one_layer_results):
   claim = verdicts.CLAIMS["one_layer_gd"][0]
   row = lambda md: next(line for line in md.splitlines() if line.startswith(f"| {claim} |"))
-  now = engine.code_of("one_layer")
+  now = freshness.code_of("one_layer")
   fresh = _report_with(one_layer_results, now)
   assert "(stale: " not in fresh and "**Stale" not in fresh
   files = {**now["files"], "lintheory/run/train.py": "0" * 16}

@@ -63,7 +63,7 @@ def test_zero_padding_equals_truncation_with_W_V_scaled_by_M_over_N(n_heads):
   w_pad = evaluate.implicit_predictor(params, cfg, batch.X, batch.y)
   for m in sorted(set(M.tolist())):  # the tasks that kept m demonstrations, against their m-token prompts
     i = np.flatnonzero(M == m)
-    scaled = mismatch.padded_as_truncated(params, m, N)
+    scaled = prune.padded_as_truncated(params, m, N)
     y_cut, states_cut = forward(scaled, tasks.tokens(batch.X[i, :m], batch.y[i, :m], batch.x_q[i]), cfg)
     np.testing.assert_allclose(y_pad[i], y_cut, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(states_pad[:, i, :m], states_cut[:, :, :m], rtol=1e-12, atol=1e-12)
@@ -105,7 +105,7 @@ def test_edits_match_prune_and_their_neutral_settings_change_nothing():
                                                                                                         "W_V")}
   edits = [("attn", 1, 2), ("v", 0, 1), ("attn", 1, d + 1), ("shrink", 1.0, None), ("drop", L, None),
            ("shrink", 0.5, None)]
-  out = mismatch.apply_all(p, edits)
+  out = prune.apply_edits(p, edits)
   assert out["W_V"].shape == (len(edits) * S, L, d + 1, d + 1)
   one = lambda j, i: {k: v[j * S + i] for k, v in out.items()}
   for i in range(S):
@@ -122,7 +122,7 @@ def test_edits_match_prune_and_their_neutral_settings_change_nothing():
     np.testing.assert_array_equal(one(5, i)["W_V"][L - 1], 0.5 * seed["W_V"][L - 1])
     np.testing.assert_array_equal(one(5, i)["W_V"][: L - 1], seed["W_V"][: L - 1])
   with pytest.raises(ValueError, match="edit kind"):
-    mismatch.apply_all(p, [("mask", 0, None)])
+    prune.apply_edits(p, [("mask", 0, None)])
 
 
 @pytest.mark.parametrize("module", ["attn", "v"])
@@ -132,7 +132,7 @@ def test_a_rank_0_truncation_of_a_layer_is_the_model_without_that_layer(module):
   d, L, layer = 3, 3, 1
   cfg = ModelConfig(d=d, n_layers=L, init_scale=0.4)
   p = init_params(jax.random.key(2), cfg, jnp.float64)
-  out = mismatch.apply_all({k: v[None] for k, v in p.items()}, [(module, layer, 0)])
+  out = prune.apply_edits({k: v[None] for k, v in p.items()}, [(module, layer, 0)])
   Z = tasks.batch_tokens(tasks.sample(jax.random.key(3), TaskConfig(d=d, n_context=6), 8, dtype=jnp.float64))
   y, _ = forward({k: v[0] for k, v in out.items()}, Z, cfg)
   rest = [i for i in range(L) if i != layer]

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from lintheory import report, studies
-from lintheory.studies import engine
+from lintheory.studies import engine, freshness
 from lintheory.run import cache as run_cache
 
 
@@ -57,8 +57,8 @@ def test_a_study_just_run_records_its_code_and_is_fresh(ran, capsys):
   from lintheory.studies import __main__ as studies_main
   root, flags = ran
   _, meta = engine.load(flags.results, "one_layer")
-  assert meta["code"] == engine.code_of("one_layer") and meta["code"]["revisions"]["trainer"] == train.TRAINER
-  assert engine.staleness("one_layer", meta) == []
+  assert meta["code"] == freshness.code_of("one_layer") and meta["code"]["revisions"]["trainer"] == train.TRAINER
+  assert freshness.staleness("one_layer", meta) == []
   assert studies_main.main(["--stale", "--profile", "tiny", "--results", flags.results, "one_layer"]) == 0
   assert capsys.readouterr().out == ""
 

@@ -156,3 +156,41 @@ def condition_numbers(params: Params) -> dict[str, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
       out[name] = np.where(s_min > tol, s[..., 0] / np.where(s_min > 0, s_min, 1), np.inf)
   return out
+
+
+def apply_edits(params_S: dict, edits: list[tuple]) -> dict:
+  """Every edit applied to every seed's parameters ([S, L, D, D] arrays) → [E·S, L, D, D], edit-major.
+  An edit is (kind, a, b): ("attn" | "v", layer a, rank b) truncates that module of layer a to rank b,
+  ("drop", k, None) zeroes W_V of the last k layers, ("shrink", c, None) scales the last layer's W_V by c.
+
+  The truncations come from one SVD per matrix (docs/theory.md §7), in numpy: no compilation per
+  (layer, rank), which would dominate the study's time.
+  """
+  p = {k: np.asarray(v, np.float64) for k, v in params_S.items()}
+  trunc = {}  # name → [rank] the rank-r truncation of every seed's and layer's matrix
+  for name in ("W_Q", "W_K", "W_V"):
+    U, s, Vh = np.linalg.svd(p[name])
+    trunc[name] = [np.asarray(truncate_with_svd(U, s, Vh, r)) for r in range(s.shape[-1])]
+  out = []
+  for kind, a, b in edits:
+    q = {k: v.copy() for k, v in p.items()}
+    if kind in ("attn", "v"):
+      for name in module_names(p, kind):
+        q[name][:, a] = trunc[name][b][:, a] if b < len(trunc[name]) else p[name][:, a]
+    elif kind == "drop":  # W_V = 0 makes ΔW_t = 0: the layer passes its tokens on unchanged
+      q["W_V"][:, q["W_V"].shape[1] - a:] = 0
+    elif kind == "shrink":
+      q["W_V"][:, -1] *= a
+    else:
+      raise ValueError(f"edit kind must be attn, v, drop or shrink, got {kind!r}")
+    out.append(q)
+  return {k: np.concatenate([q[k] for q in out]) for k in p}
+
+
+def padded_as_truncated(params_S: dict, M: int, N: int) -> dict:
+  """Parameters whose run on an M-demonstration prompt equals these on it zero-padded to N tokens.
+
+  Zero tokens stay zero and add nothing to linear attention's sums, which keep their 1/N: each
+  layer is the same with W_V scaled by M/N (tests/test_mismatch.py checks it in float64).
+  """
+  return {**params_S, "W_V": params_S["W_V"] * (M / N)}

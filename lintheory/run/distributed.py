@@ -15,10 +15,8 @@ or set LINTHEORY_COORDINATOR, LINTHEORY_NUM_PROCESSES and LINTHEORY_PROCESS_ID a
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import importlib
-import io as _io
 import json
 import os
 import pickle
@@ -29,7 +27,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from lintheory.run import io, runtime
+from lintheory.run import io, runtime, tables
 
 ENV = ("LINTHEORY_COORDINATOR", "LINTHEORY_NUM_PROCESSES", "LINTHEORY_PROCESS_ID")
 
@@ -140,14 +138,10 @@ def table_bytes(rows: list[dict]) -> bytes:
   if not rows:
     raise ValueError("rows must hold at least one row")
   cols = list(rows[0])
-  buf = _io.StringIO()
-  w = csv.writer(buf, lineterminator="\n")
-  w.writerow(cols)
   for r in rows:
     if list(r) != cols:
       raise ValueError(f"every row must have the columns {cols}, got {list(r)}")
-    w.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else v for v in r.values()])
-  return buf.getvalue().encode()
+  return tables.to_csv(cols, rows).encode()
 
 
 def write_table(path, rows: list[dict], meta: dict) -> None:

@@ -14,7 +14,7 @@ a whole run.
 
 The third form prints the stale studies among NAME (default: every study), one per line, on stdout, and
 why each is stale on stderr: no results file of the profile, or one whose trainer revision or code digest
-differs from the code here (engine.stale). `make results` reruns what it prints.
+differs from the code here (freshness.stale). `make results` reruns what it prints.
 """
 
 import argparse
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lintheory import studies
 from lintheory.run import flags, io, provenance, runtime
-from lintheory.studies import engine
+from lintheory.studies import engine, freshness
 
 
 def record_wall(argv) -> int:
@@ -91,7 +91,7 @@ def list_stale(argv) -> int:
   if unknown:
     print(f"--stale: unknown study {unknown[0]!r}; studies: {', '.join(studies.STUDIES)}", file=sys.stderr)
     return 2
-  found = engine.stale(engine.results_of(args), args.names or studies.STUDIES, args.profile)
+  found = freshness.stale(engine.results_of(args), args.names or studies.STUDIES, args.profile)
   for name, why in found.items():
     print(name)
     print(f"{name} ({args.profile}): stale: {'; '.join(why)}", file=sys.stderr)

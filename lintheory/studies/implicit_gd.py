@@ -54,12 +54,9 @@ PROFILES = {
 def run_setting(s: Settings, sigma: float, L: int, ctx: engine.Context, bayes: dict) -> None:
   """One (σ, L); bayes holds the Bayes errors per task distribution (they do not depend on L)."""
   keys = {"sigma": sigma, "L": L}
-  try:
-    tr = engine.trained(s, ctx, d=s.d, n_context=s.n_context, layers=L, noise_std=sigma)
-  except RuntimeError as e:  # a diverged run is recorded, not hidden
-    ctx.fail("train", str(e), **keys)
+  tr = ctx.train(s, keys, d=s.d, n_context=s.n_context, layers=L, noise_std=sigma)
+  if tr is None:
     return
-  ctx.add_training(tr, **keys)
   fits = references.fitted(tr.task, L, s.fit, ctx.cache_dir)
   for kind, f in fits.items():  # the certificate of every fit; a refused one is compared with nothing
     ctx.add("ref_grad_norm", f.grad_norm, reference=kind, n_tasks=s.fit.n_tasks, **keys)

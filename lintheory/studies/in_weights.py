@@ -70,11 +70,6 @@ def task_set(task: TaskConfig, kind: str) -> TaskConfig:
   return dataclasses.replace(task, w0_prob=0.0 if kind == "fresh" else 1.0)
 
 
-def trained(s: Settings, p: float, ctx: engine.Context):
-  """The models of one p from the shared cache, with run.profiles' recipe."""
-  return engine.trained(s, ctx, layers=s.layers, mlp="relu", **dataclasses.asdict(task_config(s, p)))
-
-
 def edit_list(s: Settings) -> list[tuple[str, int, int]]:
   return [(m, layer, r) for m in MODULES for layer in range(s.layers) for r in s.ranks]
 
@@ -94,12 +89,9 @@ def _mean_se(e_B: np.ndarray) -> tuple[float, float]:
 
 def run_setting(s: Settings, p: float, ctx: engine.Context) -> None:
   keys = {"p": p}
-  try:
-    tr = trained(s, p, ctx)
-  except RuntimeError as e:
-    ctx.fail("train", str(e), **keys)
+  tr = ctx.train(s, keys, layers=s.layers, mlp="relu", **dataclasses.asdict(task_config(s, p)))
+  if tr is None:
     return
-  ctx.add_training(tr, **keys)
   edits = edit_list(s)
   D = tr.model.D
   k_sel, k_conf = jax.random.key(SELECT_KEY), jax.random.key(CONFIRM_KEY)

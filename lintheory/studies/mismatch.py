@@ -35,6 +35,7 @@ from lintheory.core import evaluate, precision, prune, stats, tasks
 from lintheory.core.tasks import TaskConfig
 from lintheory.run import profiles
 from lintheory.studies import engine, text
+from lintheory.studies.verdicts import Claim
 
 NAME = "mismatch"
 KEYS = ("regime", "L", "model", "N_train", "M", "sigma_train", "sigma_test", "steps", "edit")
@@ -108,9 +109,8 @@ def family_of_label(name: str) -> str | None:
   """The family of a recorded edit label (`label`'s form); None for "none", the unpruned model."""
   if name == "none":
     return None
-  if name.startswith("drop"):
-    return "drop"
-  return "shrink" if name.startswith("last W_V") else "drop" if name.endswith(" rank 0") else "svd"
+  drop = name.startswith("drop") or name.endswith(" rank 0")  # a truncation to rank 0 drops the layer
+  return "drop" if drop else "shrink" if name.startswith("last W_V") else "svd"
 
 
 def choose(sel_ES: np.ndarray, mask_E: np.ndarray) -> np.ndarray:
@@ -128,42 +128,6 @@ def label(edit: tuple) -> str:
   if kind == "shrink":
     return f"last W_V ×{a:g}"
   return f"{kind}[{a}] rank {b}"
-
-
-def apply_all(params_S: dict, edits: list[tuple]) -> dict:
-  """Every edit applied to every seed's parameters ([S, L, D, D] arrays) → [E·S, L, D, D], edit-major.
-
-  The truncations come from one SVD per matrix (docs/theory.md §7), in numpy: no compilation per
-  (layer, rank), which would dominate the study's time.
-  """
-  p = {k: np.asarray(v, np.float64) for k, v in params_S.items()}
-  trunc = {}  # name → [rank] the rank-r truncation of every seed's and layer's matrix
-  for name in ("W_Q", "W_K", "W_V"):
-    U, s, Vh = np.linalg.svd(p[name])
-    trunc[name] = [np.asarray(prune.truncate_with_svd(U, s, Vh, r)) for r in range(s.shape[-1])]
-  out = []
-  for kind, a, b in edits:
-    q = {k: v.copy() for k, v in p.items()}
-    if kind in ("attn", "v"):
-      for name in prune.module_names(p, kind):
-        q[name][:, a] = trunc[name][b][:, a] if b < len(trunc[name]) else p[name][:, a]
-    elif kind == "drop":  # W_V = 0 makes ΔW_t = 0: the layer passes its tokens on unchanged
-      q["W_V"][:, q["W_V"].shape[1] - a:] = 0
-    elif kind == "shrink":
-      q["W_V"][:, -1] *= a
-    else:
-      raise ValueError(f"edit kind must be attn, v, drop or shrink, got {kind!r}")
-    out.append(q)
-  return {k: np.concatenate([q[k] for q in out]) for k in p}
-
-
-def padded_as_truncated(params_S: dict, M: int, N: int) -> dict:
-  """Parameters whose run on an M-demonstration prompt equals these on it zero-padded to N tokens.
-
-  Zero tokens stay zero and add nothing to linear attention's sums, which keep their 1/N: each
-  layer is the same with W_V scaled by M/N (tests/test_mismatch.py checks it in float64).
-  """
-  return {**params_S, "W_V": params_S["W_V"] * (M / N)}
 
 
 # --- one condition --------------------------------------------------------------------------
@@ -187,7 +151,7 @@ class Condition:
 def _errors(params_P: dict, c: Condition, key: jax.Array, n: int, chunk: int) -> np.ndarray:
   """Exact per-task errors ÷ d of P models on the same n tasks → [P, n] float64."""
   if c.pad_to:
-    params_P = padded_as_truncated(params_P, c.test.n_context, c.pad_to)
+    params_P = prune.padded_as_truncated(params_P, c.test.n_context, c.pad_to)
   chunk = min(chunk, n)
   # one draw of the tasks, every model on it: sampling once is what makes a hundred edits affordable
   fn = evaluate.chunk_fn(c.tr.model, c.test, chunk, "float64", seeds=True, paired_seeds=True, normalise=True)
@@ -206,7 +170,7 @@ def run_condition(s: Settings, c: Condition, ctx: engine.Context, bayes_of: dict
   names = ["none"] + [label(e) for e in edits]
   with precision.x64():
     p0 = {k: np.asarray(v, np.float64) for k, v in tr.params.items()}
-    both = {k: np.concatenate([p0[k], v]) for k, v in apply_all(p0, edits).items()}  # [(1 + E)·S, ...]
+    both = {k: np.concatenate([p0[k], v]) for k, v in prune.apply_edits(p0, edits).items()}  # [(1 + E)·S, ...]
     sel = _errors(both, c, jax.random.key(SELECT_KEY), s.select_tasks, s.chunk)
     sel = sel.reshape(len(edits) + 1, S, -1).mean(-1)  # [1 + E, S] mean error on the selection tasks
     # per seed, an index into names: the best of all edits (also its own family's best), then each family's
@@ -408,7 +372,6 @@ def _verdict(vs: list, mism: list, fam: str) -> str:
 def _claim(table: engine.Table, regime: str, full_steps: int, fam: str):
   """The regime's verdict for one family: SVD truncation always (the paper's pruning), another family only
   where it wins (helps somewhere, or is some seed's choice among every edit)."""
-  from lintheory.studies.verdicts import Claim
   vs = [(k, v) for k in condition_keys(table, regime) if (v := verdict_of(table, k, fam)) is not None]
   mism = [(k, v) for k, v in vs if mismatched(k, full_steps)]
   if not mism or (fam != "svd" and not _wins(table, mism, fam)):

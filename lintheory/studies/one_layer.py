@@ -66,8 +66,9 @@ def block_means(losses: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_case(s: Settings, case: Case, ctx: engine.Context) -> None:
-  tr = engine.trained(s, ctx, d=case.d, n_context=case.n_context, x_cov=case.x_cov_diag)
-  ctx.add_training(tr, case=case.name)
+  tr = ctx.train(s, {"case": case.name}, d=case.d, n_context=case.n_context, x_cov=case.x_cov_diag)
+  if tr is None:
+    return
   task, N = tr.task, case.n_context
   Sigma = tasks.as_cov("x_cov", task.x_cov, case.d)
   Gamma_ref = reference_matrix(task)

@@ -91,13 +91,10 @@ PROFILES = {
 
 def run(s: Settings, ctx: engine.Context) -> None:
   for arch in s.archs:
-    try:
-      tr = engine.trained(s, ctx, d=s.d, n_context=s.n_context, layers=s.layers, attention=arch.attention,
-                          mlp=arch.mlp)
-    except RuntimeError as e:  # a diverged run is recorded, not hidden
-      ctx.fail("train", str(e), model=arch.name)
-      continue
-    evaluate_trained(tr, s, arch, ctx)
+    tr = ctx.train(s, {"model": arch.name}, d=s.d, n_context=s.n_context, layers=s.layers,
+                   attention=arch.attention, mlp=arch.mlp)
+    if tr is not None:
+      evaluate_trained(tr, s, arch, ctx)
 
 
 def evaluate_trained(tr: profiles.Trained, s: Settings, arch: Arch, ctx: engine.Context) -> dict:
@@ -106,8 +103,8 @@ def evaluate_trained(tr: profiles.Trained, s: Settings, arch: Arch, ctx: engine.
   compare() read). The positive control runs its planted models through this same function.
   Returns, per shots, the candidates and their summed test errors on the first and the second half
   of every chunk's tasks ("first", "second": [C, S], with "n_first", "n_second"), for a
-  population-level choice (one edit for all tasks) made on one half and scored on the other."""
-  ctx.add_training(tr, model=arch.name)
+  population-level choice (one edit for all tasks) made on one half and scored on the other. The
+  models' training diagnostic is the caller's to record (Context.train)."""
   exact = arch.test_queries == 0
   if exact and not tr.model.is_linear:
     raise ValueError(f"arch {arch.name}: test_queries must be >= 1 for a model that is not linear attention")

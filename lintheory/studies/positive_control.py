@@ -119,11 +119,9 @@ def run(s: Settings, ctx: engine.Context) -> None:
   ps = protocol(s)
   for pool in s.pools:
     arch = pp.Arch(label(pool), "linear", None, s.n_tasks, 0, (s.n_context,))
-    try:
-      tr = engine.trained(s, ctx, d=s.d, n_context=s.n_context, layers=1, noise_std=s.noise_std, w_cov=w_cov(s),
-                          pool_size=pool)
-    except RuntimeError as e:
-      ctx.fail("train", str(e), model=arch.name)
+    tr = ctx.train(s, {"model": arch.name}, d=s.d, n_context=s.n_context, layers=1, noise_std=s.noise_std,
+                   w_cov=w_cov(s), pool_size=pool)
+    if tr is None:
       continue
     halves = pp.evaluate_trained(tr, ps, arch, ctx)[s.n_context]
     population_rows(ctx, halves, tr.seeds, ps, arch.name, s.n_context)

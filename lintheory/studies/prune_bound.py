@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from lintheory.core import bounds, evaluate, precision, prune, stats, tasks
 from lintheory.run import profiles, sweep
 from lintheory.studies import engine, text
+from lintheory.studies.verdicts import Claim
 
 NAME = "prune_bound"
 KEYS = ("L", "layer", "module", "rank")
@@ -83,12 +84,9 @@ PROFILES = {
 
 def run(s: Settings, ctx: engine.Context) -> None:
   for L in s.depths:
-    try:
-      tr = engine.trained(s, ctx, d=s.d, n_context=s.n_context, layers=L, noise_std=s.noise_std)
-    except RuntimeError as e:
-      ctx.fail("train", str(e), L=L)
+    tr = ctx.train(s, {"L": L}, d=s.d, n_context=s.n_context, layers=L, noise_std=s.noise_std)
+    if tr is None:
       continue
-    ctx.add_training(tr, L=L)
     cfg = sweep.SweepConfig(modules=s.modules, rates=(0.0,), ranks=tuple(r for r in s.ranks if r < tr.model.D),
                             n_eval=256, n_analysis=s.analysis_tasks, bounds=True)
     res = sweep.run(tr.params, tr.seeds, tr.model, tr.task, cfg, progress=False)
@@ -227,7 +225,6 @@ def claims(table: engine.Table, meta: dict) -> list:
   """Theorem 2 'explains' pruning when a finite version tracks the gap (ρ's CI over seeds above 0) and
   is contradicted by one that moves against it (ρ's CI below 0). The seeds are those behind the
   deciding intervals (the fewest where several decide); a seed without a ρ is named with the reason."""
-  from lintheory.studies.verdicts import Claim
   Ls = table.unique("L", measure="gap")
   parts, tracking, contra, defined, outs, vac = [], [], [], [], [], []
   for L in Ls:

@@ -17,6 +17,7 @@ import numpy as np
 from lintheory.core import prune
 from lintheory.run import profiles, sweep
 from lintheory.studies import engine, text
+from lintheory.studies.verdicts import Claim
 
 NAME = "pruning"
 KEYS = ("model", "L", "layer", "module", "rank", "t", "matrix")
@@ -59,12 +60,9 @@ PROFILES = {
 
 def run_model(s: Settings, m: Model, ctx: engine.Context) -> None:
   keys = {"model": m.name, "L": m.L}
-  try:
-    tr = engine.trained(s, ctx, d=s.d, n_context=s.n_context, layers=m.L, attention=m.attention, mlp=m.mlp)
-  except RuntimeError as e:
-    ctx.fail("train", str(e), **keys)
+  tr = ctx.train(s, keys, d=s.d, n_context=s.n_context, layers=m.L, attention=m.attention, mlp=m.mlp)
+  if tr is None:
     return
-  ctx.add_training(tr, **keys)
   modules = ("attn", "q", "k", "v") + (("mlp",) if m.mlp else ())
   cfg = sweep.SweepConfig(modules=modules, rates=(0.0,), ranks=tuple(r for r in s.ranks if r < tr.model.D),
                           n_eval=s.eval_tasks, n_analysis=64, bounds=False)
@@ -140,7 +138,6 @@ def claims(table: engine.Table, meta: dict) -> list:
   """Remark 5 holds for a module when the deep-minus-shallow damage's interval over seeds lies below 0:
   the t-interval when every seed is finite, else an order-statistic interval (a seed whose pruned model
   overflowed counts as ±inf, none is dropped; stats.seed_interval)."""
-  from lintheory.studies.verdicts import Claim
   parts, verdicts, seeds = [], [], []
   for L, dms in attn_deep_minus_shallow(table):
     iv = text.over_seeds(dms)

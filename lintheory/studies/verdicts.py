@@ -5,7 +5,7 @@ order, and a claim no loaded study decides is listed as "not decided" with the s
 A study run at a smoke profile (engine.SMOKE_PROFILES) decides nothing: its claims keep their numbers
 but read SMOKE, without a verdict or the rule that would have made one. A negative verdict on a claim
 that pruning helps is marked not informative unless the same profile's positive control holds (powered).
-A claim whose study's results file is stale (engine.staleness, which the report passes in) says so in its row.
+A claim whose study's results file is stale (freshness.staleness, which the report passes in) says so in its row.
 """
 
 from __future__ import annotations

@@ -7,6 +7,6 @@ table the study wrote (engine.Table) and its metadata, and never trains:
   summary(table) -> str                            one line: the main number with its CI and seed/task counts
 engine.view_module(name) finds a study's view; lintheory.plots, lintheory.report and the engine's summary line
 call it. Imports point one way: a view imports its study (and another study's view), never the reverse, so
-that no view is code the rows depend on (engine.code_of) and a change of wording leaves results fresh.
+that no view is code the rows depend on (freshness.code_of) and a change of wording leaves results fresh.
 Helpers every view shares live in views.common.
 """
