@@ -135,7 +135,7 @@ def test_init_breaks_the_permutation_symmetry():
 def test_fitted_is_cached(tmp_path, monkeypatch):
   task, cfg = TaskConfig(d=2, n_context=4), R.FitConfig(steps=20, n_tasks=64)
   first = R.fitted(task, 2, cfg, tmp_path)
-  files = list((tmp_path / "references").glob("*.json"))
+  files = [p for p in (tmp_path / "references").iterdir() if p.is_dir() and not p.name.startswith(".")]
   assert len(files) == 1 and set(first) == set(R.KINDS)
   monkeypatch.setattr(R, "fit_many", lambda *a, **k: pytest.fail("refitted a cached reference"))
   again = R.fitted(task, 2, cfg, tmp_path)
@@ -151,6 +151,10 @@ def test_fitted_is_cached(tmp_path, monkeypatch):
   assert R.cache_path(TaskConfig(d=2, n_context=4, x_cov=(1.0, 2.0)), 2, cfg, tmp_path) != files[0]
   assert R.cache_path(task, 2, R.FitConfig(steps=21, n_tasks=64), tmp_path) != files[0]
   assert R.cache_key(task, 2, cfg)["version"] == R.VERSION
+  # a subset of the kinds is its own entry, and holds the same fit of each kind it has
+  monkeypatch.undo()
+  only = R.fitted(task, 2, cfg, tmp_path / "other", kinds=("gd_pp",))
+  np.testing.assert_array_equal(only["gd_pp"].eta, first["gd_pp"].eta)
 
 
 def test_bad_inputs():

@@ -11,9 +11,9 @@ gradient norm 0. Deeper references minimise the exact query error on a fixed sam
 trust-region Newton method in float64, in units where the loss and the step sizes are scale-free, and
 stop on the gradient norm; a fit whose gradient norm is still above FitConfig.tol is marked
 `converged=False`, and analysis and the studies refuse it (`usable`) instead of comparing with it.
-Fits are cached per (task; L; fit recipe) in runs/cache/references/, one JSON file per entry named by
-io.digest of its key and written atomically (io.write_json): a file is whole or absent, and a fit of a kind
-it lacks is added to it under the entry's lock.
+Fits are cached per (task; L; fit recipe; kinds) in runs/cache/references/, through io.cached_dir like
+every cache (an entry is whole or absent, and is never changed once written). The kinds a fit computes
+depend only on the kind (fit_many), so an entry of more kinds holds the same fit of each.
 """
 
 from __future__ import annotations
@@ -349,14 +349,14 @@ def construct(f: Fitted, dtype=jnp.float64):
   return learners.construct(d, f.eta, gamma=f.gamma if f.kind == "gd_pp" else None, dtype=dtype)
 
 
-def cache_key(task: TaskConfig, L: int, cfg: FitConfig) -> dict:
+def cache_key(task: TaskConfig, L: int, cfg: FitConfig, kinds=KINDS) -> dict:
   return {"version": VERSION, "task": dataclasses.asdict(task), "L": int(L), "fit": dataclasses.asdict(cfg),
-          "kinds": list(KINDS)}
+          "kinds": [k for k in KINDS if k in kinds]}
 
 
-def cache_path(task: TaskConfig, L: int, cfg: FitConfig, cache_dir="runs/cache") -> Path:
-  name = f"d{task.d}_N{task.n_context}_L{L}_{io.digest(cache_key(task, L, cfg))[:12]}.json"
-  return Path(cache_dir) / "references" / name
+def cache_path(task: TaskConfig, L: int, cfg: FitConfig, cache_dir="runs/cache", kinds=KINDS) -> Path:
+  """The cache entry (a directory, io.cached_dir) of these fits."""
+  return Path(cache_dir) / "references" / io.digest(cache_key(task, L, cfg, kinds))[:16]
 
 
 def record(f: Fitted) -> dict:
@@ -372,14 +372,15 @@ def fitted(task: TaskConfig, L: int, cfg: FitConfig = FitConfig(), cache_dir="ru
   _check_layers(L)
   for k in kinds:
     _check_kind(k)
-  path = cache_path(task, L, cfg, cache_dir)
-  with io.locked(path.with_suffix(".lock"), f"fitting the L={L} references"):
-    stored = io.read_json(path)["fits"] if path.exists() else {}
-    missing = [k for k in KINDS if k not in stored and k in kinds]
-    for k, f in (fit_many(task, L, missing, cfg) if missing else {}).items():
-      stored[k] = record(f)
-    if missing:
-      io.write_json(path, {"key": cache_key(task, L, cfg), "fits": stored})
+  key = cache_key(task, L, cfg, kinds)
+
+  def build(tmp: Path) -> dict:
+    stored = {k: record(f) for k, f in fit_many(task, L, key["kinds"], cfg).items()}
+    io.write_json(tmp / "fits.json", stored)
+    return stored
+
+  stored = io.cached_dir(Path(cache_dir) / "references", key, ("fits.json",), build,
+                         lambda path: io.read_json(path / "fits.json"), f"fitting the L={L} references")
   return {k: Fitted(k, np.asarray(stored[k]["eta"], np.float64), np.asarray(stored[k]["gamma"], np.float64),
                     np.asarray(stored[k]["P"], np.float64), float(stored[k]["train_loss"]),
                     float(stored[k]["grad_norm"]), bool(stored[k]["converged"]), str(stored[k]["method"]))
