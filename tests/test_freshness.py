@@ -128,6 +128,10 @@ def test_the_stale_listing_names_exactly_the_stale_studies(tmp_path, capsys):
   assert "implicit_gd (default): stale: no results file" in err
   assert studies_main.main(["--stale", "--results", str(tmp_path), "deep_recipes", "one_layer", "pruning"]) == 0
   assert capsys.readouterr().out.splitlines() == ["pruning"]
+  # a study without the profile has no results of it to rerun (deep_recipes has no long)
+  assert studies_main.main(["--stale", "--profile", "long", "--results", str(tmp_path / "none"), "deep_recipes",
+                            "one_layer"]) == 0
+  assert capsys.readouterr().out.splitlines() == ["one_layer"]
   assert studies_main.main(["--stale", "nonsense"]) == 2
   assert capsys.readouterr().err.startswith("--stale: unknown study 'nonsense'")
 
