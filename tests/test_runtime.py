@@ -45,3 +45,26 @@ def test_independent_batched_linear_algebra_in_one_program_finishes_with_the_run
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = subprocess.run([sys.executable, "-c", REPRODUCER, "on"], env=env, capture_output=True, text=True, timeout=120)
   assert out.stdout.strip() == "done", out.stderr[-2000:]
+
+
+# The program that hung a positive_control run with the flag set: the Bayes and ridge errors of the spent
+# validation labels at d = 16, a dozen batched solves that no data dependency ordered (evaluate.after now does).
+SPENT = """
+from lintheory.run import runtime
+runtime.configure()
+import jax, jax.numpy as jnp
+from lintheory.core import precision, protocol
+from lintheory.core.tasks import TaskConfig
+task = TaskConfig(d=16, n_context=10, noise_std=1.0)
+with precision.x64():
+  for i in range(3):
+    data = protocol.sample_data(jax.random.key(i), task, 2000, 256, 0, jnp.float64)
+    jax.block_until_ready(protocol.spent_errors(data, task, 10, (16, 64, 256), (0.0, 0.5)))
+print("done")
+"""
+
+
+@pytest.mark.slow
+def test_the_spent_label_errors_at_d16_finish():
+  out = subprocess.run([sys.executable, "-c", SPENT], capture_output=True, text=True, timeout=180)
+  assert out.stdout.strip() == "done", out.stderr[-2000:]

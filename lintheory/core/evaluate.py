@@ -225,14 +225,23 @@ def bayes_predictor(task_cfg: TaskConfig, X_BND: jax.Array, y_BN: jax.Array) -> 
   return jnp.einsum("de,bne,bn->bd", Sw, X_BND, alpha)
 
 
+def after(x, *deps):
+  """x, made available only once every one of deps is computed: a data dependency (an optimisation
+  barrier, values unchanged) that keeps batched linear-algebra calls of one program from running side by
+  side. jaxlib 0.10's LAPACK kernels split a large batch over XLA's intra-op pool and wait for the parts:
+  as many of them at once as the pool has threads (two on 2 cores) hang the process (run/runtime.py)."""
+  return jax.lax.optimization_barrier((x, deps))[0]
+
+
 def bayes_posterior(task_cfg: TaskConfig, X_BND: jax.Array, y_BN: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The posterior of w given one prompt: its mean [B, d] (bayes_predictor) and covariance [B, d, d],
   C = Σ_w − Σ_w Xᵀ(X Σ_w Xᵀ + σ² I)⁺ X Σ_w (docs/theory.md §9); the pseudo-inverse covers σ = 0."""
   Sw = jnp.asarray(tasks.as_cov("w_cov", task_cfg.w_cov, task_cfg.d, psd=True), X_BND.dtype)
   SX = jnp.einsum("de,bne->bdn", Sw, X_BND)
   K = jnp.einsum("bnd,bdm->bnm", X_BND, SX) + task_cfg.noise_std**2 * jnp.eye(X_BND.shape[1], dtype=X_BND.dtype)
-  C = Sw - jnp.einsum("bdn,bnm,bem->bde", SX, jnp.linalg.pinv(K, hermitian=True), SX)
-  return bayes_predictor(task_cfg, X_BND, y_BN), C
+  m = bayes_predictor(task_cfg, X_BND, y_BN)
+  C = Sw - jnp.einsum("bdn,bnm,bem->bde", SX, jnp.linalg.pinv(after(K, m), hermitian=True), SX)
+  return m, C
 
 
 def posterior_update(m_BD: jax.Array, C_BDD: jax.Array, XX_BDD: jax.Array, Xy_BD: jax.Array,

@@ -275,13 +275,16 @@ def spent_errors(data: dict, task: tasks.TaskConfig, shots: int, Vs, val_noise) 
   XtX, Xty = jnp.einsum("bnd,bne->bde", X, X), jnp.einsum("bnd,bn->bd", X, y)
   err = lambda w_hat: tasks.normalised_error(jnp.einsum("bd,de,be->b", w_hat - w, Sigma, w_hat - w), task.d)
   out = {"bayes": [], "ridge": []}
+  last = C  # each solve waits for the one before (evaluate.after): never two batched solves at once
   for iv in range(len(Vs)):
     XX = mom["XX"][:, iv]
     per_noise = {"bayes": [], "ridge": []}
     for sigma in val_noise:
       b = jnp.einsum("bde,be->bd", XX, w) + sigma * mom["Xe"][:, iv]
-      per_noise["bayes"].append(err(evaluate.posterior_update(m, C, XX, b, sigma)))
-      per_noise["ridge"].append(err(learners.ridge_from_moments(XtX + XX, Xty + b, lam)))
+      w_bayes = evaluate.posterior_update(m, evaluate.after(C, last), XX, b, sigma)
+      last = learners.ridge_from_moments(evaluate.after(XtX + XX, w_bayes), Xty + b, lam)
+      per_noise["bayes"].append(err(w_bayes))
+      per_noise["ridge"].append(err(last))
     for k in out:
       out[k].append(jnp.stack(per_noise[k], axis=-1))
   return {k: jnp.stack(v, axis=1) for k, v in out.items()}

@@ -6,7 +6,9 @@ of one program run side by side; when as many such kernels start together as the
 on a 2-core machine: e.g. two independent batched solves), no thread is left for the parts and the
 process hangs with every thread idle (seen in a study and in tests/test_runtime.py's reproducer). XLA's
 memory-optimising scheduler, which the flag below selects, orders the program so that it does not
-happen: the reproducer that hangs in every run without the flag completes with it.
+happen: the reproducer that hangs in every run without the flag completes with it. The flag is not
+enough where a program holds many independent batched solves (the spent-label errors at d = 16 hung with
+it): core.evaluate.after orders those by a data dependency, and both are needed there.
 """
 
 from __future__ import annotations
