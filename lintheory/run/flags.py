@@ -21,23 +21,24 @@ INT_MAX = 2**31 - 1  # steps, seeds and sizes are int32 inside JAX programs
 # --- argument types ------------------------------------------------------------------------
 
 
-def _number(text: str, kind, what: str, valid, rule: str):
-  """text as kind, or an argparse error saying what was expected (what) or which values are allowed (rule)."""
+def int_arg(text: str) -> int:
   try:
-    v = kind(text)
+    v = int(text)
   except ValueError:
-    raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-  if not valid(v):
-    raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+    raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+  if abs(v) > INT_MAX:
+    raise argparse.ArgumentTypeError(f"must be an integer in [-{INT_MAX}, {INT_MAX}], got {text}")
   return v
 
 
-def int_arg(text: str) -> int:
-  return _number(text, int, "an integer", lambda v: abs(v) <= INT_MAX, f"an integer in [-{INT_MAX}, {INT_MAX}]")
-
-
 def float_arg(text: str) -> float:
-  return _number(text, float, "a number", math.isfinite, "a finite number")
+  try:
+    v = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+  if not math.isfinite(v):
+    raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+  return v
 
 
 def optional_str(text: str) -> str | None:
