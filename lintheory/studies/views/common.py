@@ -3,10 +3,12 @@ seeds printed as a percentage with its interval (pct_interval)."""
 
 from __future__ import annotations
 
+import io as _io
 from pathlib import Path
 
 import numpy as np
 
+from lintheory.run import io
 from lintheory.studies import text
 
 STYLE = {"figure.dpi": 110, "savefig.dpi": 110, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
@@ -42,15 +44,19 @@ def save_tight(fig, figures: Path, name: str, rect=None, ylabel: str | None = No
   return save(fig, figures, name)
 
 
+# Metadata left out of each format, so that a redraw gives the same bytes.
+NO_STAMPS = {"png": {"Software": None}, "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}}
+
+
 def save(fig, figures: Path, name: str) -> list[Path]:
-  """Write name.png and name.pdf without timestamps, so a redraw gives the same bytes."""
-  plt = pyplot()
-  figures = Path(figures)
-  figures.mkdir(parents=True, exist_ok=True)
-  paths = [figures / f"{name}.png", figures / f"{name}.pdf"]
-  fig.savefig(paths[0], metadata={"Software": None})
-  fig.savefig(paths[1], metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
-  plt.close(fig)
+  """Write name.png and name.pdf, each atomically (a killed plot leaves the old file or the new one)."""
+  paths = []
+  for fmt, metadata in NO_STAMPS.items():
+    buf = _io.BytesIO()
+    fig.savefig(buf, format=fmt, metadata=metadata)
+    paths.append(Path(figures) / f"{name}.{fmt}")
+    io.atomic_write_bytes(paths[-1], buf.getvalue())
+  pyplot().close(fig)
   return paths
 
 
